@@ -1,0 +1,1 @@
+"""Protocol drivers; each registers itself with gateway.registry."""
