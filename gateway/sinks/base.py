@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from pydantic import Field
+
+from gateway.config.types import Duration, StrictModel
+
 
 class Sink(Protocol):
     """A destination for line protocol.
@@ -21,3 +25,23 @@ class Sink(Protocol):
     async def write(self, payload: bytes) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class SinkConfigBase(StrictModel):
+    """Settings every sink has. Each sink module subclasses this with ``type: Literal[...]``.
+
+    ``name`` identifies the sink's cursor in the buffer: renaming a sink makes it start
+    from the oldest buffered reading, keeping the name keeps its place across restarts.
+    """
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    batch_lines: int = Field(default=5000, ge=1, le=1_000_000)
+    timeout: Duration = 10.0
+    retry_max: Duration = Field(default=60.0, description="cap of the exponential backoff")
+    auth_retry: Duration = Field(
+        default=300.0, description="retry period while the sink is failed (401/403/404)"
+    )
+
+    @property
+    def sink_name(self) -> str:
+        return self.name or str(getattr(self, "type"))

@@ -1,0 +1,22 @@
+"""Config of the synthetic driver."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from gateway.config.types import Duration
+from gateway.driver import DeviceConfigBase
+
+
+class SyntheticConfig(DeviceConfigBase):
+    """A device that invents readings: for the demo, benchmarks and end-to-end tests."""
+
+    driver: Literal["synthetic"]
+    measurement: str = Field(default="synthetic", min_length=1)
+    interval: Duration = Field(default=1.0, gt=0, description="time between readings")
+    fields: int = Field(default=4, ge=1, le=200, description="float fields per reading")
+    wake_interval: Duration = Field(
+        default=0.1, gt=0, le=10,
+        description="how often the task wakes; faster readings are emitted in bursts")

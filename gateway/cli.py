@@ -1,0 +1,135 @@
+"""The ``iotgw`` command (also ``python -m gateway``).
+
+Exit codes: 0 ok, 1 runtime failure, 2 invalid config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from gateway import __version__
+from gateway.config.loader import LoadedConfig, load_config
+from gateway.errors import ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _load_or_exit(path: str) -> LoadedConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; nothing was started.", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+    from gateway.runtime import run_gateway
+
+    setup_logging(args.log_format, args.log_level)
+    config = _load_or_exit(args.config)
+    asyncio.run(run_gateway(config))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load_or_exit(args.config)
+    print(summarize(config))
+    return 0
+
+
+def summarize(config: LoadedConfig) -> str:
+    model = config.model
+    lines = [f"{config.path}: OK (gateway {model.gateway.id}, site {model.gateway.site})",
+             f"  data_dir: {config.data_dir}",
+             f"  buffer:   {config.buffer_path} (max {model.buffer.max_bytes} bytes, "
+             f"when full: {model.buffer.when_full})"]
+    per_bus: Counter[tuple[str, str]] = Counter()
+    for device in config.devices:
+        per_bus[(getattr(device, "bus", None) or "-", device.driver)] += 1  # type: ignore[attr-defined]
+    disabled = len(model.devices) - len(config.devices)
+    lines.append(f"  devices:  {len(config.devices)} enabled"
+                 + (f", {disabled} disabled" if disabled else ""))
+    for (bus, driver), count in sorted(per_bus.items()):
+        lines.append(f"    bus {bus:<16} {driver:<12} {count}")
+    lines.append("  sinks:")
+    for sink in config.sinks:
+        target = getattr(sink, "url", None) or getattr(sink, "directory", None) or \
+            config.data_dir / "lines"
+        lines.append(f"    {sink.sink_name:<16} {sink.type:<10} {target}")  # type: ignore[attr-defined]
+    if model.mqtt is not None:
+        lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "
+                     f"base topic {model.mqtt.base_topic}")
+    return "\n".join(lines)
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(schema_text())
+    return 0
+
+
+def schema_text() -> str:
+    from gateway.config.models import build_config_model
+
+    schema = build_config_model().model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "iotgw gateway configuration"
+    return json.dumps(schema, indent=2, sort_keys=True)
+
+
+def cmd_buffer_stats(args: argparse.Namespace) -> int:
+    from gateway.buffer import format_stats, read_stats
+
+    config = _load_or_exit(args.config)
+    if not config.buffer_path.exists():
+        print(f"no buffer at {config.buffer_path} (the gateway has not run yet)")
+        return 1
+    print(format_stats(read_stats(config.buffer_path)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iotgw", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"iotgw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("config")
+    run.add_argument("--log-format", choices=["human", "json"], default="human")
+    run.add_argument("--log-level", default="INFO",
+                     choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file and summarize it")
+    check.add_argument("config")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+
+    buffer = sub.add_parser("buffer", help="inspect the durable buffer")
+    buffer_sub = buffer.add_subparsers(dest="buffer_command", required=True)
+    stats = buffer_sub.add_parser("stats", help="depth, bytes, oldest reading, lag per sink")
+    stats.add_argument("config")
+    stats.set_defaults(func=cmd_buffer_stats)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

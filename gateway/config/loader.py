@@ -1,0 +1,129 @@
+"""Load, validate and resolve a gateway config file; report every problem at once.
+
+Every problem is formatted ``FILE:LINE: yaml.path: message`` so installers can jump to it.
+Nothing is started unless the whole file is valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.config.crosscheck import cross_check
+from gateway.config.messages import describe
+from gateway.config.models import build_config_model
+from gateway.config.yamlsource import Path_, SourceProblem, YamlDocument, parse_yaml
+from gateway.driver import DeviceConfigBase
+from gateway.errors import ConfigError
+from gateway.sinks.base import SinkConfigBase
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A valid config plus what follows from it (absolute paths, effective sinks)."""
+
+    path: Path
+    model: Any
+    digest: str
+    data_dir: Path
+    buffer_path: Path
+    sinks: Sequence[SinkConfigBase]
+
+    @property
+    def devices(self) -> Sequence[DeviceConfigBase]:
+        return [d for d in self.model.devices if d.enabled]
+
+
+def format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top)"
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: config is not UTF-8 ({exc.reason})"]) from None
+
+    doc, source_problems = parse_yaml(text, environ)
+    problems = [_format(path, p) for p in source_problems]
+    if doc is None:
+        raise ConfigError(problems)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([f"{path}:1: (top): the config must be a mapping of sections"])
+
+    model_cls = build_config_model()
+    try:
+        model = model_cls.model_validate(doc.data)
+    except ValidationError as exc:
+        problems += [_format(path, _locate(doc, err)) for err in exc.errors()]
+        raise ConfigError(_sorted(problems)) from None
+    problems += [_format(path, SourceProblem(doc.line_of(p), p, message))
+                 for p, message in cross_check(model)]
+    if problems:
+        raise ConfigError(_sorted(problems))
+    return _resolve(path, model, raw)
+
+
+def _resolve(path: Path, model: Any, raw: bytes) -> LoadedConfig:
+    from gateway.sinks import SINK_TYPES
+
+    base = path.resolve().parent
+    data_dir = model.gateway.data_dir
+    data_dir = Path(os.path.normpath(base / data_dir))
+    buffer_path = model.buffer.path or Path("buffer.db")
+    buffer_path = buffer_path if buffer_path.is_absolute() else data_dir / buffer_path
+    sinks = list(model.sinks) or [SINK_TYPES["file"].config_model.model_validate({"type": "file"})]
+    return LoadedConfig(
+        path=path, model=model, digest=hashlib.sha256(raw).hexdigest()[:16],
+        data_dir=data_dir, buffer_path=buffer_path, sinks=sinks,
+    )
+
+
+def _locate(doc: YamlDocument, err: Any) -> SourceProblem:
+    """Map pydantic's ``loc`` onto the YAML document, skipping union tags and the like."""
+    node: Any = doc.data
+    path: list[str | int] = []
+    loc = err["loc"]
+    for position, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif err["type"] == "missing" and position == len(loc) - 1:
+            path.append(part)
+            return SourceProblem(doc.line_of(tuple(path[:-1])), tuple(path), describe(err))
+    return SourceProblem(doc.line_of(tuple(path)), tuple(path), describe(err))
+
+
+def _format(path: Path, problem: SourceProblem) -> str:
+    where = f"{path}:{problem.line}" if problem.line is not None else str(path)
+    return f"{where}: {format_path(problem.path)}: {problem.message}"
+
+
+def _sorted(problems: list[str]) -> list[str]:
+    def line_key(text: str) -> int:
+        try:
+            return int(text.split(":", 2)[1])
+        except (IndexError, ValueError):
+            return 0
+
+    return sorted(dict.fromkeys(problems), key=line_key)

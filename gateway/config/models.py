@@ -1,0 +1,118 @@
+"""The config file's shape. Sections are fixed here; devices and sinks come from registries.
+
+The top-level model is built at run time (:func:`build_config_model`) because the
+``devices`` and ``sinks`` unions depend on which drivers and sink types are registered.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, SecretStr, create_model
+
+from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel
+from gateway.driver import ID_PATTERN
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class GatewaySection(StrictModel):
+    id: str = Field(pattern=ID_PATTERN, max_length=64, description="this gateway, a tag value")
+    site: str = Field(pattern=ID_PATTERN, max_length=64, description="the compound, a tag value")
+    data_dir: Path = Field(
+        default=Path("/var/lib/iotgw"),
+        description="buffer and file sink live here; relative paths are taken from the "
+        "config file's directory",
+    )
+    shutdown_timeout: Duration = Field(default=5.0, gt=0, le=60)
+
+
+class BufferSection(StrictModel):
+    path: Path | None = Field(default=None, description="default: <data_dir>/buffer.db")
+    max_bytes: ByteSize = Field(default=512 * 1024**2, ge=1024 * 1024)
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    flush_interval: Duration = Field(
+        default=0.2, gt=0, le=10, description="longest a reading waits before its commit")
+    synchronous: Literal["full", "normal"] = Field(
+        default="full", description="full: survive power cuts; normal: survive crashes only")
+    max_pending: int = Field(
+        default=200_000, ge=1000, description="readings queued in memory before drivers wait")
+
+
+class TlsSection(StrictModel):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(default=False, description="skip hostname verification (testing)")
+
+
+class MqttSection(SecretsModel):
+    secret_fields = ("password",)
+
+    host: str
+    port: int = Field(default=1883, ge=1, le=65535)
+    tls: TlsSection | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    client_id: str | None = None
+    base_topic: str = Field(pattern=r"^[^#+]+[^/#+]$", description="ops topics live below it")
+    keepalive: Duration = 30.0
+    protocol: Literal["5", "3.1.1", "auto"] = "auto"
+
+
+class SerialBus(StrictModel):
+    """An RS-485 line: a local port or any pyserial URL (socket://, rfc2217://)."""
+
+    type: Literal["serial"]
+    port: str
+    baudrate: int = Field(default=9600, ge=50, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    bytesize: Literal[7, 8] = 8
+    stopbits: Literal[1, 2] = 1
+    timeout: Duration = Field(default=1.0, gt=0, le=60)
+    inter_frame_delay: Duration | None = Field(
+        default=None, description="silence between requests; default 3.5 characters")
+
+
+class TcpBus(StrictModel):
+    """A TCP endpoint shared by several unit ids (a Modbus gateway, a serial server)."""
+
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(default=502, ge=1, le=65535)
+    timeout: Duration = Field(default=2.0, gt=0, le=60)
+
+
+Bus = Annotated[Union[SerialBus, TcpBus], Field(discriminator="type")]  # noqa: UP007
+
+
+def _union(models: list[type], key: str) -> Any:
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[tuple(models)], Field(discriminator=key)]  # noqa: UP007
+
+
+@cache
+def build_config_model() -> type[StrictModel]:
+    """The top-level model, with every registered driver and sink type."""
+    from gateway.registry import load_drivers
+    from gateway.sinks import load_sink_types
+
+    device_models = [t.config_model for t in load_drivers().values()]
+    sink_models = [t.config_model for t in load_sink_types().values()]
+    device = _union(device_models, "driver")
+    sink = _union(sink_models, "type")
+    return create_model(
+        "GatewayConfig",
+        __base__=StrictModel,
+        gateway=(GatewaySection, ...),
+        buffer=(BufferSection, BufferSection()),
+        sinks=(list[sink], Field(default_factory=list,
+                                 description="none: a file sink in data_dir")),
+        mqtt=(MqttSection | None, None),
+        buses=(dict[Annotated[str, Field(pattern=NAME_PATTERN)], Bus], Field(default_factory=dict)),
+        devices=(list[device], Field(default_factory=list)),
+    )

@@ -1,0 +1,116 @@
+"""What a driver is to the core: a config model, a class with ``run()``, a context.
+
+Drivers never see the buffer, the sinks or the ops bus. They hand readings to
+``DeviceContext.emit`` and report health through ``DeviceContext.set_state``; the core
+adds the site/gateway/device tags, validates, buffers and publishes.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from pydantic import Field
+
+from gateway.config.types import StrictModel
+from gateway.reading import Reading
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+"""Ids end up in MQTT topics and as tag values: no slashes, wildcards or spaces."""
+
+
+class DeviceConfigBase(StrictModel):
+    """Keys every device has. Driver models subclass it and add ``driver: Literal[...]``."""
+
+    id: str = Field(pattern=ID_PATTERN, max_length=64)
+    enabled: bool = True
+    tags: dict[str, str] = Field(default_factory=dict, description="installer tags, e.g. building")
+
+    uses_bus: ClassVar[bool] = False
+    """True for drivers whose ``bus`` key must name an entry of ``buses``."""
+
+    def bus_address(self) -> tuple[str, object] | None:
+        """(bus name, address) this device occupies, for the duplicate-address check."""
+        return None
+
+
+class DeviceState(enum.StrEnum):
+    STARTING = "starting"
+    ONLINE = "online"
+    OFFLINE = "offline"
+    ERROR = "error"
+
+
+@dataclass
+class DeviceStatus:
+    """The health the ops bus publishes retained under ``devices/<id>/state``."""
+
+    state: DeviceState = DeviceState.STARTING
+    last_seen: float | None = None
+    last_error: str | None = None
+    since: float = field(default_factory=time.time)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+Emit = Callable[[str, Sequence[Reading]], Awaitable[None]]
+
+
+class DeviceContext:
+    """A driver's handle on the core for one device."""
+
+    def __init__(self, device_id: str, emit: Emit,
+                 on_state: Callable[[str, DeviceStatus], None] | None = None) -> None:
+        self.device_id = device_id
+        self.status = DeviceStatus()
+        self.log = logging.getLogger(f"iotgw.device.{device_id}")
+        self._emit = emit
+        self._on_state = on_state
+
+    async def emit(self, readings: Sequence[Reading]) -> None:
+        """Hand readings to the core; returns once they are queued for the buffer.
+
+        Awaiting it is the backpressure: when the buffer writer falls behind, drivers wait.
+        """
+        if readings:
+            self.status.last_seen = time.time()
+            await self._emit(self.device_id, readings)
+
+    def set_state(self, state: DeviceState, error: str | None = None) -> None:
+        status = self.status
+        if state is status.state and error == status.last_error:
+            return
+        status.state = state
+        status.last_error = error if error is not None else (
+            status.last_error if state is not DeviceState.ONLINE else None)
+        status.since = time.time()
+        if self._on_state is not None:
+            self._on_state(self.device_id, status)
+
+    def count(self, kind: str, n: int = 1) -> None:
+        """Per-device problem counters (timeouts, bad frames...), published in stats."""
+        self.status.counters[kind] = self.status.counters.get(kind, 0) + n
+
+
+class Driver(abc.ABC):
+    """One running device. ``run`` loops until cancelled; raising makes the supervisor
+    restart it with backoff, so a driver may simply let unexpected errors escape."""
+
+    def __init__(self, config: DeviceConfigBase, ctx: DeviceContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    async def run(self) -> None: ...
+
+
+def merged_tags(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Later layers win: driver tags < installer tags < site/gateway/device."""
+    out: dict[str, str] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
