@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 from gateway import __version__
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.errors import ConfigError
+from gateway.errors import BufferFailure, ConfigError
 
 EXIT_CONFIG = 2
 
@@ -30,6 +31,9 @@ def _load_or_exit(path: str) -> LoadedConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A reload request that arrives while we are still starting must not kill us
+    # (SIGHUP's default action); the event loop installs the real handler shortly.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from gateway.logs import setup_logging
     from gateway.runtime import run_gateway
 
@@ -91,7 +95,12 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     if not config.buffer_path.exists():
         print(f"no buffer at {config.buffer_path} (the gateway has not run yet)")
         return 1
-    print(format_stats(read_stats(config.buffer_path)))
+    try:
+        stats = read_stats(config.buffer_path)
+    except BufferFailure as exc:
+        print(f"cannot read buffer {config.buffer_path}: {exc}", file=sys.stderr)
+        return 1
+    print(format_stats(stats))
     return 0
 
 

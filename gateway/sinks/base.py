@@ -44,4 +44,4 @@ class SinkConfigBase(StrictModel):
 
     @property
     def sink_name(self) -> str:
-        return self.name or str(getattr(self, "type"))
+        return self.name or str(self.type)

@@ -1,0 +1,1004 @@
+"""The durable on-disk buffer between the pipeline and the sinks: SQLite in WAL mode.
+
+Why SQLite, WAL and ``synchronous=FULL``
+    Every reading must reach the central store across power cuts, ``kill -9`` and long
+    network outages. SQLite gives atomic, crash-safe transactions on one local file with no
+    server to run. In WAL mode a commit appends to the ``-wal`` file (sequential writes, one
+    fsync per commit) and readers never block the writer, so ``iotgw buffer stats`` can read
+    a live buffer. With ``synchronous=FULL`` (the default) the WAL is fsynced at every
+    commit: once :meth:`Buffer.append` returns, the readings survive a power cut.
+    ``synchronous=NORMAL`` skips that fsync: still safe against process crashes and
+    ``kill -9`` (the data is in the OS page cache), and the file never corrupts, but the last
+    commits before a power cut or kernel panic may be lost.
+
+Why chunks
+    A row per reading costs a B-tree insert, an index entry and a delete per reading; at
+    tens of thousands of readings per second that dominates. One row holds up to
+    ``chunk_lines`` line-protocol lines joined by ``b"\\n"``, so appends, reads and prunes
+    work on a few large rows and the payload is copied, not parsed. The cost is granularity:
+    sinks read and acknowledge whole chunks, and ``max_bytes`` evicts whole chunks.
+    A chunk's ``oldest_ns``/``newest_ns`` are the bounds of the :meth:`Buffer.append` call it
+    came from.
+
+Cursors: at-least-once delivery per sink
+    Each sink has a cursor, the id of the last chunk it acknowledged. A forwarder reads the
+    chunks after its cursor, writes them to its sink and only then acknowledges, which moves
+    its cursor forward (never backwards). A crash between the write and the ack makes the
+    sink get the same batch again after restart. That is harmless for InfluxDB: a point with
+    the same measurement, tag set and timestamp overwrites the earlier one, so a resend does
+    not duplicate data. Chunks every cursor has passed are deleted (pruned) in the same
+    transaction as the ack. Chunk ids come from ``AUTOINCREMENT`` so they are never reused,
+    even after the table was emptied, and a cursor can never point at a different chunk.
+
+    A sink that appears in the configuration for the first time starts at the oldest chunk
+    still buffered (its cursor is ``min(id) - 1``): it gets everything not yet pruned, not
+    the history before. The cursor of a sink that is no longer configured is deleted when
+    the sinks are registered (at start-up), so it stops holding data back. With no sink
+    registered at all, nothing is pruned and ``max_bytes`` decides what is kept.
+
+Totals
+    Lines, chunks and payload bytes held, the lines ever committed, the lines dropped
+    because the buffer was full and the newest reading time are kept in the ``meta`` table,
+    updated in the same transaction as each change: statistics are cheap and survive
+    restarts. Per-sink lag is a sum over a small covering index, never over the payloads.
+
+Threading
+    :class:`Buffer` is synchronous; commits wait for fsync. The gateway uses
+    :class:`AsyncBuffer`, which runs every call on one dedicated worker thread so the event
+    loop never blocks on the disk and calls are serialised in submission order.
+
+Disk usage
+    Payload bytes held are capped by ``max_bytes``; the file itself keeps its high-water
+    size (SQLite reuses freed pages rather than shrinking the file), plus the WAL, whose
+    size is capped after checkpoints by ``journal_size_limit``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
+
+from gateway.errors import BufferFailure
+
+log = logging.getLogger("iotgw.buffer")
+
+WhenFull = Literal["drop_oldest", "drop_newest"]
+Synchronous = Literal["full", "normal"]
+
+SCHEMA_VERSION = 1
+_JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
+_BUSY_TIMEOUT_S = 10.0
+_DROP_LOG_INTERVAL_S = 60.0
+# Primary result codes (extended codes carry them in the low byte) meaning "this file is
+# damaged or is not a database". Anything else (locked, busy, cannot open, I/O error,
+# read-only, disk full) is a problem of the system, not of the file: moving the file aside
+# would not help and could hide a live database from its owner, so those raise instead.
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_CORRUPTION_CODES = {_SQLITE_CORRUPT, _SQLITE_NOTADB}
+# Transient conditions worth retrying on the same buffer.
+_RETRYABLE_CODES = {5, 6, 10, 13}  # BUSY, LOCKED, IOERR, FULL
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    n INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    oldest_ns INTEGER NOT NULL,
+    newest_ns INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_summary ON chunks (id, n, nbytes, oldest_ns);
+CREATE TABLE IF NOT EXISTS cursors (
+    name TEXT PRIMARY KEY,
+    acked_id INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+"""
+_CHUNK_COLUMNS = ["id", "n", "nbytes", "oldest_ns", "newest_ns", "payload"]
+_COUNTERS = (
+    "lines_held",
+    "chunks_held",
+    "bytes_held",
+    "committed_total",
+    "dropped_full_total",
+)
+
+
+class AppendResult(NamedTuple):
+    """What one :meth:`Buffer.append` did.
+
+    ``stored`` new lines are committed; ``dropped`` lines were lost by this call because the
+    buffer was full: refused new lines (``drop_newest``) or evicted buffered lines
+    (``drop_oldest``; if a single call holds more than ``max_bytes``, its own oldest lines).
+    """
+
+    stored: int
+    dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Whole chunks for one sink, in order: ``payload`` is ``lines`` lines joined by ``\\n``.
+
+    Acknowledge it with ``ack(sink, batch.last_id)`` once the sink has stored it.
+    """
+
+    last_id: int
+    lines: int
+    payload: bytes
+    oldest_ns: int
+    newest_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class SinkLag:
+    """How far one sink is behind: lines and chunks after its cursor."""
+
+    name: str
+    acked_id: int
+    lag_lines: int
+    lag_chunks: int
+    oldest_pending_ns: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """A snapshot of the buffer. Times are nanoseconds since the epoch, ``None`` if none."""
+
+    path: Path
+    depth_lines: int
+    depth_chunks: int
+    bytes_held: int
+    file_bytes: int
+    max_bytes: int | None
+    when_full: str | None
+    oldest_time_ns: int | None
+    newest_time_ns: int | None
+    committed_total: int
+    dropped_full_total: int
+    sinks: dict[str, SinkLag] = field(default_factory=dict)
+
+
+class _Corrupt(Exception):
+    """Internal: the file is damaged or is not an iotgw buffer."""
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        # Only DatabaseError proper (not its Operational/Integrity/... subclasses) is what
+        # the sqlite3 module raises for "file is not a database"/"malformed" without a code.
+        return type(exc) is sqlite3.DatabaseError
+    return (code & 0xFF) in _CORRUPTION_CODES
+
+
+def _failure(exc: sqlite3.Error, doing: str, path: Path) -> BufferFailure:
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    failure = BufferFailure(f"buffer {path}: {doing} failed: {exc} ({name})")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in _RETRYABLE_CODES:
+        failure.retryable = True
+    return failure
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for candidate in (path, Path(f"{path}-wal")):
+        try:
+            total += candidate.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _fitting_prefix(lines: Sequence[bytes], room: int) -> int:
+    """How many leading lines fit in ``room`` bytes once joined by newlines."""
+    used = -1
+    for count, line in enumerate(lines):
+        used += len(line) + 1
+        if used > room:
+            return count
+    return len(lines)
+
+
+def _fitting_suffix(lines: Sequence[bytes], room: int) -> int:
+    """How many trailing lines fit in ``room`` bytes once joined by newlines."""
+    used = -1
+    for count, line in enumerate(reversed(lines)):
+        used += len(line) + 1
+        if used > room:
+            return count
+    return len(lines)
+
+
+def _read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
+    return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+
+
+def _query_stats(conn: sqlite3.Connection, path: Path) -> BufferStats:
+    """Statistics from the meta table and the covering index, in one read transaction."""
+    conn.execute("BEGIN")
+    try:
+        meta = _read_meta(conn)
+        oldest = conn.execute("SELECT min(oldest_ns) FROM chunks").fetchone()[0]
+        sinks: dict[str, SinkLag] = {}
+        for name, acked_id in conn.execute("SELECT name, acked_id FROM cursors ORDER BY name"):
+            chunks, lines, pending = conn.execute(
+                "SELECT count(*), coalesce(sum(n), 0), min(oldest_ns) FROM chunks WHERE id > ?",
+                (acked_id,),
+            ).fetchone()
+            sinks[name] = SinkLag(name, acked_id, lines, chunks, pending)
+    finally:
+        conn.execute("COMMIT")
+
+    def counter(key: str) -> int:
+        value = meta.get(key)
+        return int(value) if isinstance(value, int) else 0
+
+    max_bytes = meta.get("max_bytes")
+    when_full = meta.get("when_full")
+    newest = meta.get("newest_time_ns")
+    return BufferStats(
+        path=path,
+        depth_lines=counter("lines_held"),
+        depth_chunks=counter("chunks_held"),
+        bytes_held=counter("bytes_held"),
+        file_bytes=_file_bytes(path),
+        max_bytes=max_bytes if isinstance(max_bytes, int) else None,
+        when_full=when_full if isinstance(when_full, str) else None,
+        oldest_time_ns=oldest,
+        newest_time_ns=newest if isinstance(newest, int) else None,
+        committed_total=counter("committed_total"),
+        dropped_full_total=counter("dropped_full_total"),
+        sinks=sinks,
+    )
+
+
+class Buffer:
+    """A durable FIFO of line-protocol chunks with one cursor per sink.
+
+    Synchronous and guarded by a lock; the gateway drives it through :class:`AsyncBuffer`.
+    Every method that changes something is one SQLite transaction: it happens completely
+    or, after a crash, not at all.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        when_full: WhenFull,
+        synchronous: Synchronous = "full",
+        chunk_lines: int = 2000,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, got {max_bytes}")
+        if when_full not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"when_full must be drop_oldest or drop_newest, got {when_full!r}")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be full or normal, got {synchronous!r}")
+        if chunk_lines < 1:
+            raise ValueError(f"chunk_lines must be at least 1, got {chunk_lines}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.when_full: WhenFull = when_full
+        self.synchronous: Synchronous = synchronous
+        self.chunk_lines = chunk_lines
+        self.recovered_from_corruption: Path | None = None
+        """Where :meth:`open` moved a corrupt file to, or ``None`` if it did not."""
+        self._conn: sqlite3.Connection | None = None
+        self._meta: dict[str, int] = {}
+        self._newest_time_ns: int | None = None
+        self._lock = threading.RLock()
+        self._dropped_logged_at = -_DROP_LOG_INTERVAL_S
+        self._dropped_unlogged = 0
+
+    # -- opening -------------------------------------------------------------------------
+
+    def open(self) -> Path | None:
+        """Open (creating if needed) the buffer; move a corrupt file aside instead of failing.
+
+        A file that is not a database, fails ``PRAGMA quick_check`` or holds foreign tables
+        is renamed, with its ``-wal``/``-shm``, to ``<name>.corrupt-<UTC timestamp>``; an
+        ERROR is logged naming it, and a fresh, empty buffer is started: a gateway that
+        crash-looped on a damaged SD card would lose every new reading instead. The moved
+        file is kept for forensics/recovery (``sqlite3 FILE .recover``).
+
+        The check runs on a read-only connection first, because closing a read-write
+        connection checkpoints and deletes the ``-wal``: the files are moved exactly as
+        found. ``quick_check`` reads the whole file, so start-up time grows with the backlog.
+
+        Returns the path the corrupt file was moved to (also kept in
+        ``recovered_from_corruption``) or ``None``. Raises :class:`BufferFailure` for
+        problems that moving the file cannot fix (permissions, locked by another process,
+        I/O errors, a schema written by a newer gateway).
+        """
+        with self._lock:
+            if self._conn is not None:
+                return self.recovered_from_corruption
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise BufferFailure(f"cannot create the buffer directory: {exc}") from exc
+            try:
+                checked = self._probe()
+                conn = self._connect(quick_check=not checked)
+            except _Corrupt as exc:
+                self.recovered_from_corruption = self._move_aside(str(exc))
+                try:
+                    conn = self._connect(quick_check=False)
+                except _Corrupt as again:
+                    raise BufferFailure(
+                        f"buffer {self.path}: a fresh file is unusable too: {again}"
+                    ) from again
+            self._conn = conn
+            log.info(
+                "buffer %s open: %d lines in %d chunks, %d payload bytes held (max %d, %s, "
+                "synchronous=%s)",
+                self.path, self._meta["lines_held"], self._meta["chunks_held"],
+                self._meta["bytes_held"], self.max_bytes, self.when_full, self.synchronous,
+            )
+            return self.recovered_from_corruption
+
+    def _probe(self) -> bool:
+        """Check an existing file read-only; True if it was checked and is fine.
+
+        Raises ``_Corrupt``. Returns False when there is no file, or when the read-only
+        check could not run for another reason (the read-write open then checks instead).
+        """
+        try:
+            if not self.path.is_file() or self.path.stat().st_size == 0:
+                return False
+        except OSError:
+            return False
+        try:
+            conn = sqlite3.connect(
+                f"{self.path.resolve().as_uri()}?mode=ro",
+                uri=True,
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+            )
+        except sqlite3.Error:
+            return False
+        try:
+            self._check(conn, quick_check=True)
+            return True
+        except sqlite3.Error as exc:
+            if _is_corruption(exc):
+                raise _Corrupt(f"{exc} ({getattr(exc, 'sqlite_errorname', '?')})") from exc
+            log.debug("buffer %s: read-only check not possible: %s", self.path, exc)
+            return False
+        finally:
+            conn.close()
+
+    def _connect(self, quick_check: bool) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = sqlite3.connect(
+                str(self.path),
+                timeout=_BUSY_TIMEOUT_S,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise BufferFailure(f"buffer {self.path}: cannot use WAL mode (got {mode!r})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+            self._check(conn, quick_check=quick_check)
+            self._init_schema(conn)
+            return conn
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            if _is_corruption(exc):
+                raise _Corrupt(f"{exc} ({getattr(exc, 'sqlite_errorname', '?')})") from exc
+            raise _failure(exc, "opening", self.path) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+
+    def _check(self, conn: sqlite3.Connection, quick_check: bool) -> None:
+        """Raise ``_Corrupt`` unless ``conn`` is a sound iotgw buffer (or an empty file)."""
+        if quick_check:
+            problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(10)")]
+            if problems != ["ok"]:
+                raise _Corrupt("quick_check: " + "; ".join(problems))
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        }
+        if tables and "chunks" not in tables:
+            raise _Corrupt(f"not an iotgw buffer (tables: {', '.join(sorted(tables))})")
+        if "chunks" in tables:
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(chunks)")]
+            if columns != _CHUNK_COLUMNS:
+                raise _Corrupt(f"not an iotgw buffer (chunks columns: {', '.join(columns)})")
+        if "meta" in tables:
+            version = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if version is not None and isinstance(version[0], int) and version[0] > SCHEMA_VERSION:
+                # Written by a newer gateway: keep it untouched rather than guess.
+                raise BufferFailure(
+                    f"buffer {self.path} has schema {version[0]}, this gateway knows "
+                    f"{SCHEMA_VERSION}: upgrade the gateway or move the file away"
+                )
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Not executescript(): it would COMMIT first and this must be one transaction.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, 0)",
+                [(key,) for key in _COUNTERS],
+            )
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('newest_time_ns', NULL)")
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [("max_bytes", self.max_bytes), ("when_full", self.when_full)],
+            )
+            meta = _read_meta(conn)
+            counters = {key: int(meta.get(key) or 0) for key in _COUNTERS}
+            # The held totals must match the rows; repair them if they do not (cheap: the
+            # covering index, not the payloads), so a past bug cannot skew max_bytes forever.
+            chunks, lines, nbytes = conn.execute(
+                "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) FROM chunks"
+            ).fetchone()
+            actual = {"chunks_held": chunks, "lines_held": lines, "bytes_held": nbytes}
+            if any(counters[key] != value for key, value in actual.items()):
+                log.warning(
+                    "buffer %s: held totals %s did not match the rows %s; repaired",
+                    self.path, {k: counters[k] for k in actual}, actual,
+                )
+                counters.update(actual)
+                self._write_meta(conn, counters)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self._meta = counters
+        newest = meta.get("newest_time_ns")
+        self._newest_time_ns = newest if isinstance(newest, int) else None
+
+    def _move_aside(self, reason: str) -> Path:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        serial = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{serial}")
+            serial += 1
+        try:
+            # The WAL first: a stale WAL left next to a fresh database must never be
+            # replayed into it. If we die half-way, the damaged file is still in place and
+            # is detected (and moved) again at the next start.
+            for suffix in ("-wal", "-shm", ""):
+                source = Path(f"{self.path}{suffix}")
+                if source.exists():
+                    os.replace(source, f"{target}{suffix}")
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise BufferFailure(
+                f"buffer {self.path} is corrupt ({reason}) and could not be moved aside: {exc}"
+            ) from exc
+        log.error(
+            "BUFFER FILE %s IS CORRUPT (%s). It was moved aside to %s and an EMPTY buffer "
+            "was started. Readings still in the old file are NOT forwarded; inspect or "
+            "salvage them with 'sqlite3 %s .recover'.",
+            self.path, reason, target, target,
+        )
+        return target
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise BufferFailure(f"buffer {self.path} is not open")
+        return self._conn
+
+    @contextmanager
+    def _transaction(self, doing: str) -> Iterator[sqlite3.Connection]:
+        conn = self._require_open()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        log.exception("buffer %s: rollback failed", self.path)
+                raise
+        except sqlite3.Error as exc:
+            raise _failure(exc, doing, self.path) from exc
+
+    @staticmethod
+    def _write_meta(conn: sqlite3.Connection, counters: dict[str, int]) -> None:
+        conn.executemany(
+            "UPDATE meta SET value = ? WHERE key = ?",
+            [(value, key) for key, value in counters.items()],
+        )
+
+    @staticmethod
+    def _last_id(conn: sqlite3.Connection) -> int:
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'chunks'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- writing -------------------------------------------------------------------------
+
+    def append(self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int) -> AppendResult:
+        """Commit ``lines`` (one reading each, no newlines) in one transaction.
+
+        They are split into chunks of at most ``chunk_lines`` lines. When the payload bytes
+        held would exceed ``max_bytes``: ``drop_oldest`` evicts the oldest chunks, whether
+        or not every sink has taken them, until the new chunk fits; ``drop_newest`` keeps
+        the lines that still fit and refuses the rest of this call. Either way the lost
+        lines are counted in ``dropped`` and in ``dropped_full_total``.
+        """
+        total = len(lines)
+        if total == 0:
+            return AppendResult(0, 0)
+        with self._lock, self._transaction("append") as conn:
+            counters = dict(self._meta)
+            stored = dropped = 0
+            first_new_id: int | None = None
+            for start in range(0, total, self.chunk_lines):
+                part = lines[start : start + self.chunk_lines]
+                payload = b"\n".join(part)
+                size = len(payload)
+                if counters["bytes_held"] + size > self.max_bytes:
+                    if self.when_full == "drop_newest":
+                        room = self.max_bytes - counters["bytes_held"]
+                        keep = _fitting_prefix(part, room) if room > 0 else 0
+                        dropped += total - start - keep
+                        if keep:
+                            part = part[:keep]
+                            payload = b"\n".join(part)
+                            first_new_id = self._insert(
+                                conn, counters, part, payload, oldest_ns, newest_ns,
+                                first_new_id,
+                            )
+                            stored += keep
+                        break
+                    evicted, evicted_new = self._evict(conn, counters, size, first_new_id)
+                    dropped += evicted
+                    stored -= evicted_new
+                    if size > self.max_bytes:
+                        # More than the whole buffer in one chunk: keep its newest lines.
+                        keep = _fitting_suffix(part, self.max_bytes)
+                        dropped += len(part) - keep
+                        if not keep:
+                            continue
+                        part = part[len(part) - keep :]
+                        payload = b"\n".join(part)
+                first_new_id = self._insert(
+                    conn, counters, part, payload, oldest_ns, newest_ns, first_new_id
+                )
+                stored += len(part)
+            counters["committed_total"] += stored
+            counters["dropped_full_total"] += dropped
+            newest_time = self._newest_time_ns
+            if stored and (newest_time is None or newest_ns > newest_time):
+                newest_time = newest_ns
+                conn.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'newest_time_ns'", (newest_time,)
+                )
+            self._write_meta(conn, counters)
+        # Only after COMMIT: a failed transaction leaves the in-memory totals as they were.
+        self._meta = counters
+        self._newest_time_ns = newest_time
+        if dropped:
+            self._log_dropped(dropped)
+        return AppendResult(stored, dropped)
+
+    def _log_dropped(self, dropped: int) -> None:
+        # A full buffer drops on every commit (several per second): warn once a minute.
+        self._dropped_unlogged += dropped
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= _DROP_LOG_INTERVAL_S:
+            log.warning(
+                "buffer %s is full (max %d payload bytes, %s): dropped %d lines since the "
+                "last warning",
+                self.path, self.max_bytes, self.when_full, self._dropped_unlogged,
+            )
+            self._dropped_logged_at = now
+            self._dropped_unlogged = 0
+
+    @staticmethod
+    def _insert(
+        conn: sqlite3.Connection,
+        counters: dict[str, int],
+        part: Sequence[bytes],
+        payload: bytes,
+        oldest_ns: int,
+        newest_ns: int,
+        first_new_id: int | None,
+    ) -> int | None:
+        cursor = conn.execute(
+            "INSERT INTO chunks (n, nbytes, oldest_ns, newest_ns, payload) VALUES (?, ?, ?, ?, ?)",
+            (len(part), len(payload), oldest_ns, newest_ns, payload),
+        )
+        counters["lines_held"] += len(part)
+        counters["chunks_held"] += 1
+        counters["bytes_held"] += len(payload)
+        return cursor.lastrowid if first_new_id is None else first_new_id
+
+    def _evict(
+        self,
+        conn: sqlite3.Connection,
+        counters: dict[str, int],
+        incoming: int,
+        first_new_id: int | None,
+    ) -> tuple[int, int]:
+        """Delete oldest chunks until ``incoming`` bytes fit; (lines evicted, of them new)."""
+        evicted = evicted_new = 0
+        while counters["bytes_held"] + incoming > self.max_bytes and counters["chunks_held"]:
+            rows = conn.execute("SELECT id, n, nbytes FROM chunks ORDER BY id LIMIT 256").fetchall()
+            if not rows:
+                break
+            upto = rows[0][0]
+            for chunk_id, n, nbytes in rows:
+                upto = chunk_id
+                counters["lines_held"] -= n
+                counters["chunks_held"] -= 1
+                counters["bytes_held"] -= nbytes
+                evicted += n
+                if first_new_id is not None and chunk_id >= first_new_id:
+                    evicted_new += n
+                if counters["bytes_held"] + incoming <= self.max_bytes:
+                    break
+            conn.execute("DELETE FROM chunks WHERE id <= ?", (upto,))
+        return evicted, evicted_new
+
+    def _prune(self, conn: sqlite3.Connection, counters: dict[str, int]) -> int:
+        """Delete the chunks every cursor has passed; returns the lines deleted."""
+        floor = conn.execute("SELECT min(acked_id) FROM cursors").fetchone()[0]
+        if floor is None:
+            return 0
+        chunks, lines, nbytes = conn.execute(
+            "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) "
+            "FROM chunks WHERE id <= ?",
+            (floor,),
+        ).fetchone()
+        if chunks:
+            conn.execute("DELETE FROM chunks WHERE id <= ?", (floor,))
+            counters["chunks_held"] -= chunks
+            counters["lines_held"] -= lines
+            counters["bytes_held"] -= nbytes
+            self._write_meta(conn, counters)
+        return lines
+
+    # -- cursors -------------------------------------------------------------------------
+
+    def register_sinks(self, names: Iterable[str]) -> None:
+        """Make the set of cursors exactly ``names``.
+
+        A new sink starts at the oldest chunk still buffered (``acked_id = min(id) - 1``, or
+        the last id ever used when the buffer is empty). Cursors of sinks not in ``names``
+        are deleted and whatever only they were holding back is pruned.
+        """
+        wanted = set(names)
+        for name in wanted:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"sink names must be non-empty strings, got {name!r}")
+        with self._lock, self._transaction("registering sinks") as conn:
+            counters = dict(self._meta)
+            existing = dict(conn.execute("SELECT name, acked_id FROM cursors").fetchall())
+            for gone in sorted(existing.keys() - wanted):
+                conn.execute("DELETE FROM cursors WHERE name = ?", (gone,))
+                log.info("buffer: removed the cursor of sink %r, no longer configured", gone)
+            new = sorted(wanted - existing.keys())
+            if new:
+                oldest = conn.execute("SELECT min(id) FROM chunks").fetchone()[0]
+                start = oldest - 1 if oldest is not None else self._last_id(conn)
+                conn.executemany(
+                    "INSERT INTO cursors (name, acked_id) VALUES (?, ?)",
+                    [(name, start) for name in new],
+                )
+                for name in new:
+                    log.info(
+                        "buffer: new sink %r starts at the oldest buffered chunk (%d lines)",
+                        name, counters["lines_held"],
+                    )
+            pruned = self._prune(conn, counters)
+        self._meta = counters
+        if pruned:
+            log.info("buffer: pruned %d lines no remaining sink needs", pruned)
+
+    def read(self, sink: str, max_lines: int) -> Batch | None:
+        """The next chunks after ``sink``'s cursor, or ``None`` if it is up to date.
+
+        Whole chunks in id order, as many as fit in ``max_lines``; always at least one, so
+        a chunk larger than ``max_lines`` still comes out (the forwarder splits it if the
+        sink refuses it as too large). Reading does not move the cursor: until
+        :meth:`ack`, the same batch is returned again.
+        """
+        if max_lines < 1:
+            raise ValueError(f"max_lines must be at least 1, got {max_lines}")
+        with self._lock:
+            conn = self._require_open()
+            try:
+                row = conn.execute(
+                    "SELECT acked_id FROM cursors WHERE name = ?", (sink,)
+                ).fetchone()
+                if row is None:
+                    raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
+                acked_id = row[0]
+                last_id: int | None = None
+                lines = 0
+                oldest: int | None = None
+                newest: int | None = None
+                cursor = conn.execute(
+                    "SELECT id, n, oldest_ns, newest_ns FROM chunks WHERE id > ? ORDER BY id",
+                    (acked_id,),
+                )
+                try:
+                    for chunk_id, n, chunk_oldest, chunk_newest in cursor:
+                        if last_id is not None and lines + n > max_lines:
+                            break
+                        last_id = chunk_id
+                        lines += n
+                        oldest = chunk_oldest if oldest is None else min(oldest, chunk_oldest)
+                        newest = chunk_newest if newest is None else max(newest, chunk_newest)
+                        if lines >= max_lines:
+                            break
+                finally:
+                    cursor.close()
+                if last_id is None:
+                    return None
+                payloads = [
+                    payload
+                    for (payload,) in conn.execute(
+                        "SELECT payload FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
+                        (acked_id, last_id),
+                    )
+                ]
+            except sqlite3.Error as exc:
+                raise _failure(exc, "read", self.path) from exc
+        assert oldest is not None and newest is not None
+        return Batch(last_id, lines, b"\n".join(payloads), oldest, newest)
+
+    def ack(self, sink: str, last_id: int) -> None:
+        """Record that ``sink`` stored every chunk up to ``last_id``; prune what all have.
+
+        The cursor never moves backwards: a stale or repeated ack is a no-op.
+        """
+        with self._lock, self._transaction("ack") as conn:
+            counters = dict(self._meta)
+            row = conn.execute("SELECT acked_id FROM cursors WHERE name = ?", (sink,)).fetchone()
+            if row is None:
+                raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
+            if last_id <= row[0]:
+                return
+            if last_id > self._last_id(conn):
+                raise ValueError(f"ack of chunk {last_id} that was never written")
+            conn.execute("UPDATE cursors SET acked_id = ? WHERE name = ?", (last_id, sink))
+            self._prune(conn, counters)
+        self._meta = counters
+
+    # -- inspection and closing ----------------------------------------------------------
+
+    def stats(self) -> BufferStats:
+        """A consistent snapshot: totals from ``meta``, lags from the covering index."""
+        with self._lock:
+            conn = self._require_open()
+            try:
+                return _query_stats(conn, self.path)
+            except sqlite3.Error as exc:
+                raise _failure(exc, "stats", self.path) from exc
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database file, truncate it, and close. Idempotent."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is None:
+                return
+            try:
+                busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+                if busy:
+                    log.info("buffer %s: WAL checkpoint incomplete (readers active)", self.path)
+            except sqlite3.Error as exc:
+                log.warning("buffer %s: WAL checkpoint at close failed: %s", self.path, exc)
+            finally:
+                conn.close()
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames in ``directory`` durable (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- asyncio wrapper ---------------------------------------------------------------------
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+class AsyncBuffer:
+    """Runs a :class:`Buffer` on one dedicated worker thread.
+
+    Commits wait for fsync (milliseconds on flash, more under load); on the event loop that
+    would stall every driver and forwarder. One worker thread keeps SQLite single-threaded
+    and runs calls in the order they were made. A call whose awaiting task is cancelled
+    still runs to completion on the worker (an append may commit): harmless, delivery is
+    at-least-once. Sequences passed to :meth:`append` must not be mutated until it returns.
+    """
+
+    def __init__(self, buffer: Buffer) -> None:
+        self.buffer = buffer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iotgw-buffer")
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self.buffer.path
+
+    @property
+    def recovered_from_corruption(self) -> Path | None:
+        return self.buffer.recovered_from_corruption
+
+    async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        if self._closed:
+            raise BufferFailure(f"buffer {self.buffer.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def open(self) -> Path | None:
+        return await self._run(self.buffer.open)
+
+    async def register_sinks(self, names: Iterable[str]) -> None:
+        await self._run(self.buffer.register_sinks, list(names))
+
+    async def append(self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int) -> AppendResult:
+        return await self._run(self.buffer.append, lines, oldest_ns, newest_ns)
+
+    async def read(self, sink: str, max_lines: int) -> Batch | None:
+        return await self._run(self.buffer.read, sink, max_lines)
+
+    async def ack(self, sink: str, last_id: int) -> None:
+        await self._run(self.buffer.ack, sink, last_id)
+
+    async def stats(self) -> BufferStats:
+        return await self._run(self.buffer.stats)
+
+    async def close(self) -> None:
+        """Close the buffer (checkpoint) on the worker, then stop the worker."""
+        if self._closed:
+            return
+        try:
+            await self._run(self.buffer.close)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=False)
+
+
+# -- read-only access for the CLI ----------------------------------------------------------
+
+
+def read_stats(path: Path) -> BufferStats:
+    """Statistics of the buffer at ``path``, opened read-only.
+
+    Safe while the gateway runs: a WAL reader takes no lock the writer waits for, never
+    checkpoints and writes nothing to the database. Raises :class:`BufferFailure` if the file
+    is missing or unreadable (it is never moved or repaired from here).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BufferFailure(f"no buffer file at {path}")
+    try:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=_BUSY_TIMEOUT_S,
+            isolation_level=None,
+        )
+    except sqlite3.Error as exc:
+        raise _failure(exc, "opening read-only", path) from exc
+    try:
+        return _query_stats(conn, path)
+    except sqlite3.Error as exc:
+        raise _failure(exc, "reading stats", path) from exc
+    finally:
+        conn.close()
+
+
+def _iso(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 0:
+        return "in the future"
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h ago"
+    if hours:
+        return f"{hours}h {minutes}m ago"
+    if minutes:
+        return f"{minutes}m {secs}s ago"
+    return f"{secs}s ago"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(time_ns: int | None, now_ns: int) -> str:
+    if time_ns is None:
+        return "-"
+    return f"{_iso(time_ns)} ({_age((now_ns - time_ns) / 1e9)})"
+
+
+def format_stats(stats: BufferStats, now_ns: int | None = None) -> str:
+    """A short human-readable table of ``stats`` for ``iotgw buffer stats``."""
+    now = time.time_ns() if now_ns is None else now_ns
+    held = _size(stats.bytes_held)
+    if stats.max_bytes:
+        held += f" of {_size(stats.max_bytes)} ({100 * stats.bytes_held / stats.max_bytes:.0f}%)"
+        if stats.when_full:
+            held += f", {stats.when_full} when full"
+    rows = [
+        ("buffer", str(stats.path)),
+        ("depth", f"{stats.depth_lines:,} lines in {stats.depth_chunks:,} chunks"),
+        ("payload", held),
+        ("on disk", _size(stats.file_bytes)),
+        ("oldest reading", _when(stats.oldest_time_ns, now)),
+        ("newest committed", _when(stats.newest_time_ns, now)),
+        ("committed total", f"{stats.committed_total:,} lines"),
+        ("dropped (full)", f"{stats.dropped_full_total:,} lines"),
+    ]
+    width = max(len(label) for label, _ in rows)
+    out = [f"{label:<{width}}  {value}" for label, value in rows]
+    out.append("")
+    if not stats.sinks:
+        out.append("no sink cursors")
+        return "\n".join(out)
+    name_width = max(4, *(len(name) for name in stats.sinks))
+    out.append(f"{'sink':<{name_width}}  {'lag lines':>12}  oldest pending")
+    for lag in stats.sinks.values():
+        out.append(
+            f"{lag.name:<{name_width}}  {lag.lag_lines:>12,}  {_when(lag.oldest_pending_ns, now)}"
+        )
+    return "\n".join(out)

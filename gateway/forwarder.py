@@ -1,0 +1,114 @@
+"""One forwarder per sink: buffer cursor -> sink, with one retry policy for all sinks.
+
+The cursor advances only after the sink accepted the batch, so delivery is at least
+once; InfluxDB-style stores overwrite a point with the same series and timestamp, so a
+resend after a crash or timeout does not duplicate data. Each forwarder is its own task:
+a sink that is down or slow never holds up another sink or the drivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.aio import wait_event
+from gateway.backoff import Backoff
+from gateway.buffer import AsyncBuffer
+from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
+from gateway.problems import ProblemLog
+from gateway.sinks.base import Sink, SinkConfigBase
+from gateway.stats import GatewayStats
+
+log = logging.getLogger("iotgw.forwarder")
+
+IDLE_RECHECK = 1.0
+"""Seconds between buffer checks when no commit notification arrives (a safety net)."""
+
+
+class Forwarder:
+    def __init__(self, sink: Sink, config: SinkConfigBase, buffer: AsyncBuffer,
+                 new_data: asyncio.Event, stats: GatewayStats) -> None:
+        self.name = config.sink_name
+        self._sink = sink
+        self._config = config
+        self._buffer = buffer
+        self._new_data = new_data
+        self._stats = stats.sink(self.name)
+        self._problems = ProblemLog(log)
+        self._backoff = Backoff(base=0.5, cap=config.retry_max)
+
+    async def run(self) -> None:
+        await self._sink.open()
+        try:
+            await self._loop()
+        finally:
+            await self._sink.close()
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self._buffer.read(self.name, self._config.batch_lines)
+            if batch is None:
+                self._new_data.clear()
+                batch = await self._buffer.read(self.name, self._config.batch_lines)
+                if batch is None:
+                    await wait_event(self._new_data, IDLE_RECHECK)
+                    continue
+            delay = await self._try_deliver(batch.payload)
+            if delay is None:
+                await self._buffer.ack(self.name, batch.last_id)
+                self._stats.sent_lines += batch.lines
+                self._stats.sent_batches += 1
+            else:
+                await asyncio.sleep(delay)
+
+    async def _try_deliver(self, payload: bytes) -> float | None:
+        """None when the batch is done with (stored, or bad lines dropped); otherwise the
+        seconds to wait before retrying the same batch."""
+        key = f"sink:{self.name}"
+        try:
+            await self._deliver(payload)
+        except SinkAuthError as exc:
+            self._failed(key, "failed", f"sink {self.name}: {exc}; buffering and retrying "
+                         f"every {self._config.auth_retry:g}s until this is fixed")
+            return self._config.auth_retry
+        except SinkUnavailable as exc:
+            wait = self._backoff.next()
+            if exc.retry_after is not None:
+                wait = max(wait, min(exc.retry_after, self._config.retry_max * 10))
+            self._failed(key, "retrying", f"sink {self.name} unavailable: {exc}; buffering "
+                         "and retrying with backoff")
+            return wait
+        self._backoff.reset()
+        self._stats.state = "ok"
+        self._problems.recovered(key, f"sink {self.name} is delivering again")
+        return None
+
+    def _failed(self, key: str, state: str, message: str) -> None:
+        self._stats.state = state
+        self._stats.errors += 1
+        self._stats.last_error = message
+        self._problems.report(key, message)
+
+    async def _deliver(self, payload: bytes) -> None:
+        try:
+            await self._sink.write(payload)
+        except SinkTooLarge:
+            await self._split(payload, "too large")
+        except SinkRejected as exc:
+            await self._split(payload, str(exc))
+
+    async def _split(self, payload: bytes, reason: str) -> None:
+        """Bisect a refused batch until the refused lines are isolated; the rest is
+        written. Resending lines the server already took is harmless (idempotent)."""
+        lines = payload.split(b"\n")
+        if len(lines) == 1:
+            self._stats.rejected_lines += 1
+            self._problems.report(
+                f"rejected:{self.name}",
+                f"sink {self.name} refused a line, dropped it: {reason} "
+                f"(line: {payload[:200]!r})", level=logging.WARNING)
+            return
+        middle = len(lines) // 2
+        await self._deliver(b"\n".join(lines[:middle]))
+        await self._deliver(b"\n".join(lines[middle:]))
+

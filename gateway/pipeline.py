@@ -1,0 +1,224 @@
+"""From driver readings to committed buffer chunks.
+
+Readings are validated (bad values dropped and counted, never passed on to break a
+whole batch at the store), tagged with site/gateway/device and the installer's tags,
+encoded to line protocol once, and committed in batches: one transaction per
+``flush_interval`` or per full chunk, whichever comes first. Batching is what makes
+fsync-per-commit affordable on an SD card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+from gateway.aio import wait_event
+from gateway.buffer import AsyncBuffer
+from gateway.lineprotocol import encode_many
+from gateway.problems import ProblemLog
+from gateway.reading import Reading
+from gateway.stats import GatewayStats
+
+log = logging.getLogger("iotgw.pipeline")
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLUSH_LINES = 5000
+"""Commit early when this many lines are waiting, without waiting for the timer."""
+
+Listener = Callable[[str, Sequence[Reading]], None]
+
+
+class Pipeline:
+    def __init__(self, buffer: AsyncBuffer, stats: GatewayStats, *, site: str, gateway_id: str,
+                 flush_interval: float, max_pending: int) -> None:
+        self._buffer = buffer
+        self._stats = stats
+        self._core_tags = {"site": site, "gateway": gateway_id}
+        self._device_tags: dict[str, dict[str, str]] = {}
+        self._flush_interval = flush_interval
+        self._max_pending = max_pending
+        self._lines: list[bytes] = []
+        self._oldest = 0
+        self._newest = 0
+        self._batch_done: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._subscribers: list[asyncio.Event] = []
+        self._listeners: list[Listener] = []
+        self._problems = ProblemLog(log)
+
+    # -- configuration -------------------------------------------------------------
+
+    def set_device(self, device_id: str, installer_tags: Mapping[str, str]) -> None:
+        """Tags for one device; later layers win so drivers cannot forge site/device."""
+        self._device_tags[device_id] = {**installer_tags, **self._core_tags,
+                                        "device": device_id}
+
+    def set_site(self, site: str, gateway_id: str) -> None:
+        self._core_tags = {"site": site, "gateway": gateway_id}
+        for device_id, tags in self._device_tags.items():
+            tags.update(self._core_tags, device=device_id)
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set after every commit: forwarders sleep on it instead of polling."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        if event in self._subscribers:
+            self._subscribers.remove(event)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Called with every accepted, tagged batch (the ops bus publishes live values)."""
+        self._listeners.append(listener)
+
+    # -- intake --------------------------------------------------------------------
+
+    async def submit(self, device_id: str, readings: Sequence[Reading]) -> None:
+        """Queue readings for the next commit; waits while too many are queued."""
+        while len(self._lines) >= self._max_pending:
+            self._space.clear()
+            await self._space.wait()
+        accepted = self._accept(device_id, readings)
+        if accepted and self._listeners:
+            for listener in self._listeners:
+                listener(device_id, accepted)
+
+    async def submit_and_wait(self, device_id: str, readings: Sequence[Reading]) -> None:
+        """Returns only after the readings are committed to disk: for sources that must
+        not acknowledge a message before it is safe (MQTT QoS 1)."""
+        await self.submit(device_id, readings)
+        if self._batch_done is not None:
+            await asyncio.shield(self._batch_done)
+
+    def _accept(self, device_id: str, readings: Sequence[Reading]) -> list[Reading]:
+        base = self._device_tags.get(device_id)
+        if base is None:
+            base = {**self._core_tags, "device": device_id}
+        stats = self._stats
+        stats.readings_in += len(readings)
+        lines = self._lines
+        accepted: list[Reading] = []
+        oldest, newest = self._oldest, self._newest
+        for reading in readings:
+            fields = reading.fields
+            if not _fields_ok(fields):
+                fields = self._clean_fields(device_id, fields)
+                if not fields:
+                    stats.dropped["no_fields"] += 1
+                    continue
+            tags = reading.tags
+            if tags:
+                if not all(type(v) is str for v in tags.values()):
+                    tags = self._clean_tags(device_id, tags)
+                tags = {**tags, **base}
+            else:
+                tags = base
+            if not reading.measurement:
+                stats.dropped["no_measurement"] += 1
+                continue
+            accepted.append(Reading(reading.measurement, tags, fields, reading.time_ns))
+            t = reading.time_ns
+            if not oldest or t < oldest:
+                oldest = t
+            if t > newest:
+                newest = t
+        self._oldest, self._newest = oldest, newest
+        lines.extend(encode_many(accepted))
+        if accepted and self._batch_done is None:
+            self._batch_done = asyncio.get_running_loop().create_future()
+        if len(lines) >= FLUSH_LINES:
+            self._wake.set()
+        return accepted
+
+    def _clean_fields(self, device_id: str, fields: Mapping[str, object]) -> dict:
+        kept = {}
+        for key, value in fields.items():
+            reason = _field_problem(value)
+            if reason is None and isinstance(key, str) and key:
+                kept[key] = value
+            else:
+                reason = reason or "invalid_field_name"
+                self._stats.dropped[reason] += 1
+                self._problems.report(
+                    f"{reason}:{device_id}",
+                    f"device {device_id}: dropped field {key!r} ({reason}: {value!r:.60})",
+                    level=logging.WARNING)
+        return kept
+
+    def _clean_tags(self, device_id: str, tags: Mapping[str, object]) -> dict[str, str]:
+        kept = {k: v for k, v in tags.items() if type(v) is str}
+        self._stats.dropped["invalid_tag"] += len(tags) - len(kept)
+        self._problems.report(f"invalid_tag:{device_id}",
+                              f"device {device_id}: dropped non-string tag values",
+                              level=logging.WARNING)
+        return kept
+
+    # -- commit loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Commit forever; cancelled at shutdown, after which :meth:`flush` runs."""
+        while True:
+            await wait_event(self._wake, self._flush_interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Commit everything queued. On a buffer error the lines stay queued and the
+        error propagates, so the supervisor retries with backoff."""
+        if not self._lines:
+            return
+        lines, oldest, newest, done = self._lines, self._oldest, self._newest, self._batch_done
+        self._lines, self._oldest, self._newest, self._batch_done = [], 0, 0, None
+        try:
+            result = await self._buffer.append(lines, oldest, newest)
+        except BaseException:
+            self._lines[:0] = lines
+            self._oldest = min(filter(None, (oldest, self._oldest)), default=0)
+            self._newest = max(newest, self._newest)
+            if done is not None:
+                self._batch_done = self._batch_done or done
+            raise
+        self._stats.readings_committed += result.stored
+        if result.dropped:
+            self._stats.dropped["buffer_full"] += result.dropped
+        if done is not None and not done.done():
+            done.set_result(None)
+        self._space.set()
+        for event in self._subscribers:
+            event.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._lines)
+
+
+def _fields_ok(fields: Mapping[str, object]) -> bool:
+    if not fields:
+        return False
+    for value in fields.values():
+        kind = type(value)
+        if kind is float:
+            if not math.isfinite(value):  # type: ignore[arg-type]
+                return False
+        elif kind is int:
+            if not INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+                return False
+        elif kind is not bool and kind is not str:
+            return False
+    return True
+
+
+def _field_problem(value: object) -> str | None:
+    kind = type(value)
+    if kind is float:
+        return None if math.isfinite(value) else "invalid_value"  # type: ignore[arg-type]
+    if kind is int:
+        return None if INT64_MIN <= value <= INT64_MAX else "invalid_value"  # type: ignore[operator]
+    if kind is bool or kind is str:
+        return None
+    return "invalid_type"

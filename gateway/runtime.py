@@ -1,0 +1,210 @@
+"""``iotgw run``: the one asyncio process that owns drivers, pipeline and forwarders.
+
+Task names: ``pipeline``, ``device:<id>``, ``sink:<name>``. SIGTERM/SIGINT stop the
+gateway within ``gateway.shutdown_timeout`` with every queued reading committed;
+SIGHUP reloads the config file, touching only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Sequence
+
+from gateway.buffer import AsyncBuffer, Buffer
+from gateway.config.loader import LoadedConfig, load_config
+from gateway.driver import DeviceConfigBase, DeviceContext
+from gateway.errors import ConfigError
+from gateway.forwarder import Forwarder
+from gateway.pipeline import Pipeline
+from gateway.reading import Reading
+from gateway.registry import DRIVER_TYPES
+from gateway.sinks import SINK_TYPES
+from gateway.sinks.base import SinkConfigBase
+from gateway.stats import GatewayStats
+from gateway.supervisor import Supervisor
+
+log = logging.getLogger("iotgw.runtime")
+
+
+class Gateway:
+    def __init__(self, config: LoadedConfig) -> None:
+        self.config = config
+        self.stats = GatewayStats()
+        self.started = time.time()
+        self.devices: dict[str, DeviceContext] = {}
+        self._device_configs: dict[str, DeviceConfigBase] = {}
+        self._sink_configs: dict[str, SinkConfigBase] = {}
+        self._sink_events: dict[str, asyncio.Event] = {}
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        buf = config.model.buffer
+        self.buffer = AsyncBuffer(Buffer(config.buffer_path, max_bytes=buf.max_bytes,
+                                         when_full=buf.when_full, synchronous=buf.synchronous))
+        self.pipeline: Pipeline | None = None
+        self.supervisor: Supervisor | None = None
+
+    # -- control from outside (signals, ops commands, tests) -------------------------
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        cfg = self.config
+        await self.buffer.open()
+        await self.buffer.register_sinks([s.sink_name for s in cfg.sinks])
+        self.pipeline = Pipeline(
+            self.buffer, self.stats, site=cfg.model.gateway.site,
+            gateway_id=cfg.model.gateway.id, flush_interval=cfg.model.buffer.flush_interval,
+            max_pending=cfg.model.buffer.max_pending)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.supervisor = Supervisor(group)
+                self.supervisor.start("pipeline", self.pipeline.run)
+                for sink in cfg.sinks:
+                    self._start_sink(sink)
+                for device in cfg.devices:
+                    self._start_device(device)
+                log.info("gateway %s (site %s) running: %d devices, sinks: %s",
+                         cfg.model.gateway.id, cfg.model.gateway.site, len(cfg.devices),
+                         ", ".join(s.sink_name for s in cfg.sinks))
+                await self._serve_control()
+                await self._shutdown()
+        finally:
+            await self.buffer.close()
+
+    async def _serve_control(self) -> None:
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            reload.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def _shutdown(self) -> None:
+        """Drivers first (no new readings), then the last commit, then the forwarders.
+
+        Forwarders are cancelled rather than drained: anything unsent is committed in
+        the buffer and goes out after the next start, so the deadline stays bounded."""
+        assert self.supervisor is not None and self.pipeline is not None
+        deadline = time.monotonic() + self.config.model.gateway.shutdown_timeout
+        log.info("stopping")
+        devices = [n for n in self.supervisor.names() if n.startswith("device:")]
+        await self.supervisor.stop(devices, timeout=max(0.1, (deadline - time.monotonic()) / 3))
+        await self.supervisor.stop(["pipeline"], timeout=0.5)
+        try:
+            async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 0.5)):
+                await self.pipeline.flush()
+        except (TimeoutError, Exception) as exc:
+            log.error("final commit failed, %d queued readings lost: %s",
+                      self.pipeline.pending, exc)
+        await self.supervisor.stop(None, timeout=max(0.1, deadline - time.monotonic() - 0.2))
+        log.info("stopped: %d readings received, %d committed this run",
+                 self.stats.readings_in, self.stats.readings_committed,
+                 extra={"readings_in": self.stats.readings_in,
+                        "readings_committed": self.stats.readings_committed})
+
+    # -- devices and sinks -----------------------------------------------------------
+
+    def _start_device(self, device: DeviceConfigBase) -> None:
+        assert self.supervisor is not None and self.pipeline is not None
+        driver_type = DRIVER_TYPES[device.driver]  # type: ignore[attr-defined]
+        ctx = DeviceContext(device.id, self._emit)
+        self.devices[device.id] = ctx
+        self._device_configs[device.id] = device
+        self.pipeline.set_device(device.id, device.tags)
+        driver = driver_type.driver_class(device, ctx)
+        self.supervisor.start(f"device:{device.id}", driver.run)
+
+    async def _emit(self, device_id: str, readings: Sequence[Reading]) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.submit(device_id, readings)
+
+    def _start_sink(self, sink_config: SinkConfigBase) -> None:
+        assert self.supervisor is not None and self.pipeline is not None
+        name = sink_config.sink_name
+        sink = SINK_TYPES[sink_config.type].factory(  # type: ignore[attr-defined]
+            sink_config, self.config.data_dir)
+        event = self.pipeline.subscribe()
+        event.set()
+        self._sink_configs[name] = sink_config
+        self._sink_events[name] = event
+        forwarder = Forwarder(sink, sink_config, self.buffer, event, self.stats)
+        self.supervisor.start(f"sink:{name}", forwarder.run)
+
+    async def _stop_sink(self, name: str) -> None:
+        assert self.supervisor is not None and self.pipeline is not None
+        await self.supervisor.stop([f"sink:{name}"])
+        self.pipeline.unsubscribe(self._sink_events.pop(name))
+        del self._sink_configs[name]
+
+    async def _stop_device(self, device_id: str) -> None:
+        assert self.supervisor is not None
+        await self.supervisor.stop([f"device:{device_id}"])
+        del self._device_configs[device_id]
+        self.devices.pop(device_id, None)
+
+    # -- reload ----------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """Apply a changed config file; a bad file is rejected and the old config stays."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config.path)
+        except ConfigError as exc:
+            log.error("reload rejected, keeping the running config:\n%s", exc)
+            return False
+        assert self.pipeline is not None
+        old = self.config
+        if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:
+            log.warning("buffer settings changed: they take effect at the next restart")
+        if new.model.gateway != old.model.gateway:
+            self.pipeline.set_site(new.model.gateway.site, new.model.gateway.id)
+
+        wanted_devices = {d.id: d for d in new.devices}
+        changed = [i for i, d in self._device_configs.items() if wanted_devices.get(i) != d]
+        for device_id in changed:
+            await self._stop_device(device_id)
+        for device_id, device in wanted_devices.items():
+            if device_id not in self._device_configs:
+                self._start_device(device)
+
+        wanted_sinks = {s.sink_name: s for s in new.sinks}
+        stale = [n for n, s in self._sink_configs.items() if wanted_sinks.get(n) != s]
+        for name in stale:
+            await self._stop_sink(name)
+        await self.buffer.register_sinks(list(wanted_sinks))
+        for name, sink in wanted_sinks.items():
+            if name not in self._sink_configs:
+                self._start_sink(sink)
+        self.config = new
+        log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
+                 "removed", len(changed), len(stale))
+        return True
+
+
+async def run_gateway(config: LoadedConfig) -> None:
+    gateway = Gateway(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
+    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    await gateway.run()
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log every task and where it waits, to diagnose a stuck gateway on site."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.warning("task %s: %s", task.get_name(), where or "(not started)")

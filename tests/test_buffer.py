@@ -1,0 +1,513 @@
+"""The durable buffer, on real files: cursors, pruning, limits, restarts, kill -9, corruption."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.buffer import (
+    AppendResult,
+    AsyncBuffer,
+    Buffer,
+    format_stats,
+    read_stats,
+)
+from gateway.errors import BufferFailure
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = 1_700_000_000_000_000_000
+
+
+def lines(start: int, count: int) -> list[bytes]:
+    """``count`` lines of exactly 9 bytes each: ``line-0000`` ..."""
+    return [b"line-%04d" % i for i in range(start, start + count)]
+
+
+def open_buffer(path: Path, **kwargs) -> Buffer:
+    kwargs.setdefault("max_bytes", 10 * 1024 * 1024)
+    kwargs.setdefault("when_full", "drop_oldest")
+    buf = Buffer(path, **kwargs)
+    buf.open()
+    return buf
+
+
+def drain(buf: Buffer, sink: str) -> list[bytes]:
+    """Everything pending for ``sink`` (reads and acks)."""
+    out: list[bytes] = []
+    while (batch := buf.read(sink, 1000)) is not None:
+        out.extend(batch.payload.split(b"\n"))
+        buf.ack(sink, batch.last_id)
+    return out
+
+
+# -- cursors and pruning ----------------------------------------------------------------
+
+
+def test_round_trip_two_sinks_prunes_only_after_both_acked(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buf.db", chunk_lines=2)
+    buf.register_sinks(["a", "b"])
+    assert buf.read("a", 10) is None
+
+    assert buf.append(lines(0, 5), T0, T0 + 4) == AppendResult(stored=5, dropped=0)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.depth_chunks) == (5, 3)  # chunks of 2, 2, 1
+    assert stats.bytes_held == 2 * 19 + 9
+    assert stats.committed_total == 5
+    assert stats.newest_time_ns == T0 + 4
+    assert stats.oldest_time_ns == T0
+
+    # Whole chunks up to max_lines: 2 + 2 would exceed 3.
+    first = buf.read("a", 3)
+    assert first is not None
+    assert (first.lines, first.payload) == (2, b"line-0000\nline-0001")
+    assert first.oldest_ns == T0
+    # Reading does not move the cursor.
+    assert buf.read("a", 3) == first
+    # A chunk bigger than max_lines still comes out whole.
+    assert buf.read("a", 1) == first
+
+    buf.ack("a", first.last_id)
+    rest = buf.read("a", 100)
+    assert rest is not None
+    assert rest.payload == b"line-0002\nline-0003\nline-0004"
+    buf.ack("a", rest.last_id)
+    assert buf.read("a", 100) is None
+
+    stats = buf.stats()
+    assert stats.depth_lines == 5, "b has not acked anything: nothing may be pruned"
+    assert stats.sinks["a"].lag_lines == 0
+    assert stats.sinks["a"].oldest_pending_ns is None
+    assert stats.sinks["b"].lag_lines == 5
+    assert stats.sinks["b"].oldest_pending_ns == T0
+
+    b_first = buf.read("b", 2)
+    assert b_first is not None and b_first.payload == first.payload
+    buf.ack("b", b_first.last_id)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.depth_chunks) == (3, 2)
+    assert stats.bytes_held == 19 + 9
+
+    # Stale and repeated acks never move a cursor backwards.
+    buf.ack("b", b_first.last_id - 1)
+    buf.ack("b", b_first.last_id)
+    assert buf.read("b", 100).payload == b"line-0002\nline-0003\nline-0004"  # type: ignore[union-attr]
+    assert drain(buf, "b") == lines(2, 3)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.depth_chunks, stats.bytes_held) == (0, 0, 0)
+    assert stats.committed_total == 5
+    buf.close()
+
+
+def test_unknown_sink_and_bogus_ack_are_errors(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buf.db")
+    buf.register_sinks(["a"])
+    buf.append(lines(0, 3), T0, T0)
+    with pytest.raises(ValueError):
+        buf.read("nope", 10)
+    with pytest.raises(ValueError):
+        buf.ack("nope", 1)
+    with pytest.raises(ValueError):
+        buf.ack("a", 999)
+    assert buf.stats().depth_lines == 3
+    buf.close()
+
+
+def test_new_sink_starts_at_oldest_buffered_chunk(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buf.db", chunk_lines=3)
+    buf.register_sinks(["a"])
+    buf.append(lines(0, 9), T0, T0)  # chunks 0-2, 3-5, 6-8
+    batch = buf.read("a", 3)
+    assert batch is not None
+    buf.ack("a", batch.last_id)  # only sink: first chunk pruned at once
+    assert buf.stats().depth_lines == 6
+
+    buf.register_sinks(["a", "b"])
+    assert buf.stats().sinks["b"].lag_lines == 6
+    assert drain(buf, "b") == lines(3, 6)
+
+    # A sink added to an empty buffer starts with what comes next.
+    assert drain(buf, "a") == lines(3, 6)
+    assert buf.stats().depth_lines == 0
+    buf.register_sinks(["a", "b", "c"])
+    buf.append(lines(100, 2), T0, T0)
+    assert drain(buf, "c") == lines(100, 2)
+    buf.close()
+
+
+def test_removed_sink_no_longer_holds_data(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    buf = open_buffer(path)
+    buf.register_sinks(["a", "b"])
+    buf.append(lines(0, 10), T0, T0)
+    drain(buf, "a")
+    assert buf.stats().depth_lines == 10, "b still needs them"
+    buf.close()
+
+    buf = open_buffer(path)
+    buf.register_sinks(["a"])
+    stats = buf.stats()
+    assert stats.depth_lines == 0
+    assert list(stats.sinks) == ["a"]
+    buf.close()
+
+
+# -- max_bytes ------------------------------------------------------------------------
+
+
+def test_drop_oldest_evicts_whole_oldest_chunks(tmp_path: Path) -> None:
+    # 10 lines of 9 bytes joined by newlines = 99 bytes per chunk; 300 bytes hold 3 chunks.
+    buf = open_buffer(tmp_path / "buf.db", max_bytes=300, when_full="drop_oldest", chunk_lines=10)
+    buf.register_sinks(["a", "b"])
+    for start in (0, 10, 20):
+        assert buf.append(lines(start, 10), T0, T0) == AppendResult(10, 0)
+    assert buf.stats().bytes_held == 297
+
+    # Evicts lines 0-9 although no sink has taken them.
+    assert buf.append(lines(30, 10), T0, T0) == AppendResult(stored=10, dropped=10)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.bytes_held) == (30, 297)
+    assert (stats.committed_total, stats.dropped_full_total) == (40, 10)
+    assert stats.sinks["a"].lag_lines == 30
+
+    # One call bigger than the whole buffer: it keeps its newest 3 chunks.
+    assert buf.append(lines(40, 50), T0, T0) == AppendResult(stored=30, dropped=50)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.bytes_held) == (30, 297)
+    assert (stats.committed_total, stats.dropped_full_total) == (70, 60)
+    assert drain(buf, "a") == lines(60, 30)
+    assert drain(buf, "b") == lines(60, 30)
+    buf.close()
+
+
+def test_drop_newest_refuses_what_does_not_fit(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buf.db", max_bytes=300, when_full="drop_newest", chunk_lines=10)
+    buf.register_sinks(["a"])
+    # 99 + 99 + 49 = 247 bytes.
+    assert buf.append(lines(0, 25), T0, T0) == AppendResult(25, 0)
+    # 53 bytes of room: 5 lines (49 bytes) fit, the other 5 are refused.
+    assert buf.append(lines(25, 10), T0, T0) == AppendResult(stored=5, dropped=5)
+    assert buf.append(lines(35, 10), T0, T0) == AppendResult(stored=0, dropped=10)
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.bytes_held) == (30, 296)
+    assert (stats.committed_total, stats.dropped_full_total) == (30, 15)
+
+    # Acknowledged data makes room again.
+    batch = buf.read("a", 10)
+    assert batch is not None
+    buf.ack("a", batch.last_id)
+    assert buf.append(lines(45, 10), T0, T0) == AppendResult(10, 0)
+    assert drain(buf, "a") == lines(10, 20) + lines(45, 10)
+    buf.close()
+
+
+# -- restarts ---------------------------------------------------------------------------
+
+
+def test_restart_keeps_cursors_data_and_totals(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    buf = open_buffer(path, chunk_lines=4, max_bytes=400, when_full="drop_newest")
+    buf.register_sinks(["a", "b"])
+    buf.append(lines(0, 12), T0, T0 + 11)
+    buf.append(lines(12, 40), T0 + 12, T0 + 51)  # partly refused
+    batch = buf.read("a", 8)
+    assert batch is not None
+    buf.ack("a", batch.last_id)
+    before = buf.stats()
+    next_a, next_b = buf.read("a", 8), buf.read("b", 8)
+    buf.close()
+    assert not Path(f"{path}-wal").exists() or Path(f"{path}-wal").stat().st_size == 0
+
+    buf = open_buffer(path, chunk_lines=4, max_bytes=400, when_full="drop_newest")
+    assert buf.recovered_from_corruption is None
+    buf.register_sinks(["a", "b"])
+    after = buf.stats()
+    assert (after.depth_lines, after.depth_chunks, after.bytes_held) == (
+        before.depth_lines, before.depth_chunks, before.bytes_held)
+    assert (after.committed_total, after.dropped_full_total, after.newest_time_ns) == (
+        before.committed_total, before.dropped_full_total, before.newest_time_ns)
+    assert after.sinks == before.sinks
+    assert buf.read("a", 8) == next_a
+    assert buf.read("b", 8) == next_b
+    buf.close()
+
+
+_CHILD = r"""
+import sys
+from pathlib import Path
+from gateway.buffer import Buffer
+
+path, seq = Path(sys.argv[1]), int(sys.argv[2])
+buf = Buffer(path, 1 << 30, "drop_oldest", synchronous="full", chunk_lines=64)
+buf.open()
+buf.register_sinks(["check"])
+print("ready", flush=True)
+while True:
+    batch = [b"kill,gw=t seq=%di %d" % (s, s) for s in range(seq, seq + 150)]
+    buf.append(batch, seq, seq + 149)
+    sys.stdout.write(f"{seq} {seq + 149}\n")
+    sys.stdout.flush()
+    seq += 150
+"""
+
+
+@pytest.mark.slow
+def test_every_committed_append_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    committed: list[tuple[int, int]] = []
+    for round_no in range(10):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD, str(path), str(round_no * 10_000_000)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None
+        printed: list[bytes] = []
+        ready = threading.Event()
+
+        def collect(stream=proc.stdout, printed=printed, ready=ready) -> None:
+            for raw in stream:
+                printed.append(raw)
+                ready.set()
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        assert ready.wait(30), f"child did not start: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        time.sleep(rng.uniform(0.0, 0.4))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        reader.join(10)
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+        proc.stdout.close()
+        for raw in printed[1:]:
+            if raw.endswith(b"\n"):
+                first, last = map(int, raw.split())
+                committed.append((first, last))
+
+        buf = Buffer(path, 1 << 30, "drop_oldest", chunk_lines=64)
+        assert buf.open() is None, f"seed {seed}: kill -9 must never corrupt the file"
+        buf.register_sinks(["check"])
+        batch = buf.read("check", 10**9)
+        present: set[int] = set()
+        if batch is not None:
+            for line in batch.payload.split(b"\n"):
+                present.add(int(line.split(b"seq=")[1].split(b"i")[0]))
+        missing = [r for r in committed if not all(s in present for s in range(r[0], r[1] + 1))]
+        assert not missing, f"seed {seed}, round {round_no}: lost committed appends {missing[:5]}"
+        # Atomic appends: every 150-line group is complete or absent.
+        groups: dict[tuple[int, int], int] = {}
+        for s in present:
+            key = (s // 10_000_000, s % 10_000_000 // 150)
+            groups[key] = groups.get(key, 0) + 1
+        assert set(groups.values()) <= {150}, f"seed {seed}: a partial append is visible"
+        buf.close()
+    assert len(committed) >= 10
+
+
+# -- corruption --------------------------------------------------------------------------
+
+
+def _assert_works(buf: Buffer) -> None:
+    buf.register_sinks(["a"])
+    assert buf.append(lines(0, 3), T0, T0) == AppendResult(3, 0)
+    assert drain(buf, "a") == lines(0, 3)
+
+
+def _moved_files(path: Path) -> list[Path]:
+    found = path.parent.glob(f"{path.name}.corrupt-*")
+    return sorted(p for p in found if not p.name.endswith(("-wal", "-shm")))
+
+
+def test_garbage_file_is_moved_aside_and_a_fresh_buffer_starts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state" / "buf.db"
+    path.parent.mkdir()
+    garbage = random.Random(1).randbytes(20_000)
+    path.write_bytes(garbage)
+    Path(f"{path}-wal").write_bytes(b"not a wal either")
+
+    buf = Buffer(path, 10 * 1024 * 1024, "drop_oldest")
+    with caplog.at_level(logging.ERROR, logger="iotgw.buffer"):
+        moved = buf.open()
+    assert moved is not None and moved == buf.recovered_from_corruption
+    assert moved.name.startswith("buf.db.corrupt-")
+    assert moved.read_bytes() == garbage
+    assert Path(f"{moved}-wal").read_bytes() == b"not a wal either"
+    assert _moved_files(path) == [moved]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "iotgw.buffer"]
+    assert errors and str(moved) in errors[0].getMessage()
+    _assert_works(buf)
+    buf.close()
+
+    # The fresh buffer is healthy: the next start does not move anything.
+    again = open_buffer(path)
+    assert again.recovered_from_corruption is None
+    assert _moved_files(path) == [moved]
+    again.close()
+
+
+def _damaged_copy(tmp_path: Path, how: str) -> Path:
+    path = tmp_path / f"{how}.db"
+    buf = open_buffer(path, chunk_lines=50)
+    buf.register_sinks(["a"])
+    for i in range(40):
+        buf.append([b"m,i=%d v=%di" % (i, j) + b"x" * 80 for j in range(200)], T0, T0)
+    buf.close()
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        if how == "truncated":
+            f.truncate(size // 2)
+        else:  # partially overwritten, header intact
+            f.seek(size // 3)
+            f.write(random.Random(2).randbytes(64 * 1024))
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "overwritten"])
+def test_damaged_database_is_moved_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    path = _damaged_copy(tmp_path, how)
+    damaged = path.read_bytes()
+    buf = Buffer(path, 10 * 1024 * 1024, "drop_oldest")
+    with caplog.at_level(logging.ERROR, logger="iotgw.buffer"):
+        moved = buf.open()
+    assert moved is not None and moved.read_bytes() == damaged
+    assert any(
+        r.levelno == logging.ERROR and str(moved) in r.getMessage() for r in caplog.records
+    )
+    stats = buf.stats()
+    assert (stats.depth_lines, stats.committed_total) == (0, 0)
+    _assert_works(buf)
+    buf.close()
+
+
+def test_foreign_database_is_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER)")
+    conn.close()
+    buf = Buffer(path, 10 * 1024 * 1024, "drop_oldest")
+    assert buf.open() is not None
+    _assert_works(buf)
+    buf.close()
+
+
+def test_system_errors_raise_and_move_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    path.mkdir()  # a directory where the file should be: not corruption, a setup problem
+    with pytest.raises(BufferFailure):
+        Buffer(path, 10 * 1024 * 1024, "drop_oldest").open()
+    assert path.is_dir()
+    assert _moved_files(path) == []
+
+
+# -- read-only stats ----------------------------------------------------------------------
+
+
+def test_read_stats_while_another_connection_writes(tmp_path: Path) -> None:
+    path = tmp_path / "buf.db"
+    writer = open_buffer(path, chunk_lines=100, synchronous="normal")
+    writer.register_sinks(["influx", "backup"])
+    writer.append(lines(0, 100), T0, T0)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def write() -> None:
+        try:
+            for i in range(1, 200):
+                writer.append(lines(i * 100, 100), T0 + i, T0 + i)
+                if i % 4 == 0:
+                    batch = writer.read("influx", 200)
+                    assert batch is not None
+                    writer.ack("influx", batch.last_id)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    seen = 0
+    while not done.is_set() or seen == 0:
+        stats = read_stats(path)
+        seen += 1
+        assert stats.depth_lines % 100 == 0
+        assert stats.committed_total % 100 == 0
+        assert stats.sinks["backup"].lag_lines == stats.depth_lines
+        assert stats.sinks["influx"].lag_lines <= stats.depth_lines
+    thread.join()
+    assert not errors, errors
+    assert seen > 1
+
+    final = read_stats(path)
+    live = writer.stats()
+    assert (final.depth_lines, final.committed_total, final.sinks) == (
+        live.depth_lines, live.committed_total, live.sinks)
+    assert final.committed_total == 20_000
+    assert final.max_bytes == 10 * 1024 * 1024 and final.when_full == "drop_oldest"
+    text = format_stats(final, now_ns=T0 + 90 * 10**9)
+    assert "20,000 lines" in text
+    assert "backup" in text and "influx" in text
+    assert "2023-11-14T22:13:20Z (1m 30s ago)" in text
+    writer.close()
+
+
+def test_read_stats_refuses_missing_and_garbage_files(tmp_path: Path) -> None:
+    with pytest.raises(BufferFailure):
+        read_stats(tmp_path / "absent.db")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x00\x01garbage" * 1000)
+    with pytest.raises(BufferFailure):
+        read_stats(garbage)
+    assert garbage.read_bytes() == b"\x00\x01garbage" * 1000
+
+
+def test_format_stats_of_an_empty_buffer(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buf.db")
+    text = format_stats(buf.stats())
+    assert "0 lines in 0 chunks" in text
+    assert "no sink cursors" in text
+    buf.close()
+
+
+# -- asyncio ------------------------------------------------------------------------------
+
+
+async def test_async_buffer_runs_on_its_worker_thread(tmp_path: Path) -> None:
+    threads: list[str] = []
+
+    class Spy(Buffer):
+        def append(self, lines, oldest_ns, newest_ns):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return super().append(lines, oldest_ns, newest_ns)
+
+    abuf = AsyncBuffer(Spy(tmp_path / "buf.db", 10 * 1024 * 1024, "drop_oldest", chunk_lines=4))
+    assert await abuf.open() is None
+    await abuf.register_sinks(["a"])
+    assert await abuf.append(lines(0, 10), T0, T0 + 9) == AppendResult(10, 0)
+    batch = await abuf.read("a", 100)
+    assert batch is not None and batch.lines == 10
+    await abuf.ack("a", batch.last_id)
+    stats = await abuf.stats()
+    assert (stats.depth_lines, stats.committed_total) == (0, 10)
+    assert threads and threads[0].startswith("iotgw-buffer")
+    await abuf.close()
+    await abuf.close()
+    with pytest.raises(BufferFailure):
+        await abuf.stats()
