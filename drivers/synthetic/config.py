@@ -17,6 +17,8 @@ class SyntheticConfig(DeviceConfigBase):
     measurement: str = Field(default="synthetic", min_length=1)
     interval: Duration = Field(default=1.0, gt=0, description="time between readings")
     fields: int = Field(default=4, ge=1, le=200, description="float fields per reading")
+    text_field: bool = Field(
+        default=False, description="add a string field 'status' (stores differ on strings)")
     wake_interval: Duration = Field(
         default=0.1, gt=0, le=10,
         description="how often the task wakes; faster readings are emitted in bursts")

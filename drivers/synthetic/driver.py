@@ -21,12 +21,14 @@ MAX_BURST = 50_000
 day) the driver skips ahead rather than flooding the buffer with invented history."""
 
 
-def field_values(k: int, count: int) -> dict[str, float | int]:
+def field_values(k: int, count: int, text: bool = False) -> dict[str, float | int | str]:
     """The values of reading ``k``: tests recompute them from the timestamp."""
-    values: dict[str, float | int] = {
+    values: dict[str, float | int | str] = {
         f"f{i}": ((k * 7 + i * 13) % 10_000) / 4 for i in range(count)
     }
     values["seq"] = k
+    if text:
+        values["status"] = f"state-{k % 5}"
     return values
 
 
@@ -45,7 +47,7 @@ class SyntheticDriver(Driver):
                 next_k = now_k - MAX_BURST + 1
             if now_k >= next_k:
                 readings = [
-                    Reading(cfg.measurement, {}, field_values(k, cfg.fields), k * step)
+                    Reading(cfg.measurement, {}, field_values(k, cfg.fields, cfg.text_field), k * step)
                     for k in range(next_k, now_k + 1)
                 ]
                 next_k = now_k + 1

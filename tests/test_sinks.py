@@ -1,0 +1,562 @@
+"""Sinks against real servers, plus a scripted HTTP server for the statuses they won't give.
+
+The real VictoriaMetrics and InfluxDB 1.x (fixtures ``victoria`` and ``influx1`` from
+tests/servers.py) prove the bytes land and read back exactly. The in-process aiohttp
+server only covers answers a healthy real server cannot be made to give on demand (413,
+429, 503 with Retry-After, 401 with a token we can check is not echoed, hangs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from pydantic import ValidationError
+
+from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
+from gateway.sinks import load_sink_types
+from gateway.sinks.file import ROTATED, FileSink, FileSinkConfig
+from gateway.sinks.http import display_url, error_text, parse_retry_after
+from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
+from tests.servers import TestCA, free_port
+
+TOKEN = "tok-SECRET-0123456789"
+PASSWORD = "pw-SECRET-9876543210"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+async def write_once(sink: Any, payload: bytes) -> None:
+    await sink.open()
+    try:
+        await sink.write(payload)
+    finally:
+        await sink.close()
+
+
+def influxdb_sink(url: str, **overrides: Any) -> InfluxDBSink:
+    settings = {"type": "influxdb", "url": url, "bucket": "iotgw", "token": TOKEN}
+    return InfluxDBSink(InfluxDBSinkConfig(**(settings | overrides)))
+
+
+def influxdb1_sink(url: str, database: str, **overrides: Any) -> InfluxDB1Sink:
+    settings = {"type": "influxdb1", "url": url, "database": database}
+    return InfluxDB1Sink(InfluxDB1SinkConfig(**(settings | overrides)))
+
+
+# --- real servers -------------------------------------------------------------------------
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], within: float = 15.0) -> Any:
+    """Poll until probe() is truthy: VictoriaMetrics makes fresh samples searchable late."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if result or time.monotonic() > deadline:
+            return result
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
+async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: bool) -> None:
+    m = unique("sinkvm")
+    # Recent timestamps: VictoriaMetrics silently drops (still answering 204) samples
+    # older than its retention period, and stores milliseconds.
+    t0 = (int(time.time()) - 3600) * 1000 + 123
+    t1, t2 = t0 + 1333, t0 + 2666
+    payload = (
+        f"{m},site=north,meter=m1 power=1.5,energy=42i {t0 * 1_000_000}\n"
+        f"{m},site=south,meter=m2 power=-2.25,energy=7i {t1 * 1_000_000}\n"
+        f"{m},site=north,meter=m1 power=3.75,energy=43i {t2 * 1_000_000}"
+    ).encode()
+
+    await write_once(influxdb_sink(victoria.url, gzip=use_gzip), payload)
+
+    async def probe() -> list[dict]:
+        rows = await asyncio.to_thread(victoria.export, f'{{__name__=~"{m}_.*"}}')
+        return rows if sum(len(r["values"]) for r in rows) == 6 else []
+
+    rows = await eventually(probe)
+    got = {
+        (r["metric"]["__name__"], r["metric"]["site"], r["metric"]["meter"]): sorted(
+            zip(r["timestamps"], r["values"], strict=True)
+        )
+        for r in rows
+    }
+    assert got == {
+        (f"{m}_power", "north", "m1"): [(t0, 1.5), (t2, 3.75)],
+        (f"{m}_power", "south", "m2"): [(t1, -2.25)],
+        (f"{m}_energy", "north", "m1"): [(t0, 42), (t2, 43)],
+        (f"{m}_energy", "south", "m2"): [(t1, 7)],
+    }
+    assert all(set(r["metric"]) == {"__name__", "site", "meter"} for r in rows)
+
+
+@pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
+async def test_influxdb1_sink_writes_to_influxdb1(influx1: Any, use_gzip: bool) -> None:
+    db = unique("sinkdb")
+    await asyncio.to_thread(influx1.create_database, db)
+    payload = (
+        b"meter,site=north power=1.5,energy=42i,"
+        b'state="on \\"ok\\"",online=true 1700000000123456789\n'
+        b'meter,site=south power=-2.25,energy=7i,state="off",online=false 1700000001000000001'
+    )
+
+    await write_once(influxdb1_sink(influx1.url, db, gzip=use_gzip), payload)
+
+    result = await asyncio.to_thread(
+        influx1.query, "SELECT power, energy, state, online, site FROM meter ORDER BY time", db
+    )
+    series = result["results"][0]["series"][0]
+    rows = [dict(zip(series["columns"], values, strict=True)) for values in series["values"]]
+    assert [(r["power"], r["energy"], r["state"], r["online"], r["site"]) for r in rows] == [
+        (1.5, 42, 'on "ok"', True, "north"),
+        (-2.25, 7, "off", False, "south"),
+    ]
+    assert [r["time"] for r in rows] == [1700000000123456789, 1700000001000000001]
+
+
+async def test_influxdb1_field_type_conflict_is_rejected_with_server_message(influx1: Any) -> None:
+    db = unique("sinkdb")
+    await asyncio.to_thread(influx1.create_database, db)
+    sink = influxdb1_sink(influx1.url, db)
+    await sink.open()
+    try:
+        await sink.write(b"conflict value=1.5 1700000000000000000")
+        with pytest.raises(SinkRejected) as caught:
+            await sink.write(b'conflict value="text" 1700000001000000000')
+    finally:
+        await sink.close()
+    message = str(caught.value)
+    assert "HTTP 400" in message
+    assert "field type conflict" in message
+
+
+async def test_influxdb1_unknown_database_is_auth_error(influx1: Any) -> None:
+    sink = influxdb1_sink(influx1.url, unique("missing"))
+    with pytest.raises(SinkAuthError, match="database not found"):
+        await write_once(sink, b"m value=1 1700000000000000000")
+
+
+async def test_influxdb1_retention_policy_is_sent(influx1: Any) -> None:
+    db = unique("sinkdb")
+    await asyncio.to_thread(influx1.create_database, db)
+    # 1.x answers 500 here, so it is retried (the data waits until the RP exists).
+    with pytest.raises(SinkUnavailable, match="retention policy not found"):
+        await write_once(
+            influxdb1_sink(influx1.url, db, retention_policy="nope"), b"m v=1 1700000000000000000"
+        )
+    await write_once(influxdb1_sink(influx1.url, db, retention_policy="autogen"), b"m v=2 1")
+    result = await asyncio.to_thread(influx1.query, 'SELECT v FROM "autogen"."m"', db)
+    assert result["results"][0]["series"][0]["values"][0][1] == 2
+
+
+@pytest.mark.parametrize("kind", ["influxdb", "influxdb1"])
+async def test_connection_refused_is_unavailable(kind: str) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    sink = influxdb_sink(url) if kind == "influxdb" else influxdb1_sink(url, "db")
+    with pytest.raises(SinkUnavailable) as caught:
+        await write_once(sink, b"m v=1 1")
+    assert caught.value.retry_after is None
+    assert TOKEN not in str(caught.value)
+
+
+# --- scripted server for statuses real servers will not produce on demand ---------------
+
+
+@dataclass
+class Scripted:
+    """An HTTP server that answers every write with whatever the test scripted."""
+
+    url: str = ""
+    status: int = 204
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    delay: float = 0.0
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+@contextlib.asynccontextmanager
+async def run_scripted(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Scripted]:
+    state = Scripted()
+
+    async def handle(request: web.Request) -> web.Response:
+        raw = await request.read()
+        state.requests.append(
+            {
+                "path": request.path,
+                "query": dict(request.query),
+                "headers": dict(request.headers),
+                "raw": raw,
+            }
+        )
+        if state.delay:
+            await asyncio.sleep(state.delay)
+        return web.Response(status=state.status, headers=state.headers, body=state.body)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/write", handle)
+    app.router.add_post("/write", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    port = runner.addresses[0][1]
+    state.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
+    try:
+        yield state
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[Scripted]:
+    async with run_scripted() as state:
+        yield state
+
+
+@pytest.fixture
+async def scripted_tls(tls_ca: TestCA) -> AsyncIterator[Scripted]:
+    """The same server over HTTPS with a certificate from the session's test CA."""
+    cert, key = tls_ca.issue("localhost", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    async with run_scripted(context) as state:
+        yield state
+
+
+def scripted_sink(kind: str, url: str, **overrides: Any) -> Any:
+    if kind == "influxdb":
+        return influxdb_sink(url, **overrides)
+    return influxdb1_sink(url, "db", username="gw", password=PASSWORD, **overrides)
+
+
+BOTH = pytest.mark.parametrize("kind", ["influxdb", "influxdb1"])
+
+
+@BOTH
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (400, SinkRejected),
+        (422, SinkRejected),
+        (401, SinkAuthError),
+        (403, SinkAuthError),
+        (404, SinkAuthError),
+        (413, SinkTooLarge),
+        (429, SinkUnavailable),
+        (500, SinkUnavailable),
+        (502, SinkUnavailable),
+        (503, SinkUnavailable),
+        (418, SinkUnavailable),
+    ],
+)
+async def test_status_classification(
+    scripted: Scripted, kind: str, status: int, error: type
+) -> None:
+    scripted.status = status
+    secret = TOKEN if kind == "influxdb" else PASSWORD
+    scripted.body = f'{{"error": "echo {secret} for status {status}"}}'.encode()
+    with pytest.raises(error) as caught:
+        await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    assert type(caught.value) is error
+    message = str(caught.value)
+    assert f"HTTP {status}" in message
+    assert f"for status {status}" in message
+    assert secret not in message
+
+
+@BOTH
+@pytest.mark.parametrize("status", [200, 201, 204])
+async def test_any_2xx_is_success(scripted: Scripted, kind: str, status: int) -> None:
+    scripted.status = status
+    await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    assert len(scripted.requests) == 1
+
+
+@BOTH
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_seconds(scripted: Scripted, kind: str, status: int) -> None:
+    scripted.status = status
+    scripted.headers = {"Retry-After": "7"}
+    with pytest.raises(SinkUnavailable) as caught:
+        await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    assert caught.value.retry_after == 7.0
+
+
+@BOTH
+async def test_retry_after_http_date(scripted: Scripted, kind: str) -> None:
+    scripted.status = 503
+    scripted.headers = {
+        "Retry-After": format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    }
+    with pytest.raises(SinkUnavailable) as caught:
+        await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    assert caught.value.retry_after is not None
+    assert 80 <= caught.value.retry_after <= 90
+
+
+@BOTH
+async def test_no_retry_after_is_none(scripted: Scripted, kind: str) -> None:
+    scripted.status = 503
+    with pytest.raises(SinkUnavailable) as caught:
+        await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    assert caught.value.retry_after is None
+
+
+@BOTH
+async def test_rejected_message_is_truncated(scripted: Scripted, kind: str) -> None:
+    scripted.status = 400
+    scripted.body = b"unable to parse 'm v=': " + b"x" * 5000
+    with pytest.raises(SinkRejected) as caught:
+        await write_once(scripted_sink(kind, scripted.url), b"m v= 1")
+    message = str(caught.value)
+    assert "unable to parse 'm v='" in message
+    assert len(message) < 700
+
+
+@BOTH
+async def test_timeout_is_unavailable(scripted: Scripted, kind: str) -> None:
+    scripted.delay = 2.0
+    started = time.monotonic()
+    with pytest.raises(SinkUnavailable):
+        await write_once(scripted_sink(kind, scripted.url, timeout="300ms"), b"m v=1 1")
+    assert time.monotonic() - started < 1.5
+
+
+async def test_influxdb_request_shape(scripted: Scripted) -> None:
+    payload = b"m,t=a v=1 1700000000000000001\nm,t=b v=2 1700000000000000002"
+    await write_once(scripted_sink("influxdb", scripted.url, org="acme"), payload)
+    (req,) = scripted.requests
+    assert req["path"] == "/api/v2/write"
+    assert req["query"] == {"org": "acme", "bucket": "iotgw", "precision": "ns"}
+    assert req["headers"]["Authorization"] == f"Token {TOKEN}"
+    assert req["headers"]["Content-Encoding"] == "gzip"
+    assert req["raw"] == payload  # aiohttp's server gunzipped it: proof it was valid gzip
+
+
+async def test_influxdb1_request_shape(scripted: Scripted) -> None:
+    payload = b"m,t=a v=1 1700000000000000001\nm,t=b v=2 1700000000000000002"
+    sink = scripted_sink("influxdb1", scripted.url + "/", retention_policy="week", gzip=True)
+    await write_once(sink, payload)
+    (req,) = scripted.requests
+    assert req["path"] == "/write"
+    assert req["query"] == {"db": "db", "rp": "week", "precision": "ns"}
+    assert req["headers"]["Authorization"].startswith("Basic ")
+    assert PASSWORD not in req["headers"]["Authorization"]  # base64, not plain
+    assert req["headers"]["Content-Encoding"] == "gzip"
+    assert req["raw"] == payload  # aiohttp's server gunzipped it: proof it was valid gzip
+
+
+async def test_influxdb1_plain_without_credentials(scripted: Scripted) -> None:
+    await write_once(influxdb1_sink(scripted.url, "db"), b"m v=1 1")
+    (req,) = scripted.requests
+    assert "Authorization" not in req["headers"]
+    assert "Content-Encoding" not in req["headers"]
+    assert req["raw"] == b"m v=1 1"
+
+
+@BOTH
+async def test_empty_payload_sends_nothing(scripted: Scripted, kind: str) -> None:
+    await write_once(scripted_sink(kind, scripted.url), b"")
+    assert scripted.requests == []
+
+
+@BOTH
+async def test_tls_with_private_ca(scripted_tls: Scripted, tls_ca: TestCA, kind: str) -> None:
+    url = scripted_tls.url
+    with pytest.raises(SinkUnavailable, match=r"(?i)certificate"):
+        await write_once(scripted_sink(kind, url), b"m v=1 1")  # system CAs only
+    assert scripted_tls.requests == []
+    await write_once(scripted_sink(kind, url, ca_file=tls_ca.cert_file), b"m v=1 2")
+    await write_once(scripted_sink(kind, url, verify_ssl=False), b"m v=1 3")
+    assert [r["raw"] for r in scripted_tls.requests] == [b"m v=1 2", b"m v=1 3"]
+
+
+async def test_influxdb1_basic_auth_against_real_server(influx1_factory: Any) -> None:
+    server = influx1_factory(username="gwadmin", password=PASSWORD)
+    db = unique("authdb")
+    server.create_database(db)
+    wrong = influxdb1_sink(server.url, db, username="gwadmin", password="not-it")
+    with pytest.raises(SinkAuthError) as caught:
+        await write_once(wrong, b"m v=1 1700000000000000000")
+    assert "HTTP 401" in str(caught.value) and "not-it" not in str(caught.value)
+    anonymous = influxdb1_sink(server.url, db)
+    with pytest.raises(SinkAuthError, match="HTTP 401"):
+        await write_once(anonymous, b"m v=1 1700000000000000000")
+    right = influxdb1_sink(server.url, db, username="gwadmin", password=PASSWORD)
+    await write_once(right, b"m v=7 1700000000000000000")
+    assert server.select("SELECT v FROM m", db) == [{"time": 1700000000000000000, "v": 7}]
+
+
+# --- pure helpers and config ------------------------------------------------------------
+
+
+def test_parse_retry_after() -> None:
+    now = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+    assert parse_retry_after("120", now) == 120.0
+    assert parse_retry_after(" 1.5 ", now) == 1.5
+    assert parse_retry_after("Wed, 01 May 2024 12:00:30 GMT", now) == 30.0
+    assert parse_retry_after("Wed, 01 May 2024 11:00:00 GMT", now) == 0.0
+    for bad in (None, "", "soon", "-5", "nan", "inf"):
+        assert parse_retry_after(bad, now) is None
+
+
+def test_display_url_hides_credentials() -> None:
+    assert display_url("https://gw:pw@influx:8086/") == "https://influx:8086"
+    assert display_url("http://influx:8086/write?u=x") == "http://influx:8086/write"
+
+
+def test_error_text_prefers_json_message() -> None:
+    assert error_text(b'{"error":"field type conflict"}') == "field type conflict"
+    assert error_text(b'{"code":"invalid","message":"bad line"}') == "bad line"
+    assert error_text(b"plain words\n") == "plain words"
+    assert error_text(None) == ""
+
+
+def test_registry_lists_all_sinks() -> None:
+    types = load_sink_types()
+    assert {"file", "influxdb", "influxdb1"} <= set(types)
+    assert types["influxdb"].config_model is InfluxDBSinkConfig
+
+
+def test_secrets_from_files_and_never_in_repr(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    config = InfluxDBSinkConfig(
+        type="influxdb", url="http://x:8086", bucket="b", token_file=token_file
+    )
+    assert config.token is not None and config.token.get_secret_value() == TOKEN
+    assert TOKEN not in repr(config)
+    with pytest.raises(ValidationError, match="not both"):
+        InfluxDBSinkConfig(
+            type="influxdb", url="http://x", bucket="b", token=TOKEN, token_file=token_file
+        )
+    with pytest.raises(ValidationError):
+        InfluxDBSinkConfig(type="influxdb", url="influx:8086", bucket="b")
+    with pytest.raises(ValidationError, match="username"):
+        InfluxDB1SinkConfig(type="influxdb1", url="http://x", database="d", password="p")
+
+
+async def test_unusable_ca_file_is_auth_error(tmp_path: Path) -> None:
+    for sink in (
+        influxdb_sink("https://127.0.0.1:1", ca_file=tmp_path / "missing.pem"),
+        influxdb1_sink("https://127.0.0.1:1", "db", ca_file=tmp_path / "missing.pem"),
+    ):
+        with pytest.raises(SinkAuthError, match="ca_file"):
+            await sink.open()
+        await sink.close()
+
+
+# --- file sink ----------------------------------------------------------------------------
+
+
+def file_sink(tmp_path: Path, **settings: Any) -> FileSink:
+    return FileSink(FileSinkConfig(**settings), tmp_path)
+
+
+def rotated(sink: FileSink) -> list[Path]:
+    return sink.rotated_files()
+
+
+async def test_file_sink_appends_exactly_to_default_directory(tmp_path: Path) -> None:
+    sink = file_sink(tmp_path)
+    await sink.open()
+    await sink.write(b"m v=1 1\nm v=2 2")
+    await sink.write(b"m v=3 3\n")
+    await sink.write(b"")
+    await sink.close()
+    assert sink.directory == tmp_path / "lines"
+    assert (tmp_path / "lines" / "current.lp").read_bytes() == b"m v=1 1\nm v=2 2\nm v=3 3\n"
+    assert rotated(sink) == []
+
+
+async def test_file_sink_rotates_at_size_limit_and_keeps_max_files(tmp_path: Path) -> None:
+    sink = file_sink(tmp_path, directory=tmp_path / "out", max_file_size="100", max_files=3)
+    await sink.open()
+    batches = [f"m,batch={i:02d} value={i}.5,{'x' * 10}=1i {i}".encode() for i in range(20)]
+    assert all(30 <= len(b) + 1 < 50 for b in batches)  # two fit in 100 bytes, three do not
+    for batch in batches:
+        await sink.write(batch)
+    await sink.close()
+
+    files = rotated(sink)
+    assert len(files) == 3
+    assert all(ROTATED.match(p.name) for p in files)
+    for path in [*files, sink.directory / "current.lp"]:
+        assert 0 < path.stat().st_size <= 100
+    kept = b"".join(p.read_bytes() for p in files) + (sink.directory / "current.lp").read_bytes()
+    # 20 batches, two per file: 10 files' worth; current holds the last two, so 3 rotated
+    # files keep the six before them, and the oldest 12 batches were deleted.
+    assert kept == b"".join(b + b"\n" for b in batches[12:])
+
+
+async def test_file_sink_resumes_size_and_sequence_after_restart(tmp_path: Path) -> None:
+    settings = {"directory": tmp_path, "max_file_size": 20, "max_files": 10}
+    first = file_sink(tmp_path, **settings)
+    await first.open()
+    await first.write(b"a" * 9)  # 10 bytes
+    await first.write(b"b" * 9)  # 20 bytes: fits exactly
+    await first.write(b"c" * 9)  # rotates
+    await first.close()
+    names_before = [p.name for p in rotated(first)]
+
+    second = file_sink(tmp_path, **settings)
+    await second.open()
+    await second.write(b"d" * 9)  # current had 10 bytes: fits
+    await second.write(b"e" * 9)  # rotates
+    await second.close()
+    names_after = [p.name for p in rotated(second)]
+    assert names_after[: len(names_before)] == names_before
+    assert [int(ROTATED.match(n).group(1)) for n in names_after] == [1, 2]  # type: ignore[union-attr]
+    assert [p.read_bytes() for p in rotated(second)] == [
+        b"a" * 9 + b"\n" + b"b" * 9 + b"\n",
+        b"c" * 9 + b"\n" + b"d" * 9 + b"\n",
+    ]
+    assert (tmp_path / "current.lp").read_bytes() == b"e" * 9 + b"\n"
+
+
+async def test_file_sink_oversized_batch_gets_its_own_file(tmp_path: Path) -> None:
+    sink = file_sink(tmp_path, directory=tmp_path, max_file_size=10)
+    await sink.open()
+    await sink.write(b"small")
+    await sink.write(b"x" * 50)
+    await sink.write(b"next")
+    assert [p.read_bytes() for p in rotated(sink)] == [b"small\n", b"x" * 50 + b"\n"]
+    assert (tmp_path / "current.lp").read_bytes() == b"next\n"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to fake ENOSPC")
+async def test_file_sink_disk_full_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    sink = file_sink(tmp_path, directory=tmp_path)
+    await sink.open()
+    current = tmp_path / "current.lp"
+    current.symlink_to("/dev/full")
+    with pytest.raises(SinkUnavailable, match="No space left"):
+        await sink.write(b"m v=1 1")
+    current.unlink()  # "the disk was freed"
+    await sink.write(b"m v=1 1")
+    assert current.read_bytes() == b"m v=1 1\n"
+
+
+async def test_file_sink_unwritable_directory_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sink = file_sink(tmp_path, directory=blocker / "lines")
+    with pytest.raises(SinkUnavailable):
+        await sink.open()
+    with pytest.raises(SinkUnavailable):
+        await sink.write(b"m v=1 1")
