@@ -47,7 +47,8 @@ class SyntheticDriver(Driver):
                 next_k = now_k - MAX_BURST + 1
             if now_k >= next_k:
                 readings = [
-                    Reading(cfg.measurement, {}, field_values(k, cfg.fields, cfg.text_field), k * step)
+                    Reading(cfg.measurement, {}, field_values(k, cfg.fields, cfg.text_field),
+                            k * step)
                     for k in range(next_k, now_k + 1)
                 ]
                 next_k = now_k + 1
