@@ -128,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats = buffer_sub.add_parser("stats", help="depth, bytes, oldest reading, lag per sink")
     stats.add_argument("config")
     stats.set_defaults(func=cmd_buffer_stats)
+
+    from gateway.registry import CLI_EXTENSIONS, load_drivers
+
+    load_drivers()
+    for add_commands in CLI_EXTENSIONS:
+        add_commands(sub)
     return parser
 
 

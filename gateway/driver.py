@@ -13,12 +13,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from gateway.config.types import StrictModel
+from gateway.errors import CommandRefused
 from gateway.reading import Reading
+from gateway.shared import SharedResources
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Ids end up in MQTT topics and as tag values: no slashes, wildcards or spaces."""
@@ -30,6 +32,9 @@ class DeviceConfigBase(StrictModel):
     id: str = Field(pattern=ID_PATTERN, max_length=64)
     enabled: bool = True
     tags: dict[str, str] = Field(default_factory=dict, description="installer tags, e.g. building")
+    allow_write: list[str] = Field(
+        default_factory=list,
+        description="points the ops bus may write (e.g. a gate relay); all others are refused")
 
     uses_bus: ClassVar[bool] = False
     """True for drivers whose ``bus`` key must name an entry of ``buses``."""
@@ -61,13 +66,23 @@ Emit = Callable[[str, Sequence[Reading]], Awaitable[None]]
 
 
 class DeviceContext:
-    """A driver's handle on the core for one device."""
+    """A driver's handle on the core for one device.
+
+    ``bus`` is the validated config of the bus the device names (None for drivers without
+    one); ``resources`` hands out objects shared by devices, such as one serial port and
+    its scheduler for every meter on an RS-485 line.
+    """
 
     def __init__(self, device_id: str, emit: Emit,
-                 on_state: Callable[[str, DeviceStatus], None] | None = None) -> None:
+                 on_state: Callable[[str, DeviceStatus], None] | None = None, *,
+                 bus_name: str | None = None, bus: Any = None,
+                 resources: SharedResources | None = None) -> None:
         self.device_id = device_id
         self.status = DeviceStatus()
         self.log = logging.getLogger(f"iotgw.device.{device_id}")
+        self.bus_name = bus_name
+        self.bus = bus
+        self.resources = resources if resources is not None else SharedResources()
         self._emit = emit
         self._on_state = on_state
 
@@ -98,7 +113,12 @@ class DeviceContext:
 
 class Driver(abc.ABC):
     """One running device. ``run`` loops until cancelled; raising makes the supervisor
-    restart it with backoff, so a driver may simply let unexpected errors escape."""
+    restart it with backoff, so a driver may simply let unexpected errors escape.
+
+    ``write`` and ``poll_now`` are what the ops bus commands call; drivers that cannot
+    write or poll on demand keep the defaults, which refuse with a reason. The core checks
+    ``allow_write`` before ``write`` is ever called.
+    """
 
     def __init__(self, config: DeviceConfigBase, ctx: DeviceContext) -> None:
         self.config = config
@@ -106,6 +126,14 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def run(self) -> None: ...
+
+    async def write(self, point: str, value: Any) -> dict[str, Any]:
+        """Write ``value`` to ``point``; returns details for the command result."""
+        raise CommandRefused(f"driver {type(self).__name__} does not support writes")
+
+    async def poll_now(self) -> None:
+        """Read the device at once instead of at its next interval."""
+        raise CommandRefused(f"driver {type(self).__name__} cannot poll on demand")
 
 
 def merged_tags(*layers: Mapping[str, str]) -> dict[str, str]:

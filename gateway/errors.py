@@ -63,3 +63,8 @@ class DeviceError(GatewayError):
     """A device did not answer, or answered wrongly. Retryable: devices come back."""
 
     retryable = True
+
+
+class CommandRefused(GatewayError):
+    """An ops command was not carried out: unknown device, point not allow-listed,
+    unsupported by the driver, bad value. The reason goes back to the requester."""

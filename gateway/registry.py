@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 if TYPE_CHECKING:
+    import argparse
+
     from gateway.driver import DeviceConfigBase, Driver
 
 @dataclass(frozen=True)
@@ -40,3 +43,29 @@ def load_drivers() -> dict[str, DriverType]:
         if module.ispkg:
             importlib.import_module(f"drivers.{module.name}")
     return DRIVER_TYPES
+
+
+@dataclass(frozen=True)
+class Service:
+    """A gateway-wide background component (the MQTT ops bus, the metrics endpoint).
+
+    ``factory(gateway)`` returns the coroutine function to supervise, or None when the
+    config does not ask for the service.
+    """
+
+    name: str
+    factory: Callable[[Any], Callable[[], Awaitable[None]] | None]
+
+
+SERVICES: list[Service] = []
+CLI_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []
+
+
+def register_service(name: str, factory: Callable[[Any], Callable[[], Awaitable[None]] | None]
+                     ) -> None:
+    SERVICES.append(Service(name, factory))
+
+
+def register_cli(add_commands: Callable[[argparse._SubParsersAction], None]) -> None:
+    """A driver adds its commissioning commands (``iotgw modbus scan`` ...) to the CLI."""
+    CLI_EXTENSIONS.append(add_commands)

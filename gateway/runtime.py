@@ -11,16 +11,18 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.driver import DeviceConfigBase, DeviceContext
-from gateway.errors import ConfigError
+from gateway.driver import DeviceConfigBase, DeviceContext, DeviceStatus, Driver
+from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.pipeline import Pipeline
 from gateway.reading import Reading
-from gateway.registry import DRIVER_TYPES
+from gateway.registry import DRIVER_TYPES, SERVICES
+from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
 from gateway.stats import GatewayStats
@@ -35,6 +37,9 @@ class Gateway:
         self.stats = GatewayStats()
         self.started = time.time()
         self.devices: dict[str, DeviceContext] = {}
+        self.drivers: dict[str, Driver] = {}
+        self.resources = SharedResources()
+        self._state_listeners: list[Callable[[str, DeviceStatus], None]] = []
         self._device_configs: dict[str, DeviceConfigBase] = {}
         self._sink_configs: dict[str, SinkConfigBase] = {}
         self._sink_events: dict[str, asyncio.Event] = {}
@@ -72,6 +77,10 @@ class Gateway:
                     self._start_sink(sink)
                 for device in cfg.devices:
                     self._start_device(device)
+                for service in SERVICES:
+                    runner = service.factory(self)
+                    if runner is not None:
+                        self.supervisor.start(f"service:{service.name}", runner)
                 log.info("gateway %s (site %s) running: %d devices, sinks: %s",
                          cfg.model.gateway.id, cfg.model.gateway.site, len(cfg.devices),
                          ", ".join(s.sink_name for s in cfg.sinks))
@@ -119,12 +128,43 @@ class Gateway:
     def _start_device(self, device: DeviceConfigBase) -> None:
         assert self.supervisor is not None and self.pipeline is not None
         driver_type = DRIVER_TYPES[device.driver]  # type: ignore[attr-defined]
-        ctx = DeviceContext(device.id, self._emit)
+        bus_name = getattr(device, "bus", None)
+        ctx = DeviceContext(device.id, self._emit, self._state_changed, bus_name=bus_name,
+                            bus=self.config.model.buses.get(bus_name) if bus_name else None,
+                            resources=self.resources)
         self.devices[device.id] = ctx
         self._device_configs[device.id] = device
         self.pipeline.set_device(device.id, device.tags)
         driver = driver_type.driver_class(device, ctx)
+        self.drivers[device.id] = driver
+        self._state_changed(device.id, ctx.status)
         self.supervisor.start(f"device:{device.id}", driver.run)
+
+    def _state_changed(self, device_id: str, status: DeviceStatus) -> None:
+        for listener in self._state_listeners:
+            listener(device_id, status)
+
+    def add_state_listener(self, listener: Callable[[str, DeviceStatus], None]) -> None:
+        """Called on every device state change (the ops bus publishes it retained)."""
+        self._state_listeners.append(listener)
+
+    # -- commands (the ops bus calls these) ------------------------------------------
+
+    def _driver(self, device_id: str) -> Driver:
+        driver = self.drivers.get(device_id)
+        if driver is None:
+            raise CommandRefused(f"unknown device {device_id!r}")
+        return driver
+
+    async def write_point(self, device_id: str, point: str, value: Any) -> dict[str, Any]:
+        """Write one point of one device, if the installer allow-listed it."""
+        driver = self._driver(device_id)
+        if point not in self._device_configs[device_id].allow_write:
+            raise CommandRefused(f"point {point!r} of {device_id!r} is not in allow_write")
+        return await driver.write(point, value)
+
+    async def poll_device(self, device_id: str) -> None:
+        await self._driver(device_id).poll_now()
 
     async def _emit(self, device_id: str, readings: Sequence[Reading]) -> None:
         assert self.pipeline is not None
@@ -153,6 +193,7 @@ class Gateway:
         await self.supervisor.stop([f"device:{device_id}"])
         del self._device_configs[device_id]
         self.devices.pop(device_id, None)
+        self.drivers.pop(device_id, None)
 
     # -- reload ----------------------------------------------------------------------
 
