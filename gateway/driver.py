@@ -32,6 +32,10 @@ class DeviceConfigBase(StrictModel):
     id: str = Field(pattern=ID_PATTERN, max_length=64)
     enabled: bool = True
     tags: dict[str, str] = Field(default_factory=dict, description="installer tags, e.g. building")
+    pseudonymize: list[str] = Field(
+        default_factory=list,
+        description="tags or fields replaced by a keyed hash before anything leaves the "
+        "process (card numbers, plates); needs privacy.key_file")
     allow_write: list[str] = Field(
         default_factory=list,
         description="points the ops bus may write (e.g. a gate relay); all others are refused")

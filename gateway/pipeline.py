@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gateway.aio import wait_event
 from gateway.buffer import AsyncBuffer
@@ -37,6 +37,8 @@ class Pipeline:
         self._stats = stats
         self._core_tags = {"site": site, "gateway": gateway_id}
         self._device_tags: dict[str, dict[str, str]] = {}
+        self._private: dict[str, frozenset[str]] = {}
+        self._pseudonymize: Callable[[object], str] | None = None
         self._flush_interval = flush_interval
         self._max_pending = max_pending
         self._lines: list[bytes] = []
@@ -52,10 +54,22 @@ class Pipeline:
 
     # -- configuration -------------------------------------------------------------
 
-    def set_device(self, device_id: str, installer_tags: Mapping[str, str]) -> None:
-        """Tags for one device; later layers win so drivers cannot forge site/device."""
+    def set_device(self, device_id: str, installer_tags: Mapping[str, str],
+                   pseudonymize: Iterable[str] = ()) -> None:
+        """Tags for one device; later layers win so drivers cannot forge site/device.
+
+        ``pseudonymize`` names tags/fields replaced by a keyed hash here, before the
+        buffer, the listeners (ops bus) or any sink sees them."""
         self._device_tags[device_id] = {**installer_tags, **self._core_tags,
                                         "device": device_id}
+        names = frozenset(pseudonymize)
+        if names:
+            self._private[device_id] = names
+        else:
+            self._private.pop(device_id, None)
+
+    def set_pseudonymizer(self, pseudonymizer: Callable[[object], str] | None) -> None:
+        self._pseudonymize = pseudonymizer
 
     def set_site(self, site: str, gateway_id: str) -> None:
         self._core_tags = {"site": site, "gateway": gateway_id}
@@ -104,6 +118,9 @@ class Pipeline:
         lines = self._lines
         accepted: list[Reading] = []
         oldest, newest = self._oldest, self._newest
+        private = self._private.get(device_id)
+        if private:
+            readings = [self._hide(reading, private) for reading in readings]
         for reading in readings:
             fields = reading.fields
             if not _fields_ok(fields):
@@ -134,6 +151,14 @@ class Pipeline:
         if len(lines) >= FLUSH_LINES:
             self._wake.set()
         return accepted
+
+    def _hide(self, reading: Reading, names: frozenset[str]) -> Reading:
+        hide = self._pseudonymize
+        if hide is None:  # config validation requires a key; never pass raw data on
+            raise RuntimeError("pseudonymisation configured without a key")
+        tags = {k: hide(v) if k in names else v for k, v in reading.tags.items()}
+        fields = {k: hide(v) if k in names else v for k, v in reading.fields.items()}
+        return Reading(reading.measurement, tags, fields, reading.time_ns)
 
     def _clean_fields(self, device_id: str, fields: Mapping[str, object]) -> dict:
         kept = {}

@@ -69,3 +69,14 @@ def register_service(name: str, factory: Callable[[Any], Callable[[], Awaitable[
 def register_cli(add_commands: Callable[[argparse._SubParsersAction], None]) -> None:
     """A driver adds its commissioning commands (``iotgw modbus scan`` ...) to the CLI."""
     CLI_EXTENSIONS.append(add_commands)
+
+
+CROSS_CHECKS: list[Callable[[Any], Any]] = []
+
+
+def register_cross_check(rule: Callable[[Any], Any]) -> None:
+    """A rule over the whole validated config (e.g. intervals a bus cannot serve).
+
+    ``rule(config)`` yields ``(yaml_path_tuple, message)`` findings, reported with the
+    line of that path like every other config error."""
+    CROSS_CHECKS.append(rule)

@@ -20,6 +20,7 @@ from gateway.driver import DeviceConfigBase, DeviceContext, DeviceStatus, Driver
 from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.pipeline import Pipeline
+from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
 from gateway.shared import SharedResources
@@ -69,6 +70,7 @@ class Gateway:
             self.buffer, self.stats, site=cfg.model.gateway.site,
             gateway_id=cfg.model.gateway.id, flush_interval=cfg.model.buffer.flush_interval,
             max_pending=cfg.model.buffer.max_pending)
+        self.pipeline.set_pseudonymizer(load_pseudonymizer(cfg))
         try:
             async with asyncio.TaskGroup() as group:
                 self.supervisor = Supervisor(group)
@@ -134,7 +136,7 @@ class Gateway:
                             resources=self.resources)
         self.devices[device.id] = ctx
         self._device_configs[device.id] = device
-        self.pipeline.set_device(device.id, device.tags)
+        self.pipeline.set_device(device.id, device.tags, device.pseudonymize)
         driver = driver_type.driver_class(device, ctx)
         self.drivers[device.id] = driver
         self._state_changed(device.id, ctx.status)
@@ -208,6 +210,7 @@ class Gateway:
         old = self.config
         if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:
             log.warning("buffer settings changed: they take effect at the next restart")
+        self.pipeline.set_pseudonymizer(load_pseudonymizer(new))
         if new.model.gateway != old.model.gateway:
             self.pipeline.set_site(new.model.gateway.site, new.model.gateway.id)
 
@@ -231,6 +234,13 @@ class Gateway:
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
                  "removed", len(changed), len(stale))
         return True
+
+
+def load_pseudonymizer(config: LoadedConfig) -> Pseudonymizer | None:
+    privacy = config.model.privacy
+    if privacy is None:
+        return None
+    return Pseudonymizer(privacy.key_file.read_bytes().strip(), privacy.length)
 
 
 async def run_gateway(config: LoadedConfig) -> None:

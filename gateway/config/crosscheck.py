@@ -11,10 +11,21 @@ Finding = tuple[Path_, str]
 
 
 def cross_check(config: Any) -> list[Finding]:
+    from gateway.registry import CROSS_CHECKS
+
     findings: list[Finding] = []
-    for rule in _RULES:
+    for rule in (*_RULES, *CROSS_CHECKS):
         findings.extend(rule(config))
     return findings
+
+
+def _privacy_key_present(config: Any) -> Iterator[Finding]:
+    if config.privacy is not None:
+        return
+    for index, device in enumerate(config.devices):
+        if device.pseudonymize:
+            yield (("devices", index, "pseudonymize"),
+                   "pseudonymisation needs a key: set privacy.key_file")
 
 
 def _unique_device_ids(config: Any) -> Iterator[Finding]:
@@ -62,4 +73,5 @@ def _unique_sink_names(config: Any) -> Iterator[Finding]:
             first[name] = index
 
 
-_RULES = (_unique_device_ids, _known_buses, _unique_bus_addresses, _unique_sink_names)
+_RULES = (_unique_device_ids, _known_buses, _unique_bus_addresses, _unique_sink_names,
+          _privacy_key_present)

@@ -10,7 +10,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, SecretStr, create_model
+from pydantic import Field, SecretStr, create_model, field_validator
 
 from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel
 from gateway.driver import ID_PATTERN
@@ -39,6 +39,25 @@ class BufferSection(StrictModel):
         default="full", description="full: survive power cuts; normal: survive crashes only")
     max_pending: int = Field(
         default=200_000, ge=1000, description="readings queued in memory before drivers wait")
+
+
+class PrivacySection(StrictModel):
+    """Key for pseudonymising card numbers and plates (devices list the fields)."""
+
+    key_file: Path = Field(description="secret key, at least 16 bytes; keep it off backups")
+    length: int = Field(default=16, ge=8, le=64, description="hex characters kept")
+
+    @field_validator("key_file")
+    @classmethod
+    def _key_usable(cls, path: Path) -> Path:
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+        if len(key) < 16:
+            raise ValueError(f"key file {path} holds {len(key)} bytes; use at least 16 "
+                             "(e.g. head -c 32 /dev/urandom | base64)")
+        return path
 
 
 class TlsSection(StrictModel):
@@ -113,6 +132,7 @@ def build_config_model() -> type[StrictModel]:
         sinks=(list[sink], Field(default_factory=list,
                                  description="none: a file sink in data_dir")),
         mqtt=(MqttSection | None, None),
+        privacy=(PrivacySection | None, None),
         buses=(dict[Annotated[str, Field(pattern=NAME_PATTERN)], Bus], Field(default_factory=dict)),
         devices=(list[device], Field(default_factory=list)),
     )

@@ -1,0 +1,81 @@
+"""The pipeline in process: validation, tagging, pseudonymisation, commit batching."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from gateway.buffer import AsyncBuffer, Buffer
+from gateway.pipeline import Pipeline
+from gateway.pseudonym import Pseudonymizer
+from gateway.reading import Reading
+from gateway.stats import GatewayStats
+
+KEY = b"0123456789abcdef-test-key"
+
+
+async def make_pipeline(tmp_path: Path) -> tuple[Pipeline, AsyncBuffer, GatewayStats]:
+    buffer = AsyncBuffer(Buffer(tmp_path / "b.db", max_bytes=10 * 1024**2,
+                                when_full="drop_oldest"))
+    await buffer.open()
+    await buffer.register_sinks(["s"])
+    stats = GatewayStats()
+    pipeline = Pipeline(buffer, stats, site="site-a", gateway_id="gw-a", flush_interval=0.05,
+                        max_pending=10_000)
+    return pipeline, buffer, stats
+
+
+async def committed_lines(buffer: AsyncBuffer) -> list[bytes]:
+    batch = await buffer.read("s", 100_000)
+    return [] if batch is None else batch.payload.split(b"\n")
+
+
+async def test_bad_values_dropped_and_counted_rest_kept(tmp_path: Path) -> None:
+    pipeline, buffer, stats = await make_pipeline(tmp_path)
+    pipeline.set_device("d1", {"building": "4", "site": "forged"})
+    await pipeline.submit("d1", [
+        Reading("m", {}, {"ok": 1.5, "nan": math.nan, "inf": -math.inf, "obj": object()}, 1),
+        Reading("m", {}, {"nan": math.nan}, 2),
+        Reading("m", {"room": "7", "bad": 3}, {"big": 2**63, "s": "x", "b": True}, 3),  # type: ignore[dict-item]
+    ])
+    await pipeline.flush()
+    assert await committed_lines(buffer) == [
+        b"m,building=4,device=d1,gateway=gw-a,site=site-a ok=1.5 1",
+        b'm,building=4,device=d1,gateway=gw-a,room=7,site=site-a b=true,s="x" 3',
+    ]
+    assert stats.readings_in == 3 and stats.readings_committed == 2
+    assert stats.dropped == {"invalid_value": 4, "invalid_type": 1, "no_fields": 1,
+                             "invalid_tag": 1}
+    await buffer.close()
+
+
+async def test_pseudonymised_values_never_reach_buffer_or_listeners(tmp_path: Path) -> None:
+    pipeline, buffer, _ = await make_pipeline(tmp_path)
+    hide = Pseudonymizer(KEY)
+    pipeline.set_pseudonymizer(hide)
+    pipeline.set_device("gate", {}, pseudonymize=["card", "plate"])
+    seen: list[Reading] = []
+    pipeline.add_listener(lambda device, readings: seen.extend(readings))
+    await pipeline.submit("gate", [
+        Reading("access_event", {"plate": "粤B12345"}, {"card": "0004123456", "ok": True}, 5)])
+    await pipeline.flush()
+    lines = await committed_lines(buffer)
+    await buffer.close()
+    raw = b"".join(lines) + (tmp_path / "b.db").read_bytes()
+    assert b"0004123456" not in raw and "粤B12345".encode() not in raw
+    assert seen[0].fields["card"] == hide("0004123456") == Pseudonymizer(KEY)("0004123456")
+    assert seen[0].tags["plate"] == hide("粤B12345")
+    assert len(hide("x")) == 16 and hide("a") != hide("b")
+    assert Pseudonymizer(b"another-key-0123456789")("0004123456") != hide("0004123456")
+
+
+async def test_submit_and_wait_returns_after_commit(tmp_path: Path) -> None:
+    pipeline, buffer, stats = await make_pipeline(tmp_path)
+    import asyncio
+
+    runner = asyncio.create_task(pipeline.run())
+    await pipeline.submit_and_wait("d", [Reading("m", {}, {"v": 1}, 10)])
+    assert stats.readings_committed == 1
+    assert len(await committed_lines(buffer)) == 1
+    runner.cancel()
+    await buffer.close()
