@@ -21,6 +21,10 @@ from gateway.stats import GatewayStats
 
 log = logging.getLogger("iotgw.forwarder")
 
+RETRY_AFTER_CAP = 600.0
+"""Longest a server's Retry-After is obeyed; a misconfigured proxy must not park a sink
+for a day."""
+
 IDLE_RECHECK = 1.0
 """Seconds between buffer checks when no commit notification arrives (a safety net)."""
 
@@ -74,7 +78,7 @@ class Forwarder:
         except SinkUnavailable as exc:
             wait = self._backoff.next()
             if exc.retry_after is not None:
-                wait = max(wait, min(exc.retry_after, self._config.retry_max * 10))
+                wait = max(wait, min(exc.retry_after, RETRY_AFTER_CAP))
             self._failed(key, "retrying", f"sink {self.name} unavailable: {exc}; buffering "
                          "and retrying with backoff")
             return wait

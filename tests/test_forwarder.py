@@ -1,0 +1,161 @@
+"""The forwarder's one retry policy, against real InfluxDB 1.x and a scripted server.
+
+Real InfluxDB 1.x gives genuine partial writes (a field type conflict); the in-process
+aiohttp server stands beside it for answers a healthy server will not give on demand
+(413 above a size, 429 with Retry-After, 401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.buffer import AsyncBuffer, Buffer
+from gateway.forwarder import Forwarder
+from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
+from gateway.stats import GatewayStats
+from tests.servers import InfluxDB1
+
+
+async def filled_buffer(tmp_path: Path, lines: list[bytes], sink: str) -> AsyncBuffer:
+    buffer = AsyncBuffer(Buffer(tmp_path / "b.db", max_bytes=50 * 1024**2,
+                                when_full="drop_oldest", chunk_lines=1000))
+    await buffer.open()
+    await buffer.register_sinks([sink])
+    await buffer.append(lines, 1, 1)
+    return buffer
+
+
+async def poll_until(done: Callable[[], bool], seconds: float = 60) -> None:
+    """Poll counters the code under test updates; the timeout is a hang guard only."""
+    async with asyncio.timeout(seconds):
+        while not done():  # noqa: ASYNC110 - stats counters have no event to wait on
+            await asyncio.sleep(0.02)
+
+
+async def run_until(forwarder: Forwarder, done: Callable[[], bool]) -> None:
+    task = asyncio.create_task(forwarder.run())
+    try:
+        await poll_until(done)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def sink_config(url: str, database: str, **extra: object) -> InfluxDB1SinkConfig:
+    return InfluxDB1SinkConfig(type="influxdb1", url=url, database=database, **extra)
+
+
+async def test_partial_write_drops_only_the_rejected_line(tmp_path: Path,
+                                                          influx1: InfluxDB1) -> None:
+    db = f"fwd_{uuid.uuid4().hex[:8]}"
+    influx1.create_database(db)
+    influx1.write_lines(db, "conflict,device=d v=1 1")  # makes v a float field
+    lines = [f"conflict,device=d v={i}.5 {1000 + i}".encode() for i in range(40)]
+    lines[17] = b'conflict,device=d v="text" 1017'  # field type conflict: refused
+    config = sink_config(influx1.url, db, batch_lines=1000)
+    buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+    stats = GatewayStats()
+    event = asyncio.Event()
+    forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, event, stats)
+    await run_until(forwarder, lambda: stats.sink(config.sink_name).sent_lines == 40)
+    sink_stats = stats.sink(config.sink_name)
+    assert sink_stats.rejected_lines == 1
+    assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
+    rows = influx1.select("SELECT v FROM conflict WHERE time > 999", db)
+    assert sorted(r["time"] for r in rows) == [1000 + i for i in range(40) if i != 17]
+    await buffer.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted(handler: Callable[[web.Request, bytes], web.Response]
+                   ) -> AsyncIterator[str]:
+    async def handle(request: web.Request) -> web.Response:
+        return handler(request, await request.read())
+
+    app = web.Application(client_max_size=64 * 1024**2)
+    app.router.add_post("/write", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_413_splits_until_batches_fit(tmp_path: Path) -> None:
+    received: list[bytes] = []
+
+    def handler(request: web.Request, body: bytes) -> web.Response:
+        if body.count(b"\n") + 1 > 64:
+            return web.Response(status=413, text="too big")
+        received.extend(body.split(b"\n"))
+        return web.Response(status=204)
+
+    lines = [f"m v={i} {i}".encode() for i in range(1000)]
+    async with scripted(handler) as url:
+        config = sink_config(url, "db", batch_lines=1000)
+        buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+        stats = GatewayStats()
+        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+        await run_until(forwarder, lambda: stats.sink(config.sink_name).sent_lines == 1000)
+    assert received == lines
+    assert stats.sink(config.sink_name).rejected_lines == 0
+    await buffer.close()
+
+
+async def test_429_retry_after_is_honoured(tmp_path: Path) -> None:
+    attempts: list[float] = []
+
+    def handler(request: web.Request, body: bytes) -> web.Response:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            return web.Response(status=429, headers={"Retry-After": "2"})
+        return web.Response(status=204)
+
+    async with scripted(handler) as url:
+        config = sink_config(url, "db", retry_max=0.1)
+        buffer = await filled_buffer(tmp_path, [b"m v=1 1"], config.sink_name)
+        stats = GatewayStats()
+        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+        await run_until(forwarder, lambda: stats.sink(config.sink_name).sent_lines == 1)
+    # The backoff alone (capped at 0.1 s) would retry at once; Retry-After asked for 2 s.
+    assert attempts[1] - attempts[0] >= 2.0
+    await buffer.close()
+
+
+async def test_401_marks_sink_failed_and_keeps_everything(tmp_path: Path) -> None:
+    status = {"code": 401}
+    calls: list[int] = []
+
+    def handler(request: web.Request, body: bytes) -> web.Response:
+        calls.append(status["code"])
+        return web.Response(status=status["code"], text="unauthorized")
+
+    async with scripted(handler) as url:
+        config = sink_config(url, "db", auth_retry=0.3)
+        buffer = await filled_buffer(tmp_path, [b"m v=1 1", b"m v=2 2"], config.sink_name)
+        stats = GatewayStats()
+        sink_stats = stats.sink(config.sink_name)
+        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+        task = asyncio.create_task(forwarder.run())
+        await poll_until(lambda: sink_stats.state == "failed")
+        assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 2
+        status["code"] = 204  # credentials fixed on the server side
+        await poll_until(lambda: sink_stats.sent_lines >= 2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert sink_stats.state == "ok" and calls[0] == 401 and calls[-1] == 204
+    assert "HTTP 401" in (sink_stats.last_error or "")
+    await buffer.close()
