@@ -13,8 +13,10 @@ import pytest
 from gateway.cli import schema_text
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
+from gateway.registry import load_drivers
 
 ROOT = Path(__file__).resolve().parent.parent
+DRIVERS = ", ".join(f"'{name}'" for name in load_drivers())
 
 GOOD = """\
 gateway: {id: gw-1, site: garden}
@@ -66,7 +68,7 @@ devices:
 gateway: {id: gw-1, site: garden}
 sinks:
   - type: kafka
-""", [(3, "sinks[0]: unknown type 'kafka'; expected one of 'file', 'influxdb', 'influxdb1'")]),
+""", [(3, "sinks[0].type: unknown type 'kafka'; expected one of 'file', 'influxdb', 'influxdb1'")]),
     ("duplicate sink names", """\
 gateway: {id: gw-1, site: garden}
 sinks:
@@ -118,7 +120,7 @@ devices:
     driver: nope
 """, [(3, "buffer.when_full: must be one of 'drop_oldest' or 'drop_newest', got 'panic'"),
       (7, "devices[0].interval: expected a duration like 10s, 250ms or 1m30s, got 'soon'"),
-      (9, "devices[1].driver: must be one of 'synthetic', got 'nope'")]),
+      (9, f"devices[1].driver: unknown driver 'nope'; expected one of {DRIVERS}")]),
 ]
 
 
@@ -192,7 +194,8 @@ def test_check_cli_summary_and_exit_codes(tmp_path: Path) -> None:
     bad.write_text("gateway: {id: gw-1, site: garden}\ndevices:\n  - {id: m1, driver: nope}\n")
     result = run_cli("check", str(bad))
     assert result.returncode == 2
-    assert f"{bad}:3: devices[0].driver: must be one of 'synthetic', got 'nope'" in result.stderr
+    assert f"{bad}:3: devices[0].driver: unknown driver 'nope'; expected one of {DRIVERS}" \
+        in result.stderr
     assert result.stdout == ""
 
 

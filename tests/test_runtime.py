@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sqlite3
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -83,3 +85,41 @@ def test_sighup_reload_applies_good_config_and_rejects_bad(tmp_path: Path) -> No
     assert any(line.startswith(b"water_meter,device=added") for line in lines)
     restarts = [m for m in gw.messages() if "task device:keep" in m]
     assert restarts == [], "an unchanged device was restarted by reload"
+
+
+def test_corrupt_buffer_is_moved_aside_and_gateway_runs(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    write_config(config, "- {id: after-corruption, driver: synthetic, interval: 20ms}\n")
+    data = tmp_path / "data"
+    data.mkdir()
+    garbage = b"this is not an SQLite database, it is what a bad SD card left behind" * 50
+    (data / "buffer.db").write_bytes(garbage)
+    gw = GatewayProcess(config).start()
+    try:
+        gw.wait_for_log(lambda r: "running" in r["msg"])
+        moved = gw.wait_for_log(lambda r: r["level"] == "error" and "corrupt" in r["msg"])
+        time.sleep(0.5)
+    finally:
+        assert gw.stop() == 0
+    aside = list(data.glob("buffer.db.corrupt-*"))
+    assert [p.read_bytes() for p in aside] == [garbage], moved["msg"]
+    assert any(b"device=after-corruption" in line for line in file_lines(data))
+
+
+def test_buffer_stats_cli_reads_a_live_buffer(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    write_config(config, "- {id: stats-1, driver: synthetic, interval: 10ms}\n",
+                 extra="sinks:\n  - {type: influxdb1, name: nowhere, url: "
+                       "'http://127.0.0.1:9', database: x}\n")
+    gw = GatewayProcess(config).start()
+    try:
+        gw.wait_for_log(lambda r: "running" in r["msg"])
+        time.sleep(1.0)
+        result = subprocess.run([sys.executable, "-m", "gateway", "buffer", "stats",
+                                 str(config)], capture_output=True, text=True, timeout=60)
+    finally:
+        assert gw.stop() == 0
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("nowhere"))
+    lag = int(row.split()[1])
+    assert lag > 20, result.stdout

@@ -111,6 +111,10 @@ def _locate(doc: YamlDocument, err: Any) -> SourceProblem:
         elif err["type"] == "missing" and position == len(loc) - 1:
             path.append(part)
             return SourceProblem(doc.line_of(tuple(path[:-1])), tuple(path), describe(err))
+    if err["type"] == "union_tag_invalid" and isinstance(node, dict):
+        key = str(err["ctx"]["discriminator"]).strip("'")
+        if key in node:
+            path.append(key)
     return SourceProblem(doc.line_of(tuple(path)), tuple(path), describe(err))
 
 

@@ -1,0 +1,74 @@
+"""Config of one Modbus device: which bus and unit, which points (a profile and/or inline)."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from drivers.modbus.planner import PROTOCOL_MAX_BITS, PROTOCOL_MAX_REGISTERS, Limits
+from drivers.modbus.points import Point
+from gateway.config.types import Duration, StrictModel
+from gateway.driver import DeviceConfigBase
+
+
+class PointOverride(StrictModel):
+    """Per-device changes to a profile point (e.g. a CT ratio as scale)."""
+
+    scale: float | None = None
+    offset: float | None = None
+    precision: int | None = Field(default=None, ge=0, le=12)
+    unit: str | None = None
+    on_change: bool | None = None
+    deadband: float | None = Field(default=None, ge=0)
+    enabled: bool = True
+
+
+class ModbusConfig(DeviceConfigBase):
+    """A Modbus TCP or RTU device on a bus from ``buses``.
+
+    Serial bus: RTU; serial bus with ``port: socket://host:port``: RTU over TCP (serial
+    device servers); tcp bus: Modbus TCP. Points come from ``profile`` (a file in
+    config/profiles), from ``points``, or both (inline points are added).
+    """
+
+    driver: Literal["modbus"]
+    bus: str = Field(description="name of an entry in buses")
+    unit: int = Field(ge=0, le=255, description="unit id: 1..247 on serial buses")
+    profile: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                description="config/profiles/<profile>.yaml")
+    points: list[Point] = Field(default_factory=list, description="points added to the profile")
+    overrides: dict[str, PointOverride] = Field(
+        default_factory=dict, description="per-point changes to profile points, by name")
+    measurement: str | None = Field(default=None, min_length=1,
+                                    description="default: the profile's, else 'modbus'")
+    interval: Duration = Field(default=10.0, gt=0)
+    timeout: Duration | None = Field(default=None, gt=0, le=60,
+                                     description="per request; default: the bus timeout")
+    retries: int = Field(default=1, ge=0, le=5, description="extra tries while online")
+    backoff_max: Duration = Field(
+        default=60.0, gt=0, description="longest pause between probes of an offline device")
+    max_registers: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=PROTOCOL_MAX_REGISTERS)
+    max_bits: int = Field(default=PROTOCOL_MAX_BITS, ge=1, le=PROTOCOL_MAX_BITS)
+    max_gap: int = Field(default=16, ge=0, le=PROTOCOL_MAX_BITS,
+                         description="unused registers a read may span between points")
+    verify_writes: bool = Field(default=True, description="read back after a write")
+
+    uses_bus: ClassVar[bool] = True
+
+    @model_validator(mode="after")
+    def _has_points(self) -> ModbusConfig:
+        if self.profile is None and not self.points:
+            raise ValueError("give a profile or points (or both)")
+        names = [p.name for p in self.points]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate point names: {', '.join(dupes)}")
+        return self
+
+    def bus_address(self) -> tuple[str, object] | None:
+        return (self.bus, self.unit)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_registers, self.max_bits, self.max_gap)

@@ -1,0 +1,234 @@
+"""Polling one Modbus device over a bus it shares with others.
+
+Every device on a bus uses one :class:`ModbusBus` (one pymodbus client + one
+:class:`BusScheduler`), obtained from the core's shared resources, so an RS-485 port is
+opened once and requests never interleave. Each request is one scheduler turn: a big
+meter does not hold the line for its whole cycle, and a device in backoff only gets the
+bus when nobody with an earlier deadline wants it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from drivers.modbus.client import (
+    Endpoint,
+    ModbusError,
+    ModbusExceptionReply,
+    ModbusLink,
+)
+from drivers.modbus.config import ModbusConfig
+from drivers.modbus.planner import ReadPlan, Request
+from drivers.modbus.points import Point, changed
+from drivers.modbus.profiles import limits_for, resolve_points
+from gateway.driver import DeviceContext, DeviceState, Driver
+from gateway.errors import CommandRefused, DeviceError
+from gateway.reading import Reading
+from gateway.scheduler import BusScheduler, DeviceHealth, PollTimer
+
+T = TypeVar("T")
+
+
+class ModbusBus:
+    """What devices on one bus share: the client and the scheduler."""
+
+    def __init__(self, name: str, bus_config: Any, timeout: float | None = None) -> None:
+        self.endpoint = Endpoint.from_bus(bus_config)
+        gap = getattr(bus_config, "inter_frame_delay", None)
+        self.link = ModbusLink(self.endpoint, timeout or bus_config.timeout)
+        self.scheduler = BusScheduler(name, self.endpoint.default_gap() if gap is None else gap)
+
+    async def close(self) -> None:
+        await self.scheduler.close()
+        await self.link.close()
+
+
+class ModbusDriver(Driver):
+    config: ModbusConfig
+
+    def __init__(self, config: ModbusConfig, ctx: DeviceContext) -> None:
+        super().__init__(config, ctx)
+        self.points, self.measurement = resolve_points(config)
+        self.by_name: dict[str, Point] = {p.name: p for p in self.points}
+        self.plan = ReadPlan(self.points, limits_for(config))
+        self.timer = PollTimer(config.interval, backoff_base=config.interval,
+                               backoff_max=config.backoff_max)
+        self.health = DeviceHealth(ctx, offline_after=1)
+        self.bus: ModbusBus | None = None
+        self.cycles = 0
+        self._last: dict[str, Any] = {}
+        self._cycle_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+
+    # -- running ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.ctx.bus is None or self.ctx.bus_name is None:
+            raise DeviceError(f"device {self.ctx.device_id}: no bus configured")
+        bus_config, timeout = self.ctx.bus, self.config.timeout
+
+        async def make_bus() -> ModbusBus:
+            return ModbusBus(self.ctx.bus_name or "", bus_config, timeout)
+
+        async with self.ctx.resources.use(("modbus", self.ctx.bus_name), make_bus) as bus:
+            self.bus = bus
+            try:
+                await self._loop()
+            finally:
+                self.bus = None
+
+    async def _loop(self) -> None:
+        self.timer.now_due()
+        while True:
+            delay = self.timer.due - time.monotonic()
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+            async with self._cycle_lock:
+                ok = await self._cycle()
+            if ok:
+                self.timer.success()
+            else:
+                self.timer.failure()
+
+    async def poll_now(self) -> None:
+        """Read at once (outside the grid; the regular schedule is unchanged)."""
+        if self.bus is None:
+            raise CommandRefused(f"device {self.ctx.device_id} is not running")
+        async with self._cycle_lock:
+            await self._cycle()
+
+    # -- one poll cycle ------------------------------------------------------------
+
+    async def _cycle(self) -> bool:
+        """Read every planned request, emit one reading; False if the device failed."""
+        stamp = time.time_ns()
+        values: dict[str, Any] = {}
+        tries = 1 if self.timer.failures else 1 + self.config.retries
+        try:
+            pending = list(self.plan.requests)
+            while pending:
+                request = pending.pop(0)
+                pending[:0] = await self._read(request, values, tries)
+        except ModbusError as exc:
+            self.health.failed(exc.kind, str(exc))
+            return False
+        self.cycles += 1
+        if not self.plan.requests:
+            self.health.failed("exception_reply", "device rejected every point: "
+                               + "; ".join(f"{n}: {r}" for n, r in self.plan.bad.items()))
+            self.plan = ReadPlan(self.points, self.plan.limits)  # re-probe after backoff
+            return False
+        self.health.ok()
+        await self._emit(values, stamp)
+        return True
+
+    async def _read(self, request: Request, values: dict[str, Any], tries: int) -> list[Request]:
+        """Read one request into ``values``; returns replacement requests after a split."""
+        assert self.bus is not None
+        link, unit = self.bus.link, self.config.unit
+        try:
+            words = await self._exchange(
+                lambda: link.read(request.table, request.start, request.count, unit,
+                                  self.config.timeout), tries)
+        except ModbusExceptionReply as exc:
+            if not exc.address_problem:
+                raise
+            replacement = self.plan.reject(request, str(exc))
+            if not replacement:
+                point = request.points[0]
+                self.health.partial("bad_point", f"point {point.name} ({request}) rejected: "
+                                    f"exception {exc.code}; no longer polled")
+            return replacement
+        for point in request.points:
+            offset = point.address - request.start
+            try:
+                value = point.decode(words[offset:offset + point.count])
+            except (ValueError, UnicodeDecodeError) as exc:
+                self.health.partial("decode_error", f"point {point.name}: {exc}")
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                self.health.partial("not_finite", f"point {point.name} read {value}")
+                continue
+            values[point.name] = value
+        return []
+
+    async def _exchange(self, call: Callable[[], Awaitable[T]], tries: int,
+                        deadline: float | None = None) -> T:
+        """One request per scheduler turn; lost/garbled replies retried ``tries - 1`` times."""
+        assert self.bus is not None
+        last: ModbusError | None = None
+        for attempt in range(tries):
+            if last is not None:
+                self.ctx.count(last.kind)  # the final failure is counted by DeviceHealth
+            async with self.bus.scheduler.turn(self.ctx.device_id,
+                                               deadline or self.timer.deadline):
+                try:
+                    return await call()
+                except ModbusExceptionReply:
+                    raise
+                except ModbusError as exc:
+                    last = exc
+                    if attempt == tries - 1:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _emit(self, values: dict[str, Any], stamp: int) -> None:
+        fields: dict[str, Any] = {}
+        for name, value in values.items():
+            point = self.by_name[name]
+            if point.on_change and not changed(point, self._last.get(name), value):
+                continue
+            fields[name] = value
+            self._last[name] = value
+        if fields:
+            await self.ctx.emit([Reading(self.measurement, {}, fields, stamp)])
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def write(self, point: str, value: Any) -> dict[str, Any]:
+        """Encode ``value`` for the point's type, write it, and (by default) read it back.
+
+        Writes get the earliest possible deadline: an operator opening a gate should
+        not wait behind a round of meter reads."""
+        target = self.by_name.get(point)
+        if target is None:
+            raise CommandRefused(f"device {self.ctx.device_id} has no point {point!r}")
+        if not target.writable:
+            raise CommandRefused(f"point {point!r} is in the {target.table} table "
+                                 f"({target.kind}) and cannot be written")
+        if self.bus is None:
+            raise CommandRefused(f"device {self.ctx.device_id} is not running")
+        try:
+            words = target.encode(value)
+        except ValueError as exc:
+            raise CommandRefused(str(exc)) from None
+        link, unit, timeout = self.bus.link, self.config.unit, self.config.timeout
+        await self._exchange(lambda: link.write(target.table, target.address, words, unit,
+                                                timeout), 1, deadline=time.monotonic())
+        self.ctx.count("writes")
+        result: dict[str, Any] = {"device": self.ctx.device_id, "point": point,
+                                  "value": value, "written": list(words)}
+        if self.config.verify_writes:
+            back = await self._exchange(
+                lambda: link.read(target.table, target.address, target.count, unit, timeout),
+                1 + self.config.retries, deadline=time.monotonic())
+            result["read_back"] = target.decode(back)
+            result["verified"] = [bool(b) if target.is_bits else int(b) for b in back] == [
+                bool(w) if target.is_bits else int(w) for w in words]
+            if not result["verified"]:
+                self.ctx.count("write_not_verified")
+                raise DeviceError(f"{self.ctx.device_id}.{point}: wrote {list(words)}, "
+                                  f"read back {list(back)}")
+        return result
+
+    @property
+    def state(self) -> DeviceState:
+        return self.ctx.status.state

@@ -1,0 +1,142 @@
+"""Device profiles: reusable point maps in ``config/profiles/<name>.yaml``.
+
+300 meters of one model share one profile instead of 300 copies of a register map.
+Errors name the profile file, the line and the point, like config errors do.
+
+Search order: the directories in ``$IOTGW_PROFILES`` (os.pathsep separated), then the
+profiles shipped in ``config/profiles``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from drivers.modbus.config import ModbusConfig
+from drivers.modbus.points import Point
+from gateway.config.types import StrictModel
+from gateway.config.yamlsource import parse_yaml
+from gateway.errors import ConfigError
+
+SHIPPED = Path(__file__).resolve().parents[2] / "config" / "profiles"
+
+
+class Profile(StrictModel):
+    """A device model's point map, with where it came from."""
+
+    name: str
+    manufacturer: str | None = None
+    model: str | None = None
+    source: str = Field(description="the register map document this profile is based on")
+    notes: str | None = None
+    measurement: str = Field(min_length=1)
+    byte_order: str | None = Field(default=None, description="informational")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="keys applied to every point unless it sets them")
+    max_registers: int | None = Field(default=None, ge=1, le=125)
+    max_gap: int | None = Field(default=None, ge=0)
+    points: list[Point]
+
+
+def profile_dirs() -> list[Path]:
+    extra = [Path(p) for p in os.environ.get("IOTGW_PROFILES", "").split(os.pathsep) if p]
+    return [*extra, SHIPPED]
+
+
+def find_profile(name: str) -> Path:
+    for folder in profile_dirs():
+        path = folder / f"{name}.yaml"
+        if path.is_file():
+            return path
+    known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError([f"unknown profile {name!r}; known: {', '.join(known) or 'none'}"])
+
+
+def load_profile(name: str) -> Profile:
+    path = find_profile(name)
+    return _load_file(path, path.stat().st_mtime_ns)
+
+
+def load_profile_file(path: Path) -> Profile:
+    return _load_file(path, path.stat().st_mtime_ns)
+
+
+@cache
+def _load_file(path: Path, _mtime: int) -> Profile:
+    doc, problems = parse_yaml(path.read_text(encoding="utf-8"), environ={})
+    if problems or doc is None:
+        raise ConfigError([f"{path}:{p.line or '?'}: {p.message}" for p in problems])
+    data = doc.data
+    if isinstance(data, dict) and isinstance(data.get("points"), list):
+        defaults = data.get("defaults") or {}
+        data = {**data, "points": [{**defaults, **p} if isinstance(p, dict) else p
+                                   for p in data["points"]]}
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_locate(path, doc, data, err) for err in exc.errors()]) from None
+    names = [p.name for p in profile.points]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError([f"{path}: duplicate point names: {', '.join(dupes)}"])
+    return profile
+
+
+def _locate(path: Path, doc: Any, data: Any, err: Any) -> str:
+    loc = tuple(err["loc"])
+    line = doc.line_of(loc) or "?"
+    where = ".".join(str(part) for part in loc)
+    if len(loc) >= 2 and loc[0] == "points" and isinstance(loc[1], int):
+        try:
+            point = data["points"][loc[1]].get("name", "?")
+        except (IndexError, AttributeError, KeyError):
+            point = "?"
+        where = f"points[{loc[1]}] ({point})" + "".join(f".{p}" for p in loc[2:])
+    return f"{path}:{line}: {where}: {err['msg']}"
+
+
+def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
+    """The device's effective points and measurement: profile + overrides + inline points."""
+    points: list[Point] = []
+    measurement = config.measurement
+    if config.profile is not None:
+        profile = load_profile(config.profile)
+        measurement = measurement or profile.measurement
+        known = {p.name for p in profile.points}
+        unknown = sorted(set(config.overrides) - known)
+        if unknown:
+            raise ConfigError([f"overrides name points not in profile {config.profile!r}: "
+                               f"{', '.join(unknown)}"])
+        for point in profile.points:
+            override = config.overrides.get(point.name)
+            if override is None:
+                points.append(point)
+            elif override.enabled:
+                changes = override.model_dump(exclude_none=True, exclude={"enabled"})
+                points.append(point.model_copy(update=changes))
+    names = {p.name for p in points}
+    clash = sorted(names & {p.name for p in config.points})
+    if clash:
+        raise ConfigError([f"inline points repeat profile points: {', '.join(clash)} "
+                           "(use overrides to change a profile point)"])
+    points.extend(config.points)
+    return points, measurement or "modbus"
+
+
+def limits_for(config: ModbusConfig) -> Any:
+    """Device limits: the device's own, tightened by what its profile says."""
+    limits = config.limits
+    if config.profile is None:
+        return limits
+    profile = load_profile(config.profile)
+    fields = config.model_fields_set
+    return type(limits)(
+        min(limits.max_registers, profile.max_registers or limits.max_registers)
+        if "max_registers" not in fields else limits.max_registers,
+        limits.max_bits,
+        profile.max_gap if profile.max_gap is not None and "max_gap" not in fields
+        else limits.max_gap)

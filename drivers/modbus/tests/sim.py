@@ -1,0 +1,245 @@
+"""Real pymodbus servers for the tests and benchmarks: TCP, and RTU over pty pairs.
+
+* :class:`Device` - one unit's datastore (0-based addresses, unlike pymodbus's own
+  blocks, which are off by one), with "holes" the device rejects like a real meter whose
+  map has gaps, and counting of the requests it receives.
+* :class:`TcpSim` / :class:`RtuSim` - servers in the current event loop.
+* :class:`PtyRelay` - two pty pairs joined by a relay in this loop: the server opens one
+  slave, the gateway the other; the relay can corrupt bytes (garbage, CRC errors) or pace
+  them at a baud rate.
+* :class:`ServerThread` - any of the above in its own thread and loop, for tests that
+  run the real ``iotgw run`` process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import tty
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import (
+    ModbusDeviceContext,
+    ModbusSequentialDataBlock,
+    ModbusServerContext,
+)
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+
+from drivers.modbus.points import Point
+
+FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 6: "holding",
+            15: "coil", 16: "holding"}
+_STORE = {"coil": "c", "discrete": "d", "holding": "h", "input": "i"}
+
+
+@dataclass
+class Device:
+    """A unit's four tables as dicts (address -> value); missing addresses read as 0."""
+
+    holding: dict[int, int] = field(default_factory=dict)
+    input: dict[int, int] = field(default_factory=dict)
+    coil: dict[int, bool] = field(default_factory=dict)
+    discrete: dict[int, bool] = field(default_factory=dict)
+    holes: dict[str, set[int]] = field(default_factory=dict)
+    """Addresses per table the device rejects with exception 2 (illegal address)."""
+
+    def put(self, point: Point, value: Any) -> None:
+        words = point.encode(value)
+        table = getattr(self, point.table)
+        for i, word in enumerate(words):
+            table[point.address + i] = word
+
+
+class _Context(ModbusDeviceContext):
+    """pymodbus device context backed by a :class:`Device`, counting requests."""
+
+    def __init__(self, device: Device, log: list[tuple[int, str, int, int]], unit: int) -> None:
+        # Tiny placeholder blocks: the default ones hold 4 x 65536 values per unit
+        # (~8 MB each), which would dominate the RSS of a 100-device benchmark.
+        tiny = {k: ModbusSequentialDataBlock(0, [0]) for k in ("di", "co", "ir", "hr")}
+        super().__init__(**tiny)
+        self.device, self.log, self.unit = device, log, unit
+
+    def getValues(self, func_code: int, address: int, count: int = 1) -> Any:
+        table = FC_TABLE[func_code]
+        if func_code in (1, 2, 3, 4):
+            self.log.append((self.unit, table, address, count))
+        holes = self.device.holes.get(table, set())
+        if any(a in holes for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
+        values = getattr(self.device, table)
+        default: Any = False if table in ("coil", "discrete") else 0
+        return [values.get(a, default) for a in range(address, address + count)]
+
+    def setValues(self, func_code: int, address: int, values: Any) -> Any:
+        table = FC_TABLE[func_code]
+        self.log.append((self.unit, f"write:{table}", address, len(values)))
+        holes = self.device.holes.get(table, set())
+        if any(a in holes for a in range(address, address + len(values))):
+            return ExcCodes.ILLEGAL_ADDRESS
+        store = getattr(self.device, table)
+        for i, value in enumerate(values):
+            store[address + i] = value
+        return None
+
+
+class Units:
+    """The unit ids a server answers for; remove one to make it silent (dead meter)."""
+
+    def __init__(self, devices: dict[int, Device]) -> None:
+        self.requests: list[tuple[int, str, int, int]] = []
+        self.devices = devices
+        self.context = ModbusServerContext(
+            devices={u: _Context(d, self.requests, u) for u, d in devices.items()}, single=False)
+
+    def kill(self, unit: int) -> None:
+        del self.context[unit]
+
+    def revive(self, unit: int) -> None:
+        self.context[unit] = _Context(self.devices[unit], self.requests, unit)
+
+    def count(self, unit: int | None = None, table: str | None = None) -> int:
+        return sum(1 for u, t, _, _ in self.requests
+                   if (unit is None or u == unit) and (table is None or t == table))
+
+
+class TcpSim:
+    def __init__(self, units: Units, port: int, framer: FramerType = FramerType.SOCKET) -> None:
+        self.units, self.port = units, port
+        self.server = ModbusTcpServer(units.context, framer=framer, address=("127.0.0.1", port),
+                                      ignore_missing_devices=True)
+
+    async def start(self) -> TcpSim:
+        await self.server.serve_forever(background=True)
+        return self
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+
+
+class RtuSim:
+    def __init__(self, units: Units, port: str, baudrate: int = 9600) -> None:
+        self.units = units
+        self.server = ModbusSerialServer(units.context, framer=FramerType.RTU, port=port,
+                                         baudrate=baudrate, ignore_missing_devices=True)
+
+    async def start(self) -> RtuSim:
+        await self.server.serve_forever(background=True)
+        return self
+
+    async def stop(self) -> None:
+        await self.server.shutdown()
+
+
+Mangle = Callable[[str, bytes], bytes]
+
+
+class PtyRelay:
+    """``server_port`` <-> relay <-> ``client_port``, with an optional byte mangler.
+
+    ``mangle(direction, data)`` sees every chunk ("up": gateway -> device, "down":
+    device -> gateway) and returns what to pass on. ``baudrate`` paces bytes like a
+    real line (10 or 11 bits per character) instead of passing them instantly.
+    """
+
+    def __init__(self, mangle: Mangle | None = None, baudrate: int | None = None,
+                 bits_per_char: int = 10) -> None:
+        self.mangle = mangle
+        self.char_time = bits_per_char / baudrate if baudrate else 0.0
+        self._fds: list[int] = []
+        m1, s1 = os.openpty()
+        m2, s2 = os.openpty()
+        for fd in (m1, s1, m2, s2):
+            tty.setraw(fd)
+        self._fds = [m1, s1, m2, s2]
+        self.server_port = os.ttyname(s1)
+        self.client_port = os.ttyname(s2)
+        self._server_master, self._client_master = m1, m2
+        self._tasks: list[asyncio.Task[None]] = []
+        self.bytes = {"up": 0, "down": 0}
+
+    async def start(self) -> PtyRelay:
+        self._tasks = [
+            asyncio.create_task(self._pump(self._client_master, self._server_master, "up")),
+            asyncio.create_task(self._pump(self._server_master, self._client_master, "down")),
+        ]
+        return self
+
+    async def _pump(self, src: int, dst: int, direction: str) -> None:
+        loop = asyncio.get_running_loop()
+        line_free = loop.time()
+        while True:
+            ready = loop.create_future()
+            loop.add_reader(src, ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(src)
+            try:
+                data = os.read(src, 4096)
+            except OSError:
+                await asyncio.sleep(0.01)
+                continue
+            self.bytes[direction] += len(data)
+            if self.mangle is not None:
+                data = self.mangle(direction, data)
+            if self.char_time:
+                # The line is busy until the previous chunk has been "transmitted".
+                line_free = max(line_free, loop.time()) + len(data) * self.char_time
+                await asyncio.sleep(line_free - loop.time())
+            if data:
+                os.write(dst, data)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class ServerThread:
+    """Run ``async setup() -> stop coroutine function`` in a background loop."""
+
+    def __init__(self, setup: Callable[[], Any]) -> None:
+        self._setup = setup
+        self.loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: Any = None
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def boot() -> None:
+            self._stop = await self._setup()
+            self._ready.set()
+
+        self.loop.run_until_complete(boot())
+        self.loop.run_forever()
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("simulator did not start")
+        return self
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` in the server's loop (e.g. kill/revive a unit) and wait for it."""
+        async def run() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stop is not None:
+            asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)

@@ -1,0 +1,123 @@
+"""RTU over pseudo-terminals: several units on one line, a dead unit, a noisy line."""
+
+from __future__ import annotations
+
+import itertools
+
+from drivers.modbus.tests.harness import Fleet, serial_bus
+from drivers.modbus.tests.sim import Device, PtyRelay, RtuSim, Units
+from gateway.driver import DeviceState
+
+POINTS = [
+    {"name": "voltage", "table": "input", "address": 0, "type": "float32", "order": "CDAB"},
+    {"name": "energy", "table": "input", "address": 2, "type": "uint32", "scale": 0.01,
+     "precision": 2},
+    {"name": "status", "table": "holding", "address": 0x10},
+]
+
+
+def meter(unit: int) -> Device:
+    device = Device()
+    for spec, value in zip(POINTS, (230.5, 1234.56 + unit, unit), strict=True):
+        from drivers.modbus.points import Point
+
+        device.put(Point.model_validate(spec), value)
+    return device
+
+
+async def line(units: Units, mangle=None) -> tuple[PtyRelay, RtuSim]:
+    relay = await PtyRelay(mangle).start()
+    server = await RtuSim(units, relay.server_port).start()
+    return relay, server
+
+
+async def test_several_units_share_one_line() -> None:
+    units = Units({u: meter(u) for u in (1, 2, 3)})
+    relay, server = await line(units)
+    try:
+        fleet = Fleet({"rs485": serial_bus(relay.client_port)})
+        drivers = [fleet.add(id=f"m{u}", bus="rs485", unit=u, points=POINTS, interval=0.05)
+                   for u in (1, 2, 3)]
+        await fleet.start()
+        await fleet.wait_for(lambda: all(d.cycles >= 5 for d in drivers))
+        await fleet.stop()
+    finally:
+        await server.stop()
+        await relay.stop()
+    for u, driver in zip((1, 2, 3), drivers, strict=True):
+        fields = dict(fleet.readings[f"m{u}"][0].fields)
+        assert fields == {"voltage": 230.5, "energy": 1234.56 + u, "status": u}
+        assert units.count(u) == 2 * driver.cycles  # input 0..3 + holding 16
+    # One port, one scheduler for all three.
+    assert drivers[0].bus is None and fleet.resources.active() == []
+
+
+async def test_dead_unit_does_not_starve_the_line_and_comes_back() -> None:
+    units = Units({u: meter(u) for u in (1, 2, 3)})
+    units.kill(3)
+    relay, server = await line(units)
+    try:
+        fleet = Fleet({"rs485": serial_bus(relay.client_port, timeout=0.1)})
+        healthy = [fleet.add(id=f"h{u}", bus="rs485", unit=u, points=POINTS, interval=0.25,
+                             retries=1) for u in (1, 2)]
+        dead = fleet.add(id="dead", bus="rs485", unit=3, points=POINTS, interval=0.25,
+                         retries=1, backoff_max=1.0)
+        await fleet.start()
+        await fleet.wait_for(lambda: all(d.cycles >= 12 for d in healthy))
+        assert dead.ctx.status.state is DeviceState.OFFLINE
+        assert "timeout" in (dead.ctx.status.last_error or "")
+        probes = units.count(3)
+        assert probes == 0  # the server never saw a valid answerable request for unit 3
+        # Healthy units never skipped a slot of their grid while the dead one was probed,
+        # and the dead one cost one short probe per backoff period (no retries offline).
+        assert all(d.timer.missed == 0 for d in healthy)
+        dead_turns = fleet.drivers["dead"].bus.scheduler.stats["dead"].turns
+        healthy_turns = fleet.drivers["h1"].bus.scheduler.stats["h1"].turns
+        assert dead_turns <= healthy_turns / 3
+        assert dead.ctx.status.counters["timeout"] == dead_turns
+        units.revive(3)
+        await fleet.wait_for(lambda: dead.ctx.status.state is DeviceState.ONLINE)
+        await fleet.wait_for(lambda: len(fleet.readings["dead"]) >= 2)
+        await fleet.stop()
+    finally:
+        await server.stop()
+        await relay.stop()
+    assert dict(fleet.readings["dead"][-1].fields)["status"] == 3
+
+
+async def test_garbage_and_crc_errors_are_recovered_and_counted() -> None:
+    counter = itertools.count()
+    damaged = {"crc": 0, "garbage": 0}
+
+    def noisy(direction: str, data: bytes) -> bytes:
+        if direction != "down":
+            return data
+        n = next(counter)
+        if n % 5 == 1:       # flip a bit in the payload: CRC error
+            damaged["crc"] += 1
+            return data[:3] + bytes([data[3] ^ 0x10]) + data[4:]
+        if n % 5 == 3:       # line noise instead of the reply
+            damaged["garbage"] += 1
+            return b"\xff\x00\x13\x37\xff"
+        return data
+
+    units = Units({1: meter(1), 2: meter(2)})
+    relay, server = await line(units, noisy)
+    try:
+        fleet = Fleet({"rs485": serial_bus(relay.client_port, timeout=0.15)})
+        drivers = [fleet.add(id=f"n{u}", bus="rs485", unit=u, points=POINTS, interval=0.05,
+                             retries=2) for u in (1, 2)]
+        await fleet.start()
+        await fleet.wait_for(lambda: all(d.cycles >= 10 for d in drivers), limit=40)
+        await fleet.stop()
+    finally:
+        await server.stop()
+        await relay.stop()
+    frame_errors = sum(d.ctx.status.counters.get("frame_error", 0) for d in drivers)
+    assert damaged["crc"] + damaged["garbage"] >= 4
+    assert frame_errors >= damaged["crc"] + damaged["garbage"] - 2  # last ones in flight
+    for u, driver in zip((1, 2), drivers, strict=True):
+        assert driver.ctx.status.state is DeviceState.ONLINE
+        for reading in fleet.readings[f"n{u}"]:  # nothing corrupted got through
+            assert dict(reading.fields) == {"voltage": 230.5, "energy": 1234.56 + u,
+                                            "status": u}
