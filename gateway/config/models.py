@@ -80,6 +80,10 @@ class MqttSection(SecretsModel):
     base_topic: str = Field(pattern=r"^[^#+]+[^/#+]$", description="ops topics live below it")
     keepalive: Duration = 30.0
     protocol: Literal["5", "3.1.1", "auto"] = "auto"
+    stats_interval: Duration = Field(default=30.0, gt=0, description="ops bus stats period")
+    event_measurements: list[str] | None = Field(
+        default=None, description="measurements published on events/<measurement>/<id> "
+        "(QoS 1); default: every measurement whose name ends in _event")
 
 
 class SerialBus(StrictModel):

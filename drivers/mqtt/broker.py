@@ -1,0 +1,179 @@
+"""One broker connection shared by every mqtt device (``SharedResources`` key
+``("mqtt", "devices")``), separate from the ops-bus connection.
+
+Why separate: (1) this session is persistent so camera events published while the
+gateway restarts are delivered when it returns, while the ops session is clean so an
+"open the gate" command sent during an outage is *not* executed an hour later;
+(2) QoS 1 events wait for the buffer commit before their PUBACK, and the broker sends
+only ``receive_maximum`` unacknowledged messages: on a shared connection a flood of
+events would hold commands back.
+
+Messages arrive in bursts from the paho thread. A burst is decoded at once, grouped per
+device, submitted to the pipeline, and one task per burst waits for the commit and then
+acknowledges the burst's QoS 1 messages. Rejected, filtered, rate-limited and unrouted
+messages are acknowledged too: they are answered (counted, dead-lettered), not retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass, field
+
+from drivers.mqtt.mapping import Filtered, Mapper, Rejected
+from gateway.driver import DeviceContext
+from gateway.mqtt.client import Message, MqttConnection, client_id_base
+from gateway.mqtt.hub import GatewayLink
+from gateway.reading import Reading
+
+log = logging.getLogger("iotgw.mqtt.devices")
+RECENT = 20_000
+"""Messages remembered to recognise a broker's DUP redelivery of something committed."""
+
+
+@dataclass
+class TokenBucket:
+    rate: float
+    tokens: float = 0.0
+    stamp: float = field(default_factory=time.monotonic)
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        burst = max(1.0, self.rate)
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Attachment:
+    """A device as the broker sees it: its mapper, its context, its limits."""
+
+    def __init__(self, mapper: Mapper, ctx: DeviceContext) -> None:
+        self.mapper = mapper
+        self.ctx = ctx
+        rate = mapper.config.rate_limit
+        self.bucket = TokenBucket(rate, tokens=max(1.0, rate)) if rate else None
+
+
+class DeviceBroker:
+    def __init__(self, link: GatewayLink) -> None:
+        settings = link.settings
+        if settings is None:
+            raise RuntimeError("mqtt devices need the mqtt: section")
+        self.link = link
+        self.connection = MqttConnection(
+            settings, f"{client_id_base(settings, link.gateway_id)}-dev",
+            on_message=self._on_messages, persistent=True, manual_ack=True,
+            receive_maximum=10_000)
+        self.attachments: list[Attachment] = []
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._intake: asyncio.Queue[list[Message]] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def create(cls, link: GatewayLink) -> DeviceBroker:
+        broker = cls(link)
+        broker._runner = asyncio.create_task(broker.connection.run(), name="mqtt:devices")
+        broker._worker = asyncio.create_task(broker._work(), name="mqtt:devices-intake")
+        return broker
+
+    async def close(self) -> None:
+        for task in (self._worker, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            self._runner.cancel()
+            await asyncio.gather(self._runner, return_exceptions=True)
+
+    def attach(self, attachment: Attachment) -> None:
+        self.attachments.append(attachment)
+        for pattern in attachment.mapper.patterns:
+            self.connection.subscribe(pattern.filter, attachment.mapper.config.qos)
+
+    def detach(self, attachment: Attachment) -> None:
+        self.attachments.remove(attachment)
+        wanted = {p.filter for a in self.attachments for p in a.mapper.patterns}
+        for pattern in attachment.mapper.patterns:
+            if pattern.filter not in wanted:
+                self.connection.unsubscribe(pattern.filter)
+
+    # -- intake ----------------------------------------------------------------------
+
+    def _on_messages(self, batch: list[Message]) -> None:
+        self._intake.put_nowait(batch)
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._intake.get()
+            while not self._intake.empty() and len(batch) < 5000:
+                batch.extend(self._intake.get_nowait())
+            groups = self._decode(batch)
+            for device_id, readings in groups.items():
+                await self.link.submit(device_id, readings)
+            last = next(reversed(groups), None)
+            task = asyncio.create_task(self._ack_after_commit(last, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
+        if device_id is not None:
+            await self.link.wait_committed(device_id)
+        for message in batch:
+            self.connection.ack(message)
+
+    def _decode(self, batch: list[Message]) -> dict[str, list[Reading]]:
+        groups: dict[str, list[Reading]] = {}
+        arrival = time.time_ns()
+        recent = self._recent
+        for message in batch:
+            key = hash((message.topic, message.payload))
+            if message.dup and key in recent:
+                self.counters["duplicate_redelivery"] += 1
+                continue
+            routed = False
+            for att in self.attachments:
+                topic_tags = att.mapper.topic_tags(message.topic)
+                if topic_tags is None:
+                    continue
+                routed = True
+                reading = self._one(att, topic_tags, message, arrival)
+                if reading is not None:
+                    groups.setdefault(att.ctx.device_id, []).append(reading)
+            if not routed:
+                self.counters["unrouted"] += 1
+            if message.qos:
+                recent[key] = None
+                if len(recent) > RECENT:
+                    recent.popitem(last=False)
+        return groups
+
+    def _one(self, att: Attachment, topic_tags: dict[str, str], message: Message,
+             arrival: int) -> Reading | None:
+        ctx = att.ctx
+        try:
+            if att.bucket is not None and not att.bucket.take():
+                raise Rejected("rate_limited")
+            reading = att.mapper.decode(topic_tags, message.payload, arrival)
+        except Filtered:
+            ctx.count("filtered")
+            return None
+        except Rejected as exc:
+            ctx.count(exc.reason)
+            self.link.dead_letter(ctx.device_id, str(exc), message.payload, message.topic)
+            return None
+        except Exception as exc:  # a mapping bug must cost one message, not the device
+            ctx.count("decode_error")
+            self.link.dead_letter(ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}",
+                                  message.payload, message.topic)
+            return None
+        ctx.status.last_seen = arrival / 1e9
+        return reading

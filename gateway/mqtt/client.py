@@ -1,0 +1,368 @@
+"""The only module that talks to paho-mqtt: one broker connection, bridged to asyncio.
+
+Why paho-mqtt 2 and not aiomqtt: a QoS 1 event may be acknowledged to the broker only
+after it is committed in the buffer. paho 2 has manual acknowledgement
+(``Client(manual_ack=True)`` + ``client.ack(mid, qos)``); aiomqtt 2.x acknowledges before
+handing the message over, so a crash between receipt and commit would lose it.
+
+Why paho's network loop runs in its own thread: paho's loop handles TLS records still
+buffered inside the SSL object, keepalive pings and partial packets; re-implementing that
+on asyncio's ``add_reader`` misses buffered TLS data. The thread only moves bytes: every
+callback is handed to the event loop, in batches (one ``call_soon_threadsafe`` per burst,
+not per message), so all gateway logic stays single-threaded.
+
+Reconnection is ours, not paho's (``reconnect_on_failure=False``): capped exponential
+backoff with full jitter (gateway.backoff), a *generation* number per connection so an
+acknowledgement is never sent on a newer connection for a message of an older one (the
+broker redelivers those, flagged DUP), and ``on_connected`` hooks to re-publish retained
+state. Subscriptions are re-sent after every connect (MQTT 5: retain handling "only if
+new", so a resumed session does not re-deliver retained messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import ssl
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from gateway.backoff import Backoff
+from gateway.config.models import MqttSection
+from gateway.config.types import secret_value
+from gateway.errors import GatewayError
+from gateway.problems import ProblemLog
+
+log = logging.getLogger("iotgw.mqtt")
+
+UNSUPPORTED_PROTOCOL = {132, 1}
+"""CONNACK codes meaning "speak another protocol version" (MQTT 5 / 3.1.1)."""
+AUTH_FAILURES = {4, 5, 134, 135, 138}
+
+
+class MqttError(GatewayError):
+    """The broker connection failed or refused us; retryable (brokers come back)."""
+
+    retryable = True
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An incoming PUBLISH, detached from paho. ``generation`` says which connection
+    delivered it: acknowledgements only go back on that same connection."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    dup: bool
+    mid: int
+    generation: int
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    user_properties: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class ConnectionStats:
+    connects: int = 0
+    disconnects: int = 0
+    received: int = 0
+    published: int = 0
+    queued_dropped: int = 0
+    acks_skipped: int = 0
+    last_error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+class MqttConnection:
+    """One client id, one session. ``run()`` connects and reconnects until cancelled.
+
+    ``persistent=True`` asks for a session that survives disconnects and restarts
+    (MQTT 5 ``clean_start=False`` + session expiry, 3.1.1 ``clean_session=False``):
+    the broker queues QoS 1 messages meanwhile.
+    """
+
+    def __init__(self, settings: MqttSection, client_id: str, *,
+                 on_message: Callable[[list[Message]], None],
+                 persistent: bool = False, session_expiry: int = 7 * 86400,
+                 will: Will | None = None, manual_ack: bool = False,
+                 receive_maximum: int = 2000, max_queued: int = 1000,
+                 on_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.settings = settings
+        self.client_id = client_id
+        self.persistent = persistent
+        self.session_expiry = session_expiry
+        self.will = will
+        self.manual_ack = manual_ack
+        self.receive_maximum = receive_maximum
+        self.stats = ConnectionStats()
+        self.generation = 0
+        self.session_present = False
+        self.protocol: MQTTProtocolVersion = (
+            MQTTProtocolVersion.MQTTv311 if settings.protocol == "3.1.1"
+            else MQTTProtocolVersion.MQTTv5)
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self._subscriptions: dict[str, int] = {}
+        self._client: paho.Client | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox_scheduled = False
+        self._inbox_lock = threading.Lock()
+        self._connected = asyncio.Event()
+        self._lost: asyncio.Event = asyncio.Event()
+        self._connack: asyncio.Future[tuple[int, bool]] | None = None
+        self._queue: collections.deque[tuple[str, bytes, int, bool]] = collections.deque(
+            maxlen=max_queued)
+        self._problems = ProblemLog(log)
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def subscribe(self, topic_filter: str, qos: int) -> None:
+        """Remember the filter (re-sent after every connect) and subscribe now if we can."""
+        self._subscriptions[topic_filter] = max(qos, self._subscriptions.get(topic_filter, 0))
+        if self.connected and self._client is not None:
+            self._send_subscribe(self._client, [(topic_filter, qos)])
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        if self._subscriptions.pop(topic_filter, None) is not None and self.connected:
+            assert self._client is not None
+            self._client.unsubscribe(topic_filter)
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, *,
+                queue: bool = True, properties: Properties | None = None) -> bool:
+        """Publish now, or keep it in the bounded queue while disconnected.
+
+        Returns False when the message was dropped (counted): the queue is for live
+        values and events; retained state is re-published by ``on_connected`` anyway."""
+        data = payload.encode() if isinstance(payload, str) else payload
+        client = self._client
+        if client is not None and self.connected:
+            info = client.publish(topic, data, qos=qos, retain=retain, properties=properties)
+            if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.stats.published += 1
+                return True
+        if not queue:
+            self.stats.queued_dropped += 1
+            return False
+        if len(self._queue) == self._queue.maxlen:
+            self.stats.queued_dropped += 1
+        self._queue.append((topic, data, qos, retain))
+        return True
+
+    def ack(self, message: Message) -> bool:
+        """Acknowledge a QoS>0 message on the connection that delivered it.
+
+        On a newer connection the broker has already re-sent it (DUP); acking the old
+        packet id there could acknowledge a different message, so it is skipped."""
+        if message.qos == 0 or not self.manual_ack:
+            return True
+        client = self._client
+        if client is None or message.generation != self.generation or not self.connected:
+            self.stats.acks_skipped += 1
+            return False
+        client.ack(message.mid, message.qos)
+        return True
+
+    # -- connection loop -----------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        backoff = Backoff(base=0.5, cap=30.0)
+        while True:
+            try:
+                await self._connect_once()
+                backoff.reset()
+                await self._lost.wait()
+            except MqttError as exc:
+                self.stats.last_error = str(exc)
+                self._problems.report("connect", f"mqtt {self.client_id}: {exc}",
+                                      level=logging.WARNING)
+            except BaseException:
+                await self._teardown(disconnect=True)
+                raise
+            await self._teardown()
+            await asyncio.sleep(backoff.next())
+
+    async def _connect_once(self) -> None:
+        s = self.settings
+        client = self._make_client()
+        self._lost.clear()
+        self._connack = self._loop.create_future()  # type: ignore[union-attr]
+        props: Properties | None = None
+        clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if self.protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry if self.persistent else 0
+            props.ReceiveMaximum = self.receive_maximum
+            clean_start = not self.persistent
+        self._client = client
+        try:
+            await asyncio.to_thread(client.connect, s.host, s.port, max(5, int(s.keepalive)),
+                                    clean_start=clean_start, properties=props)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise MqttError(f"cannot connect to {s.host}:{s.port}: {exc}") from exc
+        client.loop_start()
+        try:
+            async with asyncio.timeout(max(10.0, s.keepalive)):
+                code, session_present = await self._connack
+        except TimeoutError:
+            raise MqttError(f"no CONNACK from {s.host}:{s.port}") from None
+        if code in UNSUPPORTED_PROTOCOL and s.protocol == "auto" and \
+                self.protocol == MQTTProtocolVersion.MQTTv5:
+            log.warning("broker %s does not speak MQTT 5; falling back to 3.1.1", s.host)
+            self.protocol = MQTTProtocolVersion.MQTTv311
+            raise MqttError("retrying with MQTT 3.1.1")
+        if code != 0:
+            kind = "not authorised" if code in AUTH_FAILURES else "refused"
+            raise MqttError(f"broker {s.host}:{s.port} {kind} us ({paho.connack_string(code)}"
+                            f" / code {code})")
+        self.session_present = session_present
+        self.stats.connects += 1
+        self._connected.set()
+        self._problems.recovered("connect", f"mqtt {self.client_id}: connected again")
+        log.info("mqtt %s connected to %s:%d (MQTT %s, session %s)", self.client_id, s.host,
+                 s.port, "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
+                 "resumed" if session_present else "new")
+        if self._subscriptions:
+            self._send_subscribe(client, list(self._subscriptions.items()))
+        while self._queue and self.connected:
+            topic, data, qos, retain = self._queue.popleft()
+            self.publish(topic, data, qos, retain)
+        if self._on_connected is not None:
+            await self._on_connected()
+
+    async def _teardown(self, disconnect: bool = False) -> None:
+        was_connected = self.connected
+        self._connected.clear()
+        client, self._client = self._client, None
+        if client is None:
+            return
+        if was_connected:
+            self.stats.disconnects += 1
+        if disconnect and was_connected:
+            client.disconnect()  # a clean DISCONNECT: the broker does not send the will
+        await asyncio.to_thread(client.loop_stop)
+
+    def _make_client(self) -> paho.Client:
+        s = self.settings
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            clean_session=None if v5 else not self.persistent, protocol=self.protocol,
+            reconnect_on_failure=False, manual_ack=self.manual_ack)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        if s.username is not None:
+            client.username_pw_set(s.username, secret_value(s.password))
+        if s.tls is not None:
+            client.tls_set(
+                ca_certs=str(s.tls.ca_file) if s.tls.ca_file else None,
+                certfile=str(s.tls.cert_file) if s.tls.cert_file else None,
+                keyfile=str(s.tls.key_file) if s.tls.key_file else None)
+            client.tls_insecure_set(s.tls.insecure)
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_message = self._paho_message
+        return client
+
+    def _send_subscribe(self, client: paho.Client, items: list[tuple[str, int]]) -> None:
+        if self.protocol == MQTTProtocolVersion.MQTTv5:
+            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in items])
+        else:
+            client.subscribe(items)
+
+    # -- paho thread callbacks: hand over to the event loop, nothing else ----------
+
+    def _paho_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                      properties: Any) -> None:
+        code = reason.value if hasattr(reason, "value") else int(reason)
+        present = bool(getattr(flags, "session_present", False))
+        if code == 0:
+            # Here, in paho's thread, so every PUBLISH after this CONNACK carries it.
+            self.generation += 1
+        self._call(self._set_connack, code, present)
+
+    def _set_connack(self, code: int, present: bool) -> None:
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result((code, present))
+
+    def _paho_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
+                         properties: Any) -> None:
+        self._call(self._set_lost, client, str(reason))
+
+    def _set_lost(self, client: paho.Client, reason: str) -> None:
+        if client is not self._client:
+            return
+        if self.connected:
+            self._problems.report("lost", f"mqtt {self.client_id}: connection lost ({reason})",
+                                  level=logging.WARNING)
+        self._connected.clear()
+        self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(MqttError(f"connection closed: {reason}"))
+
+    def _paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        props = getattr(msg, "properties", None)
+        response = correlation = None
+        user: tuple[tuple[str, str], ...] = ()
+        if props is not None:
+            response = getattr(props, "ResponseTopic", None)
+            correlation = getattr(props, "CorrelationData", None)
+            user = tuple(getattr(props, "UserProperty", ()) or ())
+        message = Message(msg.topic, msg.payload, msg.qos, msg.retain, bool(msg.dup), msg.mid,
+                          self.generation, response, correlation, user)
+        with self._inbox_lock:
+            self._inbox.append(message)
+            if self._inbox_scheduled:
+                return
+            self._inbox_scheduled = True
+        self._call(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        with self._inbox_lock:
+            batch = list(self._inbox)
+            self._inbox.clear()
+            self._inbox_scheduled = False
+        self.stats.received += len(batch)
+        if batch:
+            self._on_message(batch)
+
+    def _call(self, fn: Callable[..., None], *args: Any) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop shutting down
+                pass
+
+
+def client_id_base(settings: MqttSection, gateway_id: str) -> str:
+    return settings.client_id or f"iotgw-{gateway_id}"

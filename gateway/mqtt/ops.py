@@ -1,0 +1,234 @@
+"""The ops bus: the gateway as operations staff see it, under ``mqtt.base_topic``.
+
+Topics are documented in docs/topics.md. Retained state (``status``,
+``devices/<id>/state``) is kept here and re-published after every reconnect; live values
+are QoS 0 and may be dropped (counted) while the broker is away; events are QoS 1 and
+queued up to a bound, and in any case stored through the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+import gateway as gateway_pkg
+from gateway.driver import DeviceStatus
+from gateway.errors import CommandRefused
+from gateway.mqtt import hub
+from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
+from gateway.mqtt.commands import execute, parse_body
+from gateway.reading import Reading
+from gateway.registry import register_service
+
+log = logging.getLogger("iotgw.mqtt.ops")
+
+DEAD_LETTER_RATE = 20.0
+"""Dead letters published per second at most; the rest are only counted."""
+DEAD_LETTER_COPY = 256
+"""Bytes of a rejected payload copied into the dead letter."""
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+
+
+class OpsBus:
+    def __init__(self, gateway: Any) -> None:
+        self.gateway = gateway
+        settings = gateway.config.model.mqtt
+        self.settings = settings
+        self.base = settings.base_topic
+        self.states: dict[str, DeviceStatus] = {}
+        self.counters: dict[str, int] = {}
+        self._dl_tokens = DEAD_LETTER_RATE
+        self._dl_stamp = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.connection = MqttConnection(
+            settings, f"{client_id_base(settings, gateway.config.model.gateway.id)}-ops",
+            on_message=self._on_messages, persistent=False,
+            will=Will(f"{self.base}/status", self._status("offline")),
+            on_connected=self._on_connected, max_queued=5000)
+        events = settings.event_measurements
+        self._is_event: Callable[[str], bool] = (
+            (lambda m: m.endswith("_event")) if events is None else frozenset(events).__contains__)
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        self.gateway.add_state_listener(self._state_changed)
+        self.gateway.pipeline.add_listener(self._readings)
+        hub.bind(self.gateway).dead_letter_sinks.append(self._dead_letter)
+
+    async def run(self) -> None:
+        runner = asyncio.create_task(self.connection.run(), name="mqtt:ops")
+        try:
+            while True:
+                await asyncio.sleep(self.settings.stats_interval)
+                await self._publish_stats()
+        finally:
+            if self.connection.connected:  # a clean stop says so; the will is for crashes
+                self.connection.publish(f"{self.base}/status", self._status("offline"), 1, True)
+                await asyncio.sleep(0.05)
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+    def _count(self, what: str, n: int = 1) -> None:
+        self.counters[what] = self.counters.get(what, 0) + n
+
+    # -- retained state ----------------------------------------------------------------
+
+    def _status(self, state: str) -> bytes:
+        model = self.gateway.config.model
+        return _dumps({"state": state, "gateway": model.gateway.id, "site": model.gateway.site,
+                       "version": gateway_pkg.__version__, "started": _iso(self.gateway.started),
+                       "config": self.gateway.config.digest, "time": _iso(time.time())})
+
+    async def _on_connected(self) -> None:
+        conn = self.connection
+        conn.publish(f"{self.base}/status", self._status("online"), 1, True)
+        for device_id, ctx in self.gateway.devices.items():
+            self._publish_state(device_id, self.states.get(device_id, ctx.status))
+        conn.subscribe(f"{self.base}/cmd/+", 1)
+
+    def _state_changed(self, device_id: str, status: DeviceStatus) -> None:
+        self.states[device_id] = status
+        self._publish_state(device_id, status)
+
+    def _publish_state(self, device_id: str, status: DeviceStatus) -> None:
+        body = {"state": str(status.state), "since": _iso(status.since),
+                "last_seen": _iso(status.last_seen), "last_error": status.last_error}
+        self.connection.publish(f"{self.base}/devices/{device_id}/state", _dumps(body), 1, True,
+                                queue=False)
+
+    # -- live values and events ----------------------------------------------------------
+
+    def _readings(self, device_id: str, readings: Sequence[Reading]) -> None:
+        latest: dict[str, Reading] = {}
+        for reading in readings:
+            if self._is_event(reading.measurement):
+                self.connection.publish(
+                    f"{self.base}/events/{reading.measurement}/{device_id}",
+                    _dumps(self._reading_json(reading)), 1)
+            else:
+                latest[reading.measurement] = reading
+        for reading in latest.values():
+            if not self.connection.publish(f"{self.base}/devices/{device_id}/values",
+                                           _dumps(self._reading_json(reading)), 0, queue=False):
+                self._count("values_dropped")
+
+    @staticmethod
+    def _reading_json(reading: Reading) -> dict[str, Any]:
+        tags = {k: v for k, v in reading.tags.items() if k not in ("site", "gateway")}
+        return {"measurement": reading.measurement, "time_ns": reading.time_ns,
+                "tags": tags, "fields": dict(reading.fields)}
+
+    # -- dead letters --------------------------------------------------------------------
+
+    def _dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
+        self._count("dead_letters")
+        now = time.monotonic()
+        self._dl_tokens = min(DEAD_LETTER_RATE,
+                              self._dl_tokens + (now - self._dl_stamp) * DEAD_LETTER_RATE)
+        self._dl_stamp = now
+        if self._dl_tokens < 1:
+            self._count("dead_letters_suppressed")
+            return
+        self._dl_tokens -= 1
+        copy = payload[:DEAD_LETTER_COPY]
+        try:
+            text, encoding = copy.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(copy).decode(), "base64"
+        self.connection.publish(f"{self.base}/errors", _dumps({
+            "device": device_id, "reason": reason, "topic": topic, "size": len(payload),
+            "truncated": len(payload) > DEAD_LETTER_COPY, "encoding": encoding,
+            "payload": text, "time": _iso(time.time())}), 0, queue=False)
+
+    # -- stats ---------------------------------------------------------------------------
+
+    async def _publish_stats(self) -> None:
+        stats = self.gateway.stats
+        try:
+            buffer = await self.gateway.buffer.stats()
+            depth = {"lines": buffer.depth_lines, "bytes": buffer.bytes_held,
+                     "sinks": {n: {"lag_lines": s.lag_lines} for n, s in buffer.sinks.items()}}
+        except Exception as exc:  # stats must not kill the ops bus
+            depth = {"error": str(exc)}
+        body = {
+            "time": _iso(time.time()), "readings_in": stats.readings_in,
+            "readings_committed": stats.readings_committed, "dropped": dict(stats.dropped),
+            "buffer": depth,
+            "sinks": {n: {"state": s.state, "sent_lines": s.sent_lines, "errors": s.errors,
+                          "last_error": s.last_error} for n, s in stats.sinks.items()},
+            "devices": {i: dict(c.status.counters) for i, c in self.gateway.devices.items()
+                        if c.status.counters},
+            "ops": {**self.counters, "queued_dropped": self.connection.stats.queued_dropped},
+        }
+        self.connection.publish(f"{self.base}/stats", _dumps(body), 0, queue=False)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _on_messages(self, batch: list[Message]) -> None:
+        prefix = f"{self.base}/cmd/"
+        for message in batch:
+            if message.topic.startswith(prefix) and "/" not in message.topic[len(prefix):]:
+                task = asyncio.create_task(self._command(message.topic[len(prefix):], message))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _command(self, verb: str, message: Message) -> None:
+        digest = hashlib.sha256(message.payload).hexdigest()[:16]
+        body: dict[str, Any] = {}
+        client = dict(message.user_properties).get("client", "unknown")
+        try:
+            if message.retain:
+                raise CommandRefused("retained commands are ignored (they would run again "
+                                     "after every reconnect)")
+            body = parse_body(message.payload)
+            client = str(body.get("client", client))
+            answer: dict[str, Any] = {"ok": True, "result": await execute(self.gateway, verb,
+                                                                         body)}
+        except CommandRefused as exc:
+            answer = {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a failing driver is an answer
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        answer = {"verb": verb, **answer}
+        if "id" in body:
+            answer["id"] = body["id"]
+        self._count("commands_ok" if answer["ok"] else "commands_refused")
+        log.info("command %s from %s: %s", verb, client,
+                 "ok" if answer["ok"] else f"refused: {answer['error']}",
+                 extra={"client": client, "topic": message.topic, "body_sha256": digest,
+                        "result": "ok" if answer["ok"] else answer["error"]})
+        props = None
+        if message.correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.CorrelationData = message.correlation_data
+        topic = message.response_topic or f"{self.base}/cmd/{verb}/result"
+        self.connection.publish(topic, _dumps(answer), 1, properties=props, queue=False)
+
+
+def ops_bus_factory(gateway: Any) -> Callable[[], Any] | None:
+    hub.bind(gateway)  # the mqtt driver finds its commit path through this link
+    if gateway.config.model.mqtt is None:
+        return None
+    ops = OpsBus(gateway)
+    ops.attach()
+    return ops.run
+
+
+register_service("ops-bus", ops_bus_factory)

@@ -1,0 +1,154 @@
+"""Ops commands through a real broker against an in-process gateway.
+
+Writes go to a test-local driver registered here (a Modbus write test belongs with the
+Modbus driver); the point is the path: allow-list, refusals, ACL, correlation data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config.loader import load_config
+from gateway.config.models import build_config_model
+from gateway.driver import DeviceConfigBase, Driver
+from gateway.registry import DRIVER_TYPES, register_driver
+from gateway.runtime import Gateway
+
+WRITES: list[tuple[str, str, Any]] = []
+ACL = """\
+user gw
+topic readwrite compound/#
+topic write ops/replies/#
+user ops
+topic read compound/#
+topic write compound/cmdtest/gw/cmd/#
+topic readwrite ops/#
+user viewer
+topic read compound/#
+"""
+
+
+class GateConfig(DeviceConfigBase):
+    driver: Literal["test_gate"]
+
+
+class GateDriver(Driver):
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def write(self, point: str, value: Any) -> dict[str, Any]:
+        WRITES.append((self.config.id, point, value))
+        return {"written": True}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _test_gate_driver() -> Iterator[None]:
+    """Registered only while this module runs: other tests see the real driver set."""
+    register_driver(GateConfig, GateDriver)
+    build_config_model.cache_clear()
+    yield
+    DRIVER_TYPES.pop("test_gate", None)
+    build_config_model.cache_clear()
+
+
+class Requester:
+    def __init__(self, port: int, user: str, password: str) -> None:
+        self.answers: list[tuple[str, bytes, bytes | None]] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.username_pw_set(user, password)
+        self.client.on_message = lambda c, u, m: self.answers.append(
+            (m.topic, m.payload, getattr(m.properties, "CorrelationData", None)))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("compound/cmdtest/gw/cmd/+/result", 1)
+        self.client.subscribe("ops/replies/#", 1)
+        self.client.loop_start()
+
+    def send(self, verb: str, body: bytes, correlation: bytes | None = None,
+             reply_to: str | None = None) -> int:
+        props = Properties(PacketTypes.PUBLISH)
+        if correlation is not None:
+            props.CorrelationData = correlation
+        if reply_to is not None:
+            props.ResponseTopic = reply_to
+        info = self.client.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1,
+                                   properties=props)
+        info.wait_for_publish(5)
+        return info.rc
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def wait_answers(req: Requester, n: int, seconds: float = 10) -> list[dict[str, Any]]:
+    async with asyncio.timeout(seconds):
+        while len(req.answers) < n:  # noqa: ASYNC110 - paho's thread appends
+            await asyncio.sleep(0.05)
+    return [json.loads(p) for _, p, _ in req.answers]
+
+
+async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",
+                                               "viewer": "viewer-secret"})
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw-cmd, site: s, data_dir: data}\n"
+        "sinks: [{type: file, name: f}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
+        " base_topic: compound/cmdtest/gw, client_id: cmdtest}\n"
+        "devices:\n"
+        "  - {id: gate-1, driver: test_gate, allow_write: [relay]}\n")
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    try:
+        await asyncio.sleep(1.5)  # the ops connection comes up
+        ops = Requester(broker.port, "ops", "ops-secret")
+        await asyncio.sleep(0.3)
+        ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1, "id": "a1"}',
+                 correlation=b"corr-1", reply_to="ops/replies/x")
+        answers = await wait_answers(ops, 1)
+        assert answers[0] == {"verb": "write", "ok": True, "id": "a1", "result": {
+            "device": "gate-1", "point": "relay", "value": 1, "written": True}}
+        assert ops.answers[0][0] == "ops/replies/x" and ops.answers[0][2] == b"corr-1"
+        assert WRITES == [("gate-1", "relay", 1)]
+
+        refused = [
+            ("write", b'{"device": "gate-1", "point": "siren", "value": 1}', "allow_write"),
+            ("write", b'{"device": "nope", "point": "relay", "value": 1}', "unknown device"),
+            ("write", b"{not json", "not valid JSON"),
+            ("write", b'{"device": "gate-1", "point": "relay"}', "needs value"),
+            ("write", b'[1, 2]', "JSON object"),
+            ("fly", b"{}", "unknown verb"),
+            ("poll", b'{"device": "gate-1"}', "cannot poll"),
+        ]
+        for i, (verb, body, _) in enumerate(refused):
+            ops.send(verb, body, correlation=f"c{i}".encode())
+        answers = await wait_answers(ops, 1 + len(refused))
+        for i, (_, _, reason) in enumerate(refused):
+            answer = next(a for (_, p, c), a in zip(ops.answers, answers, strict=True)
+                          if c == f"c{i}".encode())
+            assert answer["ok"] is False and reason in answer["error"], answer
+        assert WRITES == [("gate-1", "relay", 1)], "a refused command reached the device"
+
+        viewer = Requester(broker.port, "viewer", "viewer-secret")
+        await asyncio.sleep(0.3)
+        viewer.send("write", b'{"device": "gate-1", "point": "relay", "value": 0}',
+                    correlation=b"denied")
+        await asyncio.sleep(1.5)
+        assert WRITES == [("gate-1", "relay", 1)], "the ACL let a viewer write"
+        assert all(c != b"denied" for _, _, c in viewer.answers)
+        ops.close()
+        viewer.close()
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)

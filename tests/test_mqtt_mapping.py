@@ -1,0 +1,108 @@
+"""Mapping unit tests and a property-based flood of malformed payloads."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from drivers.mqtt.broker import Attachment, DeviceBroker
+from drivers.mqtt.config import MqttDeviceConfig
+from drivers.mqtt.mapping import Mapper, parse_time
+from gateway.driver import DeviceContext
+from gateway.mqtt.client import Message
+
+
+def config(**kw: Any) -> MqttDeviceConfig:
+    return MqttDeviceConfig(**{"id": "d1", "driver": "mqtt", "topic": "t/+cam/ev",
+                               "measurement": "ev", "fields": {"v": "$.v"}, **kw})
+
+
+def test_paths_tags_time_and_base64() -> None:
+    m = Mapper(config(fields={"v": "$.a[1].v", "plate": {"path": "$.p", "base64": True}},
+                      payload_tags={"kind": "$['k.x']"}, time="$.ts"))
+    r = m.decode({"cam": "c1"}, json.dumps(
+        {"a": [0, {"v": 2.5}], "p": "6LWjR1o3UzEz", "k.x": "car", "ts": 1_700_000_000_123}
+    ).encode(), 1)
+    assert r.fields == {"v": 2.5, "plate": "赣GZ7S13"}
+    assert r.tags == {"cam": "c1", "kind": "car"}
+    assert r.time_ns == 1_700_000_000_123_000_000
+
+
+def test_time_formats() -> None:
+    assert parse_time(1_700_000_000, "auto") == 1_700_000_000 * 10**9
+    assert parse_time(1_700_000_000_000_000, "auto") == 1_700_000_000 * 10**9
+    assert parse_time("2023-11-14T22:13:20Z", "auto") == 1_700_000_000 * 10**9
+    assert parse_time(1.5, "s") == 1_500_000_000
+
+
+def test_kv_and_number_formats() -> None:
+    kv = Mapper(config(format="kv", fields={"t": "$.temp", "s": "$.state"}))
+    r = kv.decode({}, b"temp=21.5, state=open", 5)
+    assert r.fields == {"t": 21.5, "s": "open"} and r.time_ns == 5
+    num = Mapper(config(format="number", fields={}))
+    assert num.decode({}, b" 42 ", 5).fields == {"value": 42}
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.submitted: list[tuple[str, list]] = []
+        self.dead: list[tuple[str, str]] = []
+
+    async def submit(self, device_id: str, readings: list) -> None:
+        self.submitted.append((device_id, readings))
+
+    async def wait_committed(self, device_id: str) -> None:
+        return None
+
+    def dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
+        self.dead.append((device_id, reason))
+
+
+def make_broker() -> tuple[DeviceBroker, FakeLink, DeviceContext]:
+    link = FakeLink()
+    broker = DeviceBroker.__new__(DeviceBroker)
+    broker.link = link  # type: ignore[assignment]
+    broker.attachments = []
+    broker.counters = __import__("collections").Counter()
+    broker._recent = __import__("collections").OrderedDict()
+    ctx = DeviceContext("d1", emit=None)  # type: ignore[arg-type]
+    broker.attachments.append(Attachment(Mapper(config(
+        fields={"v": {"path": "$.v", "type": "float"}}, max_payload=4096)), ctx))
+    return broker, link, ctx
+
+
+junk = st.one_of(
+    st.binary(max_size=300),
+    st.text(max_size=200).map(str.encode),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+                 lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=4), c,
+                                                                      max_size=4),
+                 max_leaves=20).map(lambda o: json.dumps(o).encode()),
+    st.builds(lambda v: json.dumps({"v": v}).encode(),
+              st.text(max_size=5) | st.lists(st.integers(), max_size=3) | st.none()),
+    st.just(b"x" * 5000),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(junk, st.booleans()), min_size=1, max_size=40))
+def test_malformed_flood_counted_valid_ones_arrive(items: list[tuple[bytes, bool]]) -> None:
+    broker, link, ctx = make_broker()
+    batch, valid = [], []
+    for i, (payload, interleave_valid) in enumerate(items):
+        batch.append(Message("t/c1/ev", payload, 1, False, False, i * 2, 1))
+        if interleave_valid:
+            batch.append(Message("t/c1/ev", json.dumps({"v": i}).encode(), 1, False, False,
+                                 i * 2 + 1, 1))
+            valid.append(float(i))
+    groups = broker._decode(batch)
+    got = [r.fields["v"] for r in groups.get("d1", [])]
+    for v in valid:
+        assert v in got
+    handled = len(got) + len(link.dead) + ctx.status.counters.get("filtered", 0)
+    assert handled == len(batch)
+    assert time.time() > 0
