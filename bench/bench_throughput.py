@@ -24,8 +24,10 @@ VictoriaMetrics to CPU 0, so "one core" is enforced, not just measured. After th
 the gateway is stopped; with ``--verify`` it is restarted without devices until the sink
 has caught up and the samples in VictoriaMetrics are counted against ``committed_total``.
 
-``--profile DIR`` runs the gateway under ``py-spy record`` (if installed) and writes a
-flame graph and a top-functions table there.
+``--profile DIR`` attaches ``py-spy record`` (``pip install py-spy`` into the venv) to the
+gateway for the window, from the other CPU, keeps the collapsed stacks in
+``DIR/gateway.txt`` (feed them to flamegraph.pl or speedscope) and prints the functions
+with the most samples, per thread.
 
 The other benchmarks import the process helpers from this file.
 """
@@ -33,6 +35,7 @@ The other benchmarks import the process helpers from this file.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -75,6 +78,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_ticks(cpu: int | None) -> list[int] | None:
+    """One CPU's row of /proc/stat (user nice system idle iowait irq softirq steal)."""
+    if cpu is None:
+        return None
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{cpu} "):
+                return [int(x) for x in line.split()[1:9]]
+    return None
+
+
+def cpu_share(cpu: int | None, before: list[int] | None, after: list[int] | None,
+              own_pct: float) -> str | None:
+    """What else ran on the gateway's CPU: the machine is shared with other work."""
+    if cpu is None or before is None or after is None:
+        return None
+    d = [y - x for x, y in zip(before, after, strict=True)]
+    total = sum(d) or 1
+    steal = 100 * d[7] / total
+    busy = 100 * (total - d[3] - d[4] - d[7]) / total
+    return (f"CPU {cpu} {busy:.0f}% busy: gateway {own_pct:.0f}%, other processes "
+            f"~{max(0.0, busy - own_pct):.0f}%; hypervisor steal {steal:.0f}%")
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM (peak RSS), RssAnon, RssFile in bytes, plus Threads."""
     out: dict[str, int] = {}
@@ -95,7 +122,7 @@ def mib(n: float) -> str:
 def write_config(path: Path, *, sink_url: str | None, devices: int, interval: str,
                  fields: int, wake_interval: str | None = None,
                  flush_interval: str = "200ms", synchronous: str = "full",
-                 batch_lines: int | None = None) -> None:
+                 batch_lines: int | None = None, gzip: bool = True) -> None:
     lines = [
         "gateway: {id: gw-b, site: bench, data_dir: data}",
         f"buffer: {{flush_interval: {flush_interval}, max_bytes: 2GiB, "
@@ -105,6 +132,7 @@ def write_config(path: Path, *, sink_url: str | None, devices: int, interval: st
         lines.append("sinks: []")
     else:
         extra = f", batch_lines: {batch_lines}" if batch_lines else ""
+        extra += "" if gzip else ", gzip: false"
         lines += ["sinks:",
                   f"  - {{type: influxdb, name: {SINK}, url: '{sink_url}', bucket: b, "
                   f"token: t{extra}}}"]
@@ -120,39 +148,19 @@ def write_config(path: Path, *, sink_url: str | None, devices: int, interval: st
 
 
 class Gateway:
-    """``python -m gateway run CONFIG`` as a child process, optionally pinned/profiled."""
+    """``python -m gateway run CONFIG`` as a child process, optionally pinned."""
 
-    def __init__(self, config: Path, *, cpu: int | None, log: Path,
-                 profile: Path | None = None) -> None:
+    def __init__(self, config: Path, *, cpu: int | None, log: Path) -> None:
         self.config = config
         self.log_path = log
         cmd = [sys.executable, "-m", "gateway", "run", str(config)]
-        self.profile = profile
-        if profile is not None:
-            profile.mkdir(parents=True, exist_ok=True)
-            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            cmd = [spy, "record", "--threads", "--rate", "200", "--nonblocking",
-                   "-o", str(profile / "flame.svg"), "--", *cmd]
         if cpu is not None:
             cmd = ["taskset", "-c", str(cpu), *cmd]
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log, "ab")  # closed in stop()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=self._log,
                                      stdin=subprocess.DEVNULL)
-        self.pid = self.proc.pid if profile is None else self._find_python_child()
-
-    def _find_python_child(self) -> int:
-        """Under py-spy the gateway is py-spy's child: measure that one."""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
-            except OSError:
-                kids = ""
-            if kids.split():
-                return int(kids.split()[0])
-            time.sleep(0.05)
-        raise RuntimeError("py-spy did not start the gateway")
+        self.pid = self.proc.pid  # taskset execs the gateway: same pid
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -173,8 +181,7 @@ class Gateway:
 
     def stop(self, timeout: float = 30.0) -> int:
         if self.alive():
-            # Under py-spy, signal the gateway itself; py-spy exits with it and writes.
-            os.kill(self.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
         try:
             code = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -182,6 +189,67 @@ class Gateway:
             code = self.proc.wait()
         self._log.close()
         return code
+
+
+class Profiler:
+    """``py-spy record --pid`` for a fixed duration, run on another CPU than its target."""
+
+    def __init__(self, pid: int, out_dir: Path, seconds: float, cpu: int | None) -> None:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.access(spy, os.X_OK):
+            raise SystemExit("--profile needs py-spy: .venv/bin/pip install py-spy")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.out = out_dir / "gateway.txt"
+        cmd = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))),
+               "--rate", "100", "--nonblocking", "--threads", "--format", "raw",
+               "-o", str(self.out)]
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def report(self, top: int = 25) -> str:
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if not self.out.exists():
+            return "profile: py-spy wrote nothing (ptrace not permitted?)"
+        return summarize_stacks(self.out.read_text(), top)
+
+
+def summarize_stacks(text: str, top: int) -> str:
+    """Self and inclusive sample shares per function from py-spy's collapsed stacks."""
+    self_counts: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        thread = frames[0]
+        threads[thread] = threads.get(thread, 0) + count
+        frames = [f.split(" (", 1)[0] + " (" + f.split(" (", 1)[1].split(":")[0].rsplit(
+            "/", 1)[-1] + ")" if " (" in f else f for f in frames[1:]]
+        if frames:
+            self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + count
+        for frame in set(frames):
+            incl[frame] = incl.get(frame, 0) + count
+    if not total:
+        return "profile: no samples"
+    out = [f"profile: {total} samples"]
+    for thread, count in sorted(threads.items(), key=lambda kv: -kv[1]):
+        out.append(f"  {100 * count / total:5.1f}%  {thread}")
+    out.append("  self time (leaf function):")
+    for name, count in sorted(self_counts.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * count / total:5.1f}%  {name}")
+    out.append("  inclusive time:")
+    for name, count in sorted(incl.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {100 * count / total:5.1f}%  {name}")
+    return "\n".join(out)
 
 
 def start_vm(base: Path, cpu: int | None) -> VictoriaMetrics:
@@ -233,10 +301,13 @@ def sample(gw: Gateway, buffer: Path) -> Sample:
 def run(args: argparse.Namespace) -> int:
     pinned = can_pin() and not args.no_pin
     gw_cpu, vm_cpu = (1, 0) if pinned else (None, None)
+    if pinned:
+        os.sched_setaffinity(0, {0})  # keep this script off the gateway's CPU
     base = Path(tempfile.mkdtemp(prefix="iotgw-bench-tp-", dir=args.dir))
     offered = args.devices / parse_seconds(args.interval)
     print(f"throughput: {args.devices} synthetic devices x 1/{args.interval}, {args.fields} "
-          f"fields -> {offered:,.0f} readings/s offered; buffer synchronous={args.synchronous}; "
+          f"fields -> {offered:,.0f} readings/s offered; buffer synchronous={args.synchronous}, "
+          f"sink gzip {'on' if args.gzip else 'off'}; "
           f"warm-up {args.warmup:g}s, window {args.seconds:g}s")
     print(f"pinning: {'gateway on CPU 1, VictoriaMetrics on CPU 0 (taskset)' if pinned else 'none'}"
           f"; work dir {base}")
@@ -247,12 +318,16 @@ def run(args: argparse.Namespace) -> int:
         config = base / "gw.yaml"
         write_config(config, sink_url=vm.url, devices=args.devices, interval=args.interval,
                      fields=args.fields, wake_interval=args.wake_interval,
-                     synchronous=args.synchronous, batch_lines=args.batch_lines)
+                     synchronous=args.synchronous, batch_lines=args.batch_lines,
+                     gzip=args.gzip)
         buffer = base / "data" / "buffer.db"
-        gw = Gateway(config, cpu=gw_cpu, log=base / "gateway.log", profile=args.profile)
+        gw = Gateway(config, cpu=gw_cpu, log=base / "gateway.log")
         gw.wait_log("running:")
         time.sleep(args.warmup)
+        profiler = (Profiler(gw.pid, args.profile, args.seconds, vm_cpu)
+                    if args.profile is not None else None)
         vm_cpu0 = cpu_seconds(vm.pid) if vm.pid else 0.0
+        ticks0 = cpu_ticks(gw_cpu)
         first = sample(gw, buffer)
         samples = [first]
         while time.monotonic() - first.t < args.seconds:
@@ -262,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
             samples.append(sample(gw, buffer))
         last = samples[-1]
         vm_cpu1 = cpu_seconds(vm.pid) if vm.pid else 0.0
+        ticks1 = cpu_ticks(gw_cpu)
         now_ns = time.time_ns()
         dt = last.t - first.t
         committed = (last.stats.committed_total - first.stats.committed_total) / dt
@@ -281,12 +357,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"newest committed   {stale:.2f} s old at the end")
         print(f"gateway CPU        {cpu:>11.0f}% of one core"
               f"{' (pinned to CPU 1)' if pinned else ''}")
+        share = cpu_share(gw_cpu, ticks0, ticks1, cpu)
+        if share:
+            print(f"shared CPU         {share}")
         print(f"VictoriaMetrics    {100 * (vm_cpu1 - vm_cpu0) / dt:>11.0f}% of one core")
         print(f"gateway RSS        {mib(sum(rss) / len(rss))} mean, {mib(max(rss))} max, "
               f"peak (VmHWM) {mib(last.status['VmHWM'])}, {last.status['Threads']} threads")
         if args.timeline:
             print("\n   t  committed/s  delivered/s         lag   cpu%")
-            for a, b in zip(samples, samples[1:], strict=False):
+            for a, b in itertools.pairwise(samples):
                 d = b.t - a.t
                 print(f"{b.t - first.t:4.0f}  "
                       f"{(b.stats.committed_total - a.stats.committed_total) / d:11,.0f}  "
@@ -301,6 +380,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"forwarder kept up  {'yes' if drained else 'NO'} (lag not growing)")
         print(f"target >= 50,000 readings/s committed and delivered on one core: "
               f"{'MET' if met else 'NOT MET'}")
+        if profiler is not None:
+            print()
+            print(profiler.report())
+            print(f"collapsed stacks: {profiler.out}")
         code = gw.stop()
         final = read_stats(buffer)
         print(f"\ngateway exit code {code}; committed_total {final.committed_total:,}, "
@@ -325,8 +408,6 @@ def run(args: argparse.Namespace) -> int:
         if gw is not None:
             gw.stop()
         vm.stop()
-        if args.profile is not None:
-            print(f"profile: {args.profile / 'flame.svg'}")
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
 
@@ -349,12 +430,15 @@ def main() -> int:
     p.add_argument("--wake-interval", default=None, help="synthetic wake_interval (default 100ms)")
     p.add_argument("--synchronous", choices=["full", "normal"], default="full")
     p.add_argument("--batch-lines", type=int, default=None, help="sink batch_lines (default 5000)")
+    p.add_argument("--gzip", action=argparse.BooleanOptionalAction, default=True,
+                   help="sink gzip setting (the config default is on)")
     p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
     p.add_argument("--timeline", action="store_true", help="print per-second rates")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="afterwards drain the rest and count samples in VictoriaMetrics")
     p.add_argument("--verify-timeout", type=float, default=600.0)
-    p.add_argument("--profile", type=Path, default=None, help="py-spy flame graph into DIR")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="py-spy the gateway during the window, stacks into DIR")
     p.add_argument("--dir", default=None, help="work dir parent (default: system temp)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     return run(p.parse_args())
