@@ -104,6 +104,12 @@ def cmd_buffer_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.health.statustable import run_status
+
+    return run_status(_load_or_exit(args.config), as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotgw", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"iotgw {__version__}")
@@ -119,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file and summarize it")
     check.add_argument("config")
     check.set_defaults(func=cmd_check)
+
+    status = sub.add_parser("status", help="the running gateway's health, buffer, sinks "
+                            "and devices (from its health endpoint)")
+    status.add_argument("config")
+    status.add_argument("--json", action="store_true", help="the raw /status document")
+    status.set_defaults(func=cmd_status)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)

@@ -42,6 +42,10 @@ def load_drivers() -> dict[str, DriverType]:
     for module in pkgutil.iter_modules(drivers.__path__):
         if module.ispkg:
             importlib.import_module(f"drivers.{module.name}")
+    # A test or tool may import one driver first; the config union must not depend on it.
+    ordered = dict(sorted(DRIVER_TYPES.items()))
+    DRIVER_TYPES.clear()
+    DRIVER_TYPES.update(ordered)
     return DRIVER_TYPES
 
 

@@ -19,6 +19,7 @@ from gateway.config.loader import LoadedConfig, load_config
 from gateway.driver import DeviceConfigBase, DeviceContext, DeviceStatus, Driver
 from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
+from gateway.health import services as _health  # noqa: F401 - registers health services
 from gateway.mqtt import ops as _ops_bus  # noqa: F401 - registers the "ops-bus" service
 from gateway.pipeline import Pipeline
 from gateway.pseudonym import Pseudonymizer

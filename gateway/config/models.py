@@ -86,6 +86,43 @@ class MqttSection(SecretsModel):
         "(QoS 1); default: every measurement whose name ends in _event")
 
 
+class HealthSection(StrictModel):
+    """The local health and metrics endpoint: /healthz, /readyz, /metrics, /status.
+
+    Loopback by default: the endpoint has no authentication, so exposing it is an
+    explicit choice (a scraper on another host, or a reverse proxy)."""
+
+    enabled: bool = True
+    listen: str = Field(
+        default="127.0.0.1:9108", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+        description="host:port ([::1]:9108 for IPv6); port 0 picks a free port (tests)")
+    max_loop_lag: Duration = Field(
+        default=5.0, gt=0, le=300,
+        description="event-loop lag beyond which /healthz fails and the systemd watchdog "
+        "ping is withheld")
+    commit_stall: Duration = Field(
+        default=60.0, gt=0, description="queued readings not committed for this long: "
+        "the buffer counts as not writable (/healthz fails)")
+    report_interval: Duration = Field(
+        default=60.0, ge=0, description="gateway_stats, gateway_sink and device_status "
+        "readings into the store every so often (the dashboard's health panels); 0: off")
+
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, listen: str) -> str:
+        if not 0 <= int(listen.rsplit(":", 1)[1]) <= 65535:
+            raise ValueError(f"port must be 0..65535, got {listen!r}")
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class SerialBus(StrictModel):
     """An RS-485 line: a local port or any pyserial URL (socket://, rfc2217://)."""
 
@@ -137,6 +174,7 @@ def build_config_model() -> type[StrictModel]:
                                  description="none: a file sink in data_dir")),
         mqtt=(MqttSection | None, None),
         privacy=(PrivacySection | None, None),
+        health=(HealthSection | None, None),
         buses=(dict[Annotated[str, Field(pattern=NAME_PATTERN)], Bus], Field(default_factory=dict)),
         devices=(list[device], Field(default_factory=list)),
     )

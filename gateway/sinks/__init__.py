@@ -32,4 +32,9 @@ def load_sink_types() -> dict[str, SinkType]:
     """Import the built-in sink modules (each registers itself) and return the table."""
     from gateway.sinks import file, influxdb, influxdb1  # noqa: F401
 
+    # Import order depends on who imported a sink module first; the config union (and
+    # so the committed JSON Schema and error messages) must not.
+    ordered = dict(sorted(SINK_TYPES.items()))
+    SINK_TYPES.clear()
+    SINK_TYPES.update(ordered)
     return SINK_TYPES
