@@ -132,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the raw /status document")
     status.set_defaults(func=cmd_status)
 
+    from gateway.demo import add_parser as add_demo_parser
+
+    add_demo_parser(sub)
+
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
 

@@ -66,7 +66,8 @@ devices:
         gw = GatewayProcess(config).start()
         try:
             gw.wait_for_log(lambda r: "running" in r["msg"])
-            rows = _wait_rows(victoria, '{__name__=~"energy_meter_.*|water_meter_.*"}',
+            rows = _wait_rows(victoria, '{__name__=~"energy_meter_.*|water_meter_.*", '
+                              'device=~"e2e-elec-1|e2e-water-1"}',
                               lambda rows: len(rows) >= 5)
         finally:
             assert gw.stop() == 0
