@@ -12,7 +12,12 @@ import asyncio
 import sys
 from typing import Any
 
-from drivers.modbus.client import ModbusError, ModbusExceptionReply, ModbusLink
+from drivers.modbus.client import (
+    ModbusConnectionError,
+    ModbusError,
+    ModbusExceptionReply,
+    ModbusLink,
+)
 from drivers.modbus.driver import ModbusBus
 from drivers.modbus.planner import Limits, ReadPlan
 from drivers.modbus.points import Point
@@ -65,16 +70,17 @@ def _bus_from_args(args: argparse.Namespace) -> tuple[str, Any, Any]:
     from gateway.config.models import SerialBus, TcpBus
 
     loaded = None
+    device_id = getattr(args, "device", None)  # scan has no --device
     if args.config:
         from gateway.config.loader import load_config
 
         loaded = load_config(args.config)
-    if args.bus or (args.device and loaded is not None):
+    if args.bus or (device_id and loaded is not None):
         if loaded is None:
             raise ConfigError(["--bus needs --config"])
         name = args.bus
         if name is None:
-            device = _device(loaded, args.device)
+            device = _device(loaded, device_id)
             name = device.bus
         if name not in loaded.model.buses:
             raise ConfigError([f"no bus {name!r} in {args.config}"])
@@ -121,12 +127,16 @@ async def _scan(args: argparse.Namespace) -> int:
     address = parse_address(args.address)
     found = 0
     try:
+        try:
+            await bus.link.connect()
+        except ModbusConnectionError:
+            print(f"error: {await bus.link.diagnose()}", file=sys.stderr)
+            return 1
         for unit in _units(args.units):
             answer = await _probe(bus.link, args.table, address, unit, args.timeout)
             if answer is not None:
                 found += 1
                 print(f"unit {unit:3d}: {answer}", flush=True)
-            await asyncio.sleep(bus.scheduler.inter_frame_delay)
     finally:
         await bus.close()
     print(f"{found} unit(s) answered on {bus.link.describe()}")
@@ -179,7 +189,9 @@ async def _read(args: argparse.Namespace) -> int:
             for point in request.points:
                 off = point.address - request.start
                 rows.append((point, repr(point.decode(words[off:off + point.count]))))
-            await asyncio.sleep(bus.scheduler.inter_frame_delay)
+    except ModbusConnectionError:
+        print(f"error: {await bus.link.diagnose()}", file=sys.stderr)
+        return 1
     except ModbusError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -13,13 +13,19 @@ It turns pymodbus's behaviour into the project's terms:
 * pymodbus closes the connection after ``retries + 3`` unanswered requests; on a shared
   RS-485 line that would cut off every healthy meter because one is dead, so it is
   disabled, and retries are done by the driver, one scheduled turn at a time;
-* timeouts are per request (per device), not per client.
+* timeouts are per request (per device), not per client;
+* the RTU silence between frames (3.5 characters) is kept here, counted from the last
+  byte received (or the end of our own request when nothing came back), not from when
+  the caller finished with the reply: see :meth:`ModbusLink.quiet`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +69,12 @@ class ModbusFrameError(ModbusError):
 
 class ModbusWrongUnit(ModbusFrameError):
     kind = "wrong_unit"
+
+
+class ModbusWrongLength(ModbusFrameError):
+    """A valid reply with another number of registers (or bits) than asked for."""
+
+    kind = "wrong_length"
 
 
 class ModbusConnectionError(ModbusError):
@@ -128,13 +140,21 @@ _READS = {
 
 
 class ModbusLink:
-    """One pymodbus async client for one bus. Callers serialize use (BusScheduler)."""
+    """One pymodbus async client for one bus. Callers serialize use (BusScheduler).
 
-    def __init__(self, endpoint: Endpoint, timeout: float = 1.0) -> None:
+    ``silence``: the quiet time kept before each request (default: the endpoint's
+    3.5-character gap on RTU, none on TCP)."""
+
+    def __init__(self, endpoint: Endpoint, timeout: float = 1.0,
+                 silence: float | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.silence = endpoint.default_gap() if silence is None else max(0.0, silence)
         self.requests = 0
+        self.silence_waits = 0
+        """Requests that had to wait for the line to be quiet long enough."""
         self._rx = b""
+        self._quiet_since = -math.inf
         self._client = self._make_client(endpoint, timeout)
         self._client.set_max_no_responses(1 << 30)
 
@@ -149,12 +169,33 @@ class ModbusLink:
         return AsyncModbusTcpClient(ep.target, port=ep.port, framer=framer, **common)
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
+        now = time.monotonic()
         if sending:
             self._rx = b""
             self.requests += 1
+            # The request leaves the UART within its own transmission time: if no reply
+            # comes (timeout), the line has been quiet since then.
+            self._quiet_since = now + len(data) * self.endpoint.char_time() * (
+                self.endpoint.transport != "tcp")
         else:
             self._rx = data  # pymodbus hands us its whole receive buffer so far
+            self._quiet_since = now
         return data
+
+    async def quiet(self) -> None:
+        """Wait until the line has been silent for ``silence`` seconds.
+
+        Counted from the last received byte as pymodbus saw it, which is as close to the
+        wire as this process gets; the time the caller then spends decoding, emitting
+        and handing the bus to the next device overlaps the silence instead of adding
+        to it (what a 9600-baud line with small frames cannot afford: see
+        docs/modbus.md, RTU benchmark)."""
+        if self.silence <= 0:
+            return
+        wait = self._quiet_since + self.silence - time.monotonic()
+        if wait > 0:
+            self.silence_waits += 1
+            await asyncio.sleep(wait)
 
     @property
     def connected(self) -> bool:
@@ -170,6 +211,19 @@ class ModbusLink:
         if not ok:
             raise ModbusConnectionError(f"cannot connect to {self.describe()}")
 
+    async def diagnose(self) -> str:
+        """Why the last connect failed, in words (pymodbus only says it did not work)."""
+        ep = self.endpoint
+        if ep.transport == "rtu":
+            return _serial_problem(ep.target)
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(ep.target, ep.port),
+                                               self.timeout)
+        except (OSError, TimeoutError) as exc:
+            return f"cannot connect to {self.describe()}: {exc or 'timed out'}"
+        writer.close()
+        return f"cannot connect to {self.describe()} (it accepts TCP connections now: retry)"
+
     def describe(self) -> str:
         ep = self.endpoint
         return ep.target if ep.transport == "rtu" else f"{ep.target}:{ep.port}"
@@ -184,7 +238,7 @@ class ModbusLink:
         values = list(reply.bits[:count]) if table in ("coil", "discrete") else list(
             reply.registers)
         if len(values) != count:
-            raise ModbusFrameError(f"{what}: got {len(values)} values")
+            raise ModbusWrongLength(f"{what}: the reply holds {len(values)} values")
         return values
 
     async def write(self, table: str, address: int, values: Sequence[int] | Sequence[bool],
@@ -210,6 +264,7 @@ class ModbusLink:
     async def _call(self, what: str, unit: int, reply_timeout: float | None, method: Any,
                     *args: Any, **kwargs: Any) -> Any:
         await self.connect()
+        await self.quiet()
         self._client.ctx.comm_params.timeout_connect = reply_timeout or self.timeout
         try:
             reply = await method(*args, **kwargs)
@@ -242,6 +297,12 @@ class ModbusLink:
 
     async def close(self) -> None:
         self._client.close()
+
+
+def _serial_problem(port: str) -> str:
+    if "://" not in port and not os.path.exists(port):  # a stat of /dev: not blocking
+        return f"no such serial port {port}"
+    return f"cannot open serial port {port} (in use by another program, or no permission?)"
 
 
 def _crc_ok(frame: bytes) -> bool:

@@ -10,6 +10,7 @@ bus when nobody with an earlier deadline wants it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,9 @@ from gateway.scheduler import BusScheduler, DeviceHealth, PollTimer
 
 T = TypeVar("T")
 
+REPROBE_BAD_PERIOD = 300.0
+"""Seconds (at least one poll cycle) between re-reads of points isolated as bad."""
+
 
 class ModbusBus:
     """What devices on one bus share: the client and the scheduler."""
@@ -39,8 +43,11 @@ class ModbusBus:
     def __init__(self, name: str, bus_config: Any, timeout: float | None = None) -> None:
         self.endpoint = Endpoint.from_bus(bus_config)
         gap = getattr(bus_config, "inter_frame_delay", None)
-        self.link = ModbusLink(self.endpoint, timeout or bus_config.timeout)
-        self.scheduler = BusScheduler(name, self.endpoint.default_gap() if gap is None else gap)
+        # The link keeps the inter-frame silence itself, from the last byte on the line;
+        # the scheduler adds none (it would count from the end of the previous turn,
+        # after decoding, and its event-loop sleep rounds up to the next millisecond).
+        self.link = ModbusLink(self.endpoint, timeout or bus_config.timeout, gap)
+        self.scheduler = BusScheduler(name, 0.0)
 
     async def close(self) -> None:
         await self.scheduler.close()
@@ -60,6 +67,9 @@ class ModbusDriver(Driver):
         self.health = DeviceHealth(ctx, offline_after=1)
         self.bus: ModbusBus | None = None
         self.cycles = 0
+        self.reprobe_every = max(1, math.ceil(REPROBE_BAD_PERIOD / config.interval))
+        """Good cycles between re-reads of bad points (one single-point read each)."""
+        self._cycles_since_reprobe = 0
         self._last: dict[str, Any] = {}
         self._cycle_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -117,6 +127,11 @@ class ModbusDriver(Driver):
             while pending:
                 request = pending.pop(0)
                 pending[:0] = await self._read(request, values, tries)
+            if self.plan.bad and self.plan.requests:
+                self._cycles_since_reprobe += 1
+                if self._cycles_since_reprobe >= self.reprobe_every:
+                    self._cycles_since_reprobe = 0
+                    await self._reprobe(values)
         except ModbusError as exc:
             self.health.failed(exc.kind, str(exc))
             return False
@@ -159,6 +174,44 @@ class ModbusDriver(Driver):
                 continue
             values[point.name] = value
         return []
+
+    async def _reprobe(self, values: dict[str, Any]) -> None:
+        """Read each bad point alone, once; put back those the device answers again.
+
+        One try each, no retries: a point still rejected stays bad (not counted or
+        logged again); a timeout or garble is counted and ends this round, and the
+        poll's result stands (the next cycle's regular reads tell whether the device
+        is gone)."""
+        assert self.bus is not None
+        link, unit = self.bus.link, self.config.unit
+        back: list[str] = []
+        for point in self.plan.bad_points():
+            try:
+                words = await self._exchange(
+                    lambda p=point: link.read(p.table, p.address, p.count, unit,
+                                              self.config.timeout), 1)
+            except ModbusExceptionReply:
+                continue
+            except ModbusError as exc:
+                self.ctx.count(exc.kind)
+                break
+            try:
+                value = point.decode(words)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            back.append(point.name)
+            if not (isinstance(value, float) and not math.isfinite(value)):
+                values[point.name] = value
+        if back:
+            self.plan.restore(back)
+            self.ctx.count("bad_point_recovered", len(back))
+            self.health.problems.recovered(
+                "partial:bad_point", f"device {self.ctx.device_id}: point(s) "
+                f"{', '.join(back)} answer again and are polled again")
+            if self.plan.bad:  # the others are still out: say so once more
+                self.health.problems.report(
+                    "partial:bad_point", "still rejected: " + ", ".join(self.plan.bad),
+                    level=logging.WARNING)
 
     async def _exchange(self, call: Callable[[], Awaitable[T]], tries: int,
                         deadline: float | None = None) -> T:

@@ -112,6 +112,11 @@ class ReadPlan:
     ``reject(request)`` is called when the device answered a request with an address
     exception: a multi-point request is replaced by its two halves (both read in the same
     cycle by the caller), a single-point request marks its point bad and drops it.
+
+    Bad points are not dropped for good: the caller re-reads them now and then
+    (:meth:`bad_points`), and ``restore`` puts those that answer back. A device whose
+    firmware update fixed a register, or one that rejected a range while it booted,
+    must not stay blind for the rest of the gateway's uptime.
     """
 
     def __init__(self, points: Iterable[Point], limits: Limits) -> None:
@@ -133,6 +138,20 @@ class ReadPlan:
         self.requests[index:index + 1] = halves
         self.splits += 1
         return halves
+
+    def bad_points(self) -> list[Point]:
+        return [p for p in self.points if p.name in self.bad]
+
+    def restore(self, names: Iterable[str]) -> None:
+        """Points that answer again: re-plan from scratch without the still-bad ones.
+
+        The splits learned so far are forgotten on purpose: a point that answers again
+        means the device's map changed, so holes are learned anew (a still-rejected
+        coalesced read costs a few split requests once)."""
+        for name in names:
+            self.bad.pop(name, None)
+        self.requests = coalesce([p for p in self.points if p.name not in self.bad],
+                                 self.limits)
 
     def __len__(self) -> int:
         return len(self.requests)

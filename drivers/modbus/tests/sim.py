@@ -7,6 +7,9 @@
 * :class:`PtyRelay` - two pty pairs joined by a relay in this loop: the server opens one
   slave, the gateway the other; the relay can corrupt bytes (garbage, CRC errors) or pace
   them at a baud rate.
+* :class:`PacedLine` - a half-duplex RS-485 line between two pty pairs in its own thread,
+  paced at a baud rate with ``time.sleep`` precision (not the event loop's ~1 ms), with
+  the device's end-of-frame silence: the benchmark's emulated 9600-baud line.
 * :class:`ServerThread` - any of the above in its own thread and loop, for tests that
   run the real ``iotgw run`` process.
 """
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import threading
+import time
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +52,11 @@ class Device:
     discrete: dict[int, bool] = field(default_factory=dict)
     holes: dict[str, set[int]] = field(default_factory=dict)
     """Addresses per table the device rejects with exception 2 (illegal address)."""
+    fail: int | None = None
+    """Answer every read with this exception code (4 device failure, 6 busy ...)."""
+    short: int | None = None
+    """Return at most this many values per read, whatever was asked: a device whose
+    registers changed length (firmware update, wrong model behind the profile)."""
 
     def put(self, point: Point, value: Any) -> None:
         words = point.encode(value)
@@ -69,11 +79,15 @@ class _Context(ModbusDeviceContext):
         table = FC_TABLE[func_code]
         if func_code in (1, 2, 3, 4):
             self.log.append((self.unit, table, address, count))
+        if self.device.fail is not None:
+            return ExcCodes(self.device.fail)
         holes = self.device.holes.get(table, set())
         if any(a in holes for a in range(address, address + count)):
             return ExcCodes.ILLEGAL_ADDRESS
         values = getattr(self.device, table)
         default: Any = False if table in ("coil", "discrete") else 0
+        if self.device.short is not None:
+            count = min(count, self.device.short)
         return [values.get(a, default) for a in range(address, address + count)]
 
     def setValues(self, func_code: int, address: int, values: Any) -> Any:
@@ -199,6 +213,91 @@ class PtyRelay:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class PacedLine:
+    """A half-duplex serial line between two pty pairs, run by a thread of its own.
+
+    Every chunk occupies the line for ``len * bits_per_char / baudrate`` seconds (one
+    direction at a time, as on RS-485) and is delivered when its last bit would arrive.
+    A request ("up", gateway -> device) is delivered ``turnaround_chars`` characters
+    later still: a real RTU device only knows a frame has ended after 3.5 characters of
+    silence, so it cannot answer sooner. The gateway's own 3.5-character silence before
+    its next request is the driver's job (the bus scheduler's inter-frame delay), and is
+    what this line measures, not something it adds.
+
+    ``frames`` counts chunks per direction (pymodbus writes a frame in one ``write``);
+    ``trace`` (when ``record``) holds ``(direction, arrived, delivered, nbytes)`` per chunk,
+    monotonic seconds: where the time between frames goes (gateway or device turnaround).
+    """
+
+    def __init__(self, baudrate: int, bits_per_char: int = 11, turnaround_chars: float = 3.5,
+                 mangle: Mangle | None = None, record: bool = False) -> None:
+        self.char_time = bits_per_char / baudrate
+        self.record = record
+        self.trace: list[tuple[str, float, float, int]] = []
+        self.turnaround = turnaround_chars * self.char_time
+        self.mangle = mangle
+        m1, s1 = os.openpty()
+        m2, s2 = os.openpty()
+        for fd in (m1, s1, m2, s2):
+            tty.setraw(fd)
+        self._fds = [m1, s1, m2, s2]
+        self.server_port = os.ttyname(s1)
+        self.client_port = os.ttyname(s2)
+        self._server_master, self._client_master = m1, m2
+        self.bytes = {"up": 0, "down": 0}
+        self.frames = {"up": 0, "down": 0}
+        self.busy = 0.0
+        """Seconds the line carried characters."""
+        self.late = 0.0
+        """Seconds this thread delivered later than the line model said (its own jitter)."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="paced-line", daemon=True)
+
+    def start(self) -> PacedLine:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        client, server = self._client_master, self._server_master
+        line_free = 0.0
+        while not self._stop.is_set():
+            ready, _, _ = select.select([client, server], [], [], 0.05)
+            for src in ready:
+                try:
+                    data = os.read(src, 4096)
+                except OSError:
+                    time.sleep(0.01)
+                    continue
+                arrived = time.monotonic()
+                direction = "up" if src == client else "down"
+                dst = server if src == client else client
+                self.bytes[direction] += len(data)
+                self.frames[direction] += 1
+                if self.mangle is not None:
+                    data = self.mangle(direction, data)
+                start = max(arrived, line_free)
+                line_free = start + len(data) * self.char_time
+                self.busy += len(data) * self.char_time
+                deliver = line_free + (self.turnaround if direction == "up" else 0.0)
+                pause = deliver - time.monotonic()
+                if pause > 0:
+                    time.sleep(pause)
+                self.late += max(0.0, time.monotonic() - deliver)
+                if data:
+                    os.write(dst, data)
+                if self.record:
+                    self.trace.append((direction, arrived, time.monotonic(), len(data)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
         for fd in self._fds:
             try:
                 os.close(fd)

@@ -59,3 +59,19 @@ def test_reject_isolates_a_bad_point_and_remembers() -> None:
     assert plan.bad == {"c": "exception 2"}
     assert [[p.name for p in r.points] for r in plan.requests] == [["a", "b"], ["d"]]
     assert plan.splits == 2
+
+
+def test_restore_replans_without_the_still_bad_points() -> None:
+    points = regs(("a", 0, "uint16"), ("b", 1, "uint16"), ("c", 2, "uint16"),
+                  ("d", 3, "uint16"))
+    plan = ReadPlan(points, Limits())
+    (whole,) = plan.requests
+    left, right = plan.reject(whole, "exception 2")
+    assert plan.reject(plan.reject(left, "exception 2")[0], "exception 2") == []
+    assert plan.reject(plan.reject(right, "exception 2")[1], "exception 2") == []
+    assert [p.name for p in plan.bad_points()] == ["a", "d"]
+    plan.restore(["d"])  # d answers again: b..d are one read again, a stays out
+    assert plan.bad == {"a": "exception 2"}
+    assert [(r.start, r.count) for r in plan.requests] == [(1, 3)]
+    plan.restore(["a"])
+    assert [(r.start, r.count) for r in plan.requests] == [(0, 4)] and plan.bad == {}
