@@ -152,3 +152,72 @@ async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
     finally:
         gateway.request_stop()
         await asyncio.wait_for(runner, 15)
+
+
+async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factory) -> None:
+    """cmd/write over mosquitto -> Gateway.write_point -> modbus driver -> pymodbus TCP
+    server: the allow-listed coil changes on the server, the answer carries the
+    correlation data; a point not in allow_write is refused and the server sees no write."""
+    from drivers.modbus.tests.sim import Device, TcpSim, Units
+    from tests.servers import free_port
+
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",
+                                               "viewer": "viewer-secret"})
+    device = Device(coil={0: False, 1: False})
+    units = Units({9: device})
+    sim = await TcpSim(units, free_port()).start()
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw-mb, site: s, data_dir: data}\n"
+        "sinks: [{type: file, name: f}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
+        " base_topic: compound/cmdtest/gw, client_id: mbtest}\n"
+        f"buses: {{plant: {{type: tcp, host: 127.0.0.1, port: {sim.port}, timeout: 1s}}}}\n"
+        "devices:\n"
+        "  - {id: gate-north, driver: modbus, bus: plant, unit: 9,"
+        " profile: barrier-gate-controller, interval: 1s, allow_write: [open_gate]}\n")
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    ops: Requester | None = None
+    try:
+        async with asyncio.timeout(15):  # the driver polls the server, ops bus connected
+            while units.count(9) == 0 or not gateway_ops_connected(gateway):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        ops = Requester(broker.port, "ops", "ops-secret")
+        await asyncio.sleep(0.3)
+
+        writes = lambda: [r for r in units.requests if r[1].startswith("write:")]  # noqa: E731
+        ops.send("write", b'{"device": "gate-north", "point": "close_gate", "value": true}',
+                 correlation=b"mb-refused")
+        answers = await wait_answers(ops, 1)
+        assert answers[0]["ok"] is False and "allow_write" in answers[0]["error"], answers[0]
+        assert ops.answers[0][2] == b"mb-refused"
+        assert writes() == [] and device.coil[1] is False, "a refused write reached the device"
+
+        ops.send("write", b'{"device": "gate-north", "point": "open_gate", "value": true,'
+                 b' "id": "w1"}', correlation=b"mb-open", reply_to="ops/replies/mb")
+        answers = await wait_answers(ops, 2)
+        topic, _, correlation = ops.answers[1]
+        assert (topic, correlation) == ("ops/replies/mb", b"mb-open")
+        answer = answers[1]
+        assert answer["ok"] is True and answer["id"] == "w1", answer
+        assert answer["result"]["point"] == "open_gate" and answer["result"]["value"] is True
+        assert device.coil[0] is True, "the coil did not change on the Modbus server"
+        assert writes() == [(9, "write:coil", 0, 1)]
+        assert device.coil[1] is False
+    finally:
+        if ops is not None:
+            ops.close()
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)
+        await sim.stop()
+
+
+def gateway_ops_connected(gateway: Gateway) -> bool:
+    """True once the ops bus has a live broker connection (its birth is published)."""
+    from gateway.mqtt import hub
+
+    link = hub.link_for(gateway.resources)
+    return link is not None and any(getattr(getattr(s, "__self__", None), "connection", None)
+                                    is not None and s.__self__.connection.connected
+                                    for s in link.dead_letter_sinks)

@@ -144,7 +144,9 @@ def test_last_will_on_kill_and_birth_on_return(tmp_path: Path, mosquitto_factory
     gw = GatewayProcess(config).start()
     try:
         gw.wait_for_log(lambda r: "connected" in r["msg"] and "-ops" in r["msg"])
-        birth = json.loads(retained(broker, f"{base}/status"))
+        # "connected" is logged just before the birth is published: poll, don't race
+        birth = wait_for(lambda: (b := json.loads(retained(broker, f"{base}/status")))
+                         ["state"] == "online" and b, timeout=20, what="birth")
         assert birth["state"] == "online" and birth["gateway"] == "gw-mqtt"
         assert birth["config"] and birth["version"]
     finally:

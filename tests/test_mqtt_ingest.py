@@ -125,8 +125,9 @@ def test_frigate_and_plate_camera_into_victoria(tmp_path: Path, mosquitto: Mosqu
         got = wait_for(scores, what="events in VictoriaMetrics")
     finally:
         assert gw.stop() == 0
-    start_ms = round((now - 5) * 1000)
-    end_ms = round((now - 1) * 1000)
+    # the gateway turns float seconds into ns (round(s * 1e9)); the store keeps whole ms
+    start_ms = round((now - 5) * 10**9) // 10**6
+    end_ms = round((now - 1) * 10**9) // 10**6
     frigate = {k: v for k, v in got.items() if k[0] == "camera_event_score"}
     by_type = {next(p for p in k if p.startswith("type=")): v for k, v in frigate.items()}
     assert by_type["type=new"] == [(start_ms, 0.7)]

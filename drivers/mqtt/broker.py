@@ -29,6 +29,9 @@ from gateway.mqtt.hub import GatewayLink
 from gateway.reading import Reading
 
 log = logging.getLogger("iotgw.mqtt.devices")
+GATHER = 0.005
+"""Seconds a burst of device messages may grow before it is decoded and submitted (a
+wake-up, a pipeline submit and a commit-wait task per burst instead of per message)."""
 RECENT = 20_000
 """Messages remembered to recognise a broker's DUP redelivery of something committed."""
 
@@ -69,7 +72,7 @@ class DeviceBroker:
         self.connection = MqttConnection(
             settings, f"{client_id_base(settings, link.gateway_id)}-dev",
             on_message=self._on_messages, persistent=True, manual_ack=True,
-            receive_maximum=10_000)
+            receive_maximum=10_000, gather=GATHER)
         self.attachments: list[Attachment] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()

@@ -67,6 +67,13 @@ class TlsSection(StrictModel):
     insecure: bool = Field(default=False, description="skip hostname verification (testing)")
 
 
+class HomeAssistantSection(StrictModel):
+    """Home Assistant MQTT discovery: devices and their points appear in HA / Node-RED."""
+
+    enabled: bool = False
+    prefix: str = Field(default="homeassistant", pattern=r"^[^#+]+[^/#+]$")
+
+
 class MqttSection(SecretsModel):
     secret_fields = ("password",)
 
@@ -81,6 +88,9 @@ class MqttSection(SecretsModel):
     keepalive: Duration = 30.0
     protocol: Literal["5", "3.1.1", "auto"] = "auto"
     stats_interval: Duration = Field(default=30.0, gt=0, description="ops bus stats period")
+    homeassistant: HomeAssistantSection = Field(
+        default_factory=HomeAssistantSection,
+        description="Home Assistant MQTT discovery (off by default)")
     event_measurements: list[str] | None = Field(
         default=None, description="measurements published on events/<measurement>/<id> "
         "(QoS 1); default: every measurement whose name ends in _event")

@@ -1,0 +1,107 @@
+"""Home Assistant MQTT discovery: devices and their numeric points appear in Home
+Assistant (and Node-RED's HA nodes) with no configuration on that side. Off by default.
+
+For every (device, measurement, numeric field) seen on ``devices/<id>/values`` the ops
+bus publishes, retained, ``<prefix>/sensor/<gateway>/<device>_<measurement>_<field>/config``
+with the values topic as state topic and a ``value_template`` that picks the field out of
+the JSON (the values topic carries every measurement of a device, so a message of another
+measurement keeps the sensor's current state). Availability follows the gateway's retained
+``status`` (birth / last will). Configs are re-published after every reconnect.
+
+Settings: ``mqtt.homeassistant: {enabled: false, prefix: homeassistant}``. Until that field
+exists in ``MqttSection`` (gateway/config/models.py) :func:`settings_for` reads it when
+present and otherwise returns "disabled".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.reading import Reading
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class HomeAssistant:
+    enabled: bool = False
+    prefix: str = "homeassistant"
+
+
+def settings_for(mqtt: Any) -> HomeAssistant:
+    """``mqtt.homeassistant`` (a model or a mapping with enabled / prefix), else off."""
+    value = getattr(mqtt, "homeassistant", None)
+    if value is None:
+        return HomeAssistant()
+    if isinstance(value, dict):
+        return HomeAssistant(bool(value.get("enabled", False)),
+                             str(value.get("prefix", "homeassistant")))
+    return HomeAssistant(bool(getattr(value, "enabled", False)),
+                         str(getattr(value, "prefix", "homeassistant")))
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub("_", text).strip("_") or "x"
+
+
+class Discovery:
+    def __init__(self, settings: HomeAssistant, *, base: str, gateway_id: str,
+                 drivers: dict[str, str]) -> None:
+        self.settings = settings
+        self.base = base
+        self.gateway_id = gateway_id
+        self.drivers = drivers
+        self.configs: dict[str, bytes] = {}
+        """topic -> retained config, everything announced so far (re-sent on reconnect)."""
+        self._seen: set[tuple[str, str, str]] = set()
+
+    def observe(self, device_id: str, reading: Reading) -> list[tuple[str, bytes]]:
+        """Configs for the numeric fields of ``reading`` not announced yet."""
+        new: list[tuple[str, bytes]] = []
+        for name, value in reading.fields.items():
+            if type(value) not in (int, float):
+                continue
+            key = (device_id, reading.measurement, name)
+            if key in self._seen:
+                continue
+            self._seen.add(key)
+            topic, payload = self._config(device_id, reading.measurement, name)
+            self.configs[topic] = payload
+            new.append((topic, payload))
+        return new
+
+    def _config(self, device_id: str, measurement: str, name: str) -> tuple[str, bytes]:
+        node = _safe(self.gateway_id)
+        object_id = _safe(f"{device_id}_{measurement}_{name}")
+        unique = f"iotgw_{node}_{object_id}"
+        template = ("{% if value_json.measurement == " + json.dumps(measurement)
+                    + " and value_json.fields." + name + " is defined %}{{ value_json.fields."
+                    + name + " }}{% else %}{{ this.state }}{% endif %}")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            template = template.replace(f"value_json.fields.{name}",
+                                        f"value_json.fields[{json.dumps(name)}]")
+        body = {
+            "name": f"{measurement} {name}",
+            "unique_id": unique,
+            "object_id": unique,
+            "state_topic": f"{self.base}/devices/{device_id}/values",
+            "value_template": template,
+            "state_class": "measurement",
+            "availability_topic": f"{self.base}/status",
+            "availability_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": {
+                "identifiers": [f"iotgw_{node}_{_safe(device_id)}"],
+                "name": device_id,
+                "manufacturer": "iotgw",
+                "model": self.drivers.get(device_id, "device"),
+                "via_device": f"iotgw_{node}",
+            },
+            "origin": {"name": "iotgw"},
+        }
+        topic = f"{self.settings.prefix}/sensor/{node}/{object_id}/config"
+        return topic, json.dumps(body, separators=(",", ":")).encode()

@@ -1,0 +1,96 @@
+"""Home Assistant MQTT discovery through a real broker (in-process gateway)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from gateway.config.loader import load_config
+from gateway.runtime import Gateway
+from tests.servers import Mosquitto
+from tests.test_mqtt_tls import Watcher
+
+
+def write_config(path: Path, broker: Mosquitto, base: str, homeassistant: str = "") -> None:
+    path.write_text(
+        f"gateway: {{id: {base.rsplit('/', 1)[-1]}, site: s, data_dir: data}}\n"
+        "sinks: [{type: file, name: f}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
+        f" base_topic: {base}, client_id: {base.replace('/', '-')}{homeassistant}}}\n"
+        "devices:\n"
+        f"  - {{id: room-7, driver: mqtt, topic: '{base}-in/room7', format: kv,"
+        " measurement: climate, qos: 1,"
+        " fields: {temp: $.temp, hum: $.hum, door: $.door}}\n")
+
+
+async def run_and_feed(config: Path, watcher: Watcher, base: str, seconds: float) -> None:
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    try:
+        async with asyncio.timeout(20):
+            while not watcher.on(f"{base}/status"):  # noqa: ASYNC110 - paho thread appends
+                await asyncio.sleep(0.1)
+        async with asyncio.timeout(20):
+            while not watcher.on(f"{base}/devices/room-7/values"):
+                watcher.client.publish(f"{base}-in/room7", b"temp=21.5, hum=40, door=open",
+                                       qos=1)
+                await asyncio.sleep(0.5)
+        await asyncio.sleep(seconds)
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)
+
+
+async def test_discovery_configs_retained(tmp_path: Path, mosquitto_factory) -> None:
+    broker = mosquitto_factory()
+    base = "compound/ha/gwha"
+    write_config(tmp_path / "gw.yaml", broker, base,
+                 ", homeassistant: {enabled: true, prefix: compound/hatest}")
+    watcher = Watcher(broker)
+    try:
+        await run_and_feed(tmp_path / "gw.yaml", watcher, base, 0.5)
+    finally:
+        watcher.close()
+
+    # a dashboard connecting later gets the configs: they are retained
+    late = Watcher(broker)
+    try:
+        async with asyncio.timeout(10):
+            while len(late.under("compound/hatest/")) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        configs = {t: (json.loads(p), r) for t, p, r in late.messages
+                   if t.startswith("compound/hatest/")}
+    finally:
+        late.close()
+    assert set(configs) == {"compound/hatest/sensor/gwha/room-7_climate_temp/config",
+                            "compound/hatest/sensor/gwha/room-7_climate_hum/config"}, configs
+    for topic, (body, retained) in configs.items():
+        assert retained, topic
+        field = topic.split("_")[-1].split("/")[0]
+        assert body["state_topic"] == f"{base}/devices/room-7/values"
+        assert f"value_json.fields.{field}" in body["value_template"]
+        assert '"climate"' in body["value_template"]
+        assert body["availability_topic"] == f"{base}/status"
+        assert body["device"]["identifiers"] == ["iotgw_gwha_room-7"]
+        assert body["device"]["name"] == "room-7" and body["device"]["model"] == "mqtt"
+        assert body["unique_id"] == f"iotgw_gwha_room-7_climate_{field}"
+    # the template's path matches what the values topic carries
+    values = json.loads(watcher.on(f"{base}/devices/room-7/values")[-1])
+    assert values["measurement"] == "climate"
+    assert values["fields"]["temp"] == 21.5 and values["fields"]["hum"] == 40
+
+
+async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> None:
+    broker = mosquitto_factory()
+    base = "compound/ha/gwoff"
+    write_config(tmp_path / "gw.yaml", broker, base)
+    watcher = Watcher(broker)
+    watcher.client.subscribe("homeassistant/#", 1)
+    try:
+        await run_and_feed(tmp_path / "gw.yaml", watcher, base, 1.0)
+        assert not [t for t, _, _ in watcher.messages if "homeassistant" in t
+                    or "/config" in t]
+    finally:
+        watcher.close()
