@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from gateway.aio import wait_event
-from gateway.buffer import AsyncBuffer
+from gateway.buffer import AppendResult, AsyncBuffer
 from gateway.lineprotocol import encode_many
 from gateway.problems import ProblemLog
 from gateway.reading import Reading
@@ -26,6 +26,9 @@ log = logging.getLogger("iotgw.pipeline")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 FLUSH_LINES = 5000
 """Commit early when this many lines are waiting, without waiting for the timer."""
+
+SLICE = 1000
+"""Readings validated and encoded per event-loop turn."""
 
 Listener = Callable[[str, Sequence[Reading]], None]
 
@@ -97,10 +100,17 @@ class Pipeline:
         while len(self._lines) >= self._max_pending:
             self._space.clear()
             await self._space.wait()
-        accepted = self._accept(device_id, readings)
-        if accepted and self._listeners:
-            for listener in self._listeners:
-                listener(device_id, accepted)
+        slices = [readings] if len(readings) <= SLICE else [
+            readings[start:start + SLICE] for start in range(0, len(readings), SLICE)]
+        for index, part in enumerate(slices):
+            if index:
+                # A burst of thousands (a catch-up, a backlog from a device) must not hold
+                # the loop: forwarders, the ops bus and the watchdog need their turns.
+                await asyncio.sleep(0)
+            accepted = self._accept(device_id, part)
+            if accepted and self._listeners:
+                for listener in self._listeners:
+                    listener(device_id, accepted)
 
     async def submit_and_wait(self, device_id: str, readings: Sequence[Reading]) -> None:
         """Returns only after the readings are committed to disk: for sources that must
@@ -199,15 +209,33 @@ class Pipeline:
             return
         lines, oldest, newest, done = self._lines, self._oldest, self._newest, self._batch_done
         self._lines, self._oldest, self._newest, self._batch_done = [], 0, 0, None
+        append = asyncio.ensure_future(self._buffer.append(lines, oldest, newest))
         try:
-            result = await self._buffer.append(lines, oldest, newest)
-        except BaseException:
-            self._lines[:0] = lines
-            self._oldest = min(filter(None, (oldest, self._oldest)), default=0)
-            self._newest = max(newest, self._newest)
-            if done is not None:
-                self._batch_done = self._batch_done or done
+            result = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            # The commit runs in the buffer's thread and cannot stop half way. Let it
+            # finish and account for it: re-queuing lines it did commit would commit
+            # them twice at the final flush.
+            await asyncio.wait({append})
+            if append.cancelled() or append.exception() is not None:
+                self._requeue(lines, oldest, newest, done)
+            else:
+                self._committed(append.result(), done)
             raise
+        except Exception:
+            self._requeue(lines, oldest, newest, done)
+            raise
+        self._committed(result, done)
+
+    def _requeue(self, lines: list[bytes], oldest: int, newest: int,
+                 done: asyncio.Future[None] | None) -> None:
+        self._lines[:0] = lines
+        self._oldest = min(filter(None, (oldest, self._oldest)), default=0)
+        self._newest = max(newest, self._newest)
+        if done is not None:
+            self._batch_done = self._batch_done or done
+
+    def _committed(self, result: AppendResult, done: asyncio.Future[None] | None) -> None:
         self._stats.readings_committed += result.stored
         if result.dropped:
             self._stats.dropped["buffer_full"] += result.dropped

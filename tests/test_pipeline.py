@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import threading
+import time
 from pathlib import Path
 
 from gateway.buffer import AsyncBuffer, Buffer
@@ -71,11 +75,34 @@ async def test_pseudonymised_values_never_reach_buffer_or_listeners(tmp_path: Pa
 
 async def test_submit_and_wait_returns_after_commit(tmp_path: Path) -> None:
     pipeline, buffer, stats = await make_pipeline(tmp_path)
-    import asyncio
-
     runner = asyncio.create_task(pipeline.run())
     await pipeline.submit_and_wait("d", [Reading("m", {}, {"v": 1}, 10)])
     assert stats.readings_committed == 1
     assert len(await committed_lines(buffer)) == 1
     runner.cancel()
+    await buffer.close()
+
+
+async def test_cancelled_flush_neither_loses_nor_duplicates(tmp_path: Path) -> None:
+    """Shutdown cancels the commit loop mid-append; the final flush must not commit the
+    same lines again (the append finishes in the buffer thread regardless)."""
+    pipeline, buffer, stats = await make_pipeline(tmp_path)
+    real_append = buffer.buffer.append
+    entered = threading.Event()
+
+    def slow_append(*args: object) -> object:  # runs in the buffer's thread
+        entered.set()
+        time.sleep(0.3)  # a slow SD card
+        return real_append(*args)  # type: ignore[arg-type]
+
+    buffer.buffer.append = slow_append  # type: ignore[method-assign]
+    await pipeline.submit("d", [Reading("m", {}, {"v": i}, i + 1) for i in range(100)])
+    flushing = asyncio.create_task(pipeline.flush())
+    await asyncio.to_thread(entered.wait)
+    flushing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flushing
+    await pipeline.flush()  # what shutdown does next
+    assert (await buffer.stats()).committed_total == 100
+    assert stats.readings_committed == 100 and pipeline.pending == 0
     await buffer.close()

@@ -9,20 +9,27 @@ because its docs only say "True ... otherwise raise"):
 * any non-2xx answer raises ``influxdb_client.rest.ApiException`` with ``.status``,
   ``.headers`` (aiohttp's CIMultiDictProxy) and ``.body`` (raw bytes);
 * network failures and timeouts escape unwrapped as aiohttp / ``TimeoutError`` exceptions;
-* it *returns* ``False`` for a 2xx other than 201/204 (e.g. a proxy answering 200). The
-  server still accepted the data, so that counts as success here.
+* any 2xx (a proxy may answer 200 instead of 204) means the server took the data.
+
+Two choices made for a Pi's budget:
+
+* gzip is done here at level 1, not by the client (``enable_gzip`` compresses at level 9
+  on the event loop: 11.4 µs per line against 0.8 µs, for output 7.2x instead of 5.8x
+  smaller). The body goes through the client's public ``WriteService`` with
+  ``content_encoding="gzip"``.
+* influxdb_client (15 MiB, ~400 modules) is imported when a sink of this type opens, not
+  when the config is validated, so gateways without it do not pay for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import zlib
+from functools import cache
 from pathlib import Path
-from typing import Literal
+from types import SimpleNamespace
+from typing import Any, Literal
 
-from influxdb_client.client.exceptions import InfluxDBError
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.client.write_api_async import WriteApiAsync
-from influxdb_client.domain.write_precision import WritePrecision
-from influxdb_client.rest import ApiException
 from pydantic import Field, SecretStr
 
 from gateway.config.types import SecretsModel, secret_value
@@ -38,6 +45,26 @@ from gateway.sinks.http import (
 )
 
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+GZIP_LEVEL = 1
+GZIP_IN_THREAD = 256 * 1024
+"""Bodies larger than this are compressed in a worker thread (zlib releases the GIL)."""
+
+
+@cache
+def _client_library() -> SimpleNamespace:
+    """influxdb_client, imported on first use."""
+    from influxdb_client.client.exceptions import InfluxDBError
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+    from influxdb_client.rest import ApiException
+    from influxdb_client.service.write_service import WriteService
+
+    return SimpleNamespace(InfluxDBError=InfluxDBError, InfluxDBClientAsync=InfluxDBClientAsync,
+                           ApiException=ApiException, WriteService=WriteService)
+
+
+def gzip_body(payload: bytes) -> bytes:
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: gzip container
+    return compressor.compress(payload) + compressor.flush()
 
 
 class InfluxDBSinkConfig(SinkConfigBase, SecretsModel):
@@ -64,8 +91,9 @@ class InfluxDBSink:
         self._config = config
         self._token = secret_value(config.token)
         self._where = f"{display_url(config.url)}/api/v2/write"
-        self._client: InfluxDBClientAsync | None = None
-        self._write_api: WriteApiAsync | None = None
+        self._client: Any = None
+        self._write_service: Any = None
+        self._lib: SimpleNamespace | None = None
 
     async def open(self) -> None:
         """Create the client here: it binds its aiohttp session to the running loop."""
@@ -74,31 +102,43 @@ class InfluxDBSink:
         cfg = self._config
         # Fail on an unusable CA file with our error instead of the client's raw OSError.
         make_ssl_context(cfg.verify_ssl, cfg.ca_file)
-        self._client = InfluxDBClientAsync(
+        lib = self._lib = _client_library()
+        self._client = lib.InfluxDBClientAsync(
             url=cfg.url,
             token=self._token,
             org=cfg.org,
-            enable_gzip=cfg.gzip,
+            enable_gzip=False,
             timeout=int(cfg.timeout * 1000),
             verify_ssl=cfg.verify_ssl,
             ssl_ca_cert=str(cfg.ca_file) if cfg.ca_file else None,
         )
-        self._write_api = self._client.write_api()
+        self._write_service = lib.WriteService(self._client.api_client)
 
     async def write(self, payload: bytes) -> None:
         if not payload.strip():
             return
-        if self._write_api is None:
+        if self._write_service is None or self._lib is None:
             raise RuntimeError(f"{self._where}: write() before open()")
+        lib = self._lib
         secrets = (self._token,)
+        encoding: dict[str, str] = {}
+        body = payload
+        if self._config.gzip:
+            body = (await asyncio.to_thread(gzip_body, payload)
+                    if len(payload) > GZIP_IN_THREAD else gzip_body(payload))
+            encoding["content_encoding"] = "gzip"
         try:
-            await self._write_api.write(
-                bucket=self._config.bucket,
+            await self._write_service.post_write_async(
                 org=self._config.org,
-                record=payload,
-                write_precision=WritePrecision.NS,
+                bucket=self._config.bucket,
+                body=body,
+                precision="ns",
+                content_type="text/plain; charset=utf-8",
+                async_req=False,
+                _return_http_data_only=False,
+                **encoding,
             )
-        except ApiException as exc:
+        except lib.ApiException as exc:
             error = status_error(
                 exc.status or 0, exc.headers, exc.body, where=self._where, secrets=secrets
             )
@@ -106,12 +146,12 @@ class InfluxDBSink:
                 raise error from exc
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, where=self._where, secrets=secrets) from exc
-        except InfluxDBError as exc:  # client-side trouble without an HTTP answer
+        except lib.InfluxDBError as exc:  # client-side trouble without an HTTP answer
             raise SinkUnavailable(f"{self._where}: {exc.message}") from exc
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client, self._write_api = self._client, None, None
+            client, self._client, self._write_service = self._client, None, None
             await client.close()
 
 

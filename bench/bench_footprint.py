@@ -1,0 +1,270 @@
+"""Footprint of a quiet site: memory and idle CPU of ``iotgw run``.
+
+Run: ``.venv/bin/python bench/bench_footprint.py [--seconds 60] [--sink file|vm] [--breakdown]``.
+
+Runs ``python -m gateway run`` with ``--devices`` synthetic devices (default 200) at one
+reading per ``--interval`` (1s) with 4 fields, into the default file sink (no ``sinks``
+configured) or a private VictoriaMetrics (``--sink vm``). After ``--warmup`` seconds it
+samples VmRSS (/proc/PID/status) and CPU (utime + stime of all threads, /proc/PID/stat)
+once a second for ``--seconds``, and checks the readings were committed.
+
+Targets: RSS <= 60 MB, CPU <= 3% of one core. RSS is printed in MiB; the verdict says
+whether it holds for 60 MB = 57.2 MiB and for the looser reading 60 MiB.
+
+``--breakdown`` then explains the memory, each measurement in a fresh interpreter:
+
+* RSS after importing, in order, the big third-party packages and then the gateway
+  (increments depend on the order: a package's shared dependencies count for the first
+  one that imports them);
+* the slowest imports of ``load_config`` (``python -X importtime``), by top-level package;
+* the modules loaded by the time the gateway runs, counted per top-level package;
+* RssAnon vs RssFile of the running gateway (heap vs mapped libraries and code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench_throughput import (
+    ROOT,
+    Gateway,
+    can_pin,
+    cpu_seconds,
+    cpu_share,
+    cpu_ticks,
+    proc_status,
+    start_vm,
+    write_config,
+)
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from gateway.buffer import read_stats
+
+MB = 1024**2
+RSS_TARGET = 60_000_000  # 60 MB; 60 MiB is the looser reading, also reported
+RSS_TARGET_MIB = 60 * MB
+CPU_TARGET = 3.0
+
+# Imported one after the other in a fresh interpreter; RSS is read after each step.
+IMPORT_LADDER = [
+    ("python + asyncio, ssl, sqlite3, json, logging",
+     "import asyncio, ssl, sqlite3, json, logging"),
+    ("pydantic", "import pydantic"),
+    ("ruamel.yaml", "import ruamel.yaml"),
+    ("aiohttp", "import aiohttp"),
+    ("influxdb_client (async client)",
+     "import influxdb_client.client.influxdb_client_async, "
+     "influxdb_client.client.write_api_async"),
+    ("pymodbus", "import pymodbus.client"),
+    ("paho.mqtt + aiomqtt", "import paho.mqtt.client, aiomqtt"),
+    ("pyserial", "import serial"),
+    ("gateway core (config types, buffer, pipeline)",
+     "import gateway.config.types, gateway.buffer, gateway.pipeline, gateway.forwarder"),
+    ("drivers (every package under drivers/)",
+     "from gateway.registry import load_drivers; load_drivers()"),
+    ("sink modules", "from gateway.sinks import load_sink_types; load_sink_types()"),
+    ("load_config (builds the config model)",
+     "from gateway.config.loader import load_config; load_config(CONFIG)"),
+    ("gateway.runtime and what it imports", "import gateway.runtime"),
+]
+
+_LADDER_SCRIPT = r"""
+import json, sys
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+CONFIG = sys.argv[1]
+steps = json.loads(sys.argv[2])
+out = [("start", rss())]
+for label, code in steps:
+    try:
+        exec(code)
+        out.append((label, rss()))
+    except Exception as exc:  # a package not installed: say so, keep going
+        out.append((f"{label} (failed: {type(exc).__name__}: {exc})", rss()))
+print(json.dumps(out))
+"""
+
+_MODULES_SCRIPT = r"""
+import collections, json, sys
+from gateway.config.loader import load_config
+import gateway.runtime
+load_config(sys.argv[1])
+count = collections.Counter(name.split(".")[0] for name in sys.modules)
+print(json.dumps(count.most_common()))
+"""
+
+
+def mb(n: float) -> str:
+    return f"{n / MB:.1f} MiB"
+
+
+def import_ladder(config: Path) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-c", _LADDER_SCRIPT, str(config), json.dumps(IMPORT_LADDER)],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    steps = json.loads(proc.stdout)
+    out = ["RSS after successive imports (fresh interpreter):"]
+    previous = 0
+    for label, rss in steps:
+        delta = f"+{mb(rss - previous)}" if previous else ""
+        out.append(f"  {mb(rss):>10}  {delta:>11}  {label}")
+        previous = rss
+    return "\n".join(out)
+
+
+def import_times(config: Path, top: int = 12) -> str:
+    """``-X importtime`` of load_config: cumulative microseconds of top-level imports."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c",
+         f"from gateway.config.loader import load_config; import gateway.runtime; "
+         f"load_config({str(config)!r})"],
+        cwd=ROOT, capture_output=True, text=True, check=True)
+    per_package: dict[str, int] = {}
+    total = 0
+    for line in proc.stderr.splitlines():
+        # "import time:  self [us] | cumulative | imported package" (nesting by indent)
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        head, _cumulative, name = line.split("|", 2)
+        self_us = int(head.split(":", 1)[1])
+        package = name.strip().split(".")[0]
+        per_package[package] = per_package.get(package, 0) + self_us
+        total += self_us
+    out = [f"import time of load_config + gateway.runtime: {total / 1e6:.2f} s in all "
+           "(self time summed per top-level package):"]
+    for package, us in sorted(per_package.items(), key=lambda kv: -kv[1])[:top]:
+        out.append(f"  {us / 1e3:8.0f} ms  {100 * us / total:4.0f}%  {package}")
+    return "\n".join(out)
+
+
+def module_counts(config: Path, top: int = 15) -> str:
+    proc = subprocess.run([sys.executable, "-c", _MODULES_SCRIPT, str(config)],
+                          cwd=ROOT, capture_output=True, text=True, check=True)
+    counts = json.loads(proc.stdout)
+    total = sum(n for _, n in counts)
+    shown = ", ".join(f"{name} {n}" for name, n in counts[:top])
+    return f"modules loaded at run time: {total} ({shown}, ...)"
+
+
+def run(args: argparse.Namespace) -> int:
+    pinned = can_pin() and not args.no_pin
+    gw_cpu, vm_cpu = (1, 0) if pinned else (None, None)
+    if pinned:
+        os.sched_setaffinity(0, {vm_cpu})  # keep this script off the gateway's CPU
+    base = Path(tempfile.mkdtemp(prefix="iotgw-bench-fp-", dir=args.dir))
+    print(f"footprint: {args.devices} synthetic devices x 1/{args.interval}, {args.fields} fields,"
+          f" sink {args.sink}; warm-up {args.warmup:g}s, window {args.seconds:g}s")
+    print(f"pinning: {'gateway on CPU 1 (taskset)' if pinned else 'none'}; work dir {base}")
+    vm = start_vm(base, vm_cpu) if args.sink == "vm" else None
+    gw: Gateway | None = None
+    try:
+        config = base / "gw.yaml"
+        write_config(config, sink_url=vm.url if vm else None, devices=args.devices,
+                     interval=args.interval, fields=args.fields,
+                     wake_interval=args.wake_interval)
+        buffer = base / "data" / "buffer.db"
+        gw = Gateway(config, cpu=gw_cpu, log=base / "gateway.log")
+        gw.wait_log("running:")
+        time.sleep(args.warmup)
+        ticks0 = cpu_ticks(gw_cpu)
+        t0, cpu0 = time.monotonic(), cpu_seconds(gw.pid)
+        committed0 = read_stats(buffer).committed_total
+        rss: list[int] = []
+        per_second: list[float] = []
+        last_t, last_cpu = t0, cpu0
+        while time.monotonic() - t0 < args.seconds:
+            time.sleep(1.0)
+            if not gw.alive():
+                raise RuntimeError(f"gateway died: {gw.tail()}")
+            now, used = time.monotonic(), cpu_seconds(gw.pid)
+            per_second.append(100 * (used - last_cpu) / (now - last_t))
+            last_t, last_cpu = now, used
+            rss.append(proc_status(gw.pid)["VmRSS"])
+        t1, cpu1 = time.monotonic(), cpu_seconds(gw.pid)
+        ticks1 = cpu_ticks(gw_cpu)
+        status = proc_status(gw.pid)
+        stats = read_stats(buffer)
+        dt = t1 - t0
+        cpu = 100 * (cpu1 - cpu0) / dt
+        rate = (stats.committed_total - committed0) / dt
+        offered = args.devices / parse_seconds(args.interval)
+        lag = max(s.lag_lines for s in stats.sinks.values()) if stats.sinks else 0
+        print()
+        print(f"window          {dt:.1f} s")
+        print(f"committed       {rate:,.1f} readings/s (offered {offered:,.1f}); sink lag at "
+              f"the end {lag:,} lines")
+        print(f"RSS             {mb(min(rss))} min, {mb(sum(rss) / len(rss))} mean, "
+              f"{mb(max(rss))} max; peak (VmHWM) {mb(status['VmHWM'])}")
+        print(f"                RssAnon {mb(status['RssAnon'])} (heap), RssFile "
+              f"{mb(status['RssFile'])} (mapped code/libraries), {status['Threads']} threads")
+        per_second.sort()
+        print(f"CPU             {cpu:.2f}% of one core (1-s samples: median "
+              f"{per_second[len(per_second) // 2]:.1f}%, max {per_second[-1]:.1f}%)")
+        share = cpu_share(gw_cpu, ticks0, ticks1, cpu)
+        if share:
+            print(f"shared CPU      {share}")
+        rss_ok = max(rss) <= RSS_TARGET
+        cpu_ok = cpu <= CPU_TARGET
+        verdict = "MET" if rss_ok else (
+            "MET only if MB means MiB" if max(rss) <= RSS_TARGET_MIB else "NOT MET")
+        print(f"target RSS <= 60 MB: {verdict} ({mb(max(rss))} = {max(rss) / 1e6:.1f} MB max)")
+        print(f"target CPU <= 3% of a core: {'MET' if cpu_ok else 'NOT MET'} ({cpu:.2f}%)")
+        code = gw.stop()
+        gw = None
+        if code != 0:
+            print(f"gateway exit code {code}")
+        if args.breakdown:
+            print()
+            print(import_ladder(config))
+            print()
+            print(import_times(config))
+            print()
+            print(module_counts(config))
+        return 0 if rss_ok and cpu_ok and code == 0 else 1
+    finally:
+        if gw is not None:
+            gw.stop()
+        if vm is not None:
+            vm.stop()
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def parse_seconds(text: str) -> float:
+    units = {"ms": 1e-3, "s": 1.0, "m": 60.0}
+    for suffix in ("ms", "s", "m"):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * units[suffix]
+    return float(text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seconds", type=float, default=60.0, help="measurement window")
+    p.add_argument("--warmup", type=float, default=10.0)
+    p.add_argument("--devices", type=int, default=200)
+    p.add_argument("--interval", default="1s")
+    p.add_argument("--fields", type=int, default=4)
+    p.add_argument("--wake-interval", default=None, help="synthetic wake_interval (default 100ms)")
+    p.add_argument("--sink", choices=["file", "vm"], default="file")
+    p.add_argument("--breakdown", action="store_true", help="explain where the memory goes")
+    p.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    p.add_argument("--dir", default=None, help="work dir parent (default: system temp)")
+    p.add_argument("--keep", action="store_true", help="keep the work dir")
+    return run(p.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
