@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 FieldValue: TypeAlias = float | int | bool | str
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """One measurement at one instant.
 
-    Immutable so a reading handed to several consumers (buffer, ops bus) cannot be changed
-    by one of them under the feet of another. ``time_ns`` is nanoseconds since the epoch.
+    Immutable so a reading handed to several consumers (buffer, ops bus) cannot be
+    reassigned by one of them under the feet of another. A NamedTuple rather than a
+    frozen dataclass: every reading is built twice (by its driver, then tagged by the
+    pipeline), and a tuple builds in half the time, which shows at 50,000 readings/s.
+    ``time_ns`` is nanoseconds since the epoch.
     """
 
     measurement: str
