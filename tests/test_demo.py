@@ -117,10 +117,12 @@ def test_demo_with_broker_and_store(tmp_path: Path, mosquitto: Mosquitto,
     """--mqtt-host adds the plate camera (and the ops bus); --influx-url replaces the file
     sink (VictoriaMetrics speaks the InfluxDB write API)."""
     data_dir = tmp_path / "demo"
+    password_file = tmp_path / "mqtt-password"  # as docker-compose passes it (a secret)
+    password_file.write_text(mosquitto.users["gw"] + "\n")
     proc = subprocess.run(demo(data_dir, "--duration", "15",
                                "--mqtt-host", "127.0.0.1", "--mqtt-port", str(mosquitto.port),
-                               "--mqtt-username", "gw", "--mqtt-password",
-                               mosquitto.users["gw"],
+                               "--mqtt-username", "gw", "--mqtt-password-file",
+                               str(password_file), "--health-listen", "127.0.0.1:0",
                                "--influx-url", victoria.url, "--influx-token", "t",
                                "--influx-bucket", "demo"),
                           capture_output=True, text=True, timeout=90)

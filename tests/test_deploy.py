@@ -174,13 +174,25 @@ def test_compose_file_is_consistent() -> None:
         assert (DEPLOY / secret["file"]).is_file()
     gateway = services["gateway"]
     assert (DEPLOY / gateway["build"]["context"] / gateway["build"]["dockerfile"]).is_file()
-    assert gateway["command"][:2] == ["run", "/etc/iotgw/gateway.yaml"]
+    command = gateway["command"]
+    assert command[0] == "demo" and "--no-view" in command
+
+    def flag(name: str) -> str:
+        return command[command.index(name) + 1]
+
+    assert flag("--influx-url") == "http://influxdb:8086"
+    assert flag("--influx-token-file") == "/run/secrets/influx-token"
+    assert flag("--mqtt-password-file") == "/run/secrets/mqtt-password"
+    assert {"influx-token", "mqtt-password"} <= set(gateway["secrets"])
+    assert flag("--health-listen").endswith(":9108")
     assert "./compose/gateway.yaml:/etc/iotgw/gateway.yaml:ro" in gateway["volumes"]
     env = services["influxdb"]["environment"]
     gateway_config = YAML(typ="safe").load((DEPLOY / "compose/gateway.yaml").read_text())
     sink = gateway_config["sinks"][0]
     assert (sink["org"], sink["bucket"]) == (env["DOCKER_INFLUXDB_INIT_ORG"],
                                              env["DOCKER_INFLUXDB_INIT_BUCKET"])
+    assert (flag("--influx-org"), flag("--influx-bucket")) == (sink["org"], sink["bucket"])
+    assert flag("--mqtt-username") == gateway_config["mqtt"]["username"]
     datasource = YAML(typ="safe").load(
         (DEPLOY / "grafana/provisioning/datasources/influxdb.yaml").read_text())["datasources"][0]
     assert datasource["jsonData"]["organization"] == env["DOCKER_INFLUXDB_INIT_ORG"]

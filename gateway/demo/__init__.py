@@ -29,12 +29,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="INFO",
                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     demo.add_argument("--swipe-every", type=float, default=4.0, help=argparse.SUPPRESS)
-    demo.add_argument("--health-port", type=int, default=0,
-                      help="port of the health endpoint on 127.0.0.1 (default: any free)")
+    demo.add_argument("--health-listen", default="127.0.0.1:0",
+                      help="host:port of the health endpoint (default: a free loopback port; "
+                      "0.0.0.0:9108 in a container)")
     influx = demo.add_argument_group("InfluxDB sink (instead of the file sink)")
     influx.add_argument("--influx-url", help="e.g. http://127.0.0.1:8086")
     influx.add_argument("--influx-token", default=os.environ.get("IOTGW_DEMO_INFLUX_TOKEN"),
                         help="default: $IOTGW_DEMO_INFLUX_TOKEN (keeps it out of `ps`)")
+    influx.add_argument("--influx-token-file", help="read the token from this file "
+                        "(a Docker secret or systemd credential)")
     influx.add_argument("--influx-bucket", default="iotgw")
     influx.add_argument("--influx-org", default="-")
     mqtt = demo.add_argument_group("MQTT (ops bus, and the simulated plate camera)")
@@ -43,6 +46,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     mqtt.add_argument("--mqtt-username")
     mqtt.add_argument("--mqtt-password", default=os.environ.get("IOTGW_DEMO_MQTT_PASSWORD"),
                       help="default: $IOTGW_DEMO_MQTT_PASSWORD")
+    mqtt.add_argument("--mqtt-password-file", help="read the password from this file")
     demo.set_defaults(func=cmd_demo)
     return demo
 
@@ -52,9 +56,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from gateway.config.types import read_secret_file
     from gateway.demo.compound import run_compound
     from gateway.logs import setup_logging
 
+    if args.influx_token_file:
+        args.influx_token = read_secret_file(Path(args.influx_token_file))
+    if args.mqtt_password_file:
+        args.mqtt_password = read_secret_file(Path(args.mqtt_password_file))
     args.data_dir = Path(args.data_dir).resolve()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     setup_logging("human", args.log_level)

@@ -26,7 +26,8 @@ log = logging.getLogger("iotgw.demo")
 
 SITE = "demo-compound"
 CARDS = ["0004123456", "0004123457", "0007765432", "0001000099"]
-PLATE_TOPIC = "compound/demo-compound/cameras/device/+sn/message/up/ivs_result"
+PLATE_TOPIC = "compound/demo-compound/gw-demo/cameras/device/+sn/message/up/ivs_result"
+"""Below the gateway's own subtree, which the deploy/mosquitto ACL lets it read and write."""
 
 # Modbus TCP: (server, unit, device id, profile, building, tags)
 MODBUS_DEVICES = [
@@ -90,7 +91,7 @@ def build_config(args: argparse.Namespace, compound: Compound, data_dir: Path,
                     "shutdown_timeout": "5s"},
         "buffer": {"max_bytes": "64MiB", "when_full": "drop_oldest", "flush_interval": "500ms"},
         "privacy": {"key_file": str(key_file)},
-        "health": {"listen": f"127.0.0.1:{args.health_port}"},
+        "health": {"listen": args.health_listen},
         "buses": buses,
         "devices": devices,
     }
