@@ -3,49 +3,28 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 
 from drivers.cjt188 import frame
 from drivers.cjt188.data import DI_READ_ADDRESS, DI_READ_DATA, di_bytes, di_matches
+from drivers.serialbus.exchange import Count, exchange_frame, no_count
 from drivers.serialbus.line import SerialLine
 from drivers.serialbus.polling import ReadFailed
 
-Count = Callable[[str, int], None]
 _ser = itertools.count(1)
-
-
-def _no_count(kind: str, n: int) -> None:
-    return None
 
 
 async def _exchange(line: SerialLine, request: bytes, accept: Callable[[frame.Frame], bool],
                     wait: float, count: Count) -> frame.Frame:
-    deadline = time.monotonic() + wait
-    received = await line.exchange(request, frame.scan, wait)
-    bad_seen = 0
-    while True:
-        if received.junk:
-            count("noise_bytes", received.junk)
-        if received.bad:
-            count("bad_frame", received.bad)
-            bad_seen += received.bad
-        if received.frame is None:
-            if bad_seen:
-                raise ReadFailed("frame_error", "only corrupt replies (checksum or end byte)")
-            raise ReadFailed("timeout", f"no reply within {wait:g}s")
-        reply = frame.decode(received.frame)
-        if accept(reply):
-            if reply.is_error:
-                code = reply.data[3] if len(reply.data) > 3 else (reply.data[-1:] or b"\0")[0]
-                raise ReadFailed("error_reply", f"error reply (status 0x{code:02X})")
-            return reply
-        count("echo" if not reply.is_reply else "foreign_reply", 1)
-        received = await line.port.receive(frame.scan, deadline)
+    reply = await exchange_frame(line, request, frame.scan, frame.decode, accept, wait, count)
+    if reply.is_error:
+        code = reply.data[3] if len(reply.data) > 3 else (reply.data[-1:] or b"\0")[0]
+        raise ReadFailed("error_reply", f"error reply (status 0x{code:02X})")
+    return reply
 
 
 async def read_data(line: SerialLine, meter_type: int, address: str, *, order: str = "2004",
-                    reply_timeout: float | None = None, count: Count = _no_count
+                    reply_timeout: float | None = None, count: Count = no_count
                     ) -> frame.Frame:
     """The 901F reply frame of one meter (data = DI, SER, body)."""
     want = address.zfill(14)
@@ -62,7 +41,7 @@ async def read_data(line: SerialLine, meter_type: int, address: str, *, order: s
 
 
 async def read_address(line: SerialLine, meter_type: int, *, order: str = "2004",
-                       reply_timeout: float | None = None, count: Count = _no_count) -> str:
+                       reply_timeout: float | None = None, count: Count = no_count) -> str:
     """Address of the only meter on the line (read address to the wildcard)."""
     request = frame.encode(meter_type, frame.WILDCARD, frame.READ_ADDRESS,
                            di_bytes(DI_READ_ADDRESS, order) + bytes([next(_ser) & 0xFF]))

@@ -8,7 +8,6 @@ of a neighbour cannot be mistaken for ours.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from drivers.dlt645 import frame
@@ -21,44 +20,19 @@ from drivers.dlt645.protocol import (
     read_address_request,
     read_request,
 )
+from drivers.serialbus.exchange import Count, exchange_frame, no_count
 from drivers.serialbus.line import SerialLine
 from drivers.serialbus.polling import ReadFailed
-
-Count = Callable[[str, int], None]
-
-
-def _no_count(kind: str, n: int) -> None:
-    return None
 
 
 async def _exchange(line: SerialLine, request: bytes, accept: Callable[[frame.Frame], bool],
                     reply_timeout: float, count: Count) -> frame.Frame:
-    """Send ``request``; the first decoded frame ``accept`` takes, skipping others."""
-    deadline = time.monotonic() + reply_timeout
-    received = await line.exchange(request, frame.scan, reply_timeout)
-    bad_seen = 0
-    while True:
-        if received.junk:
-            count("noise_bytes", received.junk)
-        if received.bad:
-            count("bad_frame", received.bad)
-            bad_seen += received.bad
-        if received.frame is None:
-            if bad_seen:
-                raise ReadFailed("frame_error", "only corrupt replies (checksum or end byte)")
-            raise ReadFailed("timeout", f"no reply within {reply_timeout:g}s")
-        reply = frame.decode(received.frame)
-        if accept(reply):
-            return reply
-        if not reply.is_reply:
-            count("echo", 1)  # our own request echoed by a half-duplex adapter
-        else:
-            count("foreign_reply", 1)
-        received = await line.port.receive(frame.scan, deadline)
+    return await exchange_frame(line, request, frame.scan, frame.decode, accept,
+                                reply_timeout, count)
 
 
 async def read_point(line: SerialLine, dialect: Dialect, address: str, di: int, *,
-                     reply_timeout: float | None = None, count: Count = _no_count
+                     reply_timeout: float | None = None, count: Count = no_count
                      ) -> bytes:
     """The value bytes of ``di`` (DI stripped, follow-up frames joined), offset removed."""
     wait = line.timeout if reply_timeout is None else reply_timeout
@@ -95,7 +69,7 @@ def _raise_if_error(dialect: Dialect, reply: frame.Frame) -> None:
 
 
 async def read_address(line: SerialLine, *, reply_timeout: float | None = None,
-                       count: Count = _no_count) -> str:
+                       count: Count = no_count) -> str:
     """The address of the only meter on the line (0x13 to the wildcard address)."""
     wait = line.timeout if reply_timeout is None else reply_timeout
 
