@@ -63,6 +63,8 @@ class DeviceStatus:
     last_seen: float | None = None
     last_error: str | None = None
     since: float = field(default_factory=time.time)
+    poll_seconds: float | None = None
+    """How long the last successful poll took, waiting for the bus included."""
     counters: dict[str, int] = field(default_factory=dict)
 
 

@@ -240,8 +240,10 @@ class DeviceHealth:
         self.problems = ProblemLog(logger or ctx.log)
         self.consecutive = 0
 
-    def ok(self) -> None:
+    def ok(self, poll_seconds: float | None = None) -> None:
         self.consecutive = 0
+        if poll_seconds is not None:
+            self.ctx.status.poll_seconds = poll_seconds
         self.problems.recovered("poll", f"device {self.ctx.device_id} answers again")
         self.ctx.set_state(DeviceState.ONLINE)
 

@@ -141,7 +141,7 @@ class ModbusDriver(Driver):
                                + "; ".join(f"{n}: {r}" for n, r in self.plan.bad.items()))
             self.plan = ReadPlan(self.points, self.plan.limits)  # re-probe after backoff
             return False
-        self.health.ok()
+        self.health.ok((time.time_ns() - stamp) / 1e9)
         await self._emit(values, stamp)
         return True
 

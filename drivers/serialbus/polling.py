@@ -75,7 +75,7 @@ class PolledMeter(Driver):
                     continue
                 timer.success()
                 if fields:
-                    self.health.ok()
+                    self.health.ok((time.time_ns() - stamp) / 1e9)
                     await self.ctx.emit([Reading(cfg.measurement, {}, fields, stamp)])
 
     async def poll_now(self) -> None:

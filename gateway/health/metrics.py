@@ -151,6 +151,9 @@ class SnapshotCollector(Collector):
         since = GaugeMetricFamily("iotgw_device_state_since_timestamp_seconds",
                                   "When the device entered its current state",
                                   labels=["device"])
+        latency = GaugeMetricFamily("iotgw_device_poll_seconds",
+                                    "Duration of the device's last successful poll, waiting "
+                                    "for the bus included (polled drivers)", labels=["device"])
         problems = CounterMetricFamily("iotgw_device_events",
                                        "Per-device counters kept by its driver (timeouts, bad "
                                        "frames, writes...)", labels=["device", "kind"])
@@ -160,9 +163,11 @@ class SnapshotCollector(Collector):
             if device["last_seen"] is not None:
                 seen.add_metric([device_id], device["last_seen"])
             since.add_metric([device_id], device["since"])
+            if device.get("poll_seconds") is not None:
+                latency.add_metric([device_id], device["poll_seconds"])
             for kind, count in device["counters"].items():
                 problems.add_metric([device_id, kind], count)
-        yield from (state, seen, since, problems)
+        yield from (state, seen, since, latency, problems)
 
     def _loop_and_clock(self) -> Iterator[Metric]:
         loop, clock = self.snap["loop"], self.snap["clock"]
