@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.serialbus.framing import CORRUPT, NEED_MORE, NOT_A_FRAME, checksum, scan_with
+from drivers.serialbus.framing import check_length_framed, checksum, scan_with
 
 START = 0x68
 END = 0x16
@@ -73,19 +73,8 @@ def encode(meter_type: int, address: str, control: int, data: bytes, *,
 
 
 def check(buf: bytes, start: int) -> int:
-    have = len(buf) - start
-    if have < HEADER:
-        return NEED_MORE
-    length = buf[start + 10]
-    if length > MAX_DATA:
-        return NOT_A_FRAME
-    total = HEADER + length + 2
-    if have < total:
-        return NEED_MORE
-    if buf[start + total - 1] != END or buf[start + total - 2] != checksum(
-            buf[start:start + total - 2]):
-        return CORRUPT
-    return total
+    return check_length_framed(buf, start, header=HEADER, length_at=10, max_data=MAX_DATA,
+                               end=END)
 
 
 scan = scan_with(START, check)

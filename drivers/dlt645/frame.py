@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.serialbus.framing import CORRUPT, NEED_MORE, NOT_A_FRAME, checksum, scan_with
+from drivers.serialbus.framing import NOT_A_FRAME, check_length_framed, checksum, scan_with
 
 START = 0x68
 END = 0x16
@@ -79,21 +79,10 @@ def encode(address: str, control: int, data: bytes = b"", *, preamble: bytes = W
 
 def check(buf: bytes, start: int) -> int:
     """Frame length if a valid frame starts at ``start`` (see serialbus.framing)."""
-    have = len(buf) - start
-    if have > 7 and buf[start + 7] != START:
+    if len(buf) - start > 7 and buf[start + 7] != START:  # the second 68
         return NOT_A_FRAME
-    if have < HEADER:
-        return NEED_MORE
-    length = buf[start + 9]
-    if length > MAX_DATA:
-        return NOT_A_FRAME
-    total = HEADER + length + 2
-    if have < total:
-        return NEED_MORE
-    if buf[start + total - 1] != END or buf[start + total - 2] != checksum(
-            buf[start:start + total - 2]):
-        return CORRUPT
-    return total
+    return check_length_framed(buf, start, header=HEADER, length_at=9, max_data=MAX_DATA,
+                               end=END)
 
 
 scan = scan_with(START, check)

@@ -74,6 +74,26 @@ def scan_with(start_byte: int, check: Check) -> Scanner:
     return scan
 
 
+def check_length_framed(buf: bytes, start: int, *, header: int, length_at: int,
+                        max_data: int, end: int) -> int:
+    """``check`` for the ``68 ... L DATA CS 16`` family (DL/T 645, CJ/T 188): ``header``
+    bytes up to and including L at ``length_at``, then L data bytes, the sum checksum
+    from the first 68, and the end byte. Returns the frame length or a verdict."""
+    have = len(buf) - start
+    if have < header:
+        return NEED_MORE
+    length = buf[start + length_at]
+    if length > max_data:
+        return NOT_A_FRAME
+    total = header + length + 2
+    if have < total:
+        return NEED_MORE
+    if buf[start + total - 1] != end or buf[start + total - 2] != checksum(
+            buf[start:start + total - 2]):
+        return CORRUPT
+    return total
+
+
 def _noise(skipped: bytes) -> int:
     """Skipped bytes that are not the wake-up preamble (FE), which is expected."""
     return len(skipped) - skipped.count(PREAMBLE)
