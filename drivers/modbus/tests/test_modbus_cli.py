@@ -22,7 +22,7 @@ from tests.servers import free_port
 ROOT = Path(__file__).resolve().parents[3]
 
 WATER = {  # water-meter-ultrasonic, decoded as `read` prints them
-    "volume_total": "1234.567", "volume_reverse": "0.5", "flow_rate": "1.25",
+    "total": "1234.567", "volume_reverse": "0.5", "flow_rate": "1.25",
     "water_temperature": "18.5", "status": "5", "empty_pipe": "True",
     "low_battery": "False", "reverse_flow": "True", "battery_voltage": "3.6",
     "serial_number": "'WM000042'",
@@ -31,7 +31,7 @@ WATER = {  # water-meter-ultrasonic, decoded as `read` prints them
 
 def water_meter() -> Device:
     device = Device()
-    values = {"volume_total": 1234.567, "volume_reverse": 0.5, "flow_rate": 1.25,
+    values = {"total": 1234.567, "volume_reverse": 0.5, "flow_rate": 1.25,
               "water_temperature": 18.5, "status": 5, "battery_voltage": 3.6,
               "serial_number": "WM000042"}
     for point in load_profile("water-meter-ultrasonic").points:
@@ -77,7 +77,7 @@ def test_scan_tcp_lists_the_units_that_answer(tcp, capsys) -> None:
     out = capsys.readouterr().out.splitlines()
     assert rc == 0
     assert out == [
-        "unit   1: answers, holding[0] = 54919",  # volume_total 1234567 & 0xFFFF (CDAB)
+        "unit   1: answers, holding[0] = 54919",  # total 1234567 & 0xFFFF (CDAB)
         "unit   3: answers, holding[0] = 333",
         "unit   4: answers (exception 2)",
         f"3 unit(s) answered on 127.0.0.1:{port}",
@@ -93,7 +93,7 @@ def test_read_tcp_profile_prints_decoded_table(tcp, capsys) -> None:
     assert rc == 0, out
     rows = table(out)
     assert {name: row[3] for name, row in rows.items()} == WATER
-    assert rows["volume_total"] == ["holding", "0", "uint32", "1234.567", "m3"]
+    assert rows["total"] == ["holding", "0", "uint32", "1234.567", "m3"]
     assert rows["serial_number"][:3] == ["holding", "16", "string"]
     assert out.splitlines()[-1] == "1 request(s) for 10 point(s)"
     assert units.count(1) - before == 1  # the planner's single coalesced read
@@ -106,9 +106,9 @@ def test_read_reports_rejected_points(tcp, capsys) -> None:
     out = capsys.readouterr().out
     assert rc == 0, out
     rows = table(out)
-    assert rows["volume_total"][3:] == ["REJECTED", "(read", "holding[0..1]", "unit", "4:",
+    assert rows["total"][3:] == ["REJECTED", "(read", "holding[0..1]", "unit", "4:",
                                         "exception", "2", "(illegal", "data", "address))", "m3"]
-    assert [n for n, row in rows.items() if row[3] == "REJECTED"] == ["volume_total"]
+    assert [n for n, row in rows.items() if row[3] == "REJECTED"] == ["total"]
     assert rows["flow_rate"][3] == "0.0"  # the rest of the map still reads
     # 0..19 rejected -> 0..9 | 16..19; 0..9 -> 0..6 | 8..9; 0..6 -> 0..3 | 4..6; 0..3 ->
     # 0..1 (bad) | 2..3: four reads cover what is left.
