@@ -41,8 +41,8 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path,
         time.sleep(rng.uniform(0.25, 1.5))
         gw.kill()
         stats = read_stats(buffer_path)
-        assert stats.newest_time_ns is not None
-        last_committed.append(stats.newest_time_ns // 1_000_000)
+        if stats.newest_time_ns is not None:  # None: killed before its first commit
+            last_committed.append(stats.newest_time_ns // 1_000_000)
 
     write_config(config, sinks=sinks)
     gw = GatewayProcess(config).start()
@@ -56,6 +56,7 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path,
     assert row["values"] == [float(k) for k in ks]
     present = set(ks)
     kill_points = sorted(set(last_committed))
+    assert len(kill_points) >= KILLS // 2, f"too few runs committed anything (seed {seed})"
     missing = [k for k in kill_points if k not in present]
     assert not missing, f"committed readings lost at kills: {missing} (seed {seed})"
     runs = contiguous_runs(sorted(ks))
