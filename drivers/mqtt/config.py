@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from ruamel.yaml import YAML
 
 from drivers.mqtt.paths import compile_path
 from gateway.config.types import ByteSize, Duration, StrictModel
+from gateway.config.yamlsource import parse_yaml
 from gateway.driver import DeviceConfigBase
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
@@ -125,6 +125,9 @@ def load_profile(name: str) -> dict[str, Any]:
     if not path.is_file():
         known = sorted(p.stem.removeprefix("mqtt-") for p in PROFILE_DIR.glob("mqtt-*.yaml"))
         raise ValueError(f"unknown mqtt profile {name!r}; available: {', '.join(known)}")
-    data = YAML(typ="safe").load(path.read_text(encoding="utf-8")) or {}
+    doc, problems = parse_yaml(path.read_text(encoding="utf-8"), environ={})
+    if doc is None or problems:
+        raise ValueError(f"{path}: {problems[0].message if problems else 'not YAML'}")
+    data = dict(doc.data or {})
     data.pop("description", None)
     return dict(data)

@@ -202,12 +202,17 @@ class MqttConnection:
             self._client.unsubscribe(topic_filter)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False, *,
-                queue: bool = True, properties: Properties | None = None) -> bool:
+                queue: bool = True, correlation_data: bytes | None = None) -> bool:
         """Publish now, or keep it in the bounded queue while disconnected.
 
         Returns False when the message was dropped (counted): the queue is for live
-        values and events; retained state is re-published by ``on_connected`` anyway."""
+        values and events; retained state is re-published by ``on_connected`` anyway.
+        ``correlation_data`` (MQTT 5) answers a request that carried it."""
         data = payload.encode() if isinstance(payload, str) else payload
+        properties = None
+        if correlation_data is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation_data
         client = self._client
         if client is not None and self.connected:
             info = client.publish(topic, data, qos=qos, retain=retain, properties=properties)

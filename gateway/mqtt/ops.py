@@ -18,9 +18,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 import gateway as gateway_pkg
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
@@ -244,12 +241,9 @@ class OpsBus:
                  "ok" if answer["ok"] else f"refused: {answer['error']}",
                  extra={"client": client, "topic": message.topic, "body_sha256": digest,
                         "result": "ok" if answer["ok"] else answer["error"]})
-        props = None
-        if message.correlation_data is not None:
-            props = Properties(PacketTypes.PUBLISH)
-            props.CorrelationData = message.correlation_data
         topic = message.response_topic or f"{self.base}/cmd/{verb}/result"
-        self.connection.publish(topic, _dumps(answer), 1, properties=props, queue=False)
+        self.connection.publish(topic, _dumps(answer), 1, queue=False,
+                                correlation_data=message.correlation_data)
 
 
 def ops_bus_factory(gateway: Any) -> Callable[[], Any] | None:
