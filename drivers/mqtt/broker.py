@@ -34,6 +34,9 @@ GATHER = 0.005
 wake-up, a pipeline submit and a commit-wait task per burst instead of per message)."""
 RECENT = 20_000
 """Messages remembered to recognise a broker's DUP redelivery of something committed."""
+ROUTES = 4096
+"""Distinct topics whose matching devices and captured tags are remembered (a compound
+has a few hundred topics; matching every filter per message was a hot spot)."""
 
 
 @dataclass
@@ -76,6 +79,7 @@ class DeviceBroker:
         self.attachments: list[Attachment] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self._recent: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._routes: dict[str, list[tuple[Attachment, dict[str, str]]]] = {}
         self._intake: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -99,11 +103,13 @@ class DeviceBroker:
 
     def attach(self, attachment: Attachment) -> None:
         self.attachments.append(attachment)
+        self._routes.clear()
         for pattern in attachment.mapper.patterns:
             self.connection.subscribe(pattern.filter, attachment.mapper.config.qos)
 
     def detach(self, attachment: Attachment) -> None:
         self.attachments.remove(attachment)
+        self._routes.clear()
         wanted = {p.filter for a in self.attachments for p in a.mapper.patterns}
         for pattern in attachment.mapper.patterns:
             if pattern.filter not in wanted:
@@ -130,8 +136,7 @@ class DeviceBroker:
     async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
         if device_id is not None:
             await self.link.wait_committed(device_id)
-        for message in batch:
-            self.connection.ack(message)
+        self.connection.ack_all(batch)
 
     def _decode(self, batch: list[Message]) -> dict[str, list[Reading]]:
         groups: dict[str, list[Reading]] = {}
@@ -142,22 +147,32 @@ class DeviceBroker:
             if message.dup and key in recent:
                 self.counters["duplicate_redelivery"] += 1
                 continue
-            routed = False
-            for att in self.attachments:
-                topic_tags = att.mapper.topic_tags(message.topic)
-                if topic_tags is None:
-                    continue
-                routed = True
+            routes = self._routes.get(message.topic)
+            if routes is None:
+                routes = self._route(message.topic)
+            for att, topic_tags in routes:
                 reading = self._one(att, topic_tags, message, arrival)
                 if reading is not None:
                     groups.setdefault(att.ctx.device_id, []).append(reading)
-            if not routed:
+            if not routes:
                 self.counters["unrouted"] += 1
             if message.qos:
                 recent[key] = None
                 if len(recent) > RECENT:
                     recent.popitem(last=False)
         return groups
+
+    def _route(self, topic: str) -> list[tuple[Attachment, dict[str, str]]]:
+        """The devices whose filters match ``topic``, with the tags captured for each."""
+        routes = []
+        for att in self.attachments:
+            topic_tags = att.mapper.topic_tags(topic)
+            if topic_tags is not None:
+                routes.append((att, topic_tags))
+        if len(self._routes) >= ROUTES:
+            self._routes.clear()
+        self._routes[topic] = routes
+        return routes
 
     def _one(self, att: Attachment, topic_tags: dict[str, str], message: Message,
              arrival: int) -> Reading | None:

@@ -25,12 +25,15 @@ import asyncio
 import collections
 import logging
 import ssl
+import struct
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as paho
+from paho.mqtt._packet import PublishPacket, decode_publish
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -45,20 +48,64 @@ from gateway.problems import ProblemLog
 log = logging.getLogger("iotgw.mqtt")
 
 UNSUPPORTED_PROTOCOL = {132, 1}
+_PROPERTIES_SELF = frozenset({"packetType", "types", "names", "properties"})
+"""paho ``Properties`` bookkeeping attributes; any other attribute is a received property."""
 """CONNACK codes meaning "speak another protocol version" (MQTT 5 / 3.1.1)."""
 AUTH_FAILURES = {4, 5, 134, 135, 138}
+_PUBACK = struct.Struct("!BBH")
+_PUBACK_COMMAND = PacketTypes.PUBACK << 4
+_QOS_2 = 0x04  # QoS bits of a PUBLISH fixed header (0x06 mask) for QoS 2
 
 
-class _BufferedClient(paho.Client):
-    """paho's Client with read-ahead: one ``recv(64 KiB)`` instead of 3-4 small ``recv``
-    per packet, and every buffered packet handled per wake-up instead of one.
+class _SharedTableProperties(Properties):
+    """paho's ``Properties`` built without rebuilding its lookup tables every time.
 
-    paho reads a packet as recv(1) command, recv(1) per length byte, recv(<=2048) body,
-    and ``loop_read`` handles one packet per ``select`` when no QoS 2 flow is pending:
-    under a QoS 1 flood its network thread was the gateway's bottleneck (bench/
-    bench_mqtt.py: ~44% of the CPU, half of it in syscalls that also hand the GIL back
-    and forth with the event loop). ``_sock_recv`` is paho-internal but tiny and stable
-    across 2.x (pinned ``paho-mqtt>=2.1,<3``); tests/test_mqtt_*.py run through it."""
+    paho's ``__init__`` builds three tables (27 names, 27 property types, 7 type names)
+    per instance and ``clear`` walks them all, for every MQTT 5 packet it decodes: in a
+    QoS 1 flood that was 13% of the gateway's CPU (py-spy, bench/bench_mqtt.py). Here
+    the tables are built once and shared (paho only reads them after ``__init__``) and
+    ``clear`` deletes only what was set. Behaviour is paho's own: every other method is
+    inherited; tests/test_mqtt_client.py checks unpack and pack against paho's class.
+    Installed for paho's packet decoder only (``paho.mqtt._packet``)."""
+
+    _TABLES = Properties(PacketTypes.PUBLISH)
+
+    def __init__(self, packetType: int) -> None:
+        own = self.__dict__
+        own["packetType"] = packetType
+        own["types"] = self._TABLES.types
+        own["names"] = self._TABLES.names
+        own["properties"] = self._TABLES.properties
+
+    def clear(self) -> None:
+        own = self.__dict__
+        for name in [key for key in own if key not in _PROPERTIES_SELF]:
+            del own[name]
+
+
+paho_packet.Properties = _SharedTableProperties  # type: ignore[misc]
+
+
+class _GatewayClient(paho.Client):
+    """paho's Client with the per-message costs of a QoS 1 flood taken out; paho still
+    does all MQTT framing, decoding, TLS and keepalive.
+
+    Measured with bench/bench_mqtt.py (docs/mqtt.md), each one a hot spot in py-spy:
+
+    * read-ahead: one ``recv(64 KiB)`` instead of paho's recv(1) command, recv(1) per
+      length byte, recv(<=2048) body, and every buffered packet handled per wake-up
+      instead of one per ``select``;
+    * PUBLISH (QoS 0/1) handed over as paho's own decoded ``PublishPacket`` to
+      ``publish_sink``: paho's ``_handle_publish`` would also build an ``MQTTMessage``
+      (a ``threading.Condition`` each), format a debug log line and walk its filtered-
+      callback topic tree for every message, none of which the gateway uses. QoS 2
+      keeps paho's own PUBREC/PUBREL flow;
+    * ``ack_many``: one queued write for a burst of PUBACKs instead of one
+      queue entry, socket-pair wake-up and ``send`` per message.
+
+    ``_sock_recv``, ``_handle_publish``, ``_packet_queue`` and ``_packet.decode_publish``
+    are paho-internal but small and unchanged across 2.2.x (pinned ``paho-mqtt>=2.2,<3``);
+    every tests/test_mqtt_*.py test runs through them."""
 
     READ_AHEAD = 65536
 
@@ -66,6 +113,26 @@ class _BufferedClient(paho.Client):
         super().__init__(*args, **kwargs)
         self._rbuf = bytearray()
         self._would_block = False
+        self.publish_sink: Callable[[PublishPacket], None] | None = None
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        sink = self.publish_sink
+        command = self._in_packet["command"]
+        if sink is None or command & 0x06 == _QOS_2:
+            return super()._handle_publish()
+        packet = decode_publish(command, self._in_packet["packet"], self._protocol)
+        sink(packet)
+        if packet.qos == 1 and not self._manual_ack:
+            return self._send_puback(packet.mid)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: Sequence[int]) -> MQTTErrorCode:
+        """PUBACK every packet id in one write (MQTT 5 allows the 2-byte form for
+        success without properties, as paho's own ``ack`` sends it)."""
+        if not mids:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        data = b"".join([_PUBACK.pack(_PUBACK_COMMAND, 2, mid) for mid in mids])
+        return self._packet_queue(_PUBACK_COMMAND, data, 0, 0)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf = self._rbuf
@@ -100,10 +167,10 @@ class MqttError(GatewayError):
     retryable = True
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """An incoming PUBLISH, detached from paho. ``generation`` says which connection
-    delivered it: acknowledgements only go back on that same connection."""
+    delivered it: acknowledgements only go back on that same connection. (A tuple: one
+    is built per message in paho's thread, at up to tens of thousands per second.)"""
 
     topic: str
     payload: bytes
@@ -169,7 +236,7 @@ class MqttConnection:
         self._on_connected = on_connected
         self._gather = gather
         self._subscriptions: dict[str, int] = {}
-        self._client: paho.Client | None = None
+        self._client: _GatewayClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_scheduled = False
@@ -240,6 +307,26 @@ class MqttConnection:
             return False
         client.ack(message.mid, message.qos)
         return True
+
+    def ack_all(self, messages: Sequence[Message]) -> int:
+        """``ack`` for a burst, QoS 1 PUBACKs in one write; returns how many were sent."""
+        client = self._client
+        if not self.manual_ack:
+            return 0
+        if client is None or not self.connected:
+            skipped = sum(1 for m in messages if m.qos)
+            self.stats.acks_skipped += skipped
+            return 0
+        generation = self.generation
+        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
+        sent = len(mids)
+        for message in messages:
+            if message.qos == 2 and message.generation == generation:
+                client.ack(message.mid, 2)
+                sent += 1
+        self.stats.acks_skipped += sum(1 for m in messages if m.qos) - sent
+        client.ack_many(mids)
+        return sent
 
     # -- connection loop -----------------------------------------------------------
 
@@ -321,10 +408,10 @@ class MqttConnection:
             client.disconnect()  # a clean DISCONNECT: the broker does not send the will
         await asyncio.to_thread(client.loop_stop)
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> _GatewayClient:
         s = self.settings
         v5 = self.protocol == MQTTProtocolVersion.MQTTv5
-        client = _BufferedClient(
+        client = _GatewayClient(
             CallbackAPIVersion.VERSION2, client_id=self.client_id,
             clean_session=None if v5 else not self.persistent, protocol=self.protocol,
             reconnect_on_failure=False, manual_ack=self.manual_ack)
@@ -342,7 +429,7 @@ class MqttConnection:
             client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
-        client.on_message = self._paho_message
+        client.publish_sink = self._paho_publish
         return client
 
     def _send_subscribe(self, client: paho.Client, items: list[tuple[str, int]]) -> None:
@@ -381,16 +468,18 @@ class MqttConnection:
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(MqttError(f"connection closed: {reason}"))
 
-    def _paho_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        props = getattr(msg, "properties", None)
+    def _paho_publish(self, packet: PublishPacket) -> None:
+        props = packet.properties
         response = correlation = None
         user: tuple[tuple[str, str], ...] = ()
-        if props is not None:
+        if props is not None and props.__dict__.keys() - _PROPERTIES_SELF:
             response = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
             user = tuple(getattr(props, "UserProperty", ()) or ())
-        message = Message(msg.topic, msg.payload, msg.qos, msg.retain, bool(msg.dup), msg.mid,
-                          self.generation, response, correlation, user)
+        # A broker checks topics are UTF-8; should one not be, it is unrouted and acked.
+        topic = packet.topic.decode("utf-8", "replace")
+        message = Message(topic, packet.payload, packet.qos, packet.retain, packet.dup,
+                          packet.mid, self.generation, response, correlation, user)
         with self._inbox_lock:
             self._inbox.append(message)
             if self._inbox_scheduled:
