@@ -336,14 +336,17 @@ def main() -> None:
         for rate in args.rates:
             count = int(rate * args.seconds)
             before = probe.count()
+            cpu0, wall0 = cpu_seconds(gw.pid), time.monotonic()
             pub = publish(broker, count, rate, seq1 + m, other_cpu)
             out, _ = pub.communicate(timeout=args.seconds * 10 + 120)
             publisher = json.loads(out)
             wait_acked(probe, before + count, 300)
+            busy = (cpu_seconds(gw.pid) - cpu0) / (time.monotonic() - wall0)
             m += count
             with probe.lock:
                 batch = list(probe.acks[before:before + count])
-            print(steady_report(batch, publisher))
+            print(f"{steady_report(batch, publisher)}; gateway at {100 * busy:.0f}% of "
+                  "one core")
 
         # completeness: VictoriaMetrics keeps one sample per series and millisecond
         # (-dedup.minScrapeInterval=1ms, and 8 series here), so count at the probe: every
