@@ -121,6 +121,30 @@ devices:
 """, [(3, "buffer.when_full: must be one of 'drop_oldest' or 'drop_newest', got 'panic'"),
       (7, "devices[0].interval: expected a duration like 10s, 250ms or 1m30s, got 'soon'"),
       (9, f"devices[1].driver: unknown driver 'nope'; expected one of {DRIVERS}")]),
+    ("per-item and cross-item problems in one run, positions as in the file", """\
+gateway: {id: gw-1, site: garden}
+sinks:
+  - {type: file}
+  - {type: kafka}
+  - {type: file}
+devices:
+  - {id: m1, driver: synthetic}
+  - {id: m2, driver: synthetic, interval: soon}
+  - {id: m3, driver: synthetic}
+  - {id: m1, driver: synthetic}
+""", [(4, "sinks[1].type: unknown type 'kafka'; expected one of 'file', 'influxdb', "
+          "'influxdb1'"),
+      (5, "sinks[2].name: duplicate sink name 'file' (first at sinks[0]); give each sink "
+          "of one type its own name"),
+      (8, "devices[1].interval: expected a duration like 10s, 250ms or 1m30s, got 'soon'"),
+      (10, "devices[3].id: duplicate device id 'm1' (first at devices[0])")]),
+    ("a broken section defers the cross-item checks", """\
+gateway: {id: gw-1, site: garden}
+buffer: {when_full: panic}
+devices:
+  - {id: m1, driver: synthetic}
+  - {id: m1, driver: synthetic}
+""", [(2, "buffer.when_full: must be one of 'drop_oldest' or 'drop_newest', got 'panic'")]),
 ]
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +73,57 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
     try:
         model = model_cls.model_validate(doc.data)
     except ValidationError as exc:
-        problems += [_format(path, _locate(doc, err)) for err in exc.errors()]
+        errors = exc.errors()
+        problems += [_format(path, _locate(doc, err)) for err in errors]
+        problems += [_format(path, SourceProblem(doc.line_of(p), p, message))
+                     for p, message in _cross_check_valid_items(model_cls, doc.data, errors)]
         raise ConfigError(_sorted(problems)) from None
     problems += [_format(path, SourceProblem(doc.line_of(p), p, message))
                  for p, message in cross_check(model)]
     if problems:
         raise ConfigError(_sorted(problems))
     return _resolve(path, model, raw)
+
+
+_ITEM_REFERENCE = re.compile(r"\b([a-z_]+)\[(\d+)\]")
+
+
+def _cross_check_valid_items(model_cls: Any, data: dict[str, Any],
+                             errors: Sequence[Any]) -> list[tuple[Path_, str]]:
+    """The second pass over the list items that are valid on their own, so an installer
+    sees a duplicate id next to a typo in one run instead of one fix later.
+
+    Only when every per-item error sits inside an item of a top-level list (a device, a
+    sink): the invalid items are left out, the rest validated again and cross-checked,
+    and positions in the findings (paths, and ``devices[N]`` in messages) mapped back to
+    the file. A broken section elsewhere would make the checks guess, so they wait."""
+    bad: dict[str, set[int]] = {}
+    for err in errors:
+        loc = err["loc"]
+        if len(loc) < 2 or not isinstance(data.get(loc[0]), list) or type(loc[1]) is not int:
+            return []
+        bad.setdefault(loc[0], set()).add(loc[1])
+    pruned = dict(data)
+    kept: dict[str, list[int]] = {}
+    for section, indices in bad.items():
+        kept[section] = [i for i in range(len(data[section])) if i not in indices]
+        pruned[section] = [data[section][i] for i in kept[section]]
+    try:
+        model = model_cls.model_validate(pruned)
+    except ValidationError:
+        return []
+
+    def original(section: str, index: int) -> int:
+        return kept[section][index] if section in kept else index
+
+    findings = []
+    for where, message in cross_check(model):
+        if len(where) >= 2 and isinstance(where[0], str) and type(where[1]) is int:
+            where = (where[0], original(where[0], where[1]), *where[2:])
+        message = _ITEM_REFERENCE.sub(
+            lambda m: f"{m[1]}[{original(m[1], int(m[2]))}]", message)
+        findings.append((where, message))
+    return findings
 
 
 def _resolve(path: Path, model: Any, raw: bytes) -> LoadedConfig:
