@@ -84,7 +84,7 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Pat
     try:
         h.start()
         await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE)
-        assert driver._cp is not None and driver._cp.is_sc_active(ADDRESS)
+        assert driver._cp is not None and driver._cp.secure_channel
 
         pd.submit_event({"event": Event.CardRead, "reader_no": 1, "direction": 0,
                          "length": 26, "format": CardFormat.Wiegand,

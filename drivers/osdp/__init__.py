@@ -6,7 +6,7 @@ listed), instead of breaking every other driver at import.
 """
 
 try:
-    import osdp as _libosdp  # noqa: F401
+    from drivers.osdp import libosdp as _libosdp  # noqa: F401
 except ImportError:  # pragma: no cover - depends on the platform's wheels
     pass
 else:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from osdp import Command, CommandLEDColor
-
+from drivers.osdp.libosdp import Command, CommandLEDColor
 from gateway.errors import CommandRefused
 
 COLORS = {"off": CommandLEDColor.Black, "red": CommandLEDColor.Red,

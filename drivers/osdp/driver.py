@@ -10,17 +10,14 @@ until the reader is back; a rebooted reader then comes online within a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import time
 from typing import Any
-
-from osdp import Channel, ControlPanel, LibFlag, LogLevel, PDInfo
 
 from drivers.osdp.commands import COMMANDS
 from drivers.osdp.config import OsdpConfig, read_scbk
 from drivers.osdp.events import READINGS, local_problems
+from drivers.osdp.libosdp import ReaderPanel
 from drivers.serialbus.port import PortError, PortSettings, RawChannel
 from gateway.driver import DeviceState, Driver
 from gateway.errors import CommandRefused
@@ -30,54 +27,32 @@ from gateway.reading import Reading
 TICK = 0.05
 
 
-class _Channel(Channel):
-    """libosdp's channel interface over the project's one pyserial wrapper."""
-
-    def __init__(self, raw: RawChannel) -> None:
-        super().__init__()
-        self.raw = raw
-
-    def read(self, max_bytes: int) -> bytes:
-        return self.raw.read(max_bytes)
-
-    def write(self, buf: bytes) -> int:
-        return self.raw.write(buf)
-
-    def flush(self) -> None:
-        self.raw.flush()
-
-
 class OsdpDriver(Driver):
     config: OsdpConfig
 
     def __init__(self, config: OsdpConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        self._cp: ControlPanel | None = None
+        self._cp: ReaderPanel | None = None
         self._raw: RawChannel | None = None
         self._problems = ProblemLog(ctx.log)
 
     def _open(self) -> None:
         cfg = self.config
-        flags = []
-        if cfg.secure:
-            flags.append(LibFlag.EnforceSecure)
-        if cfg.install_mode:
-            flags.append(LibFlag.InstallMode)
         key = read_scbk(cfg.key_file) if cfg.key_file is not None else None
-        self._raw = RawChannel(PortSettings(cfg.port, cfg.baudrate))
-        info = PDInfo(cfg.address, _Channel(self._raw), scbk=key, flags=flags,
-                      name=f"{self.ctx.device_id}")
-        # Error level: libosdp prints to stderr itself, and its debug output would include
-        # packet contents (card numbers).
-        self._cp = ControlPanel([info], log_level=LogLevel.Error)
-        self._cp.start()
+        raw = RawChannel(PortSettings(cfg.port, cfg.baudrate))
+        try:
+            self._cp = ReaderPanel(raw, cfg.address, self.ctx.device_id, scbk=key,
+                                   secure=cfg.secure, install_mode=cfg.install_mode)
+        except BaseException:
+            raw.close()
+            raise
+        self._raw = raw
 
     def _close(self) -> None:
         cp, raw = self._cp, self._raw
         self._cp = self._raw = None
         if cp is not None:
-            with contextlib.suppress(Exception):
-                cp.teardown()
+            cp.close()
         if raw is not None:
             raw.close()
 
@@ -105,10 +80,10 @@ class OsdpDriver(Driver):
         offline_since = time.monotonic()
         while True:
             now = time.monotonic()
-            is_online = cp.is_online(cfg.address)
+            is_online = cp.online
             if is_online and not online:
                 online = True
-                secure = cp.is_sc_active(cfg.address)
+                secure = cp.secure_channel
                 self._problems.recovered("link", f"device {self.ctx.device_id}: reader "
                                          f"online (secure channel {'on' if secure else 'off'})")
                 self.ctx.set_state(DeviceState.ONLINE)
@@ -132,13 +107,9 @@ class OsdpDriver(Driver):
                               level=logging.WARNING)
         self.ctx.set_state(DeviceState.OFFLINE, f"{kind}: {message}")
 
-    async def _drain_events(self, cp: ControlPanel) -> None:
+    async def _drain_events(self, cp: ReaderPanel) -> None:
         readings = []
-        while True:
-            try:
-                event = cp.event_queue[0].get_nowait()
-            except queue.Empty:
-                break
+        while (event := cp.next_event()) is not None:
             to_reading = READINGS.get(event.get("event"))
             if to_reading is not None:
                 tags, fields = to_reading(event)
@@ -160,8 +131,8 @@ class OsdpDriver(Driver):
             raise CommandRefused(f"unknown OSDP point {point!r}; known: {', '.join(COMMANDS)}")
         command = make(value)
         cp = self._cp
-        if cp is None or not cp.is_online(self.config.address):
+        if cp is None or not cp.online:
             raise CommandRefused("reader is offline")
-        if not cp.submit_command(self.config.address, command):
+        if not cp.submit(command):
             raise CommandRefused("libosdp refused the command (queue full or not supported)")
         return {"submitted": point}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from osdp import CardFormat, Event, StatusReportType
+from drivers.osdp.libosdp import CardFormat, Event, StatusReportType
 
 KEYPAD = {0x7F: "*", 0x0D: "#"}
 
