@@ -398,20 +398,26 @@ class PlateCamera:
     error: str | None = None
 
     async def run(self) -> None:
-        import aiomqtt
+        """Publish a plate event every ``every`` seconds (+-50%) over the project's own
+        MQTT connection (gateway/mqtt/client.py: reconnects by itself; QoS 1)."""
+        from gateway.config.models import MqttSection
+        from gateway.mqtt.client import MqttConnection
 
-        while True:
-            try:
-                async with aiomqtt.Client(self.host, self.port, username=self.username,
-                                          password=self.password,
-                                          identifier=f"iotgw-demo-camera-{os.getpid()}") as client:
-                    self.error = None
-                    while True:
-                        await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
-                        message = plate_message(self.serial, random.choice(PLATES), "gate-north")
-                        await client.publish(self.topic, json.dumps(message), qos=1)
-                        self.published += 1
-            except aiomqtt.MqttError as exc:
-                self.error = str(exc)
-                log.warning("demo plate camera: %s (retrying)", exc)
-                await asyncio.sleep(5)
+        settings = MqttSection(host=self.host, port=self.port, username=self.username,
+                               password=self.password, base_topic="iotgw-demo/camera")
+        connection = MqttConnection(settings, f"iotgw-demo-camera-{os.getpid()}",
+                                    on_message=lambda batch: None)
+        link = asyncio.create_task(connection.run(), name="demo:plate-camera-mqtt")
+        try:
+            while True:
+                await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
+                if not connection.connected:
+                    self.error = connection.stats.last_error or "not connected"
+                    continue
+                self.error = None
+                message = plate_message(self.serial, random.choice(PLATES), "gate-north")
+                if connection.publish(self.topic, json.dumps(message), qos=1, queue=False):
+                    self.published += 1
+        finally:
+            link.cancel()
+            await asyncio.gather(link, return_exceptions=True)
