@@ -1,8 +1,9 @@
 """Simulated field devices for ``iotgw demo``, all in the gateway's event loop.
 
-* :class:`ModbusMeters` - a pymodbus TCP server on a loopback port serving one or more
-  units; each unit's registers are filled from the points the gateway will read (its
-  profile), with plausible values that drift, energy counters integrating power.
+* :class:`ModbusMeters` - a Modbus TCP server (drivers/modbus/client.py's RegisterServer)
+  on a loopback port serving one or more units; each unit's registers are filled from
+  the points the gateway will read (its profile), with plausible values that drift,
+  energy counters integrating power.
 * :class:`MeterBus` - one RS-485 line as a pseudo-terminal: DL/T 645-2007 electricity
   meters and CJ/T 188 water meters answer on the far end, framed with the drivers' codecs.
 * :class:`CardReader` - a pseudo-terminal where a reader prints ``CARD:...;DIR:IN`` lines.
@@ -113,24 +114,26 @@ class Load:
 # -- Modbus TCP ---------------------------------------------------------------------------
 
 class ModbusMeters:
-    """A pymodbus TCP server on ``127.0.0.1:port``; units keyed by unit id.
+    """Simulated meters behind one Modbus TCP server on ``127.0.0.1:port`` (the server is
+    drivers/modbus/client.py's ``RegisterServer``); units keyed by unit id.
 
     ``units`` maps unit id -> list of the gateway's resolved points for that device."""
 
     def __init__(self, port: int, units: dict[int, list[Any]],
                  loads: dict[int, Load] | None = None) -> None:
-        from pymodbus.datastore import ModbusServerContext
+        from drivers.modbus.client import TABLES, RegisterServer
 
         self.port = port
         self.points = units
         self.loads = loads or {u: Load() for u in units}
-        self.tables: dict[int, dict[str, dict[int, int]]] = {
-            u: {"holding": {}, "input": {}, "coil": {}, "discrete": {}} for u in units}
+        self.tables: dict[int, dict[str, dict[int, Any]]] = {
+            u: {table: {} for table in TABLES} for u in units}
         self.requests = 0
-        self.context = ModbusServerContext(
-            devices={u: _context(self, u) for u in units}, single=False)
-        self.server: Any = None
+        self.server = RegisterServer(port, self.tables, on_request=self._count)
         self.refresh()
+
+    def _count(self) -> None:
+        self.requests += 1
 
     def refresh(self) -> None:
         for unit, points in self.points.items():
@@ -149,13 +152,7 @@ class ModbusMeters:
                     table[point.address + i] = int(word)
 
     async def start(self) -> ModbusMeters:
-        from pymodbus.framer import FramerType
-        from pymodbus.server import ModbusTcpServer
-
-        self.server = ModbusTcpServer(self.context, framer=FramerType.SOCKET,
-                                      address=("127.0.0.1", self.port),
-                                      ignore_missing_devices=True)
-        await self.server.serve_forever(background=True)
+        await self.server.start()
         return self
 
     async def run(self) -> None:
@@ -165,39 +162,7 @@ class ModbusMeters:
             self.refresh()
 
     async def stop(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(Exception):
-                await self.server.shutdown()
-
-
-_FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 6: "holding",
-             15: "coil", 16: "holding"}
-
-
-def _context(sim: ModbusMeters, unit: int) -> Any:
-    from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock
-
-    class Context(ModbusDeviceContext):
-        """Registers as sparse dicts, 0-based addresses as in the profiles."""
-
-        def __init__(self) -> None:
-            tiny = {k: ModbusSequentialDataBlock(0, [0]) for k in ("di", "co", "ir", "hr")}
-            super().__init__(**tiny)
-
-        def getValues(self, func_code: int, address: int, count: int = 1) -> Any:
-            sim.requests += 1
-            table = _FC_TABLE[func_code]
-            values = sim.tables[unit][table]
-            default: Any = False if table in ("coil", "discrete") else 0
-            return [values.get(a, default) for a in range(address, address + count)]
-
-        def setValues(self, func_code: int, address: int, values: Any) -> Any:
-            store = sim.tables[unit][_FC_TABLE[func_code]]
-            for i, value in enumerate(values):
-                store[address + i] = value
-            return None
-
-    return Context()
+        await self.server.stop()
 
 
 # -- pseudo-terminals ---------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""HTTP plumbing shared by the InfluxDB sinks: the only module that imports aiohttp.
+"""HTTP plumbing shared by the InfluxDB sinks: the only module that uses aiohttp's client.
+
+(aiohttp's server side, ``aiohttp.web``, is used only by the health endpoint,
+gateway/health/server.py: two roles of one package, each behind one module.)
 
 Two things live here so they exist exactly once:
 
