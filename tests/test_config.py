@@ -138,6 +138,22 @@ devices:
           "of one type its own name"),
       (8, "devices[1].interval: expected a duration like 10s, 250ms or 1m30s, got 'soon'"),
       (10, "devices[3].id: duplicate device id 'm1' (first at devices[0])")]),
+    ("osdp readers on one line: unique addresses, one speed, not a serial bus's port", """\
+gateway: {id: gw-1, site: garden}
+buses:
+  meters: {type: serial, port: /dev/ttyUSB0}
+devices:
+  - {id: door-1, driver: osdp, port: /dev/ttyUSB1, address: 1, secure: false}
+  - {id: door-2, driver: osdp, port: /dev/ttyUSB1, address: 2, secure: false}
+  - {id: door-3, driver: osdp, port: /dev/ttyUSB1, address: 1, secure: false}
+  - {id: door-4, driver: osdp, port: /dev/ttyUSB1, address: 4, secure: false, baudrate: 19200}
+  - {id: door-5, driver: osdp, port: /dev/ttyUSB0, address: 1, secure: false}
+""", [(7, "devices[2]: bus 'osdp line /dev/ttyUSB1' address 1 is already used by 'door-1' "
+          "(devices[0])"),
+      (8, "devices[3].baudrate: readers on one line share its speed: 'door-1' (devices[0]) "
+          "on /dev/ttyUSB1 uses 9600"),
+      (9, "devices[4].port: /dev/ttyUSB0 is also the port of bus 'meters'; an OSDP line "
+          "cannot share an adapter with other serial devices")]),
     ("a broken section defers the cross-item checks", """\
 gateway: {id: gw-1, site: garden}
 buffer: {when_full: panic}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
+import threading
 import tty
 from pathlib import Path
 
@@ -84,7 +86,8 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Pat
     try:
         h.start()
         await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE)
-        assert driver._cp is not None and driver._cp.secure_channel
+        assert driver._line is not None and driver._line.panel is not None
+        assert driver._line.panel.secure_channel(ADDRESS)
 
         pd.submit_event({"event": Event.CardRead, "reader_no": 1, "direction": 0,
                          "length": 26, "format": CardFormat.Wiegand,
@@ -125,3 +128,135 @@ def test_secure_needs_a_key() -> None:
 
     with pytest.raises(ValueError, match="key_file"):
         OsdpConfig.model_validate({"id": "r", "driver": "osdp", "port": "/dev/null"})
+
+
+# -- multi-drop: several readers on one RS-485 line ----------------------------------------
+
+class SharedLine:
+    """An RS-485 line on the master end of a pty: every byte the control panel sends
+    reaches every reader, and every byte a reader sends reaches the panel and the other
+    readers (one half-duplex pair, as on the wire)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.inboxes: list[bytearray] = []
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._pump, name="rs485-line", daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while not self.stopped.is_set():
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if not ready:
+                continue
+            try:
+                data = os.read(self.fd, 4096)
+            except (BlockingIOError, OSError):
+                continue
+            with self.lock:
+                for inbox in self.inboxes:
+                    inbox.extend(data)
+
+    def channel(self) -> Channel:
+        inbox = bytearray()
+        with self.lock:
+            self.inboxes.append(inbox)
+        return _LineChannel(self, inbox)
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class _LineChannel(Channel):
+    def __init__(self, line: SharedLine, inbox: bytearray) -> None:
+        super().__init__()
+        self.line, self.inbox = line, inbox
+
+    def read(self, max_bytes: int) -> bytes:
+        with self.line.lock:
+            data = bytes(self.inbox[:max_bytes])
+            del self.inbox[:max_bytes]
+        return data
+
+    def write(self, buf: bytes) -> int:
+        with self.line.lock:
+            os.write(self.line.fd, buf)
+            for inbox in self.line.inboxes:
+                if inbox is not self.inbox:
+                    inbox.extend(buf)
+        return len(buf)
+
+    def flush(self) -> None:
+        pass
+
+
+def reader_on(line: SharedLine, address: int, key: bytes) -> PeripheralDevice:
+    pd = PeripheralDevice(
+        PDInfo(address, line.channel(), scbk=key, flags=[LibFlag.EnforceSecure]),
+        PDCapabilities([(Capability.LEDControl, 1, 1), (Capability.AudibleControl, 1, 1)]),
+        log_level=LogLevel.Error)
+    pd.start()
+    return pd
+
+
+async def test_two_readers_on_one_line_are_independent_devices(pty_pair, tmp_path: Path
+                                                                ) -> None:
+    master, path = pty_pair
+    line = SharedLine(master)
+    keys = {101: KEY, 102: bytes(range(16, 32))}  # each reader its own secure channel key
+    readers = {a: reader_on(line, a, k) for a, k in keys.items()}
+    h = Harness()
+    for number, address in ((1, 101), (2, 102)):
+        key_file = tmp_path / f"scbk-{address}"
+        key_file.write_text(keys[address].hex())
+        h.add({"id": f"door-{number}", "driver": "osdp", "port": path, "address": address,
+               "baudrate": 115200, "key_file": str(key_file), "reconnect": "1s"})
+    door1, door2 = h.contexts["door-1"], h.contexts["door-2"]
+    try:
+        h.start()
+        await h.wait_for(lambda: door1.status.state is DeviceState.ONLINE
+                         and door2.status.state is DeviceState.ONLINE, within=20)
+        line_resource = h.drivers["door-1"]._line
+        assert line_resource is not None and line_resource is h.drivers["door-2"]._line
+        assert line_resource.panel is not None
+        assert line_resource.panel.secure_channel(101)
+        assert line_resource.panel.secure_channel(102)
+
+        # Events land on the device of the reader that produced them.
+        readers[102].submit_event({"event": Event.CardRead, "reader_no": 0, "direction": 0,
+                                   "length": 32, "format": CardFormat.Wiegand,
+                                   "data": bytes([0xDE, 0xAD, 0xBE, 0xEF])})
+        readers[101].submit_event({"event": Event.KeyPress, "reader_no": 0,
+                                   "data": bytes([0x39, 0x0D])})
+        await h.wait_for(lambda: h.readings.get("door-1") and h.readings.get("door-2"))
+        assert [dict(r.fields) for r in h.readings["door-2"]] == [{"card": "DEADBEEF",
+                                                                  "bits": 32}]
+        assert [dict(r.fields) for r in h.readings["door-1"]] == [{"keys": "9#"}]
+
+        # A command reaches only the reader it was sent to.
+        assert await h.drivers["door-2"].write("buzzer", 3) == {"submitted": "buzzer"}
+        command = readers[102].get_command(timeout=3)
+        assert command["command"] == Command.Buzzer and command["rep_count"] == 3
+        assert readers[101].get_command(timeout=1) is None
+
+        # Reader 102 loses power: door-2 goes offline, door-1 keeps working.
+        readers[102].stop()
+        await h.wait_for(lambda: door2.status.state is DeviceState.OFFLINE, within=20)
+        readers[101].submit_event({"event": Event.KeyPress, "reader_no": 0,
+                                   "data": bytes([0x31])})
+        await h.wait_for(lambda: len(h.readings["door-1"]) == 2)
+        assert door1.status.state is DeviceState.ONLINE
+
+        # ... and boots again: back online, without disturbing reader 101.
+        readers[102] = reader_on(line, 102, keys[102])
+        await h.wait_for(lambda: door2.status.state is DeviceState.ONLINE, within=20)
+        assert door2.status.counters["offline"] >= 1
+        assert door1.status.counters.get("offline", 0) == 0
+        assert door1.status.state is DeviceState.ONLINE
+    finally:
+        await h.stop()
+        for pd in readers.values():
+            pd.stop()
+        line.close()

@@ -10,8 +10,10 @@ try:
 except ImportError:  # pragma: no cover - depends on the platform's wheels
     pass
 else:
+    from drivers.osdp.checks import check_osdp_lines
     from drivers.osdp.config import OsdpConfig
     from drivers.osdp.driver import OsdpDriver
-    from gateway.registry import register_driver
+    from gateway.registry import register_cross_check, register_driver
 
     register_driver(OsdpConfig, OsdpDriver)
+    register_cross_check(check_osdp_lines)

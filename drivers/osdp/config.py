@@ -1,4 +1,5 @@
-"""Config of the OSDP driver: this gateway is the control panel (CP) of one reader (PD)."""
+"""Config of the OSDP driver: the gateway is the control panel (CP), a device is one reader
+(PD). Readers on the same ``port`` share that RS-485 line (multi-drop)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ def read_scbk(path: Path) -> bytes:
 
 
 class OsdpConfig(DeviceConfigBase):
-    """An OSDP reader (peripheral device) on its own RS-485 port."""
+    """An OSDP reader (peripheral device); readers on one port share the line."""
 
     driver: Literal["osdp"]
-    port: str = Field(description="serial port or pyserial URL")
-    baudrate: int = Field(default=9600, ge=1200, le=230400)
-    address: int = Field(default=0, ge=0, le=126, description="PD address")
+    port: str = Field(description="serial port or pyserial URL; readers on one port share "
+                      "the line (multi-drop, one address each)")
+    baudrate: int = Field(default=9600, ge=1200, le=230400,
+                          description="the line's speed: the same for every reader on it")
+    address: int = Field(default=0, ge=0, le=126, description="PD address, unique on the line")
     secure: bool = Field(default=True, description="require the secure channel")
     key_file: Path | None = Field(
         default=None, description="secure channel base key (SCBK), 32 hex characters; "
@@ -57,3 +60,6 @@ class OsdpConfig(DeviceConfigBase):
             raise ValueError("secure: true needs key_file (or set secure: false, not "
                              "recommended)")
         return self
+
+    def bus_address(self) -> tuple[str, object]:
+        return (f"osdp line {self.port}", self.address)

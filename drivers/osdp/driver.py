@@ -1,10 +1,12 @@
-"""OSDP control panel for one reader, through libosdp (the reference implementation).
+"""An OSDP reader, with the gateway as control panel, through libosdp.
 
-libosdp runs its own refresh thread over a channel; this task watches it: online/offline
-and secure-channel state, card and keypad events (-> readings), local status (-> state).
-When the reader goes offline libosdp waits minutes before retrying and keeps stale
-sequence numbers, so the driver rebuilds the control panel every ``reconnect`` seconds
-until the reader is back; a rebooted reader then comes online within a second.
+Readers configured on the same port share one line and one libosdp control panel
+(drivers/osdp/line.py: OSDP is multi-drop). This task watches its own reader on it:
+online/offline and secure-channel state, card and keypad events (-> readings), local
+status (-> state). libosdp waits minutes before retrying an offline reader and keeps stale
+sequence numbers, so a reader offline for ``reconnect`` seconds is restarted on its own
+(the other readers keep their sessions); a rebooted reader then comes online within a
+second. A failed port (unplugged adapter) rebuilds the whole line.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 from drivers.osdp.commands import COMMANDS
 from drivers.osdp.config import OsdpConfig, read_scbk
 from drivers.osdp.events import READINGS, local_problems
-from drivers.osdp.libosdp import ReaderPanel
-from drivers.serialbus.port import PortError, PortSettings, RawChannel
+from drivers.osdp.libosdp import OsdpPanel, ReaderSpec
+from drivers.osdp.line import OsdpLine
+from drivers.serialbus.port import PortError
 from gateway.driver import DeviceState, Driver
 from gateway.errors import CommandRefused
 from gateway.problems import ProblemLog
@@ -32,61 +35,66 @@ class OsdpDriver(Driver):
 
     def __init__(self, config: OsdpConfig, ctx: Any) -> None:
         super().__init__(config, ctx)
-        self._cp: ReaderPanel | None = None
-        self._raw: RawChannel | None = None
+        self._line: OsdpLine | None = None
         self._problems = ProblemLog(ctx.log)
-
-    def _open(self) -> None:
-        cfg = self.config
-        key = read_scbk(cfg.key_file) if cfg.key_file is not None else None
-        raw = RawChannel(PortSettings(cfg.port, cfg.baudrate))
-        try:
-            self._cp = ReaderPanel(raw, cfg.address, self.ctx.device_id, scbk=key,
-                                   secure=cfg.secure, install_mode=cfg.install_mode)
-        except BaseException:
-            raw.close()
-            raise
-        self._raw = raw
-
-    def _close(self) -> None:
-        cp, raw = self._cp, self._raw
-        self._cp = self._raw = None
-        if cp is not None:
-            cp.close()
-        if raw is not None:
-            raw.close()
 
     async def run(self) -> None:
         cfg = self.config
-        try:
-            while True:
-                try:
-                    await asyncio.to_thread(self._open)
-                except PortError as exc:
-                    self._offline("no_connection", str(exc))
-                    await asyncio.sleep(cfg.reconnect)
-                    continue
-                await self._watch()
-                await asyncio.to_thread(self._close)
-        finally:
-            await asyncio.to_thread(self._close)
+        key = read_scbk(cfg.key_file) if cfg.key_file is not None else None
+        reader = ReaderSpec(cfg.address, self.ctx.device_id, key, cfg.secure, cfg.install_mode)
 
-    async def _watch(self) -> None:
-        """Until the reader has been offline for ``reconnect`` seconds (then rebuild)."""
+        async def make_line() -> OsdpLine:
+            return OsdpLine(cfg.port, cfg.baudrate)
+
+        async with self.ctx.resources.use(("osdp", cfg.port), make_line) as line:
+            self._line = line
+            try:
+                await self._serve(line, reader)
+            finally:
+                self._line = None
+                await line.leave(cfg.address)
+
+    async def _serve(self, line: OsdpLine, reader: ReaderSpec) -> None:
+        joined = False
+        while True:
+            seen = line.generation
+            try:
+                if not joined:
+                    joined = True
+                    await line.join(reader)
+                elif line.panel is None or line.failure is not None:
+                    await line.rebuild(seen)
+            except PortError as exc:
+                self._offline("no_connection", str(exc))
+                await asyncio.sleep(self.config.reconnect)
+                continue
+            failure = await self._watch(line)
+            self._offline("no_connection", failure)
+            await asyncio.sleep(self.config.reconnect)
+
+    async def _watch(self, line: OsdpLine) -> str:
+        """Until the line's port fails; returns why."""
         cfg = self.config
-        cp, raw = self._cp, self._raw
-        assert cp is not None and raw is not None
+        address = cfg.address
         online = False
         offline_since = time.monotonic()
+        generation = line.generation
         while True:
+            panel = line.panel
+            if panel is None or line.failure is not None:
+                return line.failure or "the port is closed"
             now = time.monotonic()
-            is_online = cp.online
+            if line.generation != generation:
+                # Rebuilt for a reader joining or leaving: a new session, not an outage.
+                generation, online, offline_since = line.generation, False, now
+            is_online = panel.online(address)
             if is_online and not online:
                 online = True
-                secure = cp.secure_channel
+                secure = panel.secure_channel(address)
                 self._problems.recovered("link", f"device {self.ctx.device_id}: reader "
                                          f"online (secure channel {'on' if secure else 'off'})")
-                self.ctx.set_state(DeviceState.ONLINE)
+                if self.ctx.status.state is not DeviceState.ERROR:
+                    self.ctx.set_state(DeviceState.ONLINE)
             elif not is_online and online:
                 online = False
                 offline_since = now
@@ -94,11 +102,9 @@ class OsdpDriver(Driver):
             elif not online and now - offline_since >= cfg.reconnect:
                 if self.ctx.status.state is not DeviceState.OFFLINE:
                     self._offline("offline", "reader does not answer")
-                return
-            if raw.failure is not None:
-                self._offline("no_connection", raw.failure)
-                return
-            await self._drain_events(cp)
+                await asyncio.to_thread(panel.restart, address)
+                offline_since = now
+            await self._drain_events(panel)
             await asyncio.sleep(TICK)
 
     def _offline(self, kind: str, message: str) -> None:
@@ -107,9 +113,9 @@ class OsdpDriver(Driver):
                               level=logging.WARNING)
         self.ctx.set_state(DeviceState.OFFLINE, f"{kind}: {message}")
 
-    async def _drain_events(self, cp: ReaderPanel) -> None:
+    async def _drain_events(self, panel: OsdpPanel) -> None:
         readings = []
-        while (event := cp.next_event()) is not None:
+        while (event := panel.next_event(self.config.address)) is not None:
             to_reading = READINGS.get(event.get("event"))
             if to_reading is not None:
                 tags, fields = to_reading(event)
@@ -130,9 +136,9 @@ class OsdpDriver(Driver):
         if make is None:
             raise CommandRefused(f"unknown OSDP point {point!r}; known: {', '.join(COMMANDS)}")
         command = make(value)
-        cp = self._cp
-        if cp is None or not cp.online:
+        panel = self._line.panel if self._line is not None else None
+        if panel is None or not panel.online(self.config.address):
             raise CommandRefused("reader is offline")
-        if not cp.submit(command):
+        if not panel.submit(self.config.address, command):
             raise CommandRefused("libosdp refused the command (queue full or not supported)")
         return {"submitted": point}
