@@ -86,10 +86,11 @@ def _settings(mosquitto: Mosquitto) -> MqttSection:
 
 
 @contextlib.asynccontextmanager
-async def _session(mosquitto: Mosquitto, client_id: str,
-                   inbox: asyncio.Queue[Message]) -> AsyncIterator[MqttConnection]:
+async def _session(mosquitto: Mosquitto, client_id: str, inbox: asyncio.Queue[Message],
+                   protocol: str = "auto") -> AsyncIterator[MqttConnection]:
+    settings = _settings(mosquitto).model_copy(update={"protocol": protocol})
     connection = MqttConnection(
-        _settings(mosquitto), client_id, persistent=True, manual_ack=True,
+        settings, client_id, persistent=True, manual_ack=True,
         on_message=lambda batch: [inbox.put_nowait(m) for m in batch])
     connection.subscribe("compound/acks/#", 1)
     task = asyncio.create_task(connection.run())
@@ -164,20 +165,9 @@ async def test_ack_all_skips_messages_of_an_older_connection(mosquitto: Mosquitt
 
 async def test_fast_path_delivers_over_mqtt_3_1_1(mosquitto: Mosquitto) -> None:
     inbox: asyncio.Queue[Message] = asyncio.Queue()
-    settings_ = _settings(mosquitto).model_copy(update={"protocol": "3.1.1"})
-    connection = MqttConnection(settings_, "acks-v311", persistent=False, manual_ack=True,
-                                on_message=lambda batch: [inbox.put_nowait(m) for m in batch])
-    connection.subscribe("compound/acks/#", 1)
-    task = asyncio.create_task(connection.run())
-    try:
-        async with asyncio.timeout(20):
-            await connection.wait_connected()
+    async with _session(mosquitto, "acks-v311", inbox, protocol="3.1.1") as connection:
         await asyncio.to_thread(_publish, mosquitto, [b"v311"])
         message = (await _take(inbox, b"v311"))[-1]
         assert (message.topic, message.qos, message.response_topic) == (
             "compound/acks/x", 1, None)
         assert connection.ack_all([message]) == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
