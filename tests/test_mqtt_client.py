@@ -87,12 +87,13 @@ def _settings(mosquitto: Mosquitto) -> MqttSection:
 
 @contextlib.asynccontextmanager
 async def _session(mosquitto: Mosquitto, client_id: str, inbox: asyncio.Queue[Message],
-                   protocol: str = "auto") -> AsyncIterator[MqttConnection]:
+                   protocol: str = "auto", subscribe_qos: int = 1
+                   ) -> AsyncIterator[MqttConnection]:
     settings = _settings(mosquitto).model_copy(update={"protocol": protocol})
     connection = MqttConnection(
         settings, client_id, persistent=True, manual_ack=True,
         on_message=lambda batch: [inbox.put_nowait(m) for m in batch])
-    connection.subscribe("compound/acks/#", 1)
+    connection.subscribe("compound/acks/#", subscribe_qos)
     task = asyncio.create_task(connection.run())
     try:
         async with asyncio.timeout(20):
@@ -171,3 +172,33 @@ async def test_fast_path_delivers_over_mqtt_3_1_1(mosquitto: Mosquitto) -> None:
         assert (message.topic, message.qos, message.response_topic) == (
             "compound/acks/x", 1, None)
         assert connection.ack_all([message]) == 1
+
+
+async def test_qos_2_goes_through_paho_and_is_completed_by_ack_all(
+        mosquitto: Mosquitto) -> None:
+    """QoS 2 keeps paho's PUBREC/PUBREL flow: delivered once, completed (PUBCOMP) by our
+    acknowledgement, not delivered again after a reconnect."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+
+    def publish_qos2() -> None:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="qos2-publisher",
+                             protocol=paho.MQTTv5)
+        client.username_pw_set("gw", "gw-secret")
+        client.connect(LOOPBACK, mosquitto.port)
+        client.loop_start()
+        try:
+            info = client.publish("compound/acks/q2", b"exactly-once", qos=2)
+            info.wait_for_publish(10)
+            assert info.is_published()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    async with _session(mosquitto, "acks-qos2", inbox, subscribe_qos=2) as connection:
+        await asyncio.to_thread(publish_qos2)
+        message = (await _take(inbox, b"exactly-once"))[-1]
+        assert (message.topic, message.qos) == ("compound/acks/q2", 2)
+        assert connection.ack_all([message]) == 1
+    async with _session(mosquitto, "acks-qos2", inbox, subscribe_qos=2):
+        await asyncio.to_thread(_publish, mosquitto, [b"after-qos2"])
+        assert [m.payload for m in await _take(inbox, b"after-qos2")] == [b"after-qos2"]
