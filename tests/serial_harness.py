@@ -65,5 +65,9 @@ class Harness:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        results = await asyncio.gather(*self.tasks, return_exceptions=True)
+        for result in results:  # a driver that crashed, or failed to shut down, fails the test
+            if isinstance(result, BaseException) and not isinstance(
+                    result, asyncio.CancelledError):
+                raise result
         assert not self.resources.active(), "shared port not closed after the last device"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 
 import pytest
 
+from gateway import clock
 from gateway.clock import BUILD_TIME, ClockEvent, ClockMonitor, kernel_synchronised
 
 DAY = 86400.0
@@ -107,5 +110,54 @@ def test_a_failing_listener_does_not_break_the_check() -> None:
     assert events and monitor.state.before_build
 
 
-def test_kernel_sync_probe_answers_or_says_unknown() -> None:
-    assert kernel_synchronised() in (True, False, None)
+class FakeLibc:
+    """Stands in for libc: ``adjtimex`` answers ``state`` (-1: refused, as under seccomp)."""
+
+    def __init__(self, state: int) -> None:
+        self.state = state
+        self.calls = 0
+
+    def adjtimex(self, timex: object) -> int:
+        self.calls += 1
+        return self.state
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (0, True),    # TIME_OK
+    (1, True),    # TIME_INS: a leap second pending, still synchronised
+    (4, True),    # TIME_WAIT
+    (5, False),   # TIME_ERROR: STA_UNSYNC or STA_CLOCKERR
+])
+def test_kernel_sync_probe_reads_adjtimex(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                          state: int, expected: bool) -> None:
+    libc = FakeLibc(state)
+    monkeypatch.setattr(clock.ctypes, "CDLL", lambda *a, **k: libc)
+    flag = tmp_path / "synchronized"
+    flag.touch()  # adjtimex answered: the timesyncd flag must not override it
+    monkeypatch.setattr(clock, "TIMESYNCD_FLAG", flag)
+    assert kernel_synchronised() is expected
+    assert libc.calls == 1
+
+
+@pytest.mark.parametrize("refused", ["returns -1", "no libc"])
+def test_kernel_sync_probe_falls_back_to_timesyncd_flag_or_says_unknown(
+        monkeypatch: pytest.MonkeyPatch, tmp_path, refused: str) -> None:
+    def no_libc(*args: object, **kwargs: object) -> FakeLibc:
+        raise OSError("libc.so.6: cannot open shared object file")
+
+    monkeypatch.setattr(clock.ctypes, "CDLL",
+                        (lambda *a, **k: FakeLibc(-1)) if refused == "returns -1" else no_libc)
+    flag = tmp_path / "synchronized"
+    monkeypatch.setattr(clock, "TIMESYNCD_FLAG", flag)
+    assert kernel_synchronised() is None, "no adjtimex and no flag file: unknown"
+    flag.touch()
+    assert kernel_synchronised() is True, "systemd-timesyncd's flag file says synchronised"
+
+
+def test_kernel_sync_probe_agrees_with_the_real_kernel() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    state = libc.adjtimex(ctypes.create_string_buffer(512))
+    if state < 0:  # refused here (seccomp): the flag-file path is tested above
+        assert kernel_synchronised() in (True, None)
+    else:
+        assert kernel_synchronised() is (state != 5)

@@ -64,10 +64,13 @@ def _test_gate_driver() -> Iterator[None]:
 class Requester:
     def __init__(self, port: int, user: str, password: str) -> None:
         self.answers: list[tuple[str, bytes, bytes | None]] = []
+        self.acks: dict[int, Any] = {}
+        """mid -> the broker's PUBACK reason code (MQTT 5 says when the ACL refused)."""
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.username_pw_set(user, password)
         self.client.on_message = lambda c, u, m: self.answers.append(
             (m.topic, m.payload, getattr(m.properties, "CorrelationData", None)))
+        self.client.on_publish = lambda c, u, mid, rc, props: self.acks.__setitem__(mid, rc)
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("compound/cmdtest/gw/cmd/+/result", 1)
         self.client.subscribe("ops/replies/#", 1)
@@ -83,7 +86,18 @@ class Requester:
         info = self.client.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1,
                                    properties=props)
         info.wait_for_publish(5)
-        return info.rc
+        return info.mid
+
+    async def wait_connected(self, seconds: float = 10) -> None:
+        async with asyncio.timeout(seconds):
+            while not self.client.is_connected():  # noqa: ASYNC110 - paho's thread
+                await asyncio.sleep(0.05)
+
+    async def puback(self, mid: int, seconds: float = 10) -> Any:
+        async with asyncio.timeout(seconds):
+            while mid not in self.acks:  # noqa: ASYNC110 - paho's thread records it
+                await asyncio.sleep(0.05)
+        return self.acks[mid]
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -111,8 +125,11 @@ async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
     gateway = Gateway(load_config(config))
     runner = asyncio.create_task(gateway.run())
     try:
-        await asyncio.sleep(1.5)  # the ops connection comes up
+        async with asyncio.timeout(15):  # the gateway's ops connection comes up
+            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
         ops = Requester(broker.port, "ops", "ops-secret")
+        await ops.wait_connected()
         await asyncio.sleep(0.3)
         ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1, "id": "a1"}',
                  correlation=b"corr-1", reply_to="ops/replies/x")
@@ -141,12 +158,21 @@ async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
         assert WRITES == [("gate-1", "relay", 1)], "a refused command reached the device"
 
         viewer = Requester(broker.port, "viewer", "viewer-secret")
+        await viewer.wait_connected()  # else the refusal below would prove nothing
         await asyncio.sleep(0.3)
-        viewer.send("write", b'{"device": "gate-1", "point": "relay", "value": 0}',
-                    correlation=b"denied")
-        await asyncio.sleep(1.5)
-        assert WRITES == [("gate-1", "relay", 1)], "the ACL let a viewer write"
-        assert all(c != b"denied" for _, _, c in viewer.answers)
+        mid = viewer.send("write", b'{"device": "gate-1", "point": "relay", "value": 0}',
+                          correlation=b"denied")
+        refusal = await viewer.puback(mid)
+        assert refusal.is_failure and refusal.getName() == "Not authorized", refusal
+        # A later allowed write from ops is answered: the viewer's, sent before it, had its
+        # chance to reach the gateway and must not have.
+        ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 2, "id": "a2"}',
+                 correlation=b"after-viewer")
+        answers = await wait_answers(ops, 2 + len(refused))
+        assert answers[-1]["ok"] is True and answers[-1]["id"] == "a2", answers[-1]
+        assert WRITES == [("gate-1", "relay", 1), ("gate-1", "relay", 2)], \
+            "the ACL let a viewer write"
+        assert all(c != b"denied" for _, _, c in viewer.answers + ops.answers)
         ops.close()
         viewer.close()
     finally:

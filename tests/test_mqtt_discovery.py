@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
-from tests.servers import Mosquitto
+from tests.servers import DEFAULT_MQTT_ACL, Mosquitto
 from tests.test_mqtt_tls import Watcher
 
 
@@ -82,8 +82,16 @@ async def test_discovery_configs_retained(tmp_path: Path, mosquitto_factory) -> 
     assert values["fields"]["temp"] == 21.5 and values["fields"]["hum"] == 40
 
 
+# The default ACL keeps gw below compound/, where discovery configs under the default
+# prefix could neither be published nor seen: here gw may use homeassistant/# as well.
+HA_ACL = DEFAULT_MQTT_ACL.replace("user gw\ntopic readwrite compound/#\n",
+                                  "user gw\ntopic readwrite compound/#\n"
+                                  "topic readwrite homeassistant/#\n")
+assert HA_ACL != DEFAULT_MQTT_ACL
+
+
 async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> None:
-    broker = mosquitto_factory()
+    broker = mosquitto_factory(acl=HA_ACL)
     base = "compound/ha/gwoff"
     write_config(tmp_path / "gw.yaml", broker, base)
     watcher = Watcher(broker)
@@ -92,5 +100,15 @@ async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> No
         await run_and_feed(tmp_path / "gw.yaml", watcher, base, 1.0)
         assert not [t for t, _, _ in watcher.messages if "homeassistant" in t
                     or "/config" in t]
+
+        # Control: the same broker and watcher do see configs under the default prefix
+        # once discovery is enabled, so the absence above means "not published".
+        (tmp_path / "on").mkdir()
+        write_config(tmp_path / "on" / "gw.yaml", broker, "compound/ha/gwon",
+                     ", homeassistant: {enabled: true}")
+        await run_and_feed(tmp_path / "on" / "gw.yaml", watcher, "compound/ha/gwon", 0.0)
+        async with asyncio.timeout(10):
+            while len(watcher.under("homeassistant/sensor/gwon/")) < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
     finally:
         watcher.close()
