@@ -105,14 +105,15 @@ async def _session(mosquitto: Mosquitto, client_id: str, inbox: asyncio.Queue[Me
             await task
 
 
-def _publish(mosquitto: Mosquitto, payloads: list[bytes]) -> None:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="acks-publisher",
+def _publish(mosquitto: Mosquitto, payloads: list[bytes], topic: str = "compound/acks/x",
+             qos: int = 1) -> None:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"acks-publisher-{qos}",
                          protocol=paho.MQTTv5)
     client.username_pw_set("gw", "gw-secret")
     client.connect(LOOPBACK, mosquitto.port)
     client.loop_start()
     try:
-        infos = [client.publish("compound/acks/x", p, qos=1) for p in payloads]
+        infos = [client.publish(topic, p, qos=qos) for p in payloads]
         for info in infos:
             info.wait_for_publish(10)
             assert info.is_published()
@@ -180,22 +181,8 @@ async def test_qos_2_goes_through_paho_and_is_completed_by_ack_all(
     acknowledgement, not delivered again after a reconnect."""
     inbox: asyncio.Queue[Message] = asyncio.Queue()
 
-    def publish_qos2() -> None:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id="qos2-publisher",
-                             protocol=paho.MQTTv5)
-        client.username_pw_set("gw", "gw-secret")
-        client.connect(LOOPBACK, mosquitto.port)
-        client.loop_start()
-        try:
-            info = client.publish("compound/acks/q2", b"exactly-once", qos=2)
-            info.wait_for_publish(10)
-            assert info.is_published()
-        finally:
-            client.disconnect()
-            client.loop_stop()
-
     async with _session(mosquitto, "acks-qos2", inbox, subscribe_qos=2) as connection:
-        await asyncio.to_thread(publish_qos2)
+        await asyncio.to_thread(_publish, mosquitto, [b"exactly-once"], "compound/acks/q2", 2)
         message = (await _take(inbox, b"exactly-once"))[-1]
         assert (message.topic, message.qos) == ("compound/acks/q2", 2)
         assert connection.ack_all([message]) == 1
