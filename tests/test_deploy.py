@@ -3,13 +3,16 @@ root, the container files, mosquitto config and the Grafana dashboard."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import pwd
 import re
 import shutil
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -215,44 +218,98 @@ def test_compose_config_with_the_docker_cli_when_an_engine_runs() -> None:
 
 @pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
                     reason="needs mosquitto")
-def test_mosquitto_config_and_acl_work(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def deploy_broker(tmp_path: Path, acl: str | None = None) -> Iterator[int]:
+    """deploy/mosquitto as shipped (or with another ACL text) on a free loopback port."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = (DEPLOY / "mosquitto/mosquitto.conf").read_text()
     conf = conf.replace("/mosquitto/config/", str(DEPLOY / "mosquitto") + "/")
     conf = conf.replace("/mosquitto/data/", str(tmp_path) + "/")
     conf = conf.replace("listener 1883", f"listener {port} 127.0.0.1")
+    if acl is not None:
+        (tmp_path / "acl").write_text(acl)
+        conf = conf.replace(str(DEPLOY / "mosquitto/acl"), str(tmp_path / "acl"))
+    # As root, mosquitto drops to user "mosquitto", which cannot read our temp dir.
+    conf += f"\nuser {pwd.getpwuid(os.getuid()).pw_name}\n"
     (tmp_path / "m.conf").write_text(conf)
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     broker = subprocess.Popen([binary, "-c", str(tmp_path / "m.conf")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        def client(tool: str, user: str, password: str, *args: str
-                   ) -> subprocess.Popen[str]:
-            return subprocess.Popen([tool, "-h", "127.0.0.1", "-p", str(port), "-u", user,
-                                     "-P", password, "-V", "mqttv311", *args],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
         for _ in range(50):
-            probe = client("mosquitto_pub", "ops", "demo-ops", "-t", "compound/x", "-m", "1")
+            probe = _client(port, "mosquitto_pub", "ops", "demo-ops", "-t", "compound/x",
+                            "-m", "1")
             if probe.wait(10) == 0:
                 break
             time.sleep(0.1)
-        ops = client("mosquitto_sub", "ops", "demo-ops", "-t", "compound/#", "-v",
-                     "-W", "4")
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _client(port: int, tool: str, user: str, password: str, *args: str
+            ) -> subprocess.Popen[str]:
+    return subprocess.Popen([tool, "-h", "127.0.0.1", "-p", str(port), "-u", user,
+                             "-P", password, "-V", "mqttv311", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_mosquitto_config_and_acl_work(tmp_path: Path) -> None:
+    with deploy_broker(tmp_path) as port:
+        ops = _client(port, "mosquitto_sub", "ops", "demo-ops", "-t", "compound/#", "-v",
+                      "-W", "4")
         time.sleep(0.5)
         own = "compound/demo-garden/gw-demo/status"
         other = "compound/demo-garden/gw-other/status"
         for topic in (own, other):
-            assert client("mosquitto_pub", "gw-demo", "demo-gateway", "-t", topic,
-                          "-m", "online").wait(10) == 0
-        bad = client("mosquitto_pub", "gw-demo", "wrong", "-t", own, "-m", "x")
+            assert _client(port, "mosquitto_pub", "gw-demo", "demo-gateway", "-t", topic,
+                           "-m", "online").wait(10) == 0
+        bad = _client(port, "mosquitto_pub", "gw-demo", "wrong", "-t", own, "-m", "x")
         assert bad.wait(10) != 0, "wrong password refused"
         received, _ = ops.communicate(timeout=10)
-    finally:
-        broker.terminate()
-        broker.wait(10)
     assert f"{own} online" in received
     assert other not in received, "a gateway may publish only below its own id"
+
+
+def _publish_v5(port: int, topic: str) -> int:
+    """The broker's PUBACK reason code for a QoS 1 publish by gateway gw-demo (135: not
+    authorised)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    codes: list[int] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="acl-check",
+                         protocol=paho.MQTTv5)
+    client.on_publish = lambda c, u, mid, reason, props: codes.append(reason.value)
+    client.username_pw_set("gw-demo", "demo-gateway")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, b"{}", qos=1, retain=True).wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while not codes and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return codes[0]
+
+
+def test_acl_line_for_home_assistant_discovery(tmp_path: Path) -> None:
+    """The commented ACL line, once uncommented, lets a gateway write its own discovery
+    configs (docs/topics.md) and nobody else's; as shipped, it writes none."""
+    shipped = (DEPLOY / "mosquitto/acl").read_text()
+    line = "# pattern write homeassistant/sensor/%u/#"
+    assert line in shipped
+    own = "homeassistant/sensor/gw-demo/m1_energy_meter_power/config"
+    other = "homeassistant/sensor/gw-other/m1_energy_meter_power/config"
+    with deploy_broker(tmp_path / "shipped") as port:
+        assert _publish_v5(port, own) == 135, "shipped ACL: discovery is opt-in"
+    with deploy_broker(tmp_path / "enabled", shipped.replace(line, line[2:])) as port:
+        assert _publish_v5(port, own) in (0, 16)  # accepted (16: no subscriber yet)
+        assert _publish_v5(port, other) == 135, "only below its own gateway id"
 
 
 # -- Grafana -----------------------------------------------------------------------------
