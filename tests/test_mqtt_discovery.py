@@ -112,3 +112,27 @@ async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> No
                 await asyncio.sleep(0.1)
     finally:
         watcher.close()
+
+
+async def test_a_publish_the_broker_refuses_is_said_once_and_counted(
+        tmp_path: Path, mosquitto_factory, caplog) -> None:
+    """Discovery on, but the ACL (the default test one) keeps the gateway out of
+    homeassistant/: the broker refuses every config (MQTT 5 PUBACK 135). The gateway says
+    so once, naming the topic root, counts each refusal in ``stats`` and keeps running."""
+    broker = mosquitto_factory()
+    base = "compound/ha/gwdenied"
+    write_config(tmp_path / "gw.yaml", broker, base,
+                 ", homeassistant: {enabled: true}, stats_interval: 1s")
+    watcher = Watcher(broker)
+    try:
+        with caplog.at_level("WARNING"):
+            await run_and_feed(tmp_path / "gw.yaml", watcher, base, 2.5)
+        refused = [r.getMessage() for r in caplog.records if "refused publishes" in
+                   r.getMessage()]
+        assert len(refused) == 1, refused
+        assert "under homeassistant/" in refused[0] and "Not authorized" in refused[0]
+        stats = [json.loads(p) for t, p, _ in watcher.messages if t == f"{base}/stats"]
+        assert stats and stats[-1]["ops"]["publish_refused"] >= 2  # temp and hum configs
+        assert watcher.on(f"{base}/devices/room-7/values")  # still running meanwhile
+    finally:
+        watcher.close()

@@ -203,7 +203,8 @@ class OpsBus:
                           "last_error": s.last_error} for n, s in stats.sinks.items()},
             "devices": {i: dict(c.status.counters) for i, c in self.gateway.devices.items()
                         if c.status.counters},
-            "ops": {**self.counters, "queued_dropped": self.connection.stats.queued_dropped},
+            "ops": {**self.counters, "queued_dropped": self.connection.stats.queued_dropped,
+                    "publish_refused": self.connection.stats.publish_refused},
         }
         self.connection.publish(f"{self.base}/stats", _dumps(body), 0, queue=False)
 
