@@ -306,39 +306,31 @@ class MqttConnection:
         self._queue.append((topic, data, qos, retain))
         return True
 
-    def ack(self, message: Message) -> bool:
-        """Acknowledge a QoS>0 message on the connection that delivered it.
-
-        On a newer connection the broker has already re-sent it (DUP); acking the old
-        packet id there could acknowledge a different message, so it is skipped."""
-        if message.qos == 0 or not self.manual_ack:
-            return True
-        client = self._client
-        if client is None or message.generation != self.generation or not self.connected:
-            self.stats.acks_skipped += 1
-            return False
-        client.ack(message.mid, message.qos)
-        return True
-
     def ack_all(self, messages: Sequence[Message]) -> int:
-        """``ack`` for a burst, QoS 1 PUBACKs in one write; returns how many were sent."""
-        client = self._client
+        """Acknowledge a burst on the connection that delivered it, QoS 1 PUBACKs in one
+        write; returns how many were sent.
+
+        A message of an older connection is skipped: the broker has already re-sent it
+        (DUP) on the new one, and its old packet id there could name another message."""
         if not self.manual_ack:
             return 0
-        if client is None or not self.connected:
-            skipped = sum(1 for m in messages if m.qos)
-            self.stats.acks_skipped += skipped
-            return 0
-        generation = self.generation
-        mids = [m.mid for m in messages if m.qos == 1 and m.generation == generation]
-        sent = len(mids)
+        client = self._client
+        generation = self.generation if client is not None and self.connected else None
+        mids: list[int] = []
+        completed = 0
         for message in messages:
-            if message.qos == 2 and message.generation == generation:
-                client.ack(message.mid, 2)
-                sent += 1
-        self.stats.acks_skipped += sum(1 for m in messages if m.qos) - sent
-        client.ack_many(mids)
-        return sent
+            if not message.qos:
+                continue
+            if message.generation != generation:
+                self.stats.acks_skipped += 1
+            elif message.qos == 1:
+                mids.append(message.mid)
+            else:
+                client.ack(message.mid, 2)  # type: ignore[union-attr]  # PUBCOMP
+                completed += 1
+        if mids:
+            client.ack_many(mids)  # type: ignore[union-attr]
+        return len(mids) + completed
 
     # -- connection loop -----------------------------------------------------------
 
