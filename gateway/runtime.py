@@ -208,6 +208,10 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config:\n%s", exc)
             return False
+        except Exception as exc:  # a bug in loading must not stop a running gateway
+            log.error("reload rejected, keeping the running config: cannot load %s: %s: %s",
+                      self.config.path, type(exc).__name__, exc, exc_info=exc)
+            return False
         assert self.pipeline is not None
         old = self.config
         if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:

@@ -104,8 +104,7 @@ sinks:
     ("yaml syntax", "gateway: {id: gw-1, site: garden\ndevices: []\n",
      [(2, "(top): invalid YAML: expected ',' or '}', but got ':'")]),
     ("duplicate yaml key", "gateway: {id: gw-1, site: garden}\ngateway: {id: gw-2, site: x}\n",
-     [(2, "(top): invalid YAML: found duplicate key \"gateway\" with value \"{'id': 'gw-2', "
-          "'site': 'x'}\" (original value: \"{'id': 'gw-1', 'site': 'garden'}\")")]),
+     [(2, "gateway: duplicate key 'gateway' (first at line 1)")]),
     ("bad id characters", "gateway: {id: gw/1, site: garden}\n",
      [(1, "gateway.id: must match ^[A-Za-z0-9][A-Za-z0-9_.-]*$, got 'gw/1'")]),
     ("several at once", """\

@@ -19,7 +19,13 @@ from pydantic import ValidationError
 from gateway.config.crosscheck import cross_check
 from gateway.config.messages import describe
 from gateway.config.models import build_config_model
-from gateway.config.yamlsource import Path_, SourceProblem, YamlDocument, parse_yaml
+from gateway.config.yamlsource import (
+    MAX_BYTES,
+    Path_,
+    SourceProblem,
+    YamlDocument,
+    parse_yaml,
+)
 from gateway.driver import DeviceConfigBase
 from gateway.errors import ConfigError
 from gateway.sinks.base import SinkConfigBase
@@ -53,10 +59,7 @@ def format_path(path: Path_) -> str:
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"]) from None
+    raw = _read_bounded(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -83,6 +86,20 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
     if problems:
         raise ConfigError(_sorted(problems))
     return _resolve(path, model, raw)
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The file's bytes, refused beyond MAX_BYTES before more than that is read (a
+    runaway generated file, or /dev/zero, must not cost the gateway its memory)."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError([f"{path}: the file is larger than {MAX_BYTES // 1024**2} MiB, the "
+                           "most a config may be (a compound of 25,000 devices fits)"])
+    return raw
 
 
 _ITEM_REFERENCE = re.compile(r"\b([a-z_]+)\[(\d+)\]")
