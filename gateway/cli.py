@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from gateway import __version__
 from gateway.config.loader import LoadedConfig, load_config
 from gateway.errors import BufferFailure, ConfigError
+from gateway.urls import redact_url
 
 EXIT_CONFIG = 2
 
@@ -65,8 +66,9 @@ def summarize(config: LoadedConfig) -> str:
         lines.append(f"    bus {bus:<16} {driver:<12} {count}")
     lines.append("  sinks:")
     for sink in config.sinks:
-        target = getattr(sink, "url", None) or getattr(sink, "directory", None) or \
-            config.data_dir / "lines"
+        url = getattr(sink, "url", None)
+        target = redact_url(url) if url else \
+            getattr(sink, "directory", None) or config.data_dir / "lines"
         lines.append(f"    {sink.sink_name:<16} {sink.type:<10} {target}")  # type: ignore[attr-defined]
     if model.mqtt is not None:
         lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "

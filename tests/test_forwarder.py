@@ -143,7 +143,7 @@ async def test_401_marks_sink_failed_and_keeps_everything(tmp_path: Path) -> Non
         return web.Response(status=status["code"], text="unauthorized")
 
     async with scripted(handler) as url:
-        config = sink_config(url, "db", auth_retry=0.3)
+        config = sink_config(url, "db", auth_retry=1.0)
         buffer = await filled_buffer(tmp_path, [b"m v=1 1", b"m v=2 2"], config.sink_name)
         stats = GatewayStats()
         sink_stats = stats.sink(config.sink_name)

@@ -26,11 +26,11 @@ class Cjt188Config(DeviceConfigBase):
     di_order: Literal["2004", "2018"] = Field(
         default="2004", description="byte order of the DI we send: 2004 practice 90 1F, 2018 "
         "practice 1F 90; replies are accepted in either order")
-    interval: Duration = Field(default=300.0, gt=0, description="time between polls")
+    interval: Duration = Field(default=300.0, ge=0.001, le=86400, description="time between polls")
     timeout: Duration | None = Field(default=None, gt=0, le=10,
                                      description="reply timeout; default the bus timeout")
-    backoff_max: Duration = Field(default=900.0, gt=0)
-    offline_after: int = Field(default=2, ge=1)
+    backoff_max: Duration = Field(default=900.0, ge=1, le=86400)
+    offline_after: int = Field(default=2, ge=1, le=1000)
     measurement: str | None = Field(
         default=None, description="default by meter type: water_meter, heat_meter, gas_meter")
 

@@ -47,12 +47,12 @@ class Dlt645Config(DeviceConfigBase):
         default=None, description="built-in point names or names from custom_points; "
         "default energy_total/energy_forward, voltage_a, current_a, power_total")
     custom_points: dict[str, CustomPoint] = Field(default_factory=dict)
-    interval: Duration = Field(default=60.0, gt=0, description="time between polls")
+    interval: Duration = Field(default=60.0, ge=0.001, le=86400, description="time between polls")
     timeout: Duration | None = Field(default=None, gt=0, le=10,
                                      description="reply timeout; default the bus timeout")
-    backoff_max: Duration = Field(default=300.0, gt=0,
+    backoff_max: Duration = Field(default=300.0, ge=1, le=86400,
                                   description="longest pause between probes of a dead meter")
-    offline_after: int = Field(default=2, ge=1,
+    offline_after: int = Field(default=2, ge=1, le=1000,
                                description="failed polls in a row before 'offline'")
     measurement: str = Field(default="energy_meter", min_length=1)
 

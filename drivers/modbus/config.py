@@ -20,7 +20,7 @@ class PointOverride(StrictModel):
     precision: int | None = Field(default=None, ge=0, le=12)
     unit: str | None = None
     on_change: bool | None = None
-    deadband: float | None = Field(default=None, ge=0)
+    deadband: float | None = Field(default=None, ge=0, le=1e12)
     enabled: bool = True
 
 
@@ -42,12 +42,13 @@ class ModbusConfig(DeviceConfigBase):
         default_factory=dict, description="per-point changes to profile points, by name")
     measurement: str | None = Field(default=None, min_length=1,
                                     description="default: the profile's, else 'modbus'")
-    interval: Duration = Field(default=10.0, gt=0)
+    interval: Duration = Field(default=10.0, ge=0.001, le=86400)
     timeout: Duration | None = Field(default=None, gt=0, le=60,
                                      description="per request; default: the bus timeout")
     retries: int = Field(default=1, ge=0, le=5, description="extra tries while online")
     backoff_max: Duration = Field(
-        default=60.0, gt=0, description="longest pause between probes of an offline device")
+        default=60.0, ge=1, le=86400,
+        description="longest pause between probes of an offline device")
     max_registers: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=PROTOCOL_MAX_REGISTERS)
     max_bits: int = Field(default=PROTOCOL_MAX_BITS, ge=1, le=PROTOCOL_MAX_BITS)
     max_gap: int = Field(default=16, ge=0, le=PROTOCOL_MAX_BITS,

@@ -84,7 +84,7 @@ class Point(StrictModel):
     unit: str | None = None
     on_change: bool = Field(
         default=False, description="report only when the value changed (beyond deadband)")
-    deadband: float = Field(default=0.0, ge=0)
+    deadband: float = Field(default=0.0, ge=0, le=1e12)
     description: str | None = None
 
     @model_validator(mode="after")

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from drivers.modbus.config import ModbusConfig
+from drivers.modbus.planner import PROTOCOL_MAX_BITS
 from drivers.modbus.points import Point
 from gateway.config.types import StrictModel
 from gateway.config.yamlsource import parse_yaml
@@ -38,7 +39,7 @@ class Profile(StrictModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="keys applied to every point unless it sets them")
     max_registers: int | None = Field(default=None, ge=1, le=125)
-    max_gap: int | None = Field(default=None, ge=0)
+    max_gap: int | None = Field(default=None, ge=0, le=PROTOCOL_MAX_BITS)
     points: list[Point]
 
 

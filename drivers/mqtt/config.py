@@ -63,9 +63,11 @@ class MqttDeviceConfig(DeviceConfigBase):
         default_factory=dict, description="keep only messages whose path has one of the values")
     max_payload: ByteSize = Field(default=256 * 1024, ge=16, le=64 * 1024**2)
     rate_limit: float | None = Field(
-        default=None, gt=0, description="messages per second kept; more are dropped and counted")
+        default=None, gt=0, le=1_000_000,
+        description="messages per second kept; more are dropped and counted")
     offline_after: Duration | None = Field(
-        default=None, gt=0, description="state offline when no message came for this long")
+        default=None, ge=1, le=30 * 86400,
+        description="state offline when no message came for this long")
 
     @model_validator(mode="before")
     @classmethod

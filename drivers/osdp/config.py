@@ -43,7 +43,7 @@ class OsdpConfig(DeviceConfigBase):
     install_mode: bool = Field(
         default=False, description="commissioning only: let a new reader in with the "
         "default key and hand it ours. Turn off after the first connection.")
-    reconnect: Duration = Field(default=5.0, gt=0, le=300,
+    reconnect: Duration = Field(default=5.0, ge=0.1, le=300,
                                 description="how often an offline reader is retried")
     measurement: str = Field(default="access_event", min_length=1)
 

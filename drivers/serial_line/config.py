@@ -30,7 +30,7 @@ class Framing(StrictModel):
     max_length: int = Field(default=1024, ge=1, le=1 << 20,
                             description="longer records are dropped and counted (oversized)")
     idle_reset: Duration = Field(
-        default=1.0, gt=0, description="a partial record older than this is dropped "
+        default=1.0, gt=0, le=3600, description="a partial record older than this is dropped "
         "(truncated): the next record starts clean")
 
     @model_validator(mode="after")
@@ -60,7 +60,8 @@ BinaryType = Literal["uint_be", "uint_le", "int_be", "int_le", "bcd", "hex", "as
 
 class BinaryField(StrictModel):
     name: str = Field(min_length=1)
-    offset: int = Field(ge=0, description="byte offset in the record (after start bytes)")
+    offset: int = Field(ge=0, le=1 << 20,
+        description="byte offset in the record (after start bytes)")
     length: int = Field(ge=1, le=64)
     type: BinaryType = "uint_be"
     tag: bool = Field(default=False, description="emit as a tag instead of a field")
@@ -101,7 +102,7 @@ class SerialLineConfig(DeviceConfigBase):
                                         description="field types by group name (default str)")
     binary: BinaryRecord | None = None
     measurement: str = Field(default="access_event", min_length=1)
-    reconnect_max: Duration = Field(default=30.0, gt=0,
+    reconnect_max: Duration = Field(default=30.0, ge=0.1, le=3600,
                                     description="longest wait between reopen attempts")
 
     @field_validator("encoding")

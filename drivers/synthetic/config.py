@@ -15,7 +15,7 @@ class SyntheticConfig(DeviceConfigBase):
 
     driver: Literal["synthetic"]
     measurement: str = Field(default="synthetic", min_length=1)
-    interval: Duration = Field(default=1.0, gt=0, description="time between readings")
+    interval: Duration = Field(default=1.0, ge=0.001, le=86400, description="time between readings")
     fields: int = Field(default=4, ge=1, le=200, description="float fields per reading")
     text_field: bool = Field(
         default=False, description="add a string field 'status' (stores differ on strings)")

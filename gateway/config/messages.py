@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from gateway.urls import redact_text
+
 ErrorDetails = dict[str, Any]
 
 
@@ -16,6 +18,8 @@ def _got(err: ErrorDetails) -> str:
     value = err.get("input")
     if isinstance(value, dict | list):
         return ""
+    if isinstance(value, str):
+        value = redact_text(value)
     return f", got {value!r}"
 
 
@@ -46,6 +50,7 @@ _MESSAGES: dict[str, Callable[[ErrorDetails], str]] = {
     "int_from_float": lambda e: f"must be a whole number{_got(e)}",
     "float_parsing": lambda e: f"must be a number{_got(e)}",
     "float_type": lambda e: f"must be a number{_got(e)}",
+    "finite_number": lambda e: f"must be a finite number{_got(e)}",
     "bool_parsing": lambda e: f"must be true or false{_got(e)}",
     "bool_type": lambda e: f"must be true or false{_got(e)}",
     "string_type": lambda e: f"must be a string{_got(e)}",

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, SecretStr, create_model, field_validator
 
-from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel
+from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel, read_bounded
 from gateway.driver import ID_PATTERN
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -31,14 +31,15 @@ class GatewaySection(StrictModel):
 
 class BufferSection(StrictModel):
     path: Path | None = Field(default=None, description="default: <data_dir>/buffer.db")
-    max_bytes: ByteSize = Field(default=512 * 1024**2, ge=1024 * 1024)
+    max_bytes: ByteSize = Field(default=512 * 1024**2, ge=1024 * 1024, le=16 * 1024**4)
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
     flush_interval: Duration = Field(
-        default=0.2, gt=0, le=10, description="longest a reading waits before its commit")
+        default=0.2, ge=0.001, le=10, description="longest a reading waits before its commit")
     synchronous: Literal["full", "normal"] = Field(
         default="full", description="full: survive power cuts; normal: survive crashes only")
     max_pending: int = Field(
-        default=200_000, ge=1000, description="readings queued in memory before drivers wait")
+        default=200_000, ge=1000, le=10_000_000,
+        description="readings queued in memory before drivers wait")
 
 
 class PrivacySection(StrictModel):
@@ -50,10 +51,7 @@ class PrivacySection(StrictModel):
     @field_validator("key_file")
     @classmethod
     def _key_usable(cls, path: Path) -> Path:
-        try:
-            key = path.read_bytes().strip()
-        except OSError as exc:
-            raise ValueError(f"cannot read key file {path}: {exc.strerror}") from None
+        key = read_bounded(path, "key file").strip()
         if len(key) < 16:
             raise ValueError(f"key file {path} holds {len(key)} bytes; use at least 16 "
                              "(e.g. head -c 32 /dev/urandom | base64)")
@@ -85,9 +83,11 @@ class MqttSection(SecretsModel):
     password_file: Path | None = None
     client_id: str | None = None
     base_topic: str = Field(pattern=r"^[^#+]+[^/#+]$", description="ops topics live below it")
-    keepalive: Duration = 30.0
+    keepalive: Duration = Field(default=30.0, ge=1, le=65535, description="MQTT keepalive "
+                                "(the client uses at least 5 s)")
     protocol: Literal["5", "3.1.1", "auto"] = "auto"
-    stats_interval: Duration = Field(default=30.0, gt=0, description="ops bus stats period")
+    stats_interval: Duration = Field(default=30.0, ge=0.1, le=86400,
+                                     description="ops bus stats period")
     homeassistant: HomeAssistantSection = Field(
         default_factory=HomeAssistantSection,
         description="Home Assistant MQTT discovery (off by default)")
@@ -107,15 +107,22 @@ class HealthSection(StrictModel):
         default="127.0.0.1:9108", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
         description="host:port ([::1]:9108 for IPv6); port 0 picks a free port (tests)")
     max_loop_lag: Duration = Field(
-        default=5.0, gt=0, le=300,
+        default=5.0, ge=0.01, le=300,
         description="event-loop lag beyond which /healthz fails and the systemd watchdog "
         "ping is withheld")
     commit_stall: Duration = Field(
-        default=60.0, gt=0, description="queued readings not committed for this long: "
+        default=60.0, ge=1, le=86400, description="queued readings not committed for this long: "
         "the buffer counts as not writable (/healthz fails)")
     report_interval: Duration = Field(
-        default=60.0, ge=0, description="gateway_stats, gateway_sink and device_status "
+        default=60.0, ge=0, le=86400, description="gateway_stats, gateway_sink and device_status "
         "readings into the store every so often (the dashboard's health panels); 0: off")
+
+    @field_validator("report_interval")
+    @classmethod
+    def _report_not_flooding(cls, seconds: float) -> float:
+        if 0 < seconds < 0.1:
+            raise ValueError(f"must be 0 (off) or at least 0.1 s, got {seconds:g} s")
+        return seconds
 
     @field_validator("listen")
     @classmethod
@@ -144,7 +151,7 @@ class SerialBus(StrictModel):
     stopbits: Literal[1, 2] = 1
     timeout: Duration = Field(default=1.0, gt=0, le=60)
     inter_frame_delay: Duration | None = Field(
-        default=None, description="silence between requests; default 3.5 characters")
+        default=None, ge=0, le=1, description="silence between requests; default 3.5 characters")
 
 
 class TcpBus(StrictModel):

@@ -6,6 +6,7 @@ accepted forms in the JSON Schema so editors can complete and check them.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
@@ -43,6 +44,8 @@ def parse_duration(value: Any) -> float:
         seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
     else:
         raise ValueError("expected a duration like 10s, 250ms or 1m30s")
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be a finite number of seconds, got {value!r}")
     if seconds < 0:
         raise ValueError(f"duration must not be negative, got {value!r}")
     return seconds
@@ -55,6 +58,8 @@ def parse_size(value: Any) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"size must be a finite number of bytes, got {value!r}")
         size = int(value)
     elif isinstance(value, str):
         match = _SIZE.match(value)
@@ -92,17 +97,38 @@ ByteSize = Annotated[int, BeforeValidator(parse_size), WithJsonSchema(_SIZE_SCHE
 
 
 class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, so typos never pass silently."""
+    """Base of every config model: unknown keys are errors, so typos never pass silently.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    ``.inf`` and ``.nan`` are refused in every number: a period of ``.inf`` once passed
+    the checks and crashed a device task in a loop (``OverflowError``), and no setting
+    means anything with NaN."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True,
+                              allow_inf_nan=False)
+
+
+SECRET_FILE_MAX = 64 * 1024
+"""Longest secret or key file read: a token is under 1 KiB; ``/dev/zero`` is not a key."""
+
+
+def read_bounded(path: Path, what: str) -> bytes:
+    """The bytes of a small file named in the config, refused beyond SECRET_FILE_MAX."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(SECRET_FILE_MAX + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > SECRET_FILE_MAX:
+        raise ValueError(f"{what} {path} is larger than {SECRET_FILE_MAX // 1024} KiB")
+    return data
 
 
 def read_secret_file(path: Path) -> str:
     """The secret in ``path``, without the trailing newline editors and ``echo`` add."""
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except OSError as exc:
-        raise ValueError(f"cannot read secret file {path}: {exc.strerror}") from None
+        return read_bounded(path, "secret file").decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ValueError(f"secret file {path} is not UTF-8 text") from None
 
 
 class SecretsModel(StrictModel):

@@ -36,10 +36,13 @@ class SinkConfigBase(StrictModel):
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     batch_lines: int = Field(default=5000, ge=1, le=1_000_000)
-    timeout: Duration = 10.0
-    retry_max: Duration = Field(default=60.0, description="cap of the exponential backoff")
+    timeout: Duration = Field(default=10.0, ge=0.1, le=600, description="per request")
+    retry_max: Duration = Field(default=60.0, ge=0.1, le=3600,
+                                description="cap of the exponential backoff")
     auth_retry: Duration = Field(
-        default=300.0, description="retry period while the sink is failed (401/403/404)"
+        default=300.0, ge=1, le=86400,
+        description="retry period while the sink is failed (401/403/404); at least 1 s, so a "
+        "rejected credential never turns into a request storm",
     )
 
     @property

@@ -37,9 +37,10 @@ class FileSinkConfig(SinkConfigBase):
 
     type: Literal["file"] = "file"
     directory: Path | None = Field(default=None, description="default: <data_dir>/lines")
-    max_file_size: ByteSize = Field(default=64 * 1024**2, ge=1)
+    max_file_size: ByteSize = Field(default=64 * 1024**2, ge=1, le=1024**4)
     max_files: int = Field(
-        default=10, ge=0, description="rotated files kept besides current.lp; oldest deleted"
+        default=10, ge=0, le=100_000,
+        description="rotated files kept besides current.lp; oldest deleted"
     )
     fsync: bool = True
 

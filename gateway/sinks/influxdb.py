@@ -30,7 +30,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from gateway.config.types import SecretsModel, secret_value
 from gateway.errors import SinkUnavailable
@@ -43,6 +43,7 @@ from gateway.sinks.http import (
     status_error,
     transport_error,
 )
+from gateway.urls import userinfo
 
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 GZIP_LEVEL = 1
@@ -81,6 +82,14 @@ class InfluxDBSinkConfig(SinkConfigBase, SecretsModel):
     gzip: bool = True
     verify_ssl: bool = True
     ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _no_url_credentials(cls, url: str) -> str:
+        if userinfo(url) is not None:
+            raise ValueError("the influxdb sink takes credentials as token or token_file, not "
+                             "as user:password@ in the url")
+        return url
 
 
 class InfluxDBSink:

@@ -18,6 +18,7 @@ from gateway.config.types import SecretsModel, secret_value
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
 from gateway.sinks.http import HttpSession, display_url, status_error
+from gateway.urls import userinfo, without_userinfo
 
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 GZIP_LEVEL = 5
@@ -46,6 +47,24 @@ class InfluxDB1SinkConfig(SinkConfigBase, SecretsModel):
             raise ValueError("password is set but username is not")
         return self
 
+    @model_validator(mode="after")
+    def _credentials_once(self) -> InfluxDB1SinkConfig:
+        """URL credentials alone are fine (sent as Basic auth like username/password);
+        both at once made every request fail inside aiohttp and the sink restart forever."""
+        if userinfo(self.url) is not None and (self.username or self.password
+                                               or self.password_file):
+            raise ValueError("credentials are given twice, in url (user:password@) and as "
+                             "username/password: keep one (username with password_file keeps "
+                             "the secret out of the config)")
+        return self
+
+    def credentials(self) -> tuple[str, str] | None:
+        """(user, password) for Basic auth, from username/password or from the URL."""
+        if self.username:
+            return self.username, secret_value(self.password) or ""
+        in_url = userinfo(self.url)
+        return None if in_url is None else (in_url[0], in_url[1] or "")
+
 
 class InfluxDB1Sink:
     """Writes line-protocol batches to InfluxDB 1.x; never retries."""
@@ -53,8 +72,9 @@ class InfluxDB1Sink:
     def __init__(self, config: InfluxDB1SinkConfig, data_dir: Path | None = None) -> None:
         self.name = config.sink_name
         self._config = config
-        self._password = secret_value(config.password)
-        self._endpoint = config.url.rstrip("/") + "/write"
+        basic_auth = config.credentials()
+        self._password = basic_auth[1] if basic_auth else None
+        self._endpoint = without_userinfo(config.url).rstrip("/") + "/write"
         self._where = display_url(self._endpoint)
         self._params = {"db": config.database, "precision": "ns"}
         if config.retention_policy:
@@ -62,7 +82,6 @@ class InfluxDB1Sink:
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if config.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        basic_auth = (config.username, self._password or "") if config.username else None
         self._http = HttpSession(
             timeout=config.timeout,
             verify_ssl=config.verify_ssl,
