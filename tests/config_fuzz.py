@@ -13,6 +13,7 @@ fuzz tests and a seeded ``Random`` picks a handful for the SIGHUP test. Four kin
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -126,12 +127,12 @@ def _paths(data: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 def hostile_value(rng: random.Random, depth: int = 0) -> Any:
     kind = rng.randrange(8 if depth < 3 else 5)
     if kind <= 2:
-        return rng.choice(HOSTILE_VALUES)
+        return copy.deepcopy(rng.choice(HOSTILE_VALUES))  # later mutations edit it in place
     if kind == 3:
         return rng.choice([rng.randint(-10**6, 10**6), rng.uniform(-1e6, 1e6),
                            "".join(rng.choice("0123456789.smhdKMGiB ") for _ in range(6))])
     if kind == 4:
-        return Tagged(rng.choice(TAGS), rng.choice(HOSTILE_VALUES[:40]))
+        return Tagged(rng.choice(TAGS), copy.deepcopy(rng.choice(HOSTILE_VALUES[:40])))
     if kind == 5:
         return [hostile_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
     if kind == 6:

@@ -20,7 +20,7 @@ def _alias_bomb(levels: int = 10, fan_out: int = 9) -> str:
 HOSTILE: dict[str, tuple[str, int, str]] = {
     "deep nesting": ("x: " + "[" * 5000 + "]" * 5000 + "\n", 2, "nested deeper than 32 levels"),
     "deep block nesting": ("".join(" " * i + f"k{i}:\n" for i in range(60)) + " " * 60 + "v\n",
-                           33, "nested deeper than 32 levels"),
+                           34, "nested deeper than 32 levels"),
     "python object tag": ('x: !!python/object/apply:os.system ["echo pwned"]\n', 2,
                           "unsupported tag !!python/object/apply:os.system"),
     "python name tag": ("x: !!python/name:os.system\n", 2, "unsupported tag !!python/name"),
@@ -33,5 +33,12 @@ HOSTILE: dict[str, tuple[str, int, str]] = {
     "mapping as a key": ("? {a: 1}\n: b\n", 2, "a key must be a plain value"),
     "bad explicit int": ("buffer: {max_pending: !!int twelve}\n", 2,
                          "cannot read 'twelve' as !!int"),
+    "long modbus profile name": (
+        "buses: {b: {type: tcp, host: h}}\n"
+        f"devices: [{{id: d, driver: modbus, bus: b, unit: 1, profile: {'a' * 300}}}]\n", 3,
+        "devices[0].profile: must be at most 64 characters"),
+    "long mqtt profile name": (
+        f"devices: [{{id: d, driver: mqtt, profile: {'a' * 300}}}]\n", 2,
+        "devices[0]: unknown mqtt profile"),
     "huge integer": (f"buffer: {{max_pending: {'9' * 5000}}}\n", 2, "cannot read"),
 }

@@ -36,7 +36,7 @@ class ModbusConfig(DeviceConfigBase):
     bus: str = Field(description="name of an entry in buses")
     unit: int = Field(ge=0, le=255, description="unit id: 1..247 on serial buses")
     profile: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                                description="config/profiles/<profile>.yaml")
+                                max_length=64, description="config/profiles/<profile>.yaml")
     points: list[Point] = Field(default_factory=list, description="points added to the profile")
     overrides: dict[str, PointOverride] = Field(
         default_factory=dict, description="per-point changes to profile points, by name")

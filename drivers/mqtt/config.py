@@ -7,6 +7,7 @@ merged key by key (so an installer adds one field without copying the whole prof
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from gateway.driver import DeviceConfigBase
 
 PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 MERGED_KEYS = ("fields", "payload_tags", "match")
+PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 Paths = str | list[str]
 
 
@@ -125,7 +127,7 @@ class MqttDeviceConfig(DeviceConfigBase):
 def load_profile(name: str) -> dict[str, Any]:
     """The mapping in ``config/profiles/mqtt-<name>.yaml`` (its description dropped)."""
     path = PROFILE_DIR / f"mqtt-{name.removeprefix('mqtt-').removesuffix('.yaml')}.yaml"
-    if not path.is_file():
+    if not re.fullmatch(PROFILE_NAME, name) or not path.is_file():  # no ../, no 300 chars
         known = sorted(p.stem.removeprefix("mqtt-") for p in PROFILE_DIR.glob("mqtt-*.yaml"))
         raise ValueError(f"unknown mqtt profile {name!r}; available: {', '.join(known)}")
     return dict(_read_profile(path, path.stat().st_mtime_ns))

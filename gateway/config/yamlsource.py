@@ -26,15 +26,23 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.composer import MaxDepthExceededError
 from ruamel.yaml.constructor import SafeConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
-from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from ruamel.yaml.events import (
+    AliasEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+)
+from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 Path_ = tuple[str | int, ...]
 
@@ -89,9 +97,7 @@ class _Refused(Exception):
 
 
 def _yaml() -> YAML:
-    yaml = YAML(typ="safe", pure=True)
-    yaml.max_depth = MAX_DEPTH
-    return yaml
+    return YAML(typ="safe", pure=True)
 
 
 _SCALARS: dict[str, Callable[[SafeConstructor, ScalarNode], Any]] = {
@@ -106,9 +112,9 @@ _SCALARS: dict[str, Callable[[SafeConstructor, ScalarNode], Any]] = {
 to the document's YAML instance: ``%YAML 1.1`` changes how integers read)."""
 
 _COLLECTIONS = {SequenceNode: _CORE + "seq", MappingNode: _CORE + "map"}
-_SCALAR_ERRORS = (ValueError, KeyError, TypeError, OverflowError, MarkedYAMLError)
+_SCALAR_ERRORS = (ValueError, KeyError, IndexError, TypeError, OverflowError, MarkedYAMLError)
 """What ruamel's scalar constructors raise for a value that does not fit its tag
-(``!!int abc``, ``!!bool maybe``, a 5,000-digit integer)."""
+(``!!int abc``, ``!!int ""``, ``!!bool maybe``, a 5,000-digit integer)."""
 
 
 def parse_yaml(text: str, environ: Mapping[str, str] | None = None
@@ -118,13 +124,12 @@ def parse_yaml(text: str, environ: Mapping[str, str] | None = None
         return None, [SourceProblem(None, (), f"the file is larger than {MAX_TEXT // 1024**2} "
                                     "MiB, the most a config may be")]
     yaml = _yaml()
+    builder = _Builder(yaml, os.environ if environ is None else environ)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a reused anchor name is legal YAML
-            root = yaml.compose(text)
-    except MaxDepthExceededError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark is not None else None
-        return None, [SourceProblem(line, (), _too_deep())]
+            warnings.simplefilter("ignore")
+            for event in yaml.parse(text):
+                builder.feed(event)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -132,144 +137,244 @@ def parse_yaml(text: str, environ: Mapping[str, str] | None = None
         return None, [SourceProblem(line, (), f"invalid YAML: {problem}")]
     except YAMLError as exc:
         return None, [SourceProblem(None, (), f"invalid YAML: {exc}")]
-    builder = _Builder(yaml.constructor, os.environ if environ is None else environ)
-    try:
-        data = None if root is None else builder.value(root, (), 0)
     except _Refused as exc:
         return None, [exc.problem]
-    return YamlDocument(data=data, lines=builder.lines), builder.problems
+    return YamlDocument(data=builder.root, lines=builder.lines), builder.problems
 
 
 def _too_deep() -> str:
     return f"nested deeper than {MAX_DEPTH} levels (a config needs at most 6)"
 
 
-def _line(node: Node) -> int:
-    return int(node.start_mark.line) + 1
+def _line(event: Any) -> int:
+    return int(event.start_mark.line) + 1
 
 
 def _tag_name(tag: str) -> str:
     return "!!" + tag.removeprefix(_CORE) if tag.startswith(_CORE) else tag
 
 
-class _Builder:
-    """Walks the node graph once per place a node appears (aliases expand), counting."""
+_NO_KEY = object()
+_BUILDING = object()
+"""An anchor whose mapping or list is still open: an alias to it would be a cycle."""
 
-    def __init__(self, constructor: SafeConstructor, env: Mapping[str, str]) -> None:
-        self.constructor = constructor
+
+@dataclass
+class _Anchor:
+    value: Any
+    size: int
+    key_lines: dict[Any, int] | None
+
+
+@dataclass
+class _Frame:
+    """A mapping or list being read. For a mapping, ``key`` holds the key waiting for
+    its value (``_NO_KEY`` while a key is expected)."""
+
+    path: Path_
+    value: Any
+    anchor: str | None
+    count_at_start: int
+    line: int
+    key: Any = _NO_KEY
+    key_line: int = 0
+    merging: bool = False
+    merges: list[tuple[Any, int]] = field(default_factory=list)
+    key_lines: dict[Any, int] = field(default_factory=dict)
+
+
+class _Builder:
+    """Plain data from parser events, in one pass with an explicit stack (no recursion).
+
+    An alias is the anchored value again (one object, not a copy), so memory stays linear
+    in the text; the values it stands for are still counted against MAX_NODES, because
+    validation visits every place a value appears."""
+
+    def __init__(self, yaml: YAML, env: Mapping[str, str]) -> None:
+        self.constructor = yaml.constructor
+        self.resolver = yaml.resolver
         self.env = env
         self.lines: dict[Path_, int] = {(): 1}
         self.problems: list[SourceProblem] = []
+        self.root: Any = None
+        self._documents = 0
         self._count = 0
-        self._open: set[int] = set()  # collections being built: an alias back is a cycle
+        self._stack: list[_Frame] = []
+        self._anchors: dict[str, _Anchor | object] = {}
+        self._key_lines: dict[int, dict[Any, int]] = {}  # id(anchored mapping) -> its lines
 
-    def value(self, node: Node, path: Path_, depth: int) -> Any:
-        self._count += 1
-        if self._count > MAX_NODES:
-            # Where the expansion happens, not where the aliased node was written: the
-            # top-level key being built (an alias keeps only its anchor's position).
-            top = path[:1]
-            raise _Refused(SourceProblem(
-                self.lines.get(top, 1), top, f"the document expands to more than "
-                f"{MAX_NODES:,} values (aliases repeating aliases?); write the values out or "
-                "use fewer aliases"))
-        if depth > MAX_DEPTH:
-            raise _Refused(SourceProblem(_line(node), path, _too_deep()))
-        tag = str(node.tag)
-        if isinstance(node, ScalarNode):
-            return self._scalar(node, tag, path)
-        if _COLLECTIONS.get(type(node)) != tag:
-            raise self._unsupported(node, tag, path)
-        if id(node) in self._open:
-            raise _Refused(SourceProblem(_line(node), path,
-                                         "an alias refers to a mapping or list that contains it"))
-        self._open.add(id(node))
-        try:
-            if isinstance(node, SequenceNode):
-                return self._sequence(node, path, depth)
-            out: dict[Any, Any] = {}
-            self._fill(out, node, path, depth, merged=False)
-            return out
-        finally:
-            self._open.discard(id(node))
+    def feed(self, event: Any) -> None:
+        handler = _HANDLERS.get(type(event))
+        if handler is not None:
+            handler(self, event)
 
-    def _unsupported(self, node: Node, tag: str, path: Path_) -> _Refused:
-        allowed = ", ".join(_tag_name(t) for t in (*_SCALARS, *_COLLECTIONS.values()))
-        return _Refused(SourceProblem(
-            _line(node), path,
-            f"unsupported tag {_tag_name(tag)}: a config holds only plain YAML ({allowed})"))
+    # -- events ----------------------------------------------------------------------
 
-    def _scalar(self, node: ScalarNode, tag: str, path: Path_, expand: bool = True) -> Any:
+    def _document(self, event: DocumentStartEvent) -> None:
+        self._documents += 1
+        if self._documents > 1:
+            raise _Refused(SourceProblem(_line(event), (), "invalid YAML: expected a single "
+                                         "document, found a second one (---)"))
+
+    def _scalar_event(self, event: ScalarEvent) -> None:
+        self._counted(1, event)
+        tag = self._tag(event, ScalarNode, event.value)
+        top = self._stack[-1] if self._stack else None
+        is_key = top is not None and isinstance(top.value, dict) and top.key is _NO_KEY
+        if is_key and tag == _MERGE:
+            top.merging, top.key, top.key_line = True, "<<", _line(event)  # type: ignore[union-attr]
+            return
         construct = _SCALARS.get(tag)
         if construct is None:
-            raise self._unsupported(node, tag, path)
+            raise self._unsupported(event, tag)
         try:
-            value = construct(self.constructor, node)
+            value = construct(self.constructor, ScalarNode(tag, event.value, event.start_mark))
         except _SCALAR_ERRORS:
-            self.problems.append(SourceProblem(
-                _line(node), path, f"cannot read {node.value[:40]!r} as {_tag_name(tag)}"))
-            return None
-        if expand and isinstance(value, str):
-            return _expand_env(value, path, self)
-        return value
+            self.problems.append(SourceProblem(_line(event), self._child_path(),
+                                               f"cannot read {event.value[:40]!r} as "
+                                               f"{_tag_name(tag)}"))
+            value = None
+        if isinstance(value, str) and not is_key:
+            value = _expand_env(value, self._child_path(), _line(event), self)
+        if event.anchor is not None:
+            self._anchors[event.anchor] = _Anchor(value, 1, None)
+        self._deliver(value, _line(event))
 
-    def _sequence(self, node: SequenceNode, path: Path_, depth: int) -> list[Any]:
-        items = []
-        for index, child in enumerate(node.value):
-            self.lines[(*path, index)] = _line(child)
-            items.append(self.value(child, (*path, index), depth + 1))
-        return items
+    def _alias(self, event: AliasEvent) -> None:
+        anchor = self._anchors.get(event.anchor)
+        if anchor is None:
+            raise _Refused(SourceProblem(_line(event), self._child_path(),
+                                         f"invalid YAML: unknown alias *{event.anchor}"))
+        if anchor is _BUILDING:
+            raise _Refused(SourceProblem(
+                _line(event), self._child_path(),
+                "an alias refers to a mapping or list that contains it"))
+        assert isinstance(anchor, _Anchor)
+        self._counted(anchor.size, event)
+        self._deliver(anchor.value, _line(event))
 
-    def _fill(self, out: dict[Any, Any], node: MappingNode, path: Path_, depth: int,
-              merged: bool) -> None:
-        """Entries of ``node`` into ``out``; merged mappings (``<<``) only add keys that are
-        not there yet, so the mapping's own keys win and earlier merges beat later ones."""
-        merges: list[Node] = []
-        first_line: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            if str(key_node.tag) == _MERGE:
-                merges.append(value_node)
-                continue
-            key = self._key(key_node, path)
-            if key in out:
-                if not merged and key in first_line:
-                    self.problems.append(SourceProblem(
-                        _line(key_node), (*path, key),
-                        f"duplicate key {key!r} (first at line {first_line[key]})"))
-                continue
-            first_line[key] = _line(key_node)
-            self.lines[(*path, key)] = _line(key_node)
-            out[key] = self.value(value_node, (*path, key), depth + 1)
-        for source in self._merge_sources(merges, path):
-            if id(source) in self._open:
-                raise _Refused(SourceProblem(_line(source), path,
-                                             "a merge (<<) refers to the mapping it is in"))
-            self._count += 1
-            self._open.add(id(source))
-            try:
-                self._fill(out, source, path, depth, merged=True)
-            finally:
-                self._open.discard(id(source))
-
-    def _merge_sources(self, merges: list[Node], path: Path_) -> Iterator[MappingNode]:
-        for merge in merges:
-            sources = merge.value if isinstance(merge, SequenceNode) else [merge]
-            for source in sources:
-                if not isinstance(source, MappingNode) or str(source.tag) != _CORE + "map":
-                    raise _Refused(SourceProblem(
-                        _line(source), path,
-                        "a merge (<<) takes a mapping or a list of mappings, e.g. <<: *common"))
-                yield source
-
-    def _key(self, node: Node, path: Path_) -> Any:
-        if not isinstance(node, ScalarNode):
-            raise _Refused(SourceProblem(_line(node), path,
+    def _start(self, event: Any) -> None:
+        is_map = isinstance(event, MappingStartEvent)
+        self._counted(1, event)
+        top = self._stack[-1] if self._stack else None
+        if top is not None and isinstance(top.value, dict) and top.key is _NO_KEY:
+            raise _Refused(SourceProblem(_line(event), top.path,
                                          "a key must be a plain value, not a mapping or list"))
-        self._count += 1
-        return self._scalar(node, str(node.tag), path, expand=False)
+        if len(self._stack) >= MAX_DEPTH:
+            top_key = self._child_path()[:1]
+            raise _Refused(SourceProblem(_line(event), top_key, _too_deep()))
+        kind = MappingNode if is_map else SequenceNode
+        tag = self._tag(event, kind, None)
+        if tag != _COLLECTIONS[kind]:
+            raise self._unsupported(event, tag)
+        if event.anchor is not None:
+            self._anchors[event.anchor] = _BUILDING
+        self._stack.append(_Frame(self._child_path(), {} if is_map else [], event.anchor,
+                                  self._count, _line(event)))
+
+    def _end(self, event: Any) -> None:
+        frame = self._stack.pop()
+        if isinstance(frame.value, dict):
+            self._merge(frame)
+        if frame.anchor is not None:
+            size = self._count - frame.count_at_start + 1
+            key_lines = frame.key_lines if isinstance(frame.value, dict) else None
+            self._anchors[frame.anchor] = _Anchor(frame.value, size, key_lines)
+            if key_lines is not None:
+                self._key_lines[id(frame.value)] = key_lines
+        self._deliver(frame.value, frame.line)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _tag(self, event: Any, kind: type, value: Any) -> str:
+        tag = event.ctag
+        if tag is None or str(tag) == "!":
+            tag = self.resolver.resolve(kind, value, event.implicit)
+        return str(tag)
+
+    def _counted(self, values: int, event: Any) -> None:
+        self._count += values
+        if self._count > MAX_NODES:
+            # Where the expansion happens: the top-level key being built.
+            top = self._stack[1].path[:1] if len(self._stack) > 1 else self._child_path()[:1]
+            raise _Refused(SourceProblem(
+                self.lines.get(top, _line(event)), top, f"the document expands to more than "
+                f"{MAX_NODES:,} values (aliases repeating aliases?); write the values out or "
+                "use fewer aliases"))
+
+    def _child_path(self) -> Path_:
+        """The path of the value that comes next."""
+        if not self._stack:
+            return ()
+        top = self._stack[-1]
+        if isinstance(top.value, list):
+            return (*top.path, len(top.value))
+        return top.path if top.key is _NO_KEY or top.merging else (*top.path, top.key)
+
+    def _unsupported(self, event: Any, tag: str) -> _Refused:
+        allowed = ", ".join(_tag_name(t) for t in (*_SCALARS, *_COLLECTIONS.values()))
+        return _Refused(SourceProblem(
+            _line(event), self._child_path(),
+            f"unsupported tag {_tag_name(tag)}: a config holds only plain YAML ({allowed})"))
+
+    def _deliver(self, value: Any, line: int) -> None:
+        """A finished value, to the mapping or list that is open (or as the document)."""
+        if not self._stack:
+            self.root = value
+            return
+        top = self._stack[-1]
+        if isinstance(top.value, list):
+            self.lines[(*top.path, len(top.value))] = line
+            top.value.append(value)
+        elif top.key is _NO_KEY:
+            if isinstance(value, dict | list):
+                raise _Refused(SourceProblem(line, top.path, "a key must be a plain value, "
+                                             "not a mapping or list"))
+            top.key, top.key_line = value, line
+        elif top.merging:
+            top.merges.append((value, top.key_line))
+            top.key, top.merging = _NO_KEY, False
+        else:
+            key, top.key = top.key, _NO_KEY
+            if key in top.value:
+                self.problems.append(SourceProblem(
+                    top.key_line, (*top.path, key),
+                    f"duplicate key {key!r} (first at line {top.key_lines[key]})"))
+                return
+            top.value[key] = value
+            top.key_lines[key] = top.key_line
+            self.lines[(*top.path, key)] = top.key_line
+
+    def _merge(self, frame: _Frame) -> None:
+        """``<<`` entries: keys of the merged mappings that the mapping does not set itself;
+        earlier merges win over later ones (YAML merge key rules)."""
+        for merged, line in frame.merges:
+            sources = merged if isinstance(merged, list) else [merged]
+            for source in sources:
+                if not isinstance(source, dict):
+                    raise _Refused(SourceProblem(
+                        line, frame.path,
+                        "a merge (<<) takes a mapping or a list of mappings, e.g. <<: *common"))
+                key_lines = self._key_lines.get(id(source), {})
+                for key, value in source.items():
+                    if key not in frame.value:
+                        frame.value[key] = value
+                        self.lines[(*frame.path, key)] = key_lines.get(key, line)
+                        frame.key_lines[key] = key_lines.get(key, line)
 
 
-def _expand_env(text: str, path: Path_, builder: _Builder) -> str:
+_HANDLERS: dict[type, Callable[[_Builder, Any], None]] = {
+    DocumentStartEvent: _Builder._document,
+    ScalarEvent: _Builder._scalar_event,
+    AliasEvent: _Builder._alias,
+    SequenceStartEvent: _Builder._start,
+    MappingStartEvent: _Builder._start,
+    SequenceEndEvent: _Builder._end,
+    MappingEndEvent: _Builder._end,
+}
+
+
+def _expand_env(text: str, path: Path_, line: int, builder: _Builder) -> str:
     if "$" not in text:
         return text
 
@@ -281,7 +386,7 @@ def _expand_env(text: str, path: Path_, builder: _Builder) -> str:
             return builder.env[name]
         if default is not None:
             return default
-        builder.problems.append(SourceProblem(builder.lines.get(path), path,
+        builder.problems.append(SourceProblem(line, path,
                                               f"environment variable {name} is not set"))
         return ""
 
