@@ -7,16 +7,16 @@ the line of a missing variable is still known.
 
 A config file is read on SIGHUP by a running gateway and by ``iotgw check`` in a unit's
 ``ExecStartPre``, so no file may crash either: everything wrong with a document comes
-back as a :class:`SourceProblem`. ruamel composes the document into a node graph (an
-alias is the same node object again, so composing is linear in the text) with its depth
-bounded; this module then builds the plain data itself, which is where the other limits
-live:
+back as a :class:`SourceProblem`. ruamel scans and parses (its parser is a state
+machine, not recursive); this module builds the plain data from the parser's events
+with an explicit stack, which is where the limits live:
 
 * only the standard YAML types are read (``!!python/...`` and local tags are refused);
-* nesting deeper than :data:`MAX_DEPTH` is refused, also when aliases build it;
-* aliases and merge keys (``<<: *common``) work, but the document may expand to at most
-  :data:`MAX_NODES` values, so an alias bomb stops after that many steps, in bounded
-  memory, with the line of the alias that crossed the limit;
+* nesting deeper than :data:`MAX_DEPTH` is refused;
+* aliases and merge keys (``<<: *common``) work, but the values the document stands for
+  (each alias counted as the values it repeats) may number at most :data:`MAX_NODES`,
+  so an alias bomb is refused after that many steps, in linear time and memory, at the
+  top-level key that expands it;
 * the text may be at most :data:`MAX_TEXT` characters (the loader checks the file size
   before reading it; profiles pass through here too).
 """
@@ -48,8 +48,9 @@ Path_ = tuple[str | int, ...]
 
 MAX_BYTES = 4 * 1024 * 1024
 """Largest config file read (4 MiB). A compound of 2,000 devices written out in full is
-about 300 KiB; 4 MiB holds ~25,000 (checked in ~20 s on a 2.4 GHz core): anything larger
-is a generated file gone wrong, and parsing it would cost a Pi minutes and gigabytes."""
+about 300 KiB; 4 MiB holds ~27,000 (``iotgw check`` ~30 s of CPU and ~250 MiB on a
+2.4 GHz core, docs/benchmarks.md): anything larger is a generated file gone wrong, and
+parsing it would cost a Pi minutes and more memory than it has to spare."""
 
 MAX_TEXT = MAX_BYTES
 """Characters of YAML text parsed (a UTF-8 file of MAX_BYTES has at most this many)."""
