@@ -29,7 +29,7 @@ class Cjt188Config(DeviceConfigBase):
     interval: Duration = Field(default=300.0, ge=0.001, le=86400, description="time between polls")
     timeout: Duration | None = Field(default=None, gt=0, le=10,
                                      description="reply timeout; default the bus timeout")
-    backoff_max: Duration = Field(default=900.0, ge=1, le=86400)
+    backoff_max: Duration = Field(default=900.0, ge=0.1, le=86400)
     offline_after: int = Field(default=2, ge=1, le=1000)
     measurement: str | None = Field(
         default=None, description="default by meter type: water_meter, heat_meter, gas_meter")

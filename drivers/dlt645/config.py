@@ -50,7 +50,7 @@ class Dlt645Config(DeviceConfigBase):
     interval: Duration = Field(default=60.0, ge=0.001, le=86400, description="time between polls")
     timeout: Duration | None = Field(default=None, gt=0, le=10,
                                      description="reply timeout; default the bus timeout")
-    backoff_max: Duration = Field(default=300.0, ge=1, le=86400,
+    backoff_max: Duration = Field(default=300.0, ge=0.1, le=86400,
                                   description="longest pause between probes of a dead meter")
     offline_after: int = Field(default=2, ge=1, le=1000,
                                description="failed polls in a row before 'offline'")

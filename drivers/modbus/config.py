@@ -47,7 +47,7 @@ class ModbusConfig(DeviceConfigBase):
                                      description="per request; default: the bus timeout")
     retries: int = Field(default=1, ge=0, le=5, description="extra tries while online")
     backoff_max: Duration = Field(
-        default=60.0, ge=1, le=86400,
+        default=60.0, ge=0.1, le=86400,
         description="longest pause between probes of an offline device")
     max_registers: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=PROTOCOL_MAX_REGISTERS)
     max_bits: int = Field(default=PROTOCOL_MAX_BITS, ge=1, le=PROTOCOL_MAX_BITS)
