@@ -117,3 +117,18 @@ async def test_mqtt_intake_isolates_a_poison_message() -> None:
     assert [(d, p) for d, _r, p, _t in link.dead] == [("cam", b'{"seq": 13}')]
     assert link.dead[0][1].startswith("poison: ValueError: refused")
     assert ctx.status.counters == {"poison": 1}
+
+
+def test_problem_log_summarises_a_steady_problem(caplog: pytest.LogCaptureFixture) -> None:
+    from gateway.problems import ProblemLog
+
+    problems = ProblemLog(logging.getLogger("iotgw.test.problems"))
+    caplog.set_level(logging.INFO, logger="iotgw.test.problems")
+    for n in range(5):
+        problems.report("k", "refuses lines: conflict", detail=f"first: line {n}",
+                        level=logging.WARNING, summary_every=3600)
+    problems.report("k", "refuses lines: conflict", level=logging.WARNING, summary_every=0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "refuses lines: conflict (first: line 0)",
+        "refuses lines: conflict (5 more times in the last 0s)"]
+    assert problems.totals == {"k": 6}
