@@ -178,7 +178,7 @@ async def _run_profile(tmp_path: Path, name: str, messages: list[tuple[bytes, bo
         good_times = [(T0 + i) * 10**9 for i, (_p, good) in enumerate(messages) if good]
         stamps = [int(line.rsplit(b" ", 1)[1]) for line in lines]
         for stamp in good_times:
-            assert stamps.count(stamp) == 1, f"good message at {stamp} stored {stamps.count(stamp)}x"
+            assert stamps.count(stamp) == 1, f"good message at {stamp}: {stamps.count(stamp)}x"
         assert len(lines) == expect_stored, "every decodable message stored exactly once"
         assert ctx.status.counters.get("filtered", 0) == expect_filtered
         assert len(link.dead) == expect_rejected, "every rejected message dead-lettered"
