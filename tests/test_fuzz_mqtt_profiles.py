@@ -71,7 +71,8 @@ GOOD: dict[str, Any] = {
 def shipped_profiles() -> list[str]:
     from drivers.mqtt.config import PROFILE_DIR
 
-    return sorted(p.stem.removeprefix("mqtt-") for p in PROFILE_DIR.glob("mqtt-*.yaml"))
+    return sorted(p.name.removeprefix("mqtt-").removesuffix(".yaml")
+                  for p in PROFILE_DIR.iterdir() if p.name.startswith("mqtt-"))
 
 
 def test_every_shipped_profile_has_a_good_message() -> None:
