@@ -69,16 +69,22 @@ _json = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=3) | st.dicti
 BODIES = st.one_of(
     st.binary(max_size=80),
     _json.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"device": st.sampled_from(["gate-1", "gate-2", "nope", ""]) | _leaf,
-                           "point": st.sampled_from(["relay", "siren"]) | _leaf,
-                           "value": _leaf}).map(lambda d: json.dumps(d).encode()),
+    st.fixed_dictionaries({"device": _leaf, "point": _leaf, "value": _leaf}).map(
+        lambda d: json.dumps(d).encode()),
     st.integers(1, 3000).map(lambda n: b'{"device": ' + b"[" * n),
     st.just(b" " * 20_000),
 )
 VERBS = st.one_of(st.sampled_from(["write", "write", "write", "poll", "reload"]),
                   st.text(st.characters(exclude_categories=["Cs", "Cc"],
                                         exclude_characters="/+#"), min_size=1, max_size=30))
-COMMANDS = st.lists(st.tuples(VERBS, BODIES), min_size=1, max_size=40)
+WRITE_LIKE = st.tuples(st.just("write"), st.fixed_dictionaries(
+    {"device": st.sampled_from(["gate-1", "gate-1", "gate-1", "gate-2", "nope", ""]),
+     "point": st.sampled_from(["relay", "relay", "relay", "siren"]),
+     "value": st.integers(0, 3) | st.booleans() | _leaf},
+    optional={"id": _leaf, "client": _leaf}).map(lambda d: json.dumps(d).encode()))
+"""Close to an allowed write, so the oracle's "this one must happen" side is exercised."""
+COMMANDS = st.lists(st.one_of(st.tuples(VERBS, BODIES), WRITE_LIKE), min_size=1,
+                    max_size=40)
 
 
 def expected_write(verb: str, body: bytes) -> tuple[str, str, Any] | None:
@@ -181,7 +187,7 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
                 remaining.pop(match)
 
         await asyncio.to_thread(prop)
-        assert totals["writes"] > 0 and totals["commands"] > 10 * totals["writes"], totals
+        assert 0 < totals["writes"] < totals["commands"] / 2, totals
         assert not runner.done(), "the gateway stopped"
         assert gateway.supervisor is not None and not gateway.supervisor.failing
     finally:
