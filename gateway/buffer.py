@@ -56,6 +56,7 @@ Disk usage
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -380,7 +381,11 @@ class Buffer:
             try:
                 make_dirs(self.path.parent)
             except OSError as exc:
-                raise BufferFailure(f"cannot create the buffer directory: {exc}") from exc
+                hint = " on a file system mounted read-only" + _READ_ONLY_ADVICE if (
+                    exc.errno == errno.EROFS) else ""
+                raise BufferFailure(
+                    f"buffer {self.path}: cannot create its directory: {exc}{hint}"
+                ) from exc
             if is_read_only(self.path.parent):
                 raise BufferFailure(
                     f"buffer {self.path}: {self.path.parent} is on a file system mounted "

@@ -42,12 +42,25 @@ def free_bytes(directory: Path) -> int:
 
 
 def is_read_only(directory: Path) -> bool:
-    """True if ``directory`` is on a file system mounted read-only (e.g. remounted by the
-    kernel after I/O errors on a failing SD card)."""
+    """True if ``directory`` is on a file system that refuses writes as read-only.
+
+    ``statvfs`` shows a read-only mount, but not ext4's ``emergency_ro`` (what the kernel
+    sets after I/O errors on a failing card: still "rw" in the mount table, every write
+    EROFS), so a tiny probe file is created too. Only called at open and on errors.
+    """
     try:
-        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return True
     except OSError:
         return False
+    probe = Path(directory) / ".iotgw-write-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+    except OSError as exc:
+        return exc.errno == errno.EROFS
+    with contextlib.suppress(OSError):
+        probe.unlink()
+    return False
 
 
 def default_min_free(directory: Path) -> int:
