@@ -496,7 +496,7 @@ class Buffer:
         if size is None or not _looks_like_sqlite(self.path):
             return  # not a database at all: moved aside with its WAL by open()
         try:
-            report = inspect_wal(wal)
+            report = inspect_wal(wal, size)
         except OSError as exc:
             log.warning("buffer %s: cannot read the WAL to check it: %s", self.path, exc)
             return

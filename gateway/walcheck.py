@@ -74,8 +74,13 @@ def _checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int
     return s0, s1
 
 
-def inspect_wal(path: Path) -> WalReport | None:
-    """Parse the WAL at ``path``; ``None`` if there is none (or it is empty)."""
+def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | None:
+    """Parse the WAL at ``path``; ``None`` if there is none (or it is empty).
+
+    ``database_bytes`` (the size of the database file) bounds what a commit frame's
+    "database size" can be: a damaged frame header with garbage there is not counted as a
+    commit. Without it any non-zero value counts.
+    """
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -96,6 +101,10 @@ def inspect_wal(path: Path) -> WalReport | None:
         return WalReport(size=size, header_ok=False)
 
     frame_size = FRAME_HEADER_SIZE + page_size
+    total_frames = (size - WAL_HEADER_SIZE) // frame_size + 1
+    most_pages = (
+        _MASK if database_bytes is None else database_bytes // page_size + total_frames
+    )
     s0, s1 = ck1, ck2
     frames = valid = commits = 0
     discarded = discarded_commits = 0
@@ -122,7 +131,7 @@ def inspect_wal(path: Path) -> WalReport | None:
             broken = True
         if ours:
             discarded += 1
-            if db_size:
+            if 0 < db_size <= most_pages:
                 discarded_commits += 1
         offset += frame_size
     return WalReport(
