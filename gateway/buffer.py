@@ -75,7 +75,7 @@ from gateway.diskspace import DiskGuard, is_read_only
 from gateway.errors import BufferFailure
 from gateway.private import make_dirs, open_private, tighten
 from gateway.problems import ProblemLog
-from gateway.walcheck import WalReport, inspect_wal
+from gateway.walcheck import check_wal, inspect_wal
 
 log = logging.getLogger("iotgw.buffer")
 
@@ -466,9 +466,8 @@ class Buffer:
         """Say what a crash or a damaged card cost before SQLite silently discards it.
 
         A zero-length ``buffer.db`` would open as a valid empty database; the gateway never
-        leaves one (see :meth:`_create_if_missing`), so it is moved aside as lost. A WAL
-        whose chain of frames breaks before some commit frames loses those commits in
-        SQLite's recovery: the WAL is copied aside and the loss logged with its counts.
+        leaves one (see :meth:`_create_if_missing`), so it is moved aside as lost. A damaged
+        WAL is reported with its counts and copied aside (:func:`check_wal`).
         """
         wal = Path(f"{self.path}-wal")
         try:
@@ -476,7 +475,10 @@ class Buffer:
         except OSError:
             return
         if size == 0:
-            report = inspect_wal(wal)
+            try:
+                report = inspect_wal(wal)
+            except OSError:
+                report = None
             left = [
                 f"{p.name} ({p.stat().st_size} bytes)"
                 for p in (wal, Path(f"{self.path}-shm"), self.disk.reserve_path)
@@ -493,49 +495,9 @@ class Buffer:
                 f"the file is EMPTY (0 bytes; {since}){commits}: every reading it held is lost"
             )
             return
-        if size is None or not _looks_like_sqlite(self.path):
-            return  # not a database at all: moved aside with its WAL by open()
-        try:
-            report = inspect_wal(wal, size)
-        except OSError as exc:
-            log.warning("buffer %s: cannot read the WAL to check it: %s", self.path, exc)
-            return
-        if report is None:
-            return
-        if report.loses_commits:
-            self._report_wal_loss(wal, report)
-        elif report.torn_tail:
-            log.warning(
-                "buffer %s: the WAL ends in %d frames of a write that was cut short (power "
-                "loss?); it had not been committed, nothing committed is lost",
-                self.path, report.discarded_frames,
-            )
-
-    def _report_wal_loss(self, wal: Path, report: WalReport) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        copy = wal.with_name(f"{wal.name}.corrupt-{stamp}")
-        try:
-            fd = open_private(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            with os.fdopen(fd, "wb") as out, wal.open("rb") as src:
-                while block := src.read(1 << 20):
-                    out.write(block)
-            kept = f"copied to {copy}"
-        except OSError as exc:
-            kept = f"could not be copied aside ({exc})"
-        if not report.header_ok:
-            log.error(
-                "BUFFER WAL %s (%d bytes) HAS NO VALID HEADER: SQLite ignores it entirely, so "
-                "every commit since the last checkpoint is LOST; it was %s",
-                wal, report.size, kept,
-            )
-            return
-        log.error(
-            "BUFFER WAL %s IS DAMAGED: %d frames holding %d committed transactions come after "
-            "a broken frame and are DISCARDED by SQLite's recovery (the readings in them are "
-            "LOST); the first %d commits (%d frames) are kept. The WAL was %s",
-            wal, report.discarded_frames, report.discarded_commits, report.valid_commits,
-            report.valid_frames, kept,
-        )
+        if size is not None and _looks_like_sqlite(self.path):
+            # (Not a database at all: open() moves it aside together with its WAL.)
+            check_wal(wal, size)
 
     def _probe(self) -> bool:
         """Check an existing file read-only; True if it was checked and is fine.

@@ -16,13 +16,22 @@ documented one (https://www.sqlite.org/fileformat2.html#walformat):
 Frames with salts other than the header's are left over from before the last WAL reset
 and are normal; they are not reported. The checksum is pure Python (about 0.1 s per MiB);
 the WAL is usually a few MiB after a crash and nothing at all after a clean stop.
+
+:func:`check_wal` is what the buffer calls at open: it reports and keeps a forensic copy.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import struct
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+from gateway.private import open_private
+
+log = logging.getLogger("iotgw.buffer")
 
 WAL_HEADER_SIZE = 32
 FRAME_HEADER_SIZE = 24
@@ -142,4 +151,58 @@ def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | No
         valid_commits=commits,
         discarded_frames=discarded,
         discarded_commits=discarded_commits,
+    )
+
+
+def check_wal(wal: Path, database_bytes: int) -> WalReport | None:
+    """Inspect ``wal`` before SQLite opens it and say what its recovery will drop.
+
+    Lost commits (or a WAL without a valid header) are logged at ERROR with their counts
+    and the WAL is first copied to ``<wal>.corrupt-<UTC time>`` (0600) for forensics; a
+    torn tail without a commit is a WARNING. Nothing is changed: SQLite then keeps the
+    valid prefix as it always would.
+    """
+    try:
+        report = inspect_wal(wal, database_bytes)
+    except OSError as exc:
+        log.warning("buffer WAL %s: cannot read it to check it: %s", wal, exc)
+        return None
+    if report is None:
+        return None
+    if report.loses_commits:
+        _report_loss(wal, report, _copy_aside(wal))
+    elif report.torn_tail:
+        log.warning(
+            "buffer WAL %s ends in %d frames of a write that was cut short (power loss?); it "
+            "had not been committed, nothing committed is lost", wal, report.discarded_frames,
+        )
+    return report
+
+
+def _copy_aside(wal: Path) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    copy = wal.with_name(f"{wal.name}.corrupt-{stamp}")
+    try:
+        fd = open_private(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        with os.fdopen(fd, "wb") as out, wal.open("rb") as src:
+            while block := src.read(1 << 20):
+                out.write(block)
+    except OSError as exc:
+        return f"could not be copied aside ({exc})"
+    return f"copied to {copy}"
+
+
+def _report_loss(wal: Path, report: WalReport, kept: str) -> None:
+    if not report.header_ok:
+        log.error(
+            "BUFFER WAL %s (%d bytes) HAS NO VALID HEADER: SQLite ignores it entirely, so "
+            "every commit since the last checkpoint is LOST; it was %s", wal, report.size, kept,
+        )
+        return
+    log.error(
+        "BUFFER WAL %s IS DAMAGED: %d frames holding %d committed transactions come after a "
+        "broken frame and are DISCARDED by SQLite's recovery (the readings in them are LOST); "
+        "the first %d commits (%d frames) are kept. The WAL was %s",
+        wal, report.discarded_frames, report.discarded_commits, report.valid_commits,
+        report.valid_frames, kept,
     )
