@@ -96,6 +96,7 @@ _CORRUPTION_CODES = {_SQLITE_CORRUPT, _SQLITE_NOTADB}
 # Transient conditions worth retrying on the same buffer (a read-only remount is undone by
 # remounting; SQLite's connection works again once the file system is writable).
 _SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 10 | (19 << 8)
 _RETRYABLE_CODES = {5, 6, 8, 10, _SQLITE_FULL}  # BUSY, LOCKED, READONLY, IOERR, FULL
 _READ_ONLY_HINT_CODES = {8, 10, 14}  # READONLY, IOERR, CANTOPEN
 
@@ -223,9 +224,9 @@ _READ_ONLY_ADVICE = (
 
 
 def _is_disk_full(exc: BaseException) -> bool:
-    cause = exc.__cause__
-    code = getattr(cause, "sqlite_errorcode", None)
-    return code is not None and (code & 0xFF) == _SQLITE_FULL
+    """SQLITE_FULL, or the ``-shm`` file could not be sized (how a full disk shows at open)."""
+    code = getattr(exc.__cause__, "sqlite_errorcode", None)
+    return code is not None and ((code & 0xFF) == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE)
 
 
 def _looks_like_sqlite(path: Path) -> bool:
@@ -544,6 +545,10 @@ class Buffer:
                 raise BufferFailure(f"buffer {self.path}: cannot use WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+            # Debian builds SQLite with SECURE_DELETE: every pruned page would be zeroed
+            # through the WAL, doubling the writes and needing as much free space to prune
+            # as was pruned (on a full disk: none). FAST zeroes only where it costs no I/O.
+            conn.execute("PRAGMA secure_delete=FAST")
             self._check(conn, quick_check=quick_check)
             self._init_schema(conn)
             return conn
@@ -770,6 +775,12 @@ class Buffer:
         or not every sink has taken them, until the new chunk fits; ``drop_newest`` keeps
         the lines that still fit and refuses the rest of this call. Either way the lost
         lines are counted in ``dropped`` and in ``dropped_full_total``.
+
+        Short of disk space (``min_free``, or ``SQLITE_FULL``) the buffer counts as full
+        too (see :meth:`_append_rows`). A call too large to commit at once on a full disk
+        (a backlog flushed after an outage) is committed one chunk per transaction, and
+        what still does not fit is dropped and counted: otherwise the same large batch
+        would be retried forever and nothing new could be stored.
         """
         total = len(lines)
         if total == 0:
@@ -780,13 +791,50 @@ class Buffer:
             def body(conn: sqlite3.Connection, short: bool) -> _Appended:
                 return self._append_rows(conn, lines, oldest_ns, newest_ns, low or short)
 
-            done = self._write("append", body)
-        # Only after COMMIT: a failed transaction leaves the in-memory totals as they were.
-        self._meta = done.counters
-        self._newest_time_ns = done.newest_time
+            try:
+                done = self._write("append", body)
+            except BufferFailure as exc:
+                if not _is_disk_full(exc) or total <= self.chunk_lines:
+                    raise
+                done = self._append_piecewise(lines, oldest_ns, newest_ns)
+            # Only after COMMIT: a failed transaction leaves the in-memory totals as they were.
+            self._meta = done.counters
+            self._newest_time_ns = done.newest_time
         if done.dropped:
             self._log_dropped(done.dropped)
         return AppendResult(done.stored, done.dropped)
+
+    def _append_piecewise(
+        self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int
+    ) -> _Appended:
+        """One chunk per transaction, short of space; the rest is dropped at the first
+        chunk that does not fit either (its lines counted, never silently lost)."""
+        stored = dropped = 0
+        for start in range(0, len(lines), self.chunk_lines):
+            part = lines[start : start + self.chunk_lines]
+            try:
+                with self._transaction("append") as conn:
+                    piece = self._append_rows(conn, part, oldest_ns, newest_ns, True)
+            except BufferFailure as exc:
+                if not _is_disk_full(exc):
+                    raise
+                rest = len(lines) - start
+                dropped += rest
+                counters = dict(self._meta)
+                counters["dropped_full_total"] += rest
+                try:
+                    with self._transaction("counting dropped lines") as conn:
+                        self._write_meta(conn, counters)
+                    self._meta = counters
+                except BufferFailure:
+                    pass  # the drop is still reported to the caller and logged
+                break
+            self._meta = piece.counters
+            self._newest_time_ns = piece.newest_time
+            stored += piece.stored
+            dropped += piece.dropped
+            self._checkpoint("PASSIVE")
+        return _Appended(dict(self._meta), stored, dropped, self._newest_time_ns)
 
     def _append_rows(
         self,
@@ -796,12 +844,17 @@ class Buffer:
         newest_ns: int,
         short_of_space: bool,
     ) -> _Appended:
-        """The body of :meth:`append`. Short of disk space, the payload held may not grow:
-        the limit is what is held now, so ``drop_oldest`` replaces old chunks (SQLite
-        reuses their pages) and ``drop_newest`` refuses every new line."""
+        """The body of :meth:`append`. Short of disk space, the file may not grow: the
+        limit is what is held now plus the pages free inside the file, so ``drop_oldest``
+        replaces old chunks (SQLite reuses their pages) and ``drop_newest`` refuses what
+        does not fit in the free pages."""
         total = len(lines)
         counters = dict(self._meta)
-        limit = min(self.max_bytes, counters["bytes_held"]) if short_of_space else self.max_bytes
+        limit = self.max_bytes
+        if short_of_space:
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            room = counters["bytes_held"] + free_pages * self._page_size
+            limit = min(limit, room)
         stored = dropped = 0
         first_new_id: int | None = None
         for start in range(0, total, self.chunk_lines):
