@@ -50,7 +50,14 @@ Threading
 Disk usage
     Payload bytes held are capped by ``max_bytes``; the file itself keeps its high-water
     size (SQLite reuses freed pages rather than shrinking the file), plus the WAL, whose
-    size is capped after checkpoints by ``journal_size_limit``.
+    size is capped after checkpoints by ``journal_size_limit``. The file system is guarded
+    separately (:mod:`gateway.diskspace`): below ``min_free`` the buffer counts as full, and
+    a reserve file is given back on ``SQLITE_FULL`` so acks and prunes can always run.
+
+Start-up checks
+    A zero-length ``buffer.db`` and a WAL that SQLite's recovery would cut short are
+    reported at ERROR before SQLite opens them (:mod:`gateway.walcheck`); files are created
+    0600 and directories 0700 (:mod:`gateway.private`).
 """
 
 from __future__ import annotations
