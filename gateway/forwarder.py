@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
@@ -37,6 +38,10 @@ log = logging.getLogger("iotgw.forwarder")
 RETRY_AFTER_CAP = 600.0
 """Longest a server's Retry-After is obeyed; a misconfigured proxy must not park a sink
 for a day."""
+
+REFUSAL_SUMMARY = 600.0
+"""A store that keeps refusing one kind of line (a type conflict) is logged once, then
+summarised at most this often; every refused line is counted in the sink's stats."""
 
 IDLE_RECHECK = 1.0
 """Seconds between buffer checks when no commit notification arrives (a safety net)."""
@@ -94,8 +99,8 @@ class Forwarder:
                          f"but the buffer cannot record it ({exc}); delivery goes on, the "
                          "position is kept in memory and the ack retried")
             return
-        self._unacked = None
-        if self._problems.is_active(key):
+        if self._unacked is not None:
+            self._unacked = None
             self._stats.state = "ok"
             self._problems.recovered(key, f"sink {self.name}: the buffer records its "
                                      "deliveries again (pruning resumes)")
@@ -142,12 +147,23 @@ class Forwarder:
         lines = payload.split(b"\n")
         if len(lines) == 1:
             self._stats.rejected_lines += 1
+            kind = refusal_kind(reason)
             self._problems.report(
-                f"rejected:{self.name}",
-                f"sink {self.name} refused a line, dropped it: {reason} "
-                f"(line: {payload[:200]!r})", level=logging.WARNING)
+                f"rejected:{self.name}:{kind}",
+                f"sink {self.name} refuses lines, dropping them: {kind}",
+                detail=f"first: {payload[:200]!r}", level=logging.WARNING,
+                summary_every=REFUSAL_SUMMARY)
             return
         middle = len(lines) // 2
         await self._deliver(b"\n".join(lines[:middle]))
         await self._deliver(b"\n".join(lines[middle:]))
 
+
+_NUMBER = re.compile(r"\d+")
+_LONG_QUOTE = re.compile(r"\"[^\"]{40,}\"|'[^']{40,}'")
+
+
+def refusal_kind(reason: str) -> str:
+    """The kind of a store's refusal: its message without the numbers and quoted lines
+    that vary from one refused line to the next, so one steady conflict is one kind."""
+    return _NUMBER.sub("N", _LONG_QUOTE.sub('"…"', reason))[:200]

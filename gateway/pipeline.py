@@ -154,13 +154,42 @@ class Pipeline:
                 oldest = t
             if t > newest:
                 newest = t
+        try:
+            encoded = encode_many(accepted)
+        except Exception:  # a value line protocol cannot carry (a lone surrogate...)
+            # (oldest/newest may still count a dropped reading: bounds, not an index)
+            accepted, encoded = self._encode_each(device_id, accepted)
+            if not accepted:
+                return accepted
         self._oldest, self._newest = oldest, newest
-        lines.extend(encode_many(accepted))
+        lines.extend(encoded)
         if accepted and self._batch_done is None:
             self._batch_done = asyncio.get_running_loop().create_future()
         if len(lines) >= FLUSH_LINES:
             self._wake.set()
         return accepted
+
+    def _encode_each(self, device_id: str, readings: list[Reading]
+                     ) -> tuple[list[Reading], list[bytes]]:
+        """The slow path after a batch failed to encode: keep every reading that encodes,
+        drop (count, log once per device and kind) the ones that cannot. One bad value
+        must cost its reading, never the batch or the task that submitted it."""
+        kept: list[Reading] = []
+        lines: list[bytes] = []
+        for reading in readings:
+            try:
+                (line,) = encode_many((reading,))
+            except Exception as exc:
+                self._stats.dropped["unencodable"] += 1
+                self._problems.report(
+                    f"unencodable:{device_id}:{type(exc).__name__}",
+                    f"device {device_id}: dropped a reading that cannot be written as line "
+                    f"protocol ({type(exc).__name__}: {str(exc)[:120]})",
+                    level=logging.WARNING)
+                continue
+            kept.append(reading)
+            lines.append(line)
+        return kept, lines
 
     def _hide(self, reading: Reading, names: frozenset[str]) -> Reading:
         hide = self._pseudonymize

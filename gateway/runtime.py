@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.driver import DeviceConfigBase, DeviceContext, DeviceStatus, Driver
+from gateway.driver import DeviceConfigBase, DeviceContext, DeviceState, DeviceStatus, Driver
 from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
@@ -136,14 +136,18 @@ class Gateway:
         bus_name = getattr(device, "bus", None)
         ctx = DeviceContext(device.id, self._emit, self._state_changed, bus_name=bus_name,
                             bus=self.config.model.buses.get(bus_name) if bus_name else None,
-                            resources=self.resources)
+                            resources=self.resources, tasks=self.supervisor)
         self.devices[device.id] = ctx
         self._device_configs[device.id] = device
         self.pipeline.set_device(device.id, device.tags, device.pseudonymize)
         driver = driver_type.driver_class(device, ctx)
         self.drivers[device.id] = driver
         self._state_changed(device.id, ctx.status)
-        self.supervisor.start(f"device:{device.id}", driver.run)
+
+        def crashed(exc: BaseException) -> None:
+            ctx.set_state(DeviceState.ERROR, f"driver failed: {type(exc).__name__}: {exc}")
+
+        self.supervisor.start(f"device:{device.id}", driver.run, on_failure=crashed)
 
     def _state_changed(self, device_id: str, status: DeviceStatus) -> None:
         for listener in self._state_listeners:
@@ -185,7 +189,14 @@ class Gateway:
         self._sink_configs[name] = sink_config
         self._sink_events[name] = event
         forwarder = Forwarder(sink, sink_config, self.buffer, event, self.stats)
-        self.supervisor.start(f"sink:{name}", forwarder.run)
+
+        def crashed(exc: BaseException) -> None:
+            sink_stats = self.stats.sink(name)
+            sink_stats.state = "failed"
+            sink_stats.errors += 1
+            sink_stats.last_error = f"forwarder failed: {type(exc).__name__}: {exc}"
+
+        self.supervisor.start(f"sink:{name}", forwarder.run, on_failure=crashed)
 
     async def _stop_sink(self, name: str) -> None:
         assert self.supervisor is not None and self.pipeline is not None

@@ -90,6 +90,10 @@ def test_install_into_a_temp_root_is_idempotent_and_uninstalls(tmp_path: Path) -
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0 and check.stdout.strip(), check.stderr
     assert (venv / "bin/iotgw").is_file()
+    shipped = {p.relative_to(ROOT).as_posix() for p in ROOT.glob("drivers/*/profiles/*.yaml")}
+    (site,) = venv.glob("lib/python*/site-packages")
+    assert shipped and shipped == {p.relative_to(site).as_posix()
+                                   for p in site.glob("drivers/*/profiles/*.yaml")}
     assert os.readlink(root / "usr/local/bin/iotgw") == "/opt/iotgw/venv/bin/iotgw"
     unit = root / "etc/systemd/system/iotgw.service"
     assert unit.read_bytes() == (DEPLOY / "iotgw.service").read_bytes()
@@ -328,7 +332,7 @@ def produced_fields() -> dict[str, set[str]]:
     }
     fields["water_meter"] |= {item.name for item in LAYOUTS["volume"]}
     yaml = YAML(typ="safe")
-    for profile in (ROOT / "config/profiles").glob("*.yaml"):
+    for profile in ROOT.glob("drivers/*/profiles/*.yaml"):
         doc = yaml.load(profile.read_text())
         measurement = doc.get("measurement")
         if measurement in fields:

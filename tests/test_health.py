@@ -145,6 +145,15 @@ def test_verdicts_say_which_check_fails() -> None:
     health = evaluate(snap)
     assert not health["live"] and not health["ready"]
 
+    snap = base_snapshot()
+    snap["tasks"] = {"failing": {"mqtt:devices-intake": {
+        "error": "UnicodeEncodeError: surrogates not allowed", "failures": 3,
+        "last_failure": 0.0}}}
+    health = evaluate(snap)
+    assert health["live"] and not health["ready"]
+    assert health["readiness"]["tasks_healthy"]["detail"] == (
+        "mqtt:devices-intake failed 3x: UnicodeEncodeError: surrogates not allowed")
+
 
 # -- the endpoint under load -----------------------------------------------------------
 

@@ -100,7 +100,8 @@ def test_malformed_flood_counted_valid_ones_arrive(items: list[tuple[bytes, bool
                                  i * 2 + 1, 1))
             valid.append(float(i))
     groups = broker._decode(batch)
-    got = [r.fields["v"] for r in groups.get("d1", [])]
+    decoded = groups.get("d1")
+    got = [r.fields["v"] for r in decoded.readings] if decoded else []
     for v in valid:
         assert v in got
     handled = len(got) + len(link.dead) + ctx.status.counters.get("filtered", 0)

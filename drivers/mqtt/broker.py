@@ -27,6 +27,7 @@ from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message, MqttConnection, client_id_base
 from gateway.mqtt.hub import GatewayLink
 from gateway.reading import Reading
+from gateway.supervisor import TaskStarter
 
 log = logging.getLogger("iotgw.mqtt.devices")
 GATHER = 0.005
@@ -34,6 +35,8 @@ GATHER = 0.005
 wake-up, a pipeline submit and a commit-wait task per burst instead of per message)."""
 RECENT = 20_000
 """Messages remembered to recognise a broker's DUP redelivery of something committed."""
+CONNECTION_TASK = "mqtt:devices"
+INTAKE_TASK = "mqtt:devices-intake"
 ROUTES = 4096
 """Distinct topics whose matching devices and captured tags are remembered (a compound
 has a few hundred topics; matching every filter per message was a hot spot)."""
@@ -54,6 +57,21 @@ class TokenBucket:
             self.tokens -= 1.0
             return True
         return False
+
+
+@dataclass
+class Decoded:
+    """One device's readings from a burst, each with the message it came from (to
+    dead-letter exactly that message if the pipeline refuses its reading)."""
+
+    readings: list[Reading] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+
+    def add(self, att: Attachment, reading: Reading, message: Message) -> None:
+        self.readings.append(reading)
+        self.messages.append(message)
+        self.attachments[att.ctx.device_id] = att
 
 
 class Attachment:
@@ -84,19 +102,43 @@ class DeviceBroker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._supervisor: TaskStarter | None = None
+        self.failure: str | None = None
+        """Why a supervised task of this connection last failed, until it recovers."""
 
     @classmethod
-    async def create(cls, link: GatewayLink) -> DeviceBroker:
+    async def create(cls, link: GatewayLink, tasks: TaskStarter | None = None) -> DeviceBroker:
+        """Start the connection and the intake worker, under the gateway's supervisor when
+        there is one (``tasks``): a failure is then logged with its traceback, counted,
+        shown in readiness and in every attached device's state, and the task restarts."""
         broker = cls(link)
-        broker._runner = asyncio.create_task(broker.connection.run(), name="mqtt:devices")
-        broker._worker = asyncio.create_task(broker._work(), name="mqtt:devices-intake")
+        broker._supervisor = tasks
+        if tasks is None:
+            broker._runner = asyncio.create_task(broker.connection.run(), name="mqtt:devices")
+            broker._worker = asyncio.create_task(broker._work(), name="mqtt:devices-intake")
+        else:
+            tasks.start(CONNECTION_TASK, broker.connection.run,
+                        on_failure=broker._task_failed, on_recovered=broker._task_recovered)
+            tasks.start(INTAKE_TASK, broker._work,
+                        on_failure=broker._task_failed, on_recovered=broker._task_recovered)
         return broker
 
+    def _task_failed(self, exc: BaseException) -> None:
+        self.failure = f"mqtt device intake failed: {type(exc).__name__}: {exc}"
+        self.counters["task_failures"] += 1
+
+    def _task_recovered(self) -> None:
+        self.failure = None
+
     async def close(self) -> None:
+        if self._supervisor is not None:
+            await self._supervisor.stop([INTAKE_TASK])
         for task in (self._worker, *self._tasks):
             if task is not None:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._supervisor is not None:
+            await self._supervisor.stop([CONNECTION_TASK])
         if self._runner is not None:
             self._runner.cancel()
             await asyncio.gather(self._runner, return_exceptions=True)
@@ -125,35 +167,71 @@ class DeviceBroker:
             batch = await self._intake.get()
             while not self._intake.empty() and len(batch) < 5000:
                 batch.extend(self._intake.get_nowait())
-            groups = self._decode(batch)
-            for device_id, readings in groups.items():
-                await self.link.submit(device_id, readings)
-            last = next(reversed(groups), None)
+            try:
+                last = await self._submit(self._decode(batch))
+            except Exception as exc:
+                # Not a message's fault (decoding and submitting isolate each message):
+                # a bug. The batch stays unacknowledged, so the broker redelivers it after
+                # the next reconnect, and the supervisor restarts this task.
+                raise RuntimeError(f"intake of {len(batch)} messages failed: {exc}") from exc
             task = asyncio.create_task(self._ack_after_commit(last, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _submit(self, groups: dict[str, Decoded]) -> str | None:
+        """Submit each device's readings; returns the last device submitted to (whose
+        commit covers everything before it). A group the pipeline refuses is retried a
+        reading at a time, so a poison message costs that message only: it is counted,
+        dead-lettered and acknowledged like a rejected payload."""
+        last = None
+        for device_id, decoded in groups.items():
+            try:
+                await self.link.submit(device_id, decoded.readings)
+            except Exception:
+                for reading, message in zip(decoded.readings, decoded.messages, strict=True):
+                    try:
+                        await self.link.submit(device_id, (reading,))
+                    except Exception as exc:
+                        self._poisoned(decoded.attachments[device_id], message, exc)
+            last = device_id
+        return last
+
+    def _poisoned(self, att: Attachment, message: Message, exc: Exception) -> None:
+        att.ctx.count("poison")
+        self.counters["poison"] += 1
+        self.link.dead_letter(att.ctx.device_id, f"poison: {type(exc).__name__}: {exc}"[:300],
+                              message.payload, message.topic)
 
     async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
         if device_id is not None:
             await self.link.wait_committed(device_id)
         self.connection.ack_all(batch)
 
-    def _decode(self, batch: list[Message]) -> dict[str, list[Reading]]:
-        groups: dict[str, list[Reading]] = {}
+    def _decode(self, batch: list[Message]) -> dict[str, Decoded]:
+        groups: dict[str, Decoded] = {}
         arrival = time.time_ns()
         recent = self._recent
         for message in batch:
-            key = hash((message.topic, message.payload))
-            if message.dup and key in recent:
-                self.counters["duplicate_redelivery"] += 1
+            try:
+                key = hash((message.topic, message.payload))
+                if message.dup and key in recent:
+                    self.counters["duplicate_redelivery"] += 1
+                    continue
+                routes = self._routes.get(message.topic)
+                if routes is None:
+                    routes = self._route(message.topic)
+            except Exception as exc:  # routing bug: one message, not the stream
+                self.counters["route_error"] += 1
+                self.link.dead_letter("-", f"route_error: {type(exc).__name__}: {exc}",
+                                      message.payload, message.topic)
                 continue
-            routes = self._routes.get(message.topic)
-            if routes is None:
-                routes = self._route(message.topic)
             for att, topic_tags in routes:
                 reading = self._one(att, topic_tags, message, arrival)
                 if reading is not None:
-                    groups.setdefault(att.ctx.device_id, []).append(reading)
+                    decoded = groups.get(att.ctx.device_id)
+                    if decoded is None:
+                        decoded = groups[att.ctx.device_id] = Decoded()
+                    decoded.add(att, reading, message)
             if not routes:
                 self.counters["unrouted"] += 1
             if message.qos:

@@ -30,7 +30,7 @@ class MqttDriver(Driver):
         attachment = Attachment(Mapper(self.config), self.ctx)
 
         async def make() -> DeviceBroker:
-            return await DeviceBroker.create(link)
+            return await DeviceBroker.create(link, self.ctx.tasks)
 
         async with self.ctx.resources.use(("mqtt", "devices"), make) as broker:
             broker.attach(attachment)
@@ -45,7 +45,9 @@ class MqttDriver(Driver):
             problems = attachment.mapper.problems  # field-level: wrong_type, bad_time
             for reason in list(problems):
                 ctx.count(reason, problems.pop(reason))
-            if not broker.connection.connected:
+            if broker.failure is not None:
+                ctx.set_state(DeviceState.ERROR, broker.failure)
+            elif not broker.connection.connected:
                 ctx.set_state(DeviceState.OFFLINE, "broker connection down")
             elif cfg.offline_after and (ctx.status.last_seen or 0) < time.time() - \
                     cfg.offline_after:

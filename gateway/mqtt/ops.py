@@ -25,6 +25,7 @@ from gateway.mqtt import hub
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
+from gateway.problems import ProblemLog
 from gateway.reading import Reading
 from gateway.registry import register_service
 
@@ -56,6 +57,7 @@ class OpsBus:
         self.base = settings.base_topic
         self.states: dict[str, DeviceStatus] = {}
         self.counters: dict[str, int] = {}
+        self._problems = ProblemLog(log)
         self._dl_tokens = DEAD_LETTER_RATE
         self._dl_stamp = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -83,17 +85,27 @@ class OpsBus:
         hub.bind(self.gateway).dead_letter_sinks.append(self._dead_letter)
 
     async def run(self) -> None:
-        runner = asyncio.create_task(self.connection.run(), name="mqtt:ops")
+        """The connection and the stats loop share a fate: if either raises, both stop
+        and the supervisor logs it and restarts the ops bus (never one half silently
+        dead while the other looks fine)."""
         try:
-            while True:
-                await asyncio.sleep(self.settings.stats_interval)
-                await self._publish_stats()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.connection.run(), name="mqtt:ops")
+                group.create_task(self._stats_loop(), name="mqtt:ops-stats")
+        except BaseExceptionGroup as group_error:
+            first = group_error.exceptions[0]
+            if isinstance(first, Exception):
+                raise first from None
+            raise
         finally:
             if self.connection.connected:  # a clean stop says so; the will is for crashes
                 self.connection.publish(f"{self.base}/status", self._status("offline"), 1, True)
                 await asyncio.sleep(0.05)
-            runner.cancel()
-            await asyncio.gather(runner, return_exceptions=True)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            await self._publish_stats()
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
@@ -219,6 +231,16 @@ class OpsBus:
                 task.add_done_callback(self._tasks.discard)
 
     async def _command(self, verb: str, message: Message) -> None:
+        """One command; whatever goes wrong costs this command only, logged once per kind."""
+        try:
+            await self._answer(verb, message)
+        except Exception as exc:
+            self._count("command_errors")
+            self._problems.report(f"command:{type(exc).__name__}",
+                                  f"command {verb!r} could not be answered: "
+                                  f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    async def _answer(self, verb: str, message: Message) -> None:
         digest = hashlib.sha256(message.payload).hexdigest()[:16]
         body: dict[str, Any] = {}
         client = dict(message.user_properties).get("client", "unknown")
