@@ -352,7 +352,7 @@ def test_fuzz_wal_damage_is_never_lost_silently(
     _damage_and_open(pristine, where, garbage, tmp_path_factory.mktemp("case") / "c")
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @settings(max_examples=1000, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(where=st.floats(0, 1), garbage=st.binary(min_size=1, max_size=64))
