@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import signal
 import sys
 from collections import Counter
@@ -39,7 +40,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     config = _load_or_exit(args.config)
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    except BufferFailure as exc:
+        # Read-only or unusable data_dir: one clear line, not a traceback per restart.
+        logging.getLogger("iotgw").error("cannot run: %s", exc)
+        return 1
     return 0
 
 

@@ -4,6 +4,13 @@ The cursor advances only after the sink accepted the batch, so delivery is at le
 once; InfluxDB-style stores overwrite a point with the same series and timestamp, so a
 resend after a crash or timeout does not duplicate data. Each forwarder is its own task:
 a sink that is down or slow never holds up another sink or the drivers.
+
+A delivered batch whose acknowledgement cannot be written (the disk is full, the file
+system went read-only) must not restart the forwarder: that would resend the same batch
+forever while nothing is pruned. The delivered position is kept in memory, delivery goes
+on from there, and the ack is retried after every batch and every idle check until the
+buffer takes it; a restart in between resends from the last recorded cursor (at least
+once, as always).
 """
 
 from __future__ import annotations
@@ -15,7 +22,13 @@ import re
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
 from gateway.buffer import AsyncBuffer
-from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
+from gateway.errors import (
+    BufferFailure,
+    SinkAuthError,
+    SinkRejected,
+    SinkTooLarge,
+    SinkUnavailable,
+)
 from gateway.problems import ProblemLog
 from gateway.sinks.base import Sink, SinkConfigBase
 from gateway.stats import GatewayStats
@@ -45,6 +58,8 @@ class Forwarder:
         self._stats = stats.sink(self.name)
         self._problems = ProblemLog(log)
         self._backoff = Backoff(base=0.5, cap=config.retry_max)
+        self._unacked: int | None = None
+        """Last chunk id the sink stored whose ack the buffer could not record yet."""
 
     async def run(self) -> None:
         await self._sink.open()
@@ -54,21 +69,41 @@ class Forwarder:
             await self._sink.close()
 
     async def _loop(self) -> None:
+        limit = self._config.batch_lines
         while True:
-            batch = await self._buffer.read(self.name, self._config.batch_lines)
+            batch = await self._buffer.read(self.name, limit, self._unacked)
             if batch is None:
                 self._new_data.clear()
-                batch = await self._buffer.read(self.name, self._config.batch_lines)
+                if self._unacked is not None:
+                    await self._ack(self._unacked)
+                batch = await self._buffer.read(self.name, limit, self._unacked)
                 if batch is None:
                     await wait_event(self._new_data, IDLE_RECHECK)
                     continue
             delay = await self._try_deliver(batch.payload)
             if delay is None:
-                await self._buffer.ack(self.name, batch.last_id)
                 self._stats.sent_lines += batch.lines
                 self._stats.sent_batches += 1
+                await self._ack(batch.last_id)
             else:
                 await asyncio.sleep(delay)
+
+    async def _ack(self, last_id: int) -> None:
+        """Record delivery up to ``last_id``; if the buffer cannot, remember it instead."""
+        key = f"ack:{self.name}"
+        try:
+            await self._buffer.ack(self.name, last_id)
+        except BufferFailure as exc:
+            self._unacked = last_id
+            self._failed(key, "retrying", f"sink {self.name}: delivered up to chunk {last_id} "
+                         f"but the buffer cannot record it ({exc}); delivery goes on, the "
+                         "position is kept in memory and the ack retried")
+            return
+        if self._unacked is not None:
+            self._unacked = None
+            self._stats.state = "ok"
+            self._problems.recovered(key, f"sink {self.name}: the buffer records its "
+                                     "deliveries again (pruning resumes)")
 
     async def _try_deliver(self, payload: bytes) -> float | None:
         """None when the batch is done with (stored, or bad lines dropped); otherwise the
@@ -88,7 +123,7 @@ class Forwarder:
                          "and retrying with backoff")
             return wait
         self._backoff.reset()
-        self._stats.state = "ok"
+        self._stats.state = "ok" if self._unacked is None else "retrying"
         self._problems.recovered(key, f"sink {self.name} is delivering again")
         return None
 

@@ -50,7 +50,8 @@ class Gateway:
         self._reload = asyncio.Event()
         buf = config.model.buffer
         self.buffer = AsyncBuffer(Buffer(config.buffer_path, max_bytes=buf.max_bytes,
-                                         when_full=buf.when_full, synchronous=buf.synchronous))
+                                         when_full=buf.when_full, synchronous=buf.synchronous,
+                                         min_free=buf.min_free))
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
 

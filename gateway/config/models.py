@@ -33,6 +33,10 @@ class BufferSection(StrictModel):
     path: Path | None = Field(default=None, description="default: <data_dir>/buffer.db")
     max_bytes: ByteSize = Field(default=512 * 1024**2, ge=1024 * 1024)
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    min_free: ByteSize | None = Field(
+        default=None, ge=0,
+        description="free space kept on the buffer's file system; below it the buffer counts "
+        "as full (when_full applies). Default: 64MiB, at most 5% of the file system; 0: off")
     flush_interval: Duration = Field(
         default=0.2, gt=0, le=10, description="longest a reading waits before its commit")
     synchronous: Literal["full", "normal"] = Field(
