@@ -85,27 +85,24 @@ class OpsBus:
         hub.bind(self.gateway).dead_letter_sinks.append(self._dead_letter)
 
     async def run(self) -> None:
-        """The connection and the stats loop share a fate: if either raises, both stop
-        and the supervisor logs it and restarts the ops bus (never one half silently
-        dead while the other looks fine)."""
+        """The connection and the stats loop share a fate: if the connection's task ends
+        or the stats raise, ``run`` raises and the supervisor logs it and restarts the
+        ops bus (never one half silently dead while the other looks fine). The offline
+        status goes out before the connection is torn down on a clean stop."""
+        runner = asyncio.create_task(self.connection.run(), name="mqtt:ops")
         try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self.connection.run(), name="mqtt:ops")
-                group.create_task(self._stats_loop(), name="mqtt:ops-stats")
-        except BaseExceptionGroup as group_error:
-            first = group_error.exceptions[0]
-            if isinstance(first, Exception):
-                raise first from None
-            raise
+            while True:
+                done, _ = await asyncio.wait({runner}, timeout=self.settings.stats_interval)
+                if runner in done:
+                    runner.result()  # the connection's own failure, with its traceback
+                    raise RuntimeError("the ops-bus connection task ended")
+                await self._publish_stats()
         finally:
             if self.connection.connected:  # a clean stop says so; the will is for crashes
                 self.connection.publish(f"{self.base}/status", self._status("offline"), 1, True)
                 await asyncio.sleep(0.05)
-
-    async def _stats_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.stats_interval)
-            await self._publish_stats()
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
 
     def _count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
