@@ -158,13 +158,14 @@ async def test_wrong_key_is_a_refused_secure_channel_not_silence(pty_pair, tmp_p
     key_file.write_text(KEY.hex())
     pd = new_reader(master, key=bytes(range(100, 116)))  # commissioned with another key
     h = Harness()
+    # 2 s between attempts: the reader answers osdp_ID in milliseconds, even on a busy host
     h.add({"id": "door-1", "driver": "osdp", "port": path, "address": ADDRESS,
-           "baudrate": 115200, "key_file": str(key_file), "reconnect": "1s"})
+           "baudrate": 115200, "key_file": str(key_file), "reconnect": "2s"})
     ctx = h.contexts["door-1"]
     try:
         h.start()
         await h.wait_for(lambda: ctx.status.state in (DeviceState.ERROR, DeviceState.OFFLINE,
-                                                      DeviceState.ONLINE), within=20)
+                                                      DeviceState.ONLINE), within=30)
         # The first verdict is the right one: never reported as a silent reader first.
         assert ctx.status.state is DeviceState.ERROR, h.states()
         assert ctx.status.counters == {"secure_channel_refused": 1}
@@ -172,7 +173,7 @@ async def test_wrong_key_is_a_refused_secure_channel_not_silence(pty_pair, tmp_p
         assert last_error.startswith("secure_channel_refused: ")
         assert "secure channel was refused" in last_error and "key" in last_error
         # Later attempts are counted and logged once.
-        await h.wait_for(lambda: ctx.status.counters["secure_channel_refused"] >= 3, within=20)
+        await h.wait_for(lambda: ctx.status.counters["secure_channel_refused"] >= 3, within=30)
         assert ctx.status.state is DeviceState.ERROR
         refused = [r for r in caplog.records if "secure channel was refused" in r.getMessage()]
         assert [r.levelno for r in refused] == [logging.ERROR]
