@@ -336,6 +336,7 @@ async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mos
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 3, errors  # once per kind: outside, own command, not a name
         assert all("response topic" in e for e in errors)
+        assert any("first: 'site/door-7/cmd'" in e for e in errors), errors
     finally:
         for client in (spy, ops):
             if client is not None:

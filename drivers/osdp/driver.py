@@ -38,6 +38,8 @@ class OsdpDriver(Driver):
         super().__init__(config, ctx)
         self._line: OsdpLine | None = None
         self._problems = ProblemLog(ctx.log)
+        self._link_down = False
+        """The link problem (offline, refused) is reported: its end is a recovery."""
 
     async def run(self) -> None:
         cfg = self.config
@@ -113,7 +115,7 @@ class OsdpDriver(Driver):
         the reader had been reported offline or refused."""
         message = (f"device {self.ctx.device_id}: reader online, secure channel "
                    f"{'active' if secure else 'off'}")
-        ours = self._problems.is_active("link")
+        ours, self._link_down = self._link_down, False
         if ours:
             self._problems.recovered("link", message)
         else:
@@ -126,12 +128,14 @@ class OsdpDriver(Driver):
         if cause.state is DeviceState.OFFLINE and self.ctx.status.state is cause.state:
             return
         self.ctx.count(cause.counter)
+        self._link_down = True
         self._problems.report("link", f"device {self.ctx.device_id}: {cause.message}",
                               level=cause.level)
         self.ctx.set_state(cause.state, f"{cause.counter}: {cause.message}")
 
     def _offline(self, kind: str, message: str) -> None:
         self.ctx.count(kind)
+        self._link_down = True
         self._problems.report("link", f"device {self.ctx.device_id}: {message}",
                               level=logging.WARNING)
         self.ctx.set_state(DeviceState.OFFLINE, f"{kind}: {message}")

@@ -283,7 +283,7 @@ class OpsBus:
         self._problems.report(f"response_topic:{why}", (
             f"command refused: its MQTT 5 response topic {why} (the result goes to "
             f"{self.base}/cmd/<verb>/result; later refusals of this kind are counted in "
-            "stats ops.response_topic_refused)"))
+            "stats ops.response_topic_refused)"), detail=f"first: {requested!r}")
         raise CommandRefused(f"response topic {requested!r} refused: it {why}")
 
 
