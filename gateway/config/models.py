@@ -10,10 +10,11 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, SecretStr, create_model, field_validator
+from pydantic import AfterValidator, Field, SecretStr, create_model, field_validator
 
 from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel
 from gateway.driver import ID_PATTERN
+from gateway.mqtt.replies import check_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -98,6 +99,11 @@ class MqttSection(SecretsModel):
     event_measurements: list[str] | None = Field(
         default=None, description="measurements published on events/<measurement>/<id> "
         "(QoS 1); default: every measurement whose name ends in _event")
+    response_topics: list[Annotated[str, AfterValidator(check_filter)]] = Field(
+        default_factory=list, max_length=64,
+        description="MQTT filters (e.g. ops/replies/#) a command's MQTT 5 response topic may "
+        "match besides <base_topic>/#; other response topics are refused and the result "
+        "goes to cmd/<verb>/result")
 
 
 class HealthSection(StrictModel):

@@ -25,6 +25,7 @@ from gateway.mqtt import hub
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
+from gateway.mqtt.replies import ReplyPolicy
 from gateway.problems import ProblemLog
 from gateway.reading import Reading
 from gateway.registry import register_service
@@ -61,6 +62,7 @@ class OpsBus:
         self._dl_tokens = DEAD_LETTER_RATE
         self._dl_stamp = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replies = ReplyPolicy(self.base, settings.response_topics)
         self._latest: dict[str, dict[str, Reading]] = {}
         self._values_timer: asyncio.TimerHandle | None = None
         self.connection = MqttConnection(
@@ -241,7 +243,9 @@ class OpsBus:
         digest = hashlib.sha256(message.payload).hexdigest()[:16]
         body: dict[str, Any] = {}
         client = dict(message.user_properties).get("client", "unknown")
+        topic = f"{self.base}/cmd/{verb}/result"
         try:
+            topic = self._reply_topic(message.response_topic) or topic
             if message.retain:
                 raise CommandRefused("retained commands are ignored (they would run again "
                                      "after every reconnect)")
@@ -261,9 +265,23 @@ class OpsBus:
                  "ok" if answer["ok"] else f"refused: {answer['error']}",
                  extra={"client": client, "topic": message.topic, "body_sha256": digest,
                         "result": "ok" if answer["ok"] else answer["error"]})
-        topic = message.response_topic or f"{self.base}/cmd/{verb}/result"
         self.connection.publish(topic, _dumps(answer), 1, queue=False,
                                 correlation_data=message.correlation_data)
+
+    def _reply_topic(self, requested: str | None) -> str | None:
+        """The requester's response topic, when the policy allows it; a refused one
+        refuses the command (it is not executed), logged once per kind and counted."""
+        if requested is None:
+            return None
+        why = self._replies.refusal(requested)
+        if why is None:
+            return requested
+        self._count("response_topic_refused")
+        self._problems.report(f"response_topic:{why}", (
+            f"command refused: its MQTT 5 response topic {why} (the result goes to "
+            f"{self.base}/cmd/<verb>/result; later refusals of this kind are counted in "
+            "stats ops.response_topic_refused)"), detail=f"first: {requested!r}")
+        raise CommandRefused(f"response topic {requested!r} refused: it {why}")
 
 
 def ops_bus_factory(gateway: Any) -> Callable[[], Any] | None:
