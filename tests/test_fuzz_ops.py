@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -27,37 +26,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
-from gateway.config.models import build_config_model
-from gateway.driver import DeviceConfigBase, Driver
-from gateway.registry import DRIVER_TYPES, register_driver
 from gateway.runtime import Gateway
+from tests.gate_driver import WRITES
+
+pytestmark = pytest.mark.usefixtures("test_gate_driver")
 
 BASE = "compound/opsfuzz/gw"
-WRITES: list[tuple[str, str, Any]] = []
 USERS = {"gw": "gw-secret", "ops": "ops-secret"}
 ACL = f"user gw\ntopic readwrite {BASE}/#\nuser ops\ntopic readwrite {BASE}/#\n"
 
-
-class FuzzGateConfig(DeviceConfigBase):
-    driver: Literal["fuzz_gate"]
-
-
-class FuzzGateDriver(Driver):
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def write(self, point: str, value: Any) -> dict[str, Any]:
-        WRITES.append((self.config.id, point, value))
-        return {"written": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fuzz_gate_driver() -> Iterator[None]:
-    register_driver(FuzzGateConfig, FuzzGateDriver)
-    build_config_model.cache_clear()
-    yield
-    DRIVER_TYPES.pop("fuzz_gate", None)
-    build_config_model.cache_clear()
 
 
 _leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
@@ -148,8 +125,8 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
         f"mqtt: {{host: 127.0.0.1, port: {port}, base_topic: {BASE}, client_id: opsfuzz,"
         " username: gw, password: gw-secret}\n"
         "devices:\n"
-        "  - {id: gate-1, driver: fuzz_gate, allow_write: [relay]}\n"
-        "  - {id: gate-2, driver: fuzz_gate}\n")
+        "  - {id: gate-1, driver: test_gate, allow_write: [relay]}\n"
+        "  - {id: gate-2, driver: test_gate}\n")
     gateway = Gateway(load_config(config))
     runner = asyncio.create_task(gateway.run())
     ops = Requester(port)

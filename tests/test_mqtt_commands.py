@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -20,14 +19,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
-from gateway.config.models import build_config_model
-from gateway.driver import DeviceConfigBase, Driver
 from gateway.errors import ConfigError
 from gateway.mqtt import hub
-from gateway.registry import DRIVER_TYPES, register_driver
 from gateway.runtime import Gateway
+from tests.gate_driver import WRITES
 
-WRITES: list[tuple[str, str, Any]] = []
+pytestmark = pytest.mark.usefixtures("test_gate_driver")
+
 ACL = """\
 user gw
 topic readwrite compound/#
@@ -40,28 +38,6 @@ user viewer
 topic read compound/#
 """
 
-
-class GateConfig(DeviceConfigBase):
-    driver: Literal["test_gate"]
-
-
-class GateDriver(Driver):
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def write(self, point: str, value: Any) -> dict[str, Any]:
-        WRITES.append((self.config.id, point, value))
-        return {"written": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _test_gate_driver() -> Iterator[None]:
-    """Registered only while this module runs: other tests see the real driver set."""
-    register_driver(GateConfig, GateDriver)
-    build_config_model.cache_clear()
-    yield
-    DRIVER_TYPES.pop("test_gate", None)
-    build_config_model.cache_clear()
 
 
 class Requester:
