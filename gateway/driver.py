@@ -19,9 +19,9 @@ from pydantic import Field
 
 from gateway.config.types import StrictModel
 from gateway.errors import CommandRefused
+from gateway.plugin import GatewayHandle
 from gateway.reading import Reading
 from gateway.shared import SharedResources
-from gateway.supervisor import TaskStarter
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Ids end up in MQTT topics and as tag values: no slashes, wildcards or spaces."""
@@ -77,24 +77,23 @@ class DeviceContext:
 
     ``bus`` is the validated config of the bus the device names (None for drivers without
     one); ``resources`` hands out objects shared by devices, such as one serial port and
-    its scheduler for every meter on an RS-485 line; ``tasks`` starts background work
-    (a shared connection's reader) under the gateway's supervision, so it is restarted,
-    logged and shown in readiness like every other task (None outside a gateway: the
-    resource then runs its tasks itself).
+    its scheduler for every meter on an RS-485 line; ``gateway`` is the typed handle on
+    the running gateway for drivers whose devices share a connection (see
+    :mod:`gateway.plugin`; None in a harness that runs a driver alone).
     """
 
     def __init__(self, device_id: str, emit: Emit,
                  on_state: Callable[[str, DeviceStatus], None] | None = None, *,
                  bus_name: str | None = None, bus: Any = None,
                  resources: SharedResources | None = None,
-                 tasks: TaskStarter | None = None) -> None:
+                 gateway: GatewayHandle | None = None) -> None:
         self.device_id = device_id
         self.status = DeviceStatus()
         self.log = logging.getLogger(f"iotgw.device.{device_id}")
         self.bus_name = bus_name
         self.bus = bus
         self.resources = resources if resources is not None else SharedResources()
-        self.tasks = tasks
+        self.gateway = gateway
         self._emit = emit
         self._on_state = on_state
 

@@ -116,6 +116,10 @@ class Pipeline:
         """Returns only after the readings are committed to disk: for sources that must
         not acknowledge a message before it is safe (MQTT QoS 1)."""
         await self.submit(device_id, readings)
+        await self.wait_committed()
+
+    async def wait_committed(self) -> None:
+        """Returns once everything queued so far is committed."""
         if self._batch_done is not None:
             await asyncio.shield(self._batch_done)
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
@@ -22,6 +22,7 @@ from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
 from gateway.mqtt import ops as _ops_bus  # noqa: F401 - registers the "ops-bus" service
 from gateway.pipeline import Pipeline
+from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
@@ -29,7 +30,7 @@ from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
 from gateway.stats import GatewayStats
-from gateway.supervisor import Supervisor
+from gateway.supervisor import Supervisor, TaskStarter
 
 log = logging.getLogger("iotgw.runtime")
 
@@ -43,6 +44,9 @@ class Gateway:
         self.drivers: dict[str, Driver] = {}
         self.resources = SharedResources()
         self._state_listeners: list[Callable[[str, DeviceStatus], None]] = []
+        self._dead_letter_listeners: list[Callable[[DeadLetter], None]] = []
+        self.service_runners: dict[str, Callable[[], Awaitable[None]]] = {}
+        """The running services by name (the ops bus...), for tests and diagnostics."""
         self._device_configs: dict[str, DeviceConfigBase] = {}
         self._sink_configs: dict[str, SinkConfigBase] = {}
         self._sink_events: dict[str, asyncio.Event] = {}
@@ -85,6 +89,7 @@ class Gateway:
                 for service in SERVICES:
                     runner = service.factory(self)
                     if runner is not None:
+                        self.service_runners[service.name] = runner
                         self.supervisor.start(f"service:{service.name}", runner)
                 log.info("gateway %s (site %s) running: %d devices, sinks: %s",
                          cfg.model.gateway.id, cfg.model.gateway.site, len(cfg.devices),
@@ -136,7 +141,7 @@ class Gateway:
         bus_name = getattr(device, "bus", None)
         ctx = DeviceContext(device.id, self._emit, self._state_changed, bus_name=bus_name,
                             bus=self.config.model.buses.get(bus_name) if bus_name else None,
-                            resources=self.resources, tasks=self.supervisor)
+                            resources=self.resources, gateway=self)
         self.devices[device.id] = ctx
         self._device_configs[device.id] = device
         self.pipeline.set_device(device.id, device.tags, device.pseudonymize)
@@ -210,6 +215,43 @@ class Gateway:
         del self._device_configs[device_id]
         self.devices.pop(device_id, None)
         self.drivers.pop(device_id, None)
+
+    # -- the plugin API (gateway.plugin.GatewayHandle) --------------------------------
+
+    @property
+    def gateway_id(self) -> str:
+        return self.config.model.gateway.id
+
+    @property
+    def tasks(self) -> TaskStarter:
+        if self.supervisor is None:
+            raise RuntimeError("the gateway is not running")
+        return self.supervisor
+
+    def section(self, name: str, model: type[SectionT]) -> SectionT | None:
+        value = getattr(self.config.model, name, None)
+        if value is None:
+            return None
+        if not isinstance(value, model):
+            raise TypeError(f"config section {name!r} is a {type(value).__name__}, "
+                            f"not a {model.__name__}")
+        return value
+
+    async def submit(self, device_id: str, readings: Sequence[Reading]) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.submit(device_id, readings)
+
+    async def wait_committed(self) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.wait_committed()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        for listener in self._dead_letter_listeners:
+            listener(letter)
+
+    def add_dead_letter_listener(self, listener: Callable[[DeadLetter], None]) -> None:
+        """The ops bus publishes each refused input on its ``errors`` topic."""
+        self._dead_letter_listeners.append(listener)
 
     # -- reload ----------------------------------------------------------------------
 

@@ -25,11 +25,9 @@ from hypothesis import strategies as st
 from drivers.mqtt.broker import Attachment, DeviceBroker
 from drivers.mqtt.config import MqttDeviceConfig, load_profile
 from drivers.mqtt.mapping import Filtered, Mapper, Rejected
-from gateway.config.models import MqttSection
 from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message
-from gateway.pipeline import Pipeline
-from gateway.reading import Reading
+from tests.plugin_stub import StubGateway
 from tests.test_pipeline import committed_lines, make_pipeline
 
 T0 = 1_750_000_000  # seconds; good message i has time T0 + i, hostile ones T0 + 10**6 + j
@@ -130,31 +128,11 @@ def hostile_message(draw: st.DrawFn, build: Any, index: int) -> bytes:
     return json.dumps(doc).encode()
 
 
-class PipelineLink:
-    """The broker's way into the core, wired to a real Pipeline (see gateway/mqtt/hub)."""
-
-    settings = MqttSection(host="127.0.0.1", port=1, base_topic="fuzz/gw")
-    gateway_id = "gw"
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.pipeline = pipeline
-        self.dead: list[tuple[str, str]] = []
-
-    async def submit(self, device_id: str, readings: list[Reading]) -> None:
-        await self.pipeline.submit(device_id, readings)
-
-    async def wait_committed(self, device_id: str) -> None:
-        await self.pipeline.submit_and_wait(device_id, ())
-
-    def dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
-        self.dead.append((device_id, reason))
-
-
 async def _run_profile(tmp_path: Path, name: str, messages: list[tuple[bytes, bool]]) -> None:
     pipeline, buffer, stats = await make_pipeline(tmp_path)
     try:
-        link = PipelineLink(pipeline)
-        broker = DeviceBroker(link)  # type: ignore[arg-type]
+        link = StubGateway(pipeline)
+        broker = DeviceBroker(link)
         config = MqttDeviceConfig(id="cam", driver="mqtt", profile=name)
         ctx = DeviceContext("cam", emit=None)  # type: ignore[arg-type]
         mapper = Mapper(config)

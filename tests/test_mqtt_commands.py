@@ -20,7 +20,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
-from gateway.mqtt import hub
+from gateway.mqtt.ops import OpsBus
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
 
@@ -307,7 +307,7 @@ async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mos
             "a result was published onto the gateway's own command topic"
         assert len(WRITES) == len(allowed), "a command with a refused response topic ran"
 
-        ops_bus = next(s.__self__ for s in hub.link_for(gateway.resources).dead_letter_sinks)
+        ops_bus = ops_bus_of(gateway)
         assert ops_bus.counters["response_topic_refused"] == len(refused)
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 3, errors  # once per kind: outside, own command, not a name
@@ -331,11 +331,14 @@ def test_response_topics_must_be_mqtt_filters(tmp_path: Path) -> None:
         load_config(config, environ={})
 
 
+def ops_bus_of(gateway: Gateway) -> OpsBus:
+    runner = gateway.service_runners["ops-bus"]
+    ops_bus = getattr(runner, "__self__", None)
+    assert isinstance(ops_bus, OpsBus)
+    return ops_bus
+
+
 def gateway_ops_connected(gateway: Gateway) -> bool:
     """True once the ops bus has a live broker connection (its birth is published)."""
-    from gateway.mqtt import hub
-
-    link = hub.link_for(gateway.resources)
-    return link is not None and any(getattr(getattr(s, "__self__", None), "connection", None)
-                                    is not None and s.__self__.connection.connected
-                                    for s in link.dead_letter_sinks)
+    runner = gateway.service_runners.get("ops-bus")
+    return runner is not None and ops_bus_of(gateway).connection.connected

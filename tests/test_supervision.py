@@ -15,11 +15,11 @@ import pytest
 from drivers.mqtt.broker import Attachment, DeviceBroker
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper
-from gateway.config.models import MqttSection
 from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message
 from gateway.reading import Reading
 from gateway.supervisor import Supervisor
+from tests.plugin_stub import StubGateway
 from tests.test_pipeline import committed_lines, make_pipeline
 
 
@@ -79,32 +79,11 @@ async def test_unencodable_reading_is_dropped_alone(tmp_path: Path) -> None:
     await buffer.close()
 
 
-class _Link:
-    """An in-process stand-in for the gateway link (the real path is tests/test_poison.py):
-    a pipeline whose submit refuses one reading, as a store-side bug would."""
-
-    settings = MqttSection(host="127.0.0.1", port=1, base_topic="t/gw")
-    gateway_id = "gw"
-
-    def __init__(self) -> None:
-        self.submitted: list[Reading] = []
-        self.dead: list[tuple[str, str, bytes, str]] = []
-
-    async def submit(self, device_id: str, readings: list[Reading]) -> None:
-        if any(r.fields.get("seq") == 13 for r in readings):
-            raise ValueError("refused")
-        self.submitted.extend(readings)
-
-    async def wait_committed(self, device_id: str) -> None:
-        return None
-
-    def dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
-        self.dead.append((device_id, reason, payload, topic))
-
-
 async def test_mqtt_intake_isolates_a_poison_message() -> None:
-    link = _Link()
-    broker = DeviceBroker(link)  # type: ignore[arg-type]
+    """A pipeline that refuses one reading, as a store-side bug would (the real path
+    end to end is tests/test_poison.py)."""
+    gateway = StubGateway(refuse=lambda rs: any(r.fields.get("seq") == 13 for r in rs))
+    broker = DeviceBroker(gateway)
     config = MqttDeviceConfig(id="cam", driver="mqtt", topic="a/+/ev", measurement="ev",
                               fields={"seq": "$.seq"})
     ctx = DeviceContext("cam", emit=None)  # type: ignore[arg-type]
@@ -113,9 +92,10 @@ async def test_mqtt_intake_isolates_a_poison_message() -> None:
              for n in range(10, 17)]
     groups = broker._decode(batch)
     assert await broker._submit(groups) == "cam"
-    assert sorted(r.fields["seq"] for r in link.submitted) == [10, 11, 12, 14, 15, 16]
-    assert [(d, p) for d, _r, p, _t in link.dead] == [("cam", b'{"seq": 13}')]
-    assert link.dead[0][1].startswith("poison: ValueError: refused")
+    stored = [r.fields["seq"] for _d, rs in gateway.submitted for r in rs]
+    assert sorted(stored) == [10, 11, 12, 14, 15, 16]
+    assert [(d.device_id, d.payload) for d in gateway.dead] == [("cam", b'{"seq": 13}')]
+    assert gateway.dead[0].reason.startswith("poison: ValueError: refused")
     assert ctx.status.counters == {"poison": 1}
 
 

@@ -1,5 +1,6 @@
 """One broker connection shared by every mqtt device (``SharedResources`` key
-``("mqtt", "devices")``), separate from the ops-bus connection.
+``("mqtt", "devices")``), separate from the ops-bus connection: the shared-connection
+pattern of :mod:`gateway.plugin`, on the typed :class:`~gateway.plugin.GatewayHandle`.
 
 Why separate: (1) this session is persistent so camera events published while the
 gateway restarts are delivered when it returns, while the ops session is clean so an
@@ -23,11 +24,12 @@ import time
 from dataclasses import dataclass, field
 
 from drivers.mqtt.mapping import Filtered, Mapper, Rejected
+from gateway.config.models import MqttSection
 from gateway.driver import DeviceContext
+from gateway.errors import DeviceError
 from gateway.mqtt.client import Message, MqttConnection, client_id_base
-from gateway.mqtt.hub import GatewayLink
+from gateway.plugin import DeadLetter, GatewayHandle
 from gateway.reading import Reading
-from gateway.supervisor import TaskStarter
 
 log = logging.getLogger("iotgw.mqtt.devices")
 GATHER = 0.005
@@ -85,13 +87,13 @@ class Attachment:
 
 
 class DeviceBroker:
-    def __init__(self, link: GatewayLink) -> None:
-        settings = link.settings
+    def __init__(self, gateway: GatewayHandle) -> None:
+        settings = gateway.section("mqtt", MqttSection)
         if settings is None:
-            raise RuntimeError("mqtt devices need the mqtt: section")
-        self.link = link
+            raise DeviceError("the mqtt driver needs the gateway's mqtt: section")
+        self.gateway = gateway
         self.connection = MqttConnection(
-            settings, f"{client_id_base(settings, link.gateway_id)}-dev",
+            settings, f"{client_id_base(settings, gateway.gateway_id)}-dev",
             on_message=self._on_messages, persistent=True, manual_ack=True,
             receive_maximum=10_000, gather=GATHER)
         self.attachments: list[Attachment] = []
@@ -100,27 +102,19 @@ class DeviceBroker:
         self._routes: dict[str, list[tuple[Attachment, dict[str, str]]]] = {}
         self._intake: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: asyncio.Task[None] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._supervisor: TaskStarter | None = None
         self.failure: str | None = None
         """Why a supervised task of this connection last failed, until it recovers."""
 
     @classmethod
-    async def create(cls, link: GatewayLink, tasks: TaskStarter | None = None) -> DeviceBroker:
-        """Start the connection and the intake worker, under the gateway's supervisor when
-        there is one (``tasks``): a failure is then logged with its traceback, counted,
-        shown in readiness and in every attached device's state, and the task restarts."""
-        broker = cls(link)
-        broker._supervisor = tasks
-        if tasks is None:
-            broker._runner = asyncio.create_task(broker.connection.run(), name="mqtt:devices")
-            broker._worker = asyncio.create_task(broker._work(), name="mqtt:devices-intake")
-        else:
-            tasks.start(CONNECTION_TASK, broker.connection.run,
-                        on_failure=broker._task_failed, on_recovered=broker._task_recovered)
-            tasks.start(INTAKE_TASK, broker._work,
-                        on_failure=broker._task_failed, on_recovered=broker._task_recovered)
+    async def create(cls, gateway: GatewayHandle) -> DeviceBroker:
+        """Start the connection and the intake worker under the gateway's supervisor: a
+        failure is logged with its traceback, counted, shown in readiness and in every
+        attached device's state, and the task restarts."""
+        broker = cls(gateway)
+        for name, run in ((CONNECTION_TASK, broker.connection.run),
+                          (INTAKE_TASK, broker._work)):
+            gateway.tasks.start(name, run, on_failure=broker._task_failed,
+                                on_recovered=broker._task_recovered)
         return broker
 
     def _task_failed(self, exc: BaseException) -> None:
@@ -131,17 +125,11 @@ class DeviceBroker:
         self.failure = None
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            await self._supervisor.stop([INTAKE_TASK])
-        for task in (self._worker, *self._tasks):
-            if task is not None:
-                task.cancel()
+        await self.gateway.tasks.stop([INTAKE_TASK])
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._supervisor is not None:
-            await self._supervisor.stop([CONNECTION_TASK])
-        if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        await self.gateway.tasks.stop([CONNECTION_TASK])
 
     def attach(self, attachment: Attachment) -> None:
         self.attachments.append(attachment)
@@ -186,11 +174,11 @@ class DeviceBroker:
         last = None
         for device_id, decoded in groups.items():
             try:
-                await self.link.submit(device_id, decoded.readings)
+                await self.gateway.submit(device_id, decoded.readings)
             except Exception:
                 for reading, message in zip(decoded.readings, decoded.messages, strict=True):
                     try:
-                        await self.link.submit(device_id, (reading,))
+                        await self.gateway.submit(device_id, (reading,))
                     except Exception as exc:
                         self._poisoned(decoded.attachments[device_id], message, exc)
             last = device_id
@@ -199,12 +187,13 @@ class DeviceBroker:
     def _poisoned(self, att: Attachment, message: Message, exc: Exception) -> None:
         att.ctx.count("poison")
         self.counters["poison"] += 1
-        self.link.dead_letter(att.ctx.device_id, f"poison: {type(exc).__name__}: {exc}"[:300],
-                              message.payload, message.topic)
+        self.gateway.dead_letter(DeadLetter(
+            att.ctx.device_id, f"poison: {type(exc).__name__}: {exc}"[:300], message.payload,
+            message.topic))
 
     async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
         if device_id is not None:
-            await self.link.wait_committed(device_id)
+            await self.gateway.wait_committed()
         self.connection.ack_all(batch)
 
     def _decode(self, batch: list[Message]) -> dict[str, Decoded]:
@@ -222,8 +211,9 @@ class DeviceBroker:
                     routes = self._route(message.topic)
             except Exception as exc:  # routing bug: one message, not the stream
                 self.counters["route_error"] += 1
-                self.link.dead_letter("-", f"route_error: {type(exc).__name__}: {exc}",
-                                      message.payload, message.topic)
+                self.gateway.dead_letter(DeadLetter(
+                    "-", f"route_error: {type(exc).__name__}: {exc}", message.payload,
+                    message.topic))
                 continue
             for att, topic_tags in routes:
                 reading = self._one(att, topic_tags, message, arrival)
@@ -264,12 +254,14 @@ class DeviceBroker:
             return None
         except Rejected as exc:
             ctx.count(exc.reason)
-            self.link.dead_letter(ctx.device_id, str(exc), message.payload, message.topic)
+            self.gateway.dead_letter(DeadLetter(ctx.device_id, str(exc), message.payload,
+                                                message.topic))
             return None
         except Exception as exc:  # a mapping bug must cost one message, not the device
             ctx.count("decode_error")
-            self.link.dead_letter(ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}",
-                                  message.payload, message.topic)
+            self.gateway.dead_letter(DeadLetter(
+                ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}", message.payload,
+                message.topic))
             return None
         ctx.status.last_seen = arrival / 1e9
         return reading

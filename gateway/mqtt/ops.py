@@ -21,11 +21,11 @@ from typing import Any
 import gateway as gateway_pkg
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
-from gateway.mqtt import hub
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
 from gateway.mqtt.replies import ReplyPolicy
+from gateway.plugin import DeadLetter
 from gateway.problems import ProblemLog
 from gateway.reading import Reading
 from gateway.registry import register_service
@@ -84,7 +84,7 @@ class OpsBus:
     def attach(self) -> None:
         self.gateway.add_state_listener(self._state_changed)
         self.gateway.pipeline.add_listener(self._readings)
-        hub.bind(self.gateway).dead_letter_sinks.append(self._dead_letter)
+        self.gateway.add_dead_letter_listener(self._dead_letter)
 
     async def run(self) -> None:
         """The connection and the stats loop share a fate: if the connection's task ends
@@ -176,7 +176,8 @@ class OpsBus:
 
     # -- dead letters --------------------------------------------------------------------
 
-    def _dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        payload = letter.payload
         self._count("dead_letters")
         now = time.monotonic()
         self._dl_tokens = min(DEAD_LETTER_RATE,
@@ -192,7 +193,8 @@ class OpsBus:
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(copy).decode(), "base64"
         self.connection.publish(f"{self.base}/errors", _dumps({
-            "device": device_id, "reason": reason, "topic": topic, "size": len(payload),
+            "device": letter.device_id, "reason": letter.reason, "topic": letter.source,
+            "size": len(payload),
             "truncated": len(payload) > DEAD_LETTER_COPY, "encoding": encoding,
             "payload": text, "time": _iso(time.time())}), 0, queue=False)
 
@@ -285,7 +287,6 @@ class OpsBus:
 
 
 def ops_bus_factory(gateway: Any) -> Callable[[], Any] | None:
-    hub.bind(gateway)  # the mqtt driver finds its commit path through this link
     if gateway.config.model.mqtt is None:
         return None
     ops = OpsBus(gateway)
