@@ -11,7 +11,7 @@ import abc
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -145,11 +145,3 @@ class Driver(abc.ABC):
     async def poll_now(self) -> None:
         """Read the device at once instead of at its next interval."""
         raise CommandRefused(f"driver {type(self).__name__} cannot poll on demand")
-
-
-def merged_tags(*layers: Mapping[str, str]) -> dict[str, str]:
-    """Later layers win: driver tags < installer tags < site/gateway/device."""
-    out: dict[str, str] = {}
-    for layer in layers:
-        out.update(layer)
-    return out

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.backoff import Backoff
+from gateway.errors import GatewayError
 from gateway.problems import ProblemLog
 
 log = logging.getLogger("iotgw.supervisor")
@@ -37,6 +38,9 @@ class TaskFailure:
     failures: int
     last_failure: float
     """Wall-clock time of the last failure."""
+    retry_in: float
+    """Seconds until the restart: the backoff, or the cap straight away for an error the
+    project marks not retryable (a config or permission problem will not fix itself)."""
 
 
 class TaskStarter(Protocol):
@@ -87,8 +91,11 @@ class Supervisor:
                         healthy = None
                     if name not in self.failing:
                         backoff.reset()
-                    self._failed(name, exc, on_failure)
-                    await asyncio.sleep(backoff.next())
+                    delay = backoff.next()
+                    if isinstance(exc, GatewayError) and not exc.retryable:
+                        delay = self._restart_cap  # will not fix itself soon: no hurry
+                    self._failed(name, exc, on_failure, delay)
+                    await asyncio.sleep(delay)
                     healthy = loop.call_later(self._healthy_after, self._recovered, name,
                                               on_recovered)
         finally:
@@ -96,14 +103,15 @@ class Supervisor:
                 healthy.cancel()
             self.failing.pop(name, None)
 
-    def _failed(self, name: str, exc: BaseException, on_failure: FailureHook | None) -> None:
+    def _failed(self, name: str, exc: BaseException, on_failure: FailureHook | None,
+                delay: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
         self.restarts[name] = self.restarts.get(name, 0) + 1
         previous = self.failing.get(name)
         self.failing[name] = TaskFailure(error, (previous.failures if previous else 0) + 1,
-                                         time.time())
+                                         time.time(), delay)
         self._problems.report(name, f"task {name} failed: {error}; restarting",
-                              exc_info=exc)
+                              detail=f"in {delay:.3g}s", exc_info=exc)
         if on_failure is not None:
             try:
                 on_failure(exc)

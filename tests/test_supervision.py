@@ -59,6 +59,27 @@ async def test_failing_task_is_logged_once_counted_shown_and_restarted(
     assert any("task intake has run" in m and "repeated 2 more times" in m for m in info), info
 
 
+async def test_an_error_that_will_not_fix_itself_waits_the_cap() -> None:
+    from gateway.errors import ConfigError, DeviceError
+
+    async def broken() -> None:
+        raise ConfigError(["no such bus"])
+
+    async def flaky() -> None:
+        raise DeviceError("no answer")
+
+    async with asyncio.TaskGroup() as group:
+        sup = Supervisor(group, restart_cap=30.0)
+        sup.start("broken", broken)
+        sup.start("flaky", flaky)
+        async with asyncio.timeout(10):
+            while len(sup.failing) < 2:  # noqa: ASYNC110 - the supervisor's own tasks
+                await asyncio.sleep(0.01)
+        assert sup.failing["broken"].retry_in == 30.0, "not retryable: the cap at once"
+        assert sup.failing["flaky"].retry_in <= 1.0, "retryable: the backoff's first step"
+        await sup.stop()
+
+
 async def test_unencodable_reading_is_dropped_alone(tmp_path: Path) -> None:
     pipeline, buffer, stats = await make_pipeline(tmp_path)
     heard: list[Reading] = []

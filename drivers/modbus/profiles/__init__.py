@@ -72,10 +72,6 @@ def load_profile(name: str) -> Profile:
     return _load_file(path, _mtime(path))
 
 
-def load_profile_file(path: Path) -> Profile:
-    return _load_file(path, _mtime(path))
-
-
 def _mtime(path: Traversable) -> int:
     """Part of the cache key, so an edited installer profile is read again on reload;
     package data in a zip has no mtime and never changes under a running gateway."""
