@@ -21,7 +21,7 @@ import re
 
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
-from gateway.buffer import AsyncBuffer
+from gateway.buffer import AsyncBuffer, Batch
 from gateway.errors import (
     BufferFailure,
     SinkAuthError,
@@ -42,6 +42,9 @@ for a day."""
 REFUSAL_SUMMARY = 600.0
 """A store that keeps refusing one kind of line (a type conflict) is logged once, then
 summarised at most this often; every refused line is counted in the sink's stats."""
+
+STOP_GRACE = 2.0
+"""Seconds a stopping forwarder waits for a write already under way (see _deliver_batch)."""
 
 IDLE_RECHECK = 1.0
 """Seconds between buffer checks when no commit notification arrives (a safety net)."""
@@ -80,13 +83,34 @@ class Forwarder:
                 if batch is None:
                     await wait_event(self._new_data, IDLE_RECHECK)
                     continue
-            delay = await self._try_deliver(batch.payload)
-            if delay is None:
-                self._stats.sent_lines += batch.lines
-                self._stats.sent_batches += 1
-                await self._ack(batch.last_id)
-            else:
+            delay = await self._deliver_batch(batch)
+            if delay is not None:
                 await asyncio.sleep(delay)
+
+    async def _deliver_batch(self, batch: Batch) -> float | None:
+        """Deliver and record one batch. A stop that arrives while the sink is writing lets
+        that write finish (up to ``STOP_GRACE``) and records it: otherwise a clean stop
+        would send the same batch again at the next start (harmless for InfluxDB, a
+        duplicate for the file sink)."""
+        work = asyncio.ensure_future(self._try_deliver(batch.payload))
+        try:
+            delay = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            try:
+                async with asyncio.timeout(STOP_GRACE):
+                    if await asyncio.shield(work) is None:
+                        await self._delivered(batch)
+            except (TimeoutError, Exception):  # stopping anyway: it is sent again later
+                work.cancel()
+            raise
+        if delay is None:
+            await self._delivered(batch)
+        return delay
+
+    async def _delivered(self, batch: Batch) -> None:
+        self._stats.sent_lines += batch.lines
+        self._stats.sent_batches += 1
+        await self._ack(batch.last_id)
 
     async def _ack(self, last_id: int) -> None:
         """Record delivery up to ``last_id``; if the buffer cannot, remember it instead."""
