@@ -9,7 +9,7 @@ on the loopback (chroot isolation shares the host's network namespace).
 Every image and container lives in a private storage directory (--root/--runroot) that is
 deleted afterwards: nothing reaches the machine's global container storage and parallel
 runs never share state. Like deploy/bootstrap.sh, it needs Debian's package archive
-(mmdebstrap) and PyPI (the wheels); about 2.5 to 3.5 minutes on a 2-core machine.
+(mmdebstrap) and PyPI (the wheels); 2.5 to 4 minutes on a busy 2-core machine.
 """
 
 from __future__ import annotations
