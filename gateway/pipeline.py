@@ -152,8 +152,13 @@ class Pipeline:
             if not reading.measurement:
                 stats.dropped["no_measurement"] += 1
                 continue
-            accepted.append(Reading(reading.measurement, tags, fields, reading.time_ns))
             t = reading.time_ns
+            if type(t) is not int or not INT64_MIN < t < INT64_MAX:
+                # Line protocol and the buffer's index are int64 ns (years 1677-2262): one
+                # such reading used to stop every commit of every device (OverflowError).
+                self._bad_time(device_id, t)
+                continue
+            accepted.append(Reading(reading.measurement, tags, fields, t))
             if not oldest or t < oldest:
                 oldest = t
             if t > newest:
@@ -172,6 +177,13 @@ class Pipeline:
         if len(lines) >= FLUSH_LINES:
             self._wake.set()
         return accepted
+
+    def _bad_time(self, device_id: str, time_ns: object) -> None:
+        self._stats.dropped["invalid_time"] += 1
+        self._problems.report(f"invalid_time:{device_id}",
+                              f"device {device_id}: dropped readings whose time is not an "
+                              "int64 nanosecond timestamp (years 1677-2262)",
+                              detail=f"first: {time_ns!r:.40}", level=logging.WARNING)
 
     def _encode_each(self, device_id: str, readings: list[Reading]
                      ) -> tuple[list[Reading], list[bytes]]:

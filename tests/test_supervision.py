@@ -133,3 +133,18 @@ def test_problem_log_summarises_a_steady_problem(caplog: pytest.LogCaptureFixtur
         "refuses lines: conflict (first: line 0)",
         "refuses lines: conflict (5 more times in the last 0s)"]
     assert problems.totals == {"k": 6}
+
+
+async def test_a_time_no_store_can_take_is_dropped_alone(tmp_path: Path) -> None:
+    """Any driver: a time outside int64 ns used to make the commit itself raise, which
+    stopped every device's commits (found by an outside probe)."""
+    pipeline, buffer, stats = await make_pipeline(tmp_path)
+    await pipeline.submit("d1", [Reading("m", {}, {"n": 1}, 1), Reading("m", {}, {"n": 2}, 2**63),
+                                 Reading("m", {}, {"n": 3}, -(2**64)),
+                                 Reading("m", {}, {"n": 4}, 1.5),  # type: ignore[arg-type]
+                                 Reading("m", {}, {"n": 5}, 5)])
+    await pipeline.flush()
+    assert await committed_lines(buffer) == [b"m,device=d1,gateway=gw-a,site=site-a n=1i 1",
+                                             b"m,device=d1,gateway=gw-a,site=site-a n=5i 5"]
+    assert stats.dropped == {"invalid_time": 3}
+    await buffer.close()

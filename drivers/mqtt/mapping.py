@@ -204,7 +204,10 @@ def parse_time(value: Any, time_format: str) -> int:
         except ValueError:
             if time_format not in ("auto", "iso8601"):
                 raise
-            return _iso(text)
+            ns = _iso(text)
+            if not 0 < ns < INT64:  # "0001-01-01T00:00:00Z", "9999-12-31...": no store takes it
+                raise ValueError("time out of range") from None
+            return ns
     if type(value) not in (int, float) or not math.isfinite(value):
         raise ValueError(f"unusable time {value!r:.30}")
     if time_format == "iso8601":
