@@ -20,6 +20,7 @@ from gateway.driver import DeviceConfigBase, DeviceContext, DeviceState, DeviceS
 from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
+from gateway.instancelock import instance_lock
 from gateway.mqtt import ops as _ops_bus  # noqa: F401 - registers the "ops-bus" service
 from gateway.pipeline import Pipeline
 from gateway.plugin import DeadLetter, SectionT
@@ -70,6 +71,10 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
+        with instance_lock(self.config.buffer_path):
+            await self._run()
+
+    async def _run(self) -> None:
         cfg = self.config
         await self.buffer.open()
         await self.buffer.register_sinks([s.sink_name for s in cfg.sinks])
