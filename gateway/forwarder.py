@@ -174,9 +174,9 @@ class Forwarder:
             kind = refusal_kind(reason)
             self._problems.report(
                 f"rejected:{self.name}:{kind}",
-                f"sink {self.name} refuses lines, dropping them: {kind}",
+                f"sink {self.name} refuses lines, dropping them: {reason}",
                 detail=f"first: {payload[:200]!r}", level=logging.WARNING,
-                summary_every=REFUSAL_SUMMARY)
+                summary_every=REFUSAL_SUMMARY, kind=kind)
             return
         middle = len(lines) // 2
         await self._deliver(b"\n".join(lines[:middle]))

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class _Active:
-    message: str
+    kind: str
     repeats: int = 0
     """Repeats since the message (or its last summary) was logged."""
     logged_at: float = field(default_factory=time.monotonic)
@@ -30,16 +30,19 @@ class ProblemLog:
 
     def report(self, key: str, message: str, *, level: int = logging.ERROR,
                exc_info: BaseException | None = None, detail: str = "",
-               summary_every: float | None = None) -> None:
+               summary_every: float | None = None, kind: str | None = None) -> None:
         """First report of ``key`` is logged; later ones only counted, unless the
         message changes (a different failure of the same thing deserves a line).
 
         ``detail`` (an example: the offending line) is logged with the first report but
-        not compared, so it may differ every time. With ``summary_every`` a repeat more
-        than that many seconds after the last line logs how many came since."""
+        not compared, so it may differ every time; ``kind``, when given, is compared
+        instead of the message (a server's message with numbers that vary). With
+        ``summary_every`` a repeat more than that many seconds after the last line logs
+        how many came since."""
         self.totals[key] = self.totals.get(key, 0) + 1
+        kind = message if kind is None else kind
         active = self._active.get(key)
-        if active is not None and active.message == message:
+        if active is not None and active.kind == kind:
             active.repeats += 1
             if summary_every is not None and \
                     time.monotonic() - active.logged_at >= summary_every:
@@ -48,7 +51,7 @@ class ProblemLog:
                 active.repeats = 0
                 active.logged_at = time.monotonic()
             return
-        self._active[key] = _Active(message)
+        self._active[key] = _Active(kind)
         if detail:
             self._log.log(level, "%s (%s)", message, detail, exc_info=exc_info)
         else:
