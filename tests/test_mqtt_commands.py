@@ -277,6 +277,8 @@ async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mos
         refused = {b"device": "site/door-7/cmd",  # another device's command topic
                    b"device-again": "site/door-7/cmd",
                    b"own-command": f"{base}/cmd/write",  # would be read back as a command
+                   b"own-status": f"{base}/status",  # would pass for the gateway's status
+                   b"own-state": f"{base}/devices/gate-1/state",
                    b"wildcard": "ops/replies/#"}
         for correlation, reply_to in refused.items():
             ops.send("write", write, correlation=correlation, reply_to=reply_to)
@@ -298,6 +300,10 @@ async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mos
             assert answer["ok"] is False, answer
             assert answer["error"].startswith(f"response topic {reply_to!r} refused"), answer
         assert "command topic of this gateway" in answers[b"own-command"]["error"]
+        assert "publishes its own state" in answers[b"own-status"]["error"]
+        assert "publishes its own state" in answers[b"own-state"]["error"]
+        assert all(json.loads(p).get("state") in ("online", "offline")
+                   for p, _ in spy.on(f"{base}/status")), "a result on the status topic"
         assert "not a topic name" in answers[b"wildcard"]["error"]
         for correlation, reply_to in allowed.items():
             (payload, got), = spy.on(reply_to)
@@ -310,7 +316,7 @@ async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mos
         ops_bus = ops_bus_of(gateway)
         assert ops_bus.counters["response_topic_refused"] == len(refused)
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 3, errors  # once per kind: outside, own command, not a name
+        assert len(errors) == 4, errors  # once per kind: outside, own cmd, own state, not a name
         assert all("response topic" in e for e in errors)
         assert any("first: 'site/door-7/cmd'" in e for e in errors), errors
     finally:

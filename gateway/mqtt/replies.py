@@ -37,6 +37,11 @@ def check_filter(text: str) -> str:
     return text
 
 
+OWN_STATE_TOPICS = ("status", "stats", "errors", "devices/#", "events/#", "alarms/#")
+"""Below ``base_topic``, what the gateway publishes itself: a result there would pass for
+its status, a device's state or an event (found by an outside probe)."""
+
+
 class ReplyPolicy:
     """Which response topics this gateway answers on."""
 
@@ -44,11 +49,14 @@ class ReplyPolicy:
         self.base = base
         self.filters = (f"{base}/#", *allowed)
         own_commands = f"{base}/cmd/+"
+        own_state = tuple(f"{base}/{t}" for t in OWN_STATE_TOPICS)
         self._rules: tuple[tuple[Callable[[str], bool], str], ...] = (
             (lambda t: not t or "+" in t or "#" in t or "\0" in t,
              "is not a topic name (empty, wildcard or NUL)"),
             (lambda t: topic_matches_sub(own_commands, t),
              "is a command topic of this gateway"),
+            (lambda t: any(topic_matches_sub(f, t) for f in own_state),
+             "is a topic this gateway publishes its own state on"),
             (lambda t: not any(topic_matches_sub(f, t) for f in self.filters),
              f"is outside {base}/ and mqtt.response_topics"),
         )
