@@ -82,7 +82,7 @@ from gateway.diskspace import DiskGuard, is_read_only
 from gateway.errors import BufferFailure
 from gateway.private import make_dirs, open_private, tighten
 from gateway.problems import ProblemLog
-from gateway.walcheck import check_wal, inspect_wal
+from gateway.walcheck import check_wal, copy_aside, inspect_wal, rebuild_from_wal
 
 log = logging.getLogger("iotgw.buffer")
 
@@ -483,6 +483,8 @@ class Buffer:
         except OSError:
             return
         if size == 0:
+            if self._rebuild_from_wal(wal):
+                return
             try:
                 report = inspect_wal(wal)
             except OSError:
@@ -506,6 +508,34 @@ class Buffer:
         if size is not None and _looks_like_sqlite(self.path):
             # (Not a database at all: open() moves it aside together with its WAL.)
             check_wal(wal, size)
+
+    def _rebuild_from_wal(self, wal: Path) -> bool:
+        """An empty ``buffer.db`` whose WAL holds every page of its last commit is rebuilt
+        from it (the readings are kept); the WAL is kept aside as it was."""
+        try:
+            rebuilt = rebuild_from_wal(wal)
+        except OSError:
+            return False
+        if rebuilt is None:
+            return False
+        image, commits = rebuilt
+        kept = copy_aside(wal)
+        fresh = self.path.with_name(self.path.name + ".rebuilt")
+        fd = open_private(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, image)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.path)
+        for leftover in (wal, Path(f"{self.path}-shm")):
+            leftover.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+        log.error(
+            "BUFFER FILE %s WAS EMPTY (0 bytes) after a crash or a damaged card; rebuilt from "
+            "its WAL, which held every page of its last commit: the %d commits in it are "
+            "kept. The WAL as found was copied to %s", self.path, commits, kept)
+        return True
 
     def _probe(self) -> bool:
         """Check an existing file read-only; True if it was checked and is fine.

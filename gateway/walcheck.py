@@ -170,7 +170,7 @@ def check_wal(wal: Path, database_bytes: int) -> WalReport | None:
     if report is None:
         return None
     if report.loses_commits:
-        _report_loss(wal, report, _copy_aside(wal))
+        _report_loss(wal, report, copy_aside(wal))
     elif report.torn_tail:
         log.warning(
             "buffer WAL %s ends in %d frames of a write that was cut short (power loss?); it "
@@ -179,7 +179,7 @@ def check_wal(wal: Path, database_bytes: int) -> WalReport | None:
     return report
 
 
-def _copy_aside(wal: Path) -> str:
+def copy_aside(wal: Path) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     copy = wal.with_name(f"{wal.name}.corrupt-{stamp}")
     try:
@@ -206,3 +206,55 @@ def _report_loss(wal: Path, report: WalReport, kept: str) -> None:
         wal, report.discarded_frames, report.discarded_commits, report.valid_commits,
         report.valid_frames, kept,
     )
+
+
+def rebuild_from_wal(path: Path) -> tuple[bytes, int] | None:
+    """The database as the WAL's last valid commit left it, when the WAL alone holds every
+    page of it; ``(image, commits)``, else None.
+
+    For a ``buffer.db`` found empty (0 bytes) beside its WAL: SQLite would open the empty
+    file as a new database and every committed reading would be gone, yet a WAL that was
+    never checkpointed (a crash soon after start, or a card that lost the main file's
+    blocks) often holds every page of the last commit. The frames are walked exactly as
+    SQLite's recovery does (matching salts, unbroken cumulative checksums, up to the last
+    commit frame); the newest copy of each page wins.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) < WAL_HEADER_SIZE:
+        return None
+    magic, version, page_size, _seq, salt1, salt2, ck1, ck2 = struct.unpack(
+        ">8I", data[:WAL_HEADER_SIZE])
+    big_endian = magic == _MAGIC_BE
+    if magic not in (_MAGIC_LE, _MAGIC_BE) or version != _FORMAT_VERSION or not (
+            512 <= page_size <= 65536 and page_size & (page_size - 1) == 0):
+        return None
+    if _checksum(data[:24], 0, 0, big_endian) != (ck1, ck2):
+        return None
+    frame_size = FRAME_HEADER_SIZE + page_size
+    s0, s1 = ck1, ck2
+    pending: dict[int, bytes] = {}
+    committed: dict[int, bytes] = {}
+    pages = commits = 0
+    offset = WAL_HEADER_SIZE
+    while offset + frame_size <= len(data):
+        page_no, db_size, f_salt1, f_salt2, f_ck1, f_ck2 = struct.unpack(
+            ">6I", data[offset:offset + FRAME_HEADER_SIZE])
+        if (f_salt1, f_salt2) != (salt1, salt2):
+            break
+        body = data[offset + FRAME_HEADER_SIZE:offset + frame_size]
+        s0, s1 = _checksum(data[offset:offset + 8], s0, s1, big_endian)
+        s0, s1 = _checksum(body, s0, s1, big_endian)
+        if (s0, s1) != (f_ck1, f_ck2):
+            break
+        pending[page_no] = body
+        if db_size:
+            committed.update(pending)
+            pending.clear()
+            pages, commits = db_size, commits + 1
+        offset += frame_size
+    if not commits or any(n not in committed for n in range(1, pages + 1)):
+        return None
+    return b"".join(committed[n] for n in range(1, pages + 1)), commits

@@ -130,9 +130,11 @@ def test_zero_length_database_after_a_clean_run_is_reported_and_moved_aside(
     buf.close()
 
 
-def test_zero_length_database_beside_a_wal_is_reported_with_its_commits(
+def test_zero_length_database_is_rebuilt_from_a_wal_that_holds_every_page(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Found by an outside probe: the WAL of a buffer that crashed before its first
+    checkpoint holds every page, so the readings are not lost; they are kept."""
     crashed, _ = crashed_copy(tmp_path, 4)
     crashed.write_bytes(b"")
     wal_bytes = Path(f"{crashed}-wal").read_bytes()
@@ -140,8 +142,36 @@ def test_zero_length_database_beside_a_wal_is_reported_with_its_commits(
     with caplog.at_level(logging.ERROR, logger="iotgw.buffer"):
         moved = buf.open()
     errors = buffer_errors(caplog)
+    assert moved is None
+    assert len(errors) == 1 and "WAS EMPTY" in errors[0] and "rebuilt" in errors[0], errors
+    assert buffered_appends(buf) == [0, 1, 2, 3], "every committed append kept"
+    copies = list(crashed.parent.glob("buffer.db-wal.corrupt-*"))
+    assert len(copies) == 1 and copies[0].read_bytes() == wal_bytes
+    buf.close()
+
+
+def test_zero_length_database_beside_a_partial_wal_is_reported_with_its_commits(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live = tmp_path / "live" / "buffer.db"
+    buf = open_buffer(live)
+    buf.register_sinks(["check"])
+    for n in range(3):
+        buf.append(batch(n), 1, 2)
+    with sqlite3.connect(live) as conn:  # the pages so far now live in the main file only
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    buf.append(batch(3), 1, 2)
+    crashed = tmp_path / "crashed" / "buffer.db"
+    snapshot(live, crashed)
+    buf.close()
+    crashed.write_bytes(b"")
+    wal_bytes = Path(f"{crashed}-wal").read_bytes()
+    buf = Buffer(crashed, 64 * 1024**2, "drop_oldest")
+    with caplog.at_level(logging.ERROR, logger="iotgw.buffer"):
+        moved = buf.open()
+    errors = buffer_errors(caplog)
     assert moved is not None and Path(f"{moved}-wal").read_bytes() == wal_bytes
-    assert len(errors) == 1 and "EMPTY" in errors[0] and "commits" in errors[0]
+    assert len(errors) == 1 and "EMPTY" in errors[0] and "commits" in errors[0], errors
     buf.close()
 
 
