@@ -50,12 +50,20 @@ Threading
 Disk usage
     Payload bytes held are capped by ``max_bytes``; the file itself keeps its high-water
     size (SQLite reuses freed pages rather than shrinking the file), plus the WAL, whose
-    size is capped after checkpoints by ``journal_size_limit``.
+    size is capped after checkpoints by ``journal_size_limit``. The file system is guarded
+    separately (:mod:`gateway.diskspace`): below ``min_free`` the buffer counts as full, and
+    a reserve file is given back on ``SQLITE_FULL`` so acks and prunes can always run.
+
+Start-up checks
+    A zero-length ``buffer.db`` and a WAL that SQLite's recovery would cut short are
+    reported at ERROR before SQLite opens them (:mod:`gateway.walcheck`); files are created
+    0600 and directories 0700 (:mod:`gateway.private`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
 import os
@@ -70,7 +78,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, ParamSpec, TypeVar
 
+from gateway.diskspace import DiskGuard, is_read_only
 from gateway.errors import BufferFailure
+from gateway.private import make_dirs, open_private, tighten
+from gateway.problems import ProblemLog
+from gateway.walcheck import check_wal, copy_aside, inspect_wal, rebuild_from_wal
 
 log = logging.getLogger("iotgw.buffer")
 
@@ -88,8 +100,12 @@ _DROP_LOG_INTERVAL_S = 60.0
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _CORRUPTION_CODES = {_SQLITE_CORRUPT, _SQLITE_NOTADB}
-# Transient conditions worth retrying on the same buffer.
-_RETRYABLE_CODES = {5, 6, 10, 13}  # BUSY, LOCKED, IOERR, FULL
+# Transient conditions worth retrying on the same buffer (a read-only remount is undone by
+# remounting; SQLite's connection works again once the file system is writable).
+_SQLITE_FULL = 13
+_SQLITE_IOERR_SHMSIZE = 10 | (19 << 8)
+_RETRYABLE_CODES = {5, 6, 8, 10, _SQLITE_FULL}  # BUSY, LOCKED, READONLY, IOERR, FULL
+_READ_ONLY_HINT_CODES = {8, 10, 14}  # READONLY, IOERR, CANTOPEN
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -175,6 +191,13 @@ class BufferStats:
     sinks: dict[str, SinkLag] = field(default_factory=dict)
 
 
+class _Appended(NamedTuple):
+    counters: dict[str, int]
+    stored: int
+    dropped: int
+    newest_time: int | None
+
+
 class _Corrupt(Exception):
     """Internal: the file is damaged or is not an iotgw buffer."""
 
@@ -190,11 +213,35 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
 
 def _failure(exc: sqlite3.Error, doing: str, path: Path) -> BufferFailure:
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    failure = BufferFailure(f"buffer {path}: {doing} failed: {exc} ({name})")
+    message = f"buffer {path}: {doing} failed: {exc} ({name})"
     code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None and (code & 0xFF) in _RETRYABLE_CODES:
+    primary = None if code is None else code & 0xFF
+    if primary in _READ_ONLY_HINT_CODES and is_read_only(path.parent):
+        message += f"; {path.parent} is on a file system mounted read-only" + _READ_ONLY_ADVICE
+    failure = BufferFailure(message)
+    if primary in _RETRYABLE_CODES:
         failure.retryable = True
     return failure
+
+
+_READ_ONLY_ADVICE = (
+    " (the kernel does this after I/O errors on a failing SD card: check dmesg, then remount"
+    " it read-write or move buffer.path)"
+)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """SQLITE_FULL, or the ``-shm`` file could not be sized (how a full disk shows at open)."""
+    code = getattr(exc.__cause__, "sqlite_errorcode", None)
+    return code is not None and ((code & 0xFF) == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE)
+
+
+def _looks_like_sqlite(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _file_bytes(path: Path) -> int:
@@ -285,6 +332,7 @@ class Buffer:
         when_full: WhenFull,
         synchronous: Synchronous = "full",
         chunk_lines: int = 2000,
+        min_free: int | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -294,6 +342,8 @@ class Buffer:
             raise ValueError(f"synchronous must be full or normal, got {synchronous!r}")
         if chunk_lines < 1:
             raise ValueError(f"chunk_lines must be at least 1, got {chunk_lines}")
+        if min_free is not None and min_free < 0:
+            raise ValueError(f"min_free must not be negative, got {min_free}")
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.when_full: WhenFull = when_full
@@ -307,6 +357,11 @@ class Buffer:
         self._lock = threading.RLock()
         self._dropped_logged_at = -_DROP_LOG_INTERVAL_S
         self._dropped_unlogged = 0
+        self.disk = DiskGuard(self.path, min_free)
+        """Free-space floor (``min_free``; default: 64 MiB, at most 5% of the file system)
+        and the reserve file released on ``SQLITE_FULL`` (see :mod:`gateway.diskspace`)."""
+        self._problems = ProblemLog(log)
+        self._page_size = 4096
 
     # -- opening -------------------------------------------------------------------------
 
@@ -332,12 +387,30 @@ class Buffer:
             if self._conn is not None:
                 return self.recovered_from_corruption
             try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(self.path.parent)
             except OSError as exc:
-                raise BufferFailure(f"cannot create the buffer directory: {exc}") from exc
+                hint = " on a file system mounted read-only" + _READ_ONLY_ADVICE if (
+                    exc.errno == errno.EROFS) else ""
+                raise BufferFailure(
+                    f"buffer {self.path}: cannot create its directory: {exc}{hint}"
+                ) from exc
+            if is_read_only(self.path.parent):
+                raise BufferFailure(
+                    f"buffer {self.path}: {self.path.parent} is on a file system mounted "
+                    "read-only; readings cannot be kept" + _READ_ONLY_ADVICE
+                )
+            self._check_leftovers()
+            try:
+                for suffix in ("", "-wal", "-shm"):
+                    if tighten(Path(f"{self.path}{suffix}")):
+                        log.info("buffer %s%s: permissions tightened to owner only",
+                                 self.path, suffix)
+                self._create_if_missing()
+            except OSError as exc:
+                raise BufferFailure(f"buffer {self.path}: cannot create it: {exc}") from exc
             try:
                 checked = self._probe()
-                conn = self._connect(quick_check=not checked)
+                conn = self._connect_releasing_reserve(quick_check=not checked)
             except _Corrupt as exc:
                 self.recovered_from_corruption = self._move_aside(str(exc))
                 try:
@@ -347,13 +420,122 @@ class Buffer:
                         f"buffer {self.path}: a fresh file is unusable too: {again}"
                     ) from again
             self._conn = conn
+            self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            self.disk.start()
+            if self.disk.reserve_bytes:
+                # The WAL's pages must fit into the reserve, so that on SQLITE_FULL the
+                # checkpoint that empties it can always complete once the reserve is gone.
+                pages = max(16, self.disk.reserve_bytes // (2 * self._page_size))
+                conn.execute(f"PRAGMA wal_autocheckpoint={min(pages, 1000)}")
             log.info(
                 "buffer %s open: %d lines in %d chunks, %d payload bytes held (max %d, %s, "
-                "synchronous=%s)",
+                "synchronous=%s, min_free %d)",
                 self.path, self._meta["lines_held"], self._meta["chunks_held"],
                 self._meta["bytes_held"], self.max_bytes, self.when_full, self.synchronous,
+                self.disk.min_free,
             )
             return self.recovered_from_corruption
+
+    def _connect_releasing_reserve(self, quick_check: bool) -> sqlite3.Connection:
+        """Open; on a full disk, give back the reserve once so a restart is never stuck."""
+        try:
+            return self._connect(quick_check=quick_check)
+        except BufferFailure as exc:
+            if not _is_disk_full(exc) or not self.disk.release_reserve():
+                raise
+            log.error("buffer %s: the disk is full at start (%s); released the space reserve",
+                      self.path, exc)
+            return self._connect(quick_check=quick_check)
+
+    def _create_if_missing(self) -> None:
+        """Create a new buffer as an initialised 0600 file under a temporary name, then
+        rename it into place: a zero-length ``buffer.db`` is then never our own doing (see
+        :meth:`_check_leftovers`), and SQLite gives ``-wal``/``-shm`` the mode of the
+        database file."""
+        if self.path.exists():
+            return
+        fresh = self.path.with_name(f"{self.path.name}.new")
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{fresh}{suffix}").unlink(missing_ok=True)
+        os.close(open_private(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+        try:
+            conn = sqlite3.connect(str(fresh), isolation_level=None)
+            try:
+                conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            fresh.unlink(missing_ok=True)
+            raise _failure(exc, "creating", self.path) from exc
+        os.replace(fresh, self.path)
+        _fsync_dir(self.path.parent)
+
+    def _check_leftovers(self) -> None:
+        """Say what a crash or a damaged card cost before SQLite silently discards it.
+
+        A zero-length ``buffer.db`` would open as a valid empty database; the gateway never
+        leaves one (see :meth:`_create_if_missing`), so it is moved aside as lost. A damaged
+        WAL is reported with its counts and copied aside (:func:`check_wal`).
+        """
+        wal = Path(f"{self.path}-wal")
+        try:
+            size = self.path.stat().st_size if self.path.is_file() else None
+        except OSError:
+            return
+        if size == 0:
+            if self._rebuild_from_wal(wal):
+                return
+            try:
+                report = inspect_wal(wal)
+            except OSError:
+                report = None
+            left = [
+                f"{p.name} ({p.stat().st_size} bytes)"
+                for p in (wal, Path(f"{self.path}-shm"), self.disk.reserve_path)
+                if p.exists()
+            ]
+            since = (
+                f"a previous run left {', '.join(left)}" if left
+                else "no other file of a previous run is left"
+            )
+            commits = "" if report is None or not report.header_ok else (
+                f"; its WAL holds {report.valid_commits} commits, not enough to rebuild it"
+            )
+            self.recovered_from_corruption = self._move_aside(
+                f"the file is EMPTY (0 bytes; {since}){commits}: every reading it held is lost"
+            )
+            return
+        if size is not None and _looks_like_sqlite(self.path):
+            # (Not a database at all: open() moves it aside together with its WAL.)
+            check_wal(wal, size)
+
+    def _rebuild_from_wal(self, wal: Path) -> bool:
+        """An empty ``buffer.db`` whose WAL holds every page of its last commit is rebuilt
+        from it (the readings are kept); the WAL is kept aside as it was."""
+        try:
+            rebuilt = rebuild_from_wal(wal)
+        except OSError:
+            return False
+        if rebuilt is None:
+            return False
+        image, commits = rebuilt
+        kept = copy_aside(wal)
+        fresh = self.path.with_name(self.path.name + ".rebuilt")
+        fd = open_private(fresh, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, image)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(fresh, self.path)
+        for leftover in (wal, Path(f"{self.path}-shm")):
+            leftover.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
+        log.error(
+            "BUFFER FILE %s WAS EMPTY (0 bytes) after a crash or a damaged card; rebuilt from "
+            "its WAL, which held every page of its last commit: the %d commits in it are "
+            "kept. The WAL as found was copied to %s", self.path, commits, kept)
+        return True
 
     def _probe(self) -> bool:
         """Check an existing file read-only; True if it was checked and is fine.
@@ -400,6 +582,10 @@ class Buffer:
                 raise BufferFailure(f"buffer {self.path}: cannot use WAL mode (got {mode!r})")
             conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+            # Debian builds SQLite with SECURE_DELETE: every pruned page would be zeroed
+            # through the WAL, doubling the writes and needing as much free space to prune
+            # as was pruned (on a full disk: none). FAST zeroes only where it costs no I/O.
+            conn.execute("PRAGMA secure_delete=FAST")
             self._check(conn, quick_check=quick_check)
             self._init_schema(conn)
             return conn
@@ -456,8 +642,11 @@ class Buffer:
                 [(key,) for key in _COUNTERS],
             )
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('newest_time_ns', NULL)")
+            # Written only when changed: an unchanged start writes nothing, so it works on a
+            # full disk too.
             conn.executemany(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                "SET value = excluded.value WHERE value IS NOT excluded.value",
                 [("max_bytes", self.max_bytes), ("when_full", self.when_full)],
             )
             meta = _read_meta(conn)
@@ -537,6 +726,70 @@ class Buffer:
         except sqlite3.Error as exc:
             raise _failure(exc, doing, self.path) from exc
 
+    def _write(self, doing: str, body: Callable[[sqlite3.Connection, bool], _T]) -> _T:
+        """Run ``body(conn, short_of_space)`` as one write transaction.
+
+        On ``SQLITE_FULL`` the reserve file is given back, the WAL is checkpointed and
+        truncated (its space is what SQLite needs next), and the transaction runs once more
+        with ``short_of_space`` True (an append then applies ``when_full`` within the space
+        it already holds). The first failure is logged at ERROR, recovery at INFO.
+
+        While short of space every commit is followed by a checkpoint: the WAL then wraps
+        around at its start instead of growing to the ``wal_autocheckpoint`` size.
+        """
+        try:
+            with self._transaction(doing) as conn:
+                result = body(conn, False)
+        except BufferFailure as exc:
+            if not _is_disk_full(exc):
+                raise
+            released = self.disk.release_reserve()
+            self._problems.report(
+                "disk_full",
+                f"buffer {self.path}: the disk is full (SQLITE_FULL); "
+                + ("released the space reserve; " if released else "")
+                + f"applying when_full ({self.when_full}) and keeping unrecorded acks in "
+                "memory until space returns",
+            )
+            self._checkpoint("TRUNCATE")
+            with self._transaction(doing) as conn:
+                result = body(conn, True)
+            self.disk.low = True
+        if self.disk.low:
+            self._checkpoint("PASSIVE")
+        self._problems.recovered("disk_full", f"buffer {self.path}: writes succeed again")
+        return result
+
+    def _checkpoint(self, mode: Literal["PASSIVE", "TRUNCATE"]) -> None:
+        """Best effort: copy the WAL into the database so the WAL can restart or shrink."""
+        try:
+            self._require_open().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        except sqlite3.Error as exc:
+            log.debug("buffer %s: checkpoint (%s) failed: %s", self.path, mode, exc)
+
+    def _short_of_space(self, conn: sqlite3.Connection) -> bool:
+        """Free space plus the pages free inside the file is below ``min_free``."""
+        try:
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+        except sqlite3.Error:
+            free_pages = 0
+        was_low = self.disk.low
+        low = self.disk.check(free_pages * self._page_size)
+        if low and not was_low:
+            self._problems.report(
+                "min_free",
+                f"buffer {self.path}: free space on {self.disk.directory} is below min_free "
+                f"({self.disk.min_free} bytes); the buffer counts as full and applies "
+                f"when_full ({self.when_full}) until space returns",
+            )
+        elif was_low and not low:
+            self._problems.recovered(
+                "min_free",
+                f"buffer {self.path}: free space (with pages free inside the buffer file) is "
+                "above min_free again",
+            )
+        return low
+
     @staticmethod
     def _write_meta(conn: sqlite3.Connection, counters: dict[str, int]) -> None:
         conn.executemany(
@@ -559,62 +812,131 @@ class Buffer:
         or not every sink has taken them, until the new chunk fits; ``drop_newest`` keeps
         the lines that still fit and refuses the rest of this call. Either way the lost
         lines are counted in ``dropped`` and in ``dropped_full_total``.
+
+        Short of disk space (``min_free``, or ``SQLITE_FULL``) the buffer counts as full
+        too (see :meth:`_append_rows`). A call too large to commit at once on a full disk
+        (a backlog flushed after an outage) is committed one chunk per transaction, and
+        what still does not fit is dropped and counted: otherwise the same large batch
+        would be retried forever and nothing new could be stored.
         """
         total = len(lines)
         if total == 0:
             return AppendResult(0, 0)
-        with self._lock, self._transaction("append") as conn:
-            counters = dict(self._meta)
-            stored = dropped = 0
-            first_new_id: int | None = None
-            for start in range(0, total, self.chunk_lines):
-                part = lines[start : start + self.chunk_lines]
-                payload = b"\n".join(part)
-                size = len(payload)
-                if counters["bytes_held"] + size > self.max_bytes:
-                    if self.when_full == "drop_newest":
-                        room = self.max_bytes - counters["bytes_held"]
-                        keep = _fitting_prefix(part, room) if room > 0 else 0
-                        dropped += total - start - keep
-                        if keep:
-                            part = part[:keep]
-                            payload = b"\n".join(part)
-                            first_new_id = self._insert(
-                                conn, counters, part, payload, oldest_ns, newest_ns,
-                                first_new_id,
-                            )
-                            stored += keep
-                        break
-                    evicted, evicted_new = self._evict(conn, counters, size, first_new_id)
-                    dropped += evicted
-                    stored -= evicted_new
-                    if size > self.max_bytes:
-                        # More than the whole buffer in one chunk: keep its newest lines.
-                        keep = _fitting_suffix(part, self.max_bytes)
-                        dropped += len(part) - keep
-                        if not keep:
-                            continue
-                        part = part[len(part) - keep :]
+        with self._lock:
+            low = self._short_of_space(self._require_open())
+
+            def body(conn: sqlite3.Connection, short: bool) -> _Appended:
+                return self._append_rows(conn, lines, oldest_ns, newest_ns, low or short)
+
+            try:
+                done = self._write("append", body)
+            except BufferFailure as exc:
+                if not _is_disk_full(exc) or total <= self.chunk_lines:
+                    raise
+                done = self._append_piecewise(lines, oldest_ns, newest_ns)
+            # Only after COMMIT: a failed transaction leaves the in-memory totals as they were.
+            self._meta = done.counters
+            self._newest_time_ns = done.newest_time
+        if done.dropped:
+            self._log_dropped(done.dropped)
+        return AppendResult(done.stored, done.dropped)
+
+    def _append_piecewise(
+        self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int
+    ) -> _Appended:
+        """One chunk per transaction, short of space; the rest is dropped at the first
+        chunk that does not fit either (its lines counted, never silently lost)."""
+        stored = dropped = 0
+        for start in range(0, len(lines), self.chunk_lines):
+            part = lines[start : start + self.chunk_lines]
+            try:
+                with self._transaction("append") as conn:
+                    piece = self._append_rows(conn, part, oldest_ns, newest_ns, True)
+            except BufferFailure as exc:
+                if not _is_disk_full(exc):
+                    raise
+                rest = len(lines) - start
+                dropped += rest
+                counters = dict(self._meta)
+                counters["dropped_full_total"] += rest
+                try:
+                    with self._transaction("counting dropped lines") as conn:
+                        self._write_meta(conn, counters)
+                    self._meta = counters
+                except BufferFailure:
+                    pass  # the drop is still reported to the caller and logged
+                break
+            self._meta = piece.counters
+            self._newest_time_ns = piece.newest_time
+            stored += piece.stored
+            dropped += piece.dropped
+            self._checkpoint("PASSIVE")
+        return _Appended(dict(self._meta), stored, dropped, self._newest_time_ns)
+
+    def _append_rows(
+        self,
+        conn: sqlite3.Connection,
+        lines: Sequence[bytes],
+        oldest_ns: int,
+        newest_ns: int,
+        short_of_space: bool,
+    ) -> _Appended:
+        """The body of :meth:`append`. Short of disk space, the file may not grow: the
+        limit is what is held now plus the pages free inside the file, so ``drop_oldest``
+        replaces old chunks (SQLite reuses their pages) and ``drop_newest`` refuses what
+        does not fit in the free pages."""
+        total = len(lines)
+        counters = dict(self._meta)
+        limit = self.max_bytes
+        if short_of_space:
+            free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+            room = counters["bytes_held"] + free_pages * self._page_size
+            limit = min(limit, room)
+        stored = dropped = 0
+        first_new_id: int | None = None
+        for start in range(0, total, self.chunk_lines):
+            part = lines[start : start + self.chunk_lines]
+            payload = b"\n".join(part)
+            size = len(payload)
+            if counters["bytes_held"] + size > limit:
+                if self.when_full == "drop_newest":
+                    room = limit - counters["bytes_held"]
+                    keep = _fitting_prefix(part, room) if room > 0 else 0
+                    dropped += total - start - keep
+                    if keep:
+                        part = part[:keep]
                         payload = b"\n".join(part)
-                first_new_id = self._insert(
-                    conn, counters, part, payload, oldest_ns, newest_ns, first_new_id
-                )
-                stored += len(part)
-            counters["committed_total"] += stored
-            counters["dropped_full_total"] += dropped
-            newest_time = self._newest_time_ns
-            if stored and (newest_time is None or newest_ns > newest_time):
-                newest_time = newest_ns
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'newest_time_ns'", (newest_time,)
-                )
-            self._write_meta(conn, counters)
-        # Only after COMMIT: a failed transaction leaves the in-memory totals as they were.
-        self._meta = counters
-        self._newest_time_ns = newest_time
-        if dropped:
-            self._log_dropped(dropped)
-        return AppendResult(stored, dropped)
+                        first_new_id = self._insert(
+                            conn, counters, part, payload, oldest_ns, newest_ns,
+                            first_new_id,
+                        )
+                        stored += keep
+                    break
+                evicted, evicted_new = self._evict(conn, counters, size, first_new_id, limit)
+                dropped += evicted
+                stored -= evicted_new
+                if size > limit:
+                    # More than the whole buffer in one chunk: keep its newest lines.
+                    keep = _fitting_suffix(part, limit)
+                    dropped += len(part) - keep
+                    if not keep:
+                        continue
+                    part = part[len(part) - keep :]
+                    payload = b"\n".join(part)
+            first_new_id = self._insert(
+                conn, counters, part, payload, oldest_ns, newest_ns, first_new_id
+            )
+            stored += len(part)
+        counters["committed_total"] += stored
+        counters["dropped_full_total"] += dropped
+        newest_time = self._newest_time_ns
+        if stored and (newest_time is None or newest_ns > newest_time):
+            newest_time = newest_ns
+            conn.execute(
+                "UPDATE meta SET value = ? WHERE key = 'newest_time_ns'", (newest_time,)
+            )
+        self._write_meta(conn, counters)
+        return _Appended(counters, stored, dropped, newest_time)
 
     def _log_dropped(self, dropped: int) -> None:
         # A full buffer drops on every commit (several per second): warn once a minute.
@@ -654,10 +976,11 @@ class Buffer:
         counters: dict[str, int],
         incoming: int,
         first_new_id: int | None,
+        limit: int,
     ) -> tuple[int, int]:
         """Delete oldest chunks until ``incoming`` bytes fit; (lines evicted, of them new)."""
         evicted = evicted_new = 0
-        while counters["bytes_held"] + incoming > self.max_bytes and counters["chunks_held"]:
+        while counters["bytes_held"] + incoming > limit and counters["chunks_held"]:
             rows = conn.execute("SELECT id, n, nbytes FROM chunks ORDER BY id LIMIT 256").fetchall()
             if not rows:
                 break
@@ -670,7 +993,7 @@ class Buffer:
                 evicted += n
                 if first_new_id is not None and chunk_id >= first_new_id:
                     evicted_new += n
-                if counters["bytes_held"] + incoming <= self.max_bytes:
+                if counters["bytes_held"] + incoming <= limit:
                     break
             conn.execute("DELETE FROM chunks WHERE id <= ?", (upto,))
         return evicted, evicted_new
@@ -706,32 +1029,42 @@ class Buffer:
         for name in wanted:
             if not isinstance(name, str) or not name:
                 raise ValueError(f"sink names must be non-empty strings, got {name!r}")
-        with self._lock, self._transaction("registering sinks") as conn:
-            counters = dict(self._meta)
-            existing = dict(conn.execute("SELECT name, acked_id FROM cursors").fetchall())
-            for gone in sorted(existing.keys() - wanted):
-                conn.execute("DELETE FROM cursors WHERE name = ?", (gone,))
-                log.info("buffer: removed the cursor of sink %r, no longer configured", gone)
-            new = sorted(wanted - existing.keys())
-            if new:
-                oldest = conn.execute("SELECT min(id) FROM chunks").fetchone()[0]
-                start = oldest - 1 if oldest is not None else self._last_id(conn)
-                conn.executemany(
-                    "INSERT INTO cursors (name, acked_id) VALUES (?, ?)",
-                    [(name, start) for name in new],
-                )
-                for name in new:
-                    log.info(
-                        "buffer: new sink %r starts at the oldest buffered chunk (%d lines)",
-                        name, counters["lines_held"],
-                    )
-            pruned = self._prune(conn, counters)
+        with self._lock:
+            counters, pruned = self._write(
+                "registering sinks", lambda conn, _short: self._register(conn, wanted)
+            )
         self._meta = counters
         if pruned:
             log.info("buffer: pruned %d lines no remaining sink needs", pruned)
 
-    def read(self, sink: str, max_lines: int) -> Batch | None:
+    def _register(self, conn: sqlite3.Connection, wanted: set[str]) -> tuple[dict[str, int], int]:
+        """The body of :meth:`register_sinks`; (new totals, lines pruned)."""
+        counters = dict(self._meta)
+        existing = dict(conn.execute("SELECT name, acked_id FROM cursors").fetchall())
+        for gone in sorted(existing.keys() - wanted):
+            conn.execute("DELETE FROM cursors WHERE name = ?", (gone,))
+            log.info("buffer: removed the cursor of sink %r, no longer configured", gone)
+        new = sorted(wanted - existing.keys())
+        if new:
+            oldest = conn.execute("SELECT min(id) FROM chunks").fetchone()[0]
+            start = oldest - 1 if oldest is not None else self._last_id(conn)
+            conn.executemany(
+                "INSERT INTO cursors (name, acked_id) VALUES (?, ?)",
+                [(name, start) for name in new],
+            )
+            for name in new:
+                log.info(
+                    "buffer: new sink %r starts at the oldest buffered chunk (%d lines)",
+                    name, counters["lines_held"],
+                )
+        pruned = self._prune(conn, counters)
+        return counters, pruned
+
+    def read(self, sink: str, max_lines: int, after: int | None = None) -> Batch | None:
         """The next chunks after ``sink``'s cursor, or ``None`` if it is up to date.
+
+        ``after`` reads past chunk ids a forwarder delivered but could not acknowledge yet
+        (the disk was full): its position is then kept in memory until :meth:`ack` works.
 
         Whole chunks in id order, as many as fit in ``max_lines``; always at least one, so
         a chunk larger than ``max_lines`` still comes out (the forwarder splits it if the
@@ -748,7 +1081,7 @@ class Buffer:
                 ).fetchone()
                 if row is None:
                     raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
-                acked_id = row[0]
+                acked_id = row[0] if after is None else max(row[0], after)
                 last_id: int | None = None
                 lines = 0
                 oldest: int | None = None
@@ -788,18 +1121,21 @@ class Buffer:
 
         The cursor never moves backwards: a stale or repeated ack is a no-op.
         """
-        with self._lock, self._transaction("ack") as conn:
-            counters = dict(self._meta)
-            row = conn.execute("SELECT acked_id FROM cursors WHERE name = ?", (sink,)).fetchone()
-            if row is None:
-                raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
-            if last_id <= row[0]:
-                return
-            if last_id > self._last_id(conn):
-                raise ValueError(f"ack of chunk {last_id} that was never written")
-            conn.execute("UPDATE cursors SET acked_id = ? WHERE name = ?", (last_id, sink))
-            self._prune(conn, counters)
-        self._meta = counters
+        with self._lock:
+            self._meta = self._write("ack", lambda conn, _short: self._ack(conn, sink, last_id))
+
+    def _ack(self, conn: sqlite3.Connection, sink: str, last_id: int) -> dict[str, int]:
+        counters = dict(self._meta)
+        row = conn.execute("SELECT acked_id FROM cursors WHERE name = ?", (sink,)).fetchone()
+        if row is None:
+            raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
+        if last_id <= row[0]:
+            return counters
+        if last_id > self._last_id(conn):
+            raise ValueError(f"ack of chunk {last_id} that was never written")
+        conn.execute("UPDATE cursors SET acked_id = ? WHERE name = ?", (last_id, sink))
+        self._prune(conn, counters)
+        return counters
 
     # -- inspection and closing ----------------------------------------------------------
 
@@ -886,8 +1222,8 @@ class AsyncBuffer:
     async def append(self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int) -> AppendResult:
         return await self._run(self.buffer.append, lines, oldest_ns, newest_ns)
 
-    async def read(self, sink: str, max_lines: int) -> Batch | None:
-        return await self._run(self.buffer.read, sink, max_lines)
+    async def read(self, sink: str, max_lines: int, after: int | None = None) -> Batch | None:
+        return await self._run(self.buffer.read, sink, max_lines, after)
 
     async def ack(self, sink: str, last_id: int) -> None:
         await self._run(self.buffer.ack, sink, last_id)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import signal
 import sys
 from collections import Counter
@@ -40,7 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     config = _load_or_exit(args.config)
-    asyncio.run(run_gateway(config))
+    try:
+        asyncio.run(run_gateway(config))
+    except BufferFailure as exc:
+        # Read-only or unusable data_dir: one clear line, not a traceback per restart.
+        logging.getLogger("iotgw").error("cannot run: %s", exc)
+        return 1
     return 0
 
 
@@ -159,9 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit
+        return code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `iotgw check x.yaml | head -1`: the reader left; no traceback, and none from
+        # the interpreter flushing stdout at exit either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

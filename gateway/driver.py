@@ -11,7 +11,7 @@ import abc
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ from pydantic import Field
 
 from gateway.config.types import StrictModel
 from gateway.errors import CommandRefused
+from gateway.plugin import GatewayHandle
 from gateway.reading import Reading
 from gateway.shared import SharedResources
 
@@ -76,19 +77,23 @@ class DeviceContext:
 
     ``bus`` is the validated config of the bus the device names (None for drivers without
     one); ``resources`` hands out objects shared by devices, such as one serial port and
-    its scheduler for every meter on an RS-485 line.
+    its scheduler for every meter on an RS-485 line; ``gateway`` is the typed handle on
+    the running gateway for drivers whose devices share a connection (see
+    :mod:`gateway.plugin`; None in a harness that runs a driver alone).
     """
 
     def __init__(self, device_id: str, emit: Emit,
                  on_state: Callable[[str, DeviceStatus], None] | None = None, *,
                  bus_name: str | None = None, bus: Any = None,
-                 resources: SharedResources | None = None) -> None:
+                 resources: SharedResources | None = None,
+                 gateway: GatewayHandle | None = None) -> None:
         self.device_id = device_id
         self.status = DeviceStatus()
         self.log = logging.getLogger(f"iotgw.device.{device_id}")
         self.bus_name = bus_name
         self.bus = bus
         self.resources = resources if resources is not None else SharedResources()
+        self.gateway = gateway
         self._emit = emit
         self._on_state = on_state
 
@@ -140,11 +145,3 @@ class Driver(abc.ABC):
     async def poll_now(self) -> None:
         """Read the device at once instead of at its next interval."""
         raise CommandRefused(f"driver {type(self).__name__} cannot poll on demand")
-
-
-def merged_tags(*layers: Mapping[str, str]) -> dict[str, str]:
-    """Later layers win: driver tags < installer tags < site/gateway/device."""
-    out: dict[str, str] = {}
-    for layer in layers:
-        out.update(layer)
-    return out

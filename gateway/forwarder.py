@@ -4,17 +4,31 @@ The cursor advances only after the sink accepted the batch, so delivery is at le
 once; InfluxDB-style stores overwrite a point with the same series and timestamp, so a
 resend after a crash or timeout does not duplicate data. Each forwarder is its own task:
 a sink that is down or slow never holds up another sink or the drivers.
+
+A delivered batch whose acknowledgement cannot be written (the disk is full, the file
+system went read-only) must not restart the forwarder: that would resend the same batch
+forever while nothing is pruned. The delivered position is kept in memory, delivery goes
+on from there, and the ack is retried after every batch and every idle check until the
+buffer takes it; a restart in between resends from the last recorded cursor (at least
+once, as always).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 
 from gateway.aio import wait_event
 from gateway.backoff import Backoff
-from gateway.buffer import AsyncBuffer
-from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
+from gateway.buffer import AsyncBuffer, Batch
+from gateway.errors import (
+    BufferFailure,
+    SinkAuthError,
+    SinkRejected,
+    SinkTooLarge,
+    SinkUnavailable,
+)
 from gateway.problems import ProblemLog
 from gateway.sinks.base import Sink, SinkConfigBase
 from gateway.stats import GatewayStats
@@ -24,6 +38,13 @@ log = logging.getLogger("iotgw.forwarder")
 RETRY_AFTER_CAP = 600.0
 """Longest a server's Retry-After is obeyed; a misconfigured proxy must not park a sink
 for a day."""
+
+REFUSAL_SUMMARY = 600.0
+"""A store that keeps refusing one kind of line (a type conflict) is logged once, then
+summarised at most this often; every refused line is counted in the sink's stats."""
+
+STOP_GRACE = 2.0
+"""Seconds a stopping forwarder waits for a write already under way (see _deliver_batch)."""
 
 IDLE_RECHECK = 1.0
 """Seconds between buffer checks when no commit notification arrives (a safety net)."""
@@ -40,6 +61,8 @@ class Forwarder:
         self._stats = stats.sink(self.name)
         self._problems = ProblemLog(log)
         self._backoff = Backoff(base=0.5, cap=config.retry_max)
+        self._unacked: int | None = None
+        """Last chunk id the sink stored whose ack the buffer could not record yet."""
 
     async def run(self) -> None:
         await self._sink.open()
@@ -49,21 +72,62 @@ class Forwarder:
             await self._sink.close()
 
     async def _loop(self) -> None:
+        limit = self._config.batch_lines
         while True:
-            batch = await self._buffer.read(self.name, self._config.batch_lines)
+            batch = await self._buffer.read(self.name, limit, self._unacked)
             if batch is None:
                 self._new_data.clear()
-                batch = await self._buffer.read(self.name, self._config.batch_lines)
+                if self._unacked is not None:
+                    await self._ack(self._unacked)
+                batch = await self._buffer.read(self.name, limit, self._unacked)
                 if batch is None:
                     await wait_event(self._new_data, IDLE_RECHECK)
                     continue
-            delay = await self._try_deliver(batch.payload)
-            if delay is None:
-                await self._buffer.ack(self.name, batch.last_id)
-                self._stats.sent_lines += batch.lines
-                self._stats.sent_batches += 1
-            else:
+            delay = await self._deliver_batch(batch)
+            if delay is not None:
                 await asyncio.sleep(delay)
+
+    async def _deliver_batch(self, batch: Batch) -> float | None:
+        """Deliver and record one batch. A stop that arrives while the sink is writing lets
+        that write finish (up to ``STOP_GRACE``) and records it: otherwise a clean stop
+        would send the same batch again at the next start (harmless for InfluxDB, a
+        duplicate for the file sink)."""
+        work = asyncio.ensure_future(self._try_deliver(batch.payload))
+        try:
+            delay = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            try:
+                async with asyncio.timeout(STOP_GRACE):
+                    if await asyncio.shield(work) is None:
+                        await self._delivered(batch)
+            except (TimeoutError, Exception):  # stopping anyway: it is sent again later
+                work.cancel()
+            raise
+        if delay is None:
+            await self._delivered(batch)
+        return delay
+
+    async def _delivered(self, batch: Batch) -> None:
+        self._stats.sent_lines += batch.lines
+        self._stats.sent_batches += 1
+        await self._ack(batch.last_id)
+
+    async def _ack(self, last_id: int) -> None:
+        """Record delivery up to ``last_id``; if the buffer cannot, remember it instead."""
+        key = f"ack:{self.name}"
+        try:
+            await self._buffer.ack(self.name, last_id)
+        except BufferFailure as exc:
+            self._unacked = last_id
+            self._failed(key, "retrying", f"sink {self.name}: delivered up to chunk {last_id} "
+                         f"but the buffer cannot record it ({exc}); delivery goes on, the "
+                         "position is kept in memory and the ack retried")
+            return
+        if self._unacked is not None:
+            self._unacked = None
+            self._stats.state = "ok"
+            self._problems.recovered(key, f"sink {self.name}: the buffer records its "
+                                     "deliveries again (pruning resumes)")
 
     async def _try_deliver(self, payload: bytes) -> float | None:
         """None when the batch is done with (stored, or bad lines dropped); otherwise the
@@ -83,7 +147,7 @@ class Forwarder:
                          "and retrying with backoff")
             return wait
         self._backoff.reset()
-        self._stats.state = "ok"
+        self._stats.state = "ok" if self._unacked is None else "retrying"
         self._problems.recovered(key, f"sink {self.name} is delivering again")
         return None
 
@@ -107,12 +171,23 @@ class Forwarder:
         lines = payload.split(b"\n")
         if len(lines) == 1:
             self._stats.rejected_lines += 1
+            kind = refusal_kind(reason)
             self._problems.report(
-                f"rejected:{self.name}",
-                f"sink {self.name} refused a line, dropped it: {reason} "
-                f"(line: {payload[:200]!r})", level=logging.WARNING)
+                f"rejected:{self.name}:{kind}",
+                f"sink {self.name} refuses lines, dropping them: {reason}",
+                detail=f"first: {payload[:200]!r}", level=logging.WARNING,
+                summary_every=REFUSAL_SUMMARY, kind=kind)
             return
         middle = len(lines) // 2
         await self._deliver(b"\n".join(lines[:middle]))
         await self._deliver(b"\n".join(lines[middle:]))
 
+
+_NUMBER = re.compile(r"\d+")
+_LONG_QUOTE = re.compile(r"\"[^\"]{40,}\"|'[^']{40,}'")
+
+
+def refusal_kind(reason: str) -> str:
+    """The kind of a store's refusal: its message without the numbers and quoted lines
+    that vary from one refused line to the next, so one steady conflict is one kind."""
+    return _NUMBER.sub("N", _LONG_QUOTE.sub('"…"', reason))[:200]

@@ -34,7 +34,12 @@ _ESCAPE_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\t": 
 _ESCAPE_KEY = str.maketrans(
     {",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\t": r"\t", "\r": r"\r"}
 )
-_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\"})
+# Unlike Point, a line break in a string field value is written escaped (``\n``, ``\r``):
+# a raw one is legal inside quotes for InfluxDB, but VictoriaMetrics splits lines first and
+# silently drops the whole reading (it answers 204), and the forwarder's bisection, the
+# file sink's readers and every line-oriented tool split there too. The store keeps the
+# two characters backslash-n, which reads back unambiguously enough to be seen and fixed.
+_ESCAPE_STRING = str.maketrans({'"': r"\"", "\\": r"\\", "\n": r"\n", "\r": r"\r"})
 
 # Caches are plain dicts cleared wholesale when they overflow: a lookup is the hot path
 # and must stay a single dict.get, which an LRU's bookkeeping would not be. A gateway
@@ -145,7 +150,8 @@ def encode(reading: Reading) -> bytes:
     * backslashes are *not* escaped in measurement, keys or tag values; newline, CR and
       tab are escaped there as ``\\n``, ``\\r``, ``\\t``; the measurement does not
       escape ``=``;
-    * string field values escape only ``"`` and ``\\`` -- a raw newline stays raw;
+    * string field values escape ``"`` and ``\\``, and (unlike Point) newline and CR as
+      ``\\n``/``\\r``, so no line ever holds a raw line break;
     * floats are ``repr()`` with a trailing ``.0`` removed (``1.0`` -> ``1``, ``-0.0``
       -> ``-0``, ``1e+16`` stays), ints get an ``i`` suffix, bools are ``true``/``false``;
     * fields that are None or non-finite floats (NaN, +-inf) are dropped; the core drops

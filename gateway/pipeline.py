@@ -116,6 +116,10 @@ class Pipeline:
         """Returns only after the readings are committed to disk: for sources that must
         not acknowledge a message before it is safe (MQTT QoS 1)."""
         await self.submit(device_id, readings)
+        await self.wait_committed()
+
+    async def wait_committed(self) -> None:
+        """Returns once everything queued so far is committed."""
         if self._batch_done is not None:
             await asyncio.shield(self._batch_done)
 
@@ -148,19 +152,60 @@ class Pipeline:
             if not reading.measurement:
                 stats.dropped["no_measurement"] += 1
                 continue
-            accepted.append(Reading(reading.measurement, tags, fields, reading.time_ns))
             t = reading.time_ns
+            if type(t) is not int or not INT64_MIN < t < INT64_MAX:
+                # Line protocol and the buffer's index are int64 ns (years 1677-2262): one
+                # such reading used to stop every commit of every device (OverflowError).
+                self._bad_time(device_id, t)
+                continue
+            accepted.append(Reading(reading.measurement, tags, fields, t))
             if not oldest or t < oldest:
                 oldest = t
             if t > newest:
                 newest = t
+        try:
+            encoded = encode_many(accepted)
+        except Exception:  # a value line protocol cannot carry (a lone surrogate...)
+            # (oldest/newest may still count a dropped reading: bounds, not an index)
+            accepted, encoded = self._encode_each(device_id, accepted)
+            if not accepted:
+                return accepted
         self._oldest, self._newest = oldest, newest
-        lines.extend(encode_many(accepted))
+        lines.extend(encoded)
         if accepted and self._batch_done is None:
             self._batch_done = asyncio.get_running_loop().create_future()
         if len(lines) >= FLUSH_LINES:
             self._wake.set()
         return accepted
+
+    def _bad_time(self, device_id: str, time_ns: object) -> None:
+        self._stats.dropped["invalid_time"] += 1
+        self._problems.report(f"invalid_time:{device_id}",
+                              f"device {device_id}: dropped readings whose time is not an "
+                              "int64 nanosecond timestamp (years 1677-2262)",
+                              detail=f"first: {time_ns!r:.40}", level=logging.WARNING)
+
+    def _encode_each(self, device_id: str, readings: list[Reading]
+                     ) -> tuple[list[Reading], list[bytes]]:
+        """The slow path after a batch failed to encode: keep every reading that encodes,
+        drop (count, log once per device and kind) the ones that cannot. One bad value
+        must cost its reading, never the batch or the task that submitted it."""
+        kept: list[Reading] = []
+        lines: list[bytes] = []
+        for reading in readings:
+            try:
+                (line,) = encode_many((reading,))
+            except Exception as exc:
+                self._stats.dropped["unencodable"] += 1
+                self._problems.report(
+                    f"unencodable:{device_id}:{type(exc).__name__}",
+                    f"device {device_id}: dropped a reading that cannot be written as line "
+                    f"protocol ({type(exc).__name__}: {str(exc)[:120]})",
+                    level=logging.WARNING)
+                continue
+            kept.append(reading)
+            lines.append(line)
+        return kept, lines
 
     def _hide(self, reading: Reading, names: frozenset[str]) -> Reading:
         hide = self._pseudonymize

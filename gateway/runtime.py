@@ -11,17 +11,19 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
-from gateway.driver import DeviceConfigBase, DeviceContext, DeviceStatus, Driver
+from gateway.driver import DeviceConfigBase, DeviceContext, DeviceState, DeviceStatus, Driver
 from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
+from gateway.instancelock import instance_lock
 from gateway.mqtt import ops as _ops_bus  # noqa: F401 - registers the "ops-bus" service
 from gateway.pipeline import Pipeline
+from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
@@ -29,7 +31,7 @@ from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
 from gateway.stats import GatewayStats
-from gateway.supervisor import Supervisor
+from gateway.supervisor import Supervisor, TaskStarter
 
 log = logging.getLogger("iotgw.runtime")
 
@@ -43,6 +45,9 @@ class Gateway:
         self.drivers: dict[str, Driver] = {}
         self.resources = SharedResources()
         self._state_listeners: list[Callable[[str, DeviceStatus], None]] = []
+        self._dead_letter_listeners: list[Callable[[DeadLetter], None]] = []
+        self.service_runners: dict[str, Callable[[], Awaitable[None]]] = {}
+        """The running services by name (the ops bus...), for tests and diagnostics."""
         self._device_configs: dict[str, DeviceConfigBase] = {}
         self._sink_configs: dict[str, SinkConfigBase] = {}
         self._sink_events: dict[str, asyncio.Event] = {}
@@ -50,7 +55,8 @@ class Gateway:
         self._reload = asyncio.Event()
         buf = config.model.buffer
         self.buffer = AsyncBuffer(Buffer(config.buffer_path, max_bytes=buf.max_bytes,
-                                         when_full=buf.when_full, synchronous=buf.synchronous))
+                                         when_full=buf.when_full, synchronous=buf.synchronous,
+                                         min_free=buf.min_free))
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
 
@@ -65,6 +71,10 @@ class Gateway:
     # -- lifecycle -------------------------------------------------------------------
 
     async def run(self) -> None:
+        with instance_lock(self.config.buffer_path):
+            await self._run()
+
+    async def _run(self) -> None:
         cfg = self.config
         await self.buffer.open()
         await self.buffer.register_sinks([s.sink_name for s in cfg.sinks])
@@ -84,6 +94,7 @@ class Gateway:
                 for service in SERVICES:
                     runner = service.factory(self)
                     if runner is not None:
+                        self.service_runners[service.name] = runner
                         self.supervisor.start(f"service:{service.name}", runner)
                 log.info("gateway %s (site %s) running: %d devices, sinks: %s",
                          cfg.model.gateway.id, cfg.model.gateway.site, len(cfg.devices),
@@ -135,14 +146,18 @@ class Gateway:
         bus_name = getattr(device, "bus", None)
         ctx = DeviceContext(device.id, self._emit, self._state_changed, bus_name=bus_name,
                             bus=self.config.model.buses.get(bus_name) if bus_name else None,
-                            resources=self.resources)
+                            resources=self.resources, gateway=self)
         self.devices[device.id] = ctx
         self._device_configs[device.id] = device
         self.pipeline.set_device(device.id, device.tags, device.pseudonymize)
         driver = driver_type.driver_class(device, ctx)
         self.drivers[device.id] = driver
         self._state_changed(device.id, ctx.status)
-        self.supervisor.start(f"device:{device.id}", driver.run)
+
+        def crashed(exc: BaseException) -> None:
+            ctx.set_state(DeviceState.ERROR, f"driver failed: {type(exc).__name__}: {exc}")
+
+        self.supervisor.start(f"device:{device.id}", driver.run, on_failure=crashed)
 
     def _state_changed(self, device_id: str, status: DeviceStatus) -> None:
         for listener in self._state_listeners:
@@ -184,7 +199,14 @@ class Gateway:
         self._sink_configs[name] = sink_config
         self._sink_events[name] = event
         forwarder = Forwarder(sink, sink_config, self.buffer, event, self.stats)
-        self.supervisor.start(f"sink:{name}", forwarder.run)
+
+        def crashed(exc: BaseException) -> None:
+            sink_stats = self.stats.sink(name)
+            sink_stats.state = "failed"
+            sink_stats.errors += 1
+            sink_stats.last_error = f"forwarder failed: {type(exc).__name__}: {exc}"
+
+        self.supervisor.start(f"sink:{name}", forwarder.run, on_failure=crashed)
 
     async def _stop_sink(self, name: str) -> None:
         assert self.supervisor is not None and self.pipeline is not None
@@ -198,6 +220,43 @@ class Gateway:
         del self._device_configs[device_id]
         self.devices.pop(device_id, None)
         self.drivers.pop(device_id, None)
+
+    # -- the plugin API (gateway.plugin.GatewayHandle) --------------------------------
+
+    @property
+    def gateway_id(self) -> str:
+        return self.config.model.gateway.id
+
+    @property
+    def tasks(self) -> TaskStarter:
+        if self.supervisor is None:
+            raise RuntimeError("the gateway is not running")
+        return self.supervisor
+
+    def section(self, name: str, model: type[SectionT]) -> SectionT | None:
+        value = getattr(self.config.model, name, None)
+        if value is None:
+            return None
+        if not isinstance(value, model):
+            raise TypeError(f"config section {name!r} is a {type(value).__name__}, "
+                            f"not a {model.__name__}")
+        return value
+
+    async def submit(self, device_id: str, readings: Sequence[Reading]) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.submit(device_id, readings)
+
+    async def wait_committed(self) -> None:
+        assert self.pipeline is not None
+        await self.pipeline.wait_committed()
+
+    def dead_letter(self, letter: DeadLetter) -> None:
+        for listener in self._dead_letter_listeners:
+            listener(letter)
+
+    def add_dead_letter_listener(self, listener: Callable[[DeadLetter], None]) -> None:
+        """The ops bus publishes each refused input on its ``errors`` topic."""
+        self._dead_letter_listeners.append(listener)
 
     # -- reload ----------------------------------------------------------------------
 

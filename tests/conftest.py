@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.gate_driver import test_gate_driver  # noqa: F401 - a fixture, by name
 from tests.servers import (
     DEFAULT_MQTT_ACL,
     DEFAULT_MQTT_USERS,

@@ -511,3 +511,21 @@ async def test_async_buffer_runs_on_its_worker_thread(tmp_path: Path) -> None:
     await abuf.close()
     with pytest.raises(BufferFailure):
         await abuf.stats()
+
+
+def test_read_after_a_position_kept_in_memory(tmp_path: Path) -> None:
+    """A forwarder whose ack could not be recorded reads on from its delivered position;
+    the cursor itself stays until an ack works, then one ack covers everything."""
+    buf = open_buffer(tmp_path / "buf.db", chunk_lines=2)
+    buf.register_sinks(["a"])
+    buf.append(lines(0, 6), T0, T0)
+    first = buf.read("a", 2)
+    assert first is not None and first.payload == b"line-0000\nline-0001"
+    second = buf.read("a", 2, after=first.last_id)
+    assert second is not None and second.payload == b"line-0002\nline-0003"
+    assert buf.read("a", 2) == first  # the recorded cursor has not moved
+    assert buf.read("a", 2, after=0) == first  # never behind the recorded cursor
+    buf.ack("a", second.last_id)
+    assert buf.stats().depth_lines == 2
+    assert drain(buf, "a") == lines(4, 2)
+    buf.close()

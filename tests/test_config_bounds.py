@@ -37,6 +37,7 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
         "gateway: {id: gw-t, site: s, data_dir: data, %s}", "gateway", "", "0"),
     "BufferSection.max_bytes": ("buffer: {%s}", "buffer", HEADER, "1000"),
     "BufferSection.flush_interval": ("buffer: {%s}", "buffer", HEADER, "0"),
+    "BufferSection.min_free": ("buffer: {%s}", "buffer", HEADER, "-1"),
     "BufferSection.max_pending": ("buffer: {%s}", "buffer", HEADER, "999"),
     "HealthSection.max_loop_lag": ("health: {%s}", "health", HEADER, "0"),
     "HealthSection.commit_stall": ("health: {%s}", "health", HEADER, "0.5"),

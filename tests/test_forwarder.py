@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
 from gateway.buffer import AsyncBuffer, Buffer
@@ -71,6 +73,30 @@ async def test_partial_write_drops_only_the_rejected_line(tmp_path: Path,
     assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
     rows = influx1.select("SELECT v FROM conflict WHERE time > 999", db)
     assert sorted(r["time"] for r in rows) == [1000 + i for i in range(40) if i != 17]
+    await buffer.close()
+
+
+async def test_a_steady_refusal_is_logged_once_and_counted(
+        tmp_path: Path, influx1: InfluxDB1, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 10, defect 4: the message used to quote the refused line, so "once per
+    kind" never matched and a steady type conflict logged a WARNING per line."""
+    db = f"fwd_{uuid.uuid4().hex[:8]}"
+    influx1.create_database(db)
+    influx1.write_lines(db, "steady,device=d v=1 1")
+    lines = [(f'steady,device=d v="text {i}" {1000 + i}' if i % 3 == 0
+              else f"steady,device=d v={i}.5 {1000 + i}").encode() for i in range(90)]
+    config = sink_config(influx1.url, db, batch_lines=10)
+    buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+    stats = GatewayStats()
+    forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+    caplog.set_level(logging.INFO, logger="iotgw.forwarder")
+    await run_until(forwarder, lambda: stats.sink(config.sink_name).sent_lines == 90)
+    assert stats.sink(config.sink_name).rejected_lines == 30
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "field type conflict" in warnings[0] and "first: " in warnings[0]
+    rows = influx1.select("SELECT v FROM steady WHERE time > 999", db)
+    assert len(rows) == 60
     await buffer.close()
 
 

@@ -22,7 +22,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config.models import MqttSection
-from gateway.mqtt.client import Message, MqttConnection, _SharedTableProperties
+from gateway.mqtt.client import Message, MqttConnection
+from gateway.mqtt.paho_speedups import _SharedTableProperties
 from tests.servers import LOOPBACK, Mosquitto
 
 utf8 = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),

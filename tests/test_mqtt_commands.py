@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
@@ -19,12 +19,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
-from gateway.config.models import build_config_model
-from gateway.driver import DeviceConfigBase, Driver
-from gateway.registry import DRIVER_TYPES, register_driver
+from gateway.errors import ConfigError
+from gateway.mqtt.ops import OpsBus
 from gateway.runtime import Gateway
+from tests.gate_driver import WRITES
 
-WRITES: list[tuple[str, str, Any]] = []
+pytestmark = pytest.mark.usefixtures("test_gate_driver")
+
 ACL = """\
 user gw
 topic readwrite compound/#
@@ -37,28 +38,6 @@ user viewer
 topic read compound/#
 """
 
-
-class GateConfig(DeviceConfigBase):
-    driver: Literal["test_gate"]
-
-
-class GateDriver(Driver):
-    async def run(self) -> None:
-        await asyncio.Event().wait()
-
-    async def write(self, point: str, value: Any) -> dict[str, Any]:
-        WRITES.append((self.config.id, point, value))
-        return {"written": True}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _test_gate_driver() -> Iterator[None]:
-    """Registered only while this module runs: other tests see the real driver set."""
-    register_driver(GateConfig, GateDriver)
-    build_config_model.cache_clear()
-    yield
-    DRIVER_TYPES.pop("test_gate", None)
-    build_config_model.cache_clear()
 
 
 class Requester:
@@ -119,7 +98,8 @@ async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
         "gateway: {id: gw-cmd, site: s, data_dir: data}\n"
         "sinks: [{type: file, name: f}]\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
-        " base_topic: compound/cmdtest/gw, client_id: cmdtest}\n"
+        " base_topic: compound/cmdtest/gw, client_id: cmdtest,"
+        " response_topics: ['ops/replies/#']}\n"
         "devices:\n"
         "  - {id: gate-1, driver: test_gate, allow_write: [relay]}\n")
     gateway = Gateway(load_config(config))
@@ -197,7 +177,8 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
         "gateway: {id: gw-mb, site: s, data_dir: data}\n"
         "sinks: [{type: file, name: f}]\n"
         f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
-        " base_topic: compound/cmdtest/gw, client_id: mbtest}\n"
+        " base_topic: compound/cmdtest/gw, client_id: mbtest,"
+        " response_topics: ['ops/replies/#']}\n"
         f"buses: {{plant: {{type: tcp, host: 127.0.0.1, port: {sim.port}, timeout: 1s}}}}\n"
         "devices:\n"
         "  - {id: gate-north, driver: modbus, bus: plant, unit: 9,"
@@ -239,11 +220,131 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
         await sim.stop()
 
 
+class Spy:
+    """Every message the broker routes, whatever the topic (the broker ACL is not the
+    guard under test: this broker lets the gateway write anywhere)."""
+
+    def __init__(self, port: int) -> None:
+        self.messages: list[tuple[str, bytes, bytes | None]] = []
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+        self.client.username_pw_set("spy", "spy-secret")
+        self.client.on_message = lambda c, u, m: self.messages.append(
+            (m.topic, m.payload, getattr(m.properties, "CorrelationData", None)))
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("#", 1)
+        self.client.loop_start()
+
+    def on(self, topic: str) -> list[tuple[bytes, bytes | None]]:
+        return [(p, c) for t, p, c in list(self.messages) if t == topic]
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mosquitto_factory,
+                                                            caplog) -> None:
+    """A command naming a response topic outside ``<base>/`` and ``mqtt.response_topics``
+    (here a device's command topic) is refused and answered on cmd/<verb>/result; nothing
+    reaches the named topic, the device is not written; allowed topics are honoured."""
+    caplog.set_level(logging.INFO, logger="iotgw.mqtt.ops")
+    acl = "user gw\ntopic readwrite #\nuser ops\ntopic readwrite #\nuser spy\ntopic read #\n"
+    broker = mosquitto_factory(acl=acl, users={"gw": "gw-secret", "ops": "ops-secret",
+                                               "spy": "spy-secret"})
+    base = "compound/cmdtest/gw"
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw-reply, site: s, data_dir: data}\n"
+        "sinks: [{type: file, name: f}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
+        f" base_topic: {base}, client_id: replytest, response_topics: ['ops/replies/#']}}\n"
+        "devices:\n"
+        "  - {id: gate-1, driver: test_gate, allow_write: [relay]}\n")
+    WRITES.clear()
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    spy = ops = None
+    try:
+        async with asyncio.timeout(15):
+            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        spy = Spy(broker.port)
+        ops = Requester(broker.port, "ops", "ops-secret")
+        await ops.wait_connected()
+        await asyncio.sleep(0.3)
+        write = b'{"device": "gate-1", "point": "relay", "value": 1}'
+        default = f"{base}/cmd/write/result"
+        refused = {b"device": "site/door-7/cmd",  # another device's command topic
+                   b"device-again": "site/door-7/cmd",
+                   b"own-command": f"{base}/cmd/write",  # would be read back as a command
+                   b"own-status": f"{base}/status",  # would pass for the gateway's status
+                   b"own-state": f"{base}/devices/gate-1/state",
+                   b"wildcard": "ops/replies/#"}
+        for correlation, reply_to in refused.items():
+            ops.send("write", write, correlation=correlation, reply_to=reply_to)
+        allowed = {b"subtree": f"{base}/replies/me", b"configured": "ops/replies/z"}
+        for correlation, reply_to in allowed.items():
+            ops.send("write", write, correlation=correlation, reply_to=reply_to)
+
+        def answered() -> bool:
+            return len(spy.on(default)) >= len(refused) and all(
+                spy.on(t) for t in allowed.values())
+
+        async with asyncio.timeout(10):
+            while not answered():  # noqa: ASYNC110 - paho's thread appends
+                await asyncio.sleep(0.05)
+        answers = {c: json.loads(p) for p, c in spy.on(default)}
+        assert set(answers) == set(refused)
+        for correlation, reply_to in refused.items():
+            answer = answers[correlation]
+            assert answer["ok"] is False, answer
+            assert answer["error"].startswith(f"response topic {reply_to!r} refused"), answer
+        assert "command topic of this gateway" in answers[b"own-command"]["error"]
+        assert "publishes its own state" in answers[b"own-status"]["error"]
+        assert "publishes its own state" in answers[b"own-state"]["error"]
+        assert all(json.loads(p).get("state") in ("online", "offline")
+                   for p, _ in spy.on(f"{base}/status")), "a result on the status topic"
+        assert "not a topic name" in answers[b"wildcard"]["error"]
+        for correlation, reply_to in allowed.items():
+            (payload, got), = spy.on(reply_to)
+            assert got == correlation and json.loads(payload)["ok"] is True
+        assert spy.on("site/door-7/cmd") == [], "the gateway published into a foreign topic"
+        assert {p for p, _ in spy.on(f"{base}/cmd/write")} == {write}, \
+            "a result was published onto the gateway's own command topic"
+        assert len(WRITES) == len(allowed), "a command with a refused response topic ran"
+
+        ops_bus = ops_bus_of(gateway)
+        assert ops_bus.counters["response_topic_refused"] == len(refused)
+        errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(errors) == 4, errors  # once per kind: outside, own cmd, own state, not a name
+        assert all("response topic" in e for e in errors)
+        assert any("first: 'site/door-7/cmd'" in e for e in errors), errors
+    finally:
+        for client in (spy, ops):
+            if client is not None:
+                client.close()
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)
+
+
+def test_response_topics_must_be_mqtt_filters(tmp_path: Path) -> None:
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw, site: s, data_dir: data}\n"
+        "sinks: [{type: file, name: f}]\n"
+        "mqtt: {host: 127.0.0.1, base_topic: a/b, response_topics: ['ops/#/x']}\n")
+    with pytest.raises(ConfigError, match="'#' must be the last level"):
+        load_config(config, environ={})
+
+
+def ops_bus_of(gateway: Gateway) -> OpsBus:
+    runner = gateway.service_runners["ops-bus"]
+    ops_bus = getattr(runner, "__self__", None)
+    assert isinstance(ops_bus, OpsBus)
+    return ops_bus
+
+
 def gateway_ops_connected(gateway: Gateway) -> bool:
     """True once the ops bus has a live broker connection (its birth is published)."""
-    from gateway.mqtt import hub
-
-    link = hub.link_for(gateway.resources)
-    return link is not None and any(getattr(getattr(s, "__self__", None), "connection", None)
-                                    is not None and s.__self__.connection.connected
-                                    for s in link.dead_letter_sinks)
+    runner = gateway.service_runners.get("ops-bus")
+    return runner is not None and ops_bus_of(gateway).connection.connected

@@ -13,6 +13,7 @@ from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper, parse_time
 from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message
+from tests.plugin_stub import StubGateway
 
 
 def config(**kw: Any) -> MqttDeviceConfig:
@@ -46,33 +47,13 @@ def test_kv_and_number_formats() -> None:
     assert num.decode({}, b" 42 ", 5).fields == {"value": 42}
 
 
-class FakeLink:
-    def __init__(self) -> None:
-        self.submitted: list[tuple[str, list]] = []
-        self.dead: list[tuple[str, str]] = []
-
-    async def submit(self, device_id: str, readings: list) -> None:
-        self.submitted.append((device_id, readings))
-
-    async def wait_committed(self, device_id: str) -> None:
-        return None
-
-    def dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
-        self.dead.append((device_id, reason))
-
-
-def make_broker() -> tuple[DeviceBroker, FakeLink, DeviceContext]:
-    link = FakeLink()
-    broker = DeviceBroker.__new__(DeviceBroker)
-    broker.link = link  # type: ignore[assignment]
-    broker.attachments = []
-    broker.counters = __import__("collections").Counter()
-    broker._recent = __import__("collections").OrderedDict()
-    broker._routes = {}
+def make_broker() -> tuple[DeviceBroker, StubGateway, DeviceContext]:
+    gateway = StubGateway()
+    broker = DeviceBroker(gateway)
     ctx = DeviceContext("d1", emit=None)  # type: ignore[arg-type]
-    broker.attachments.append(Attachment(Mapper(config(
+    broker.attach(Attachment(Mapper(config(
         fields={"v": {"path": "$.v", "type": "float"}}, max_payload=4096)), ctx))
-    return broker, link, ctx
+    return broker, gateway, ctx
 
 
 junk = st.one_of(
@@ -100,7 +81,8 @@ def test_malformed_flood_counted_valid_ones_arrive(items: list[tuple[bytes, bool
                                  i * 2 + 1, 1))
             valid.append(float(i))
     groups = broker._decode(batch)
-    got = [r.fields["v"] for r in groups.get("d1", [])]
+    decoded = groups.get("d1")
+    got = [r.fields["v"] for r in decoded.readings] if decoded else []
     for v in valid:
         assert v in got
     handled = len(got) + len(link.dead) + ctx.status.counters.get("filtered", 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import select
 import threading
@@ -51,10 +52,10 @@ class MasterChannel(Channel):
         pass
 
 
-def new_reader(fd: int) -> PeripheralDevice:
-    """A freshly booted reader (new state, same key)."""
+def new_reader(fd: int, key: bytes = KEY) -> PeripheralDevice:
+    """A freshly booted reader (new state, same key unless told)."""
     pd = PeripheralDevice(
-        PDInfo(ADDRESS, MasterChannel(fd), scbk=KEY, flags=[LibFlag.EnforceSecure]),
+        PDInfo(ADDRESS, MasterChannel(fd), scbk=key, flags=[LibFlag.EnforceSecure]),
         PDCapabilities([(Capability.LEDControl, 1, 1), (Capability.AudibleControl, 1, 1)]),
         log_level=LogLevel.Error)
     pd.start()
@@ -118,6 +119,71 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Pat
         pd = new_reader(master)  # ... and boots again
         await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE, within=20)
         assert ctx.status.counters["offline"] >= 1
+    finally:
+        await h.stop()
+        pd.stop()
+
+
+async def test_clean_start_logs_the_secure_channel(pty_pair, tmp_path: Path, caplog
+                                                   ) -> None:
+    """The README promises the secure channel coming up in the log, the first time too."""
+    caplog.set_level(logging.INFO, logger="iotgw.device.door-1")
+    master, path = pty_pair
+    key_file = tmp_path / "scbk"
+    key_file.write_text(KEY.hex())
+    pd = new_reader(master)
+    h = Harness()
+    h.add({"id": "door-1", "driver": "osdp", "port": path, "address": ADDRESS,
+           "baudrate": 115200, "key_file": str(key_file), "reconnect": "1s"})
+    ctx = h.contexts["door-1"]
+    try:
+        h.start()
+        await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE)
+        assert ctx.status.last_error is None
+        online = [r for r in caplog.records if "reader online" in r.getMessage()]
+        assert [(r.levelno, r.getMessage()) for r in online] == [
+            (logging.INFO, "device door-1: reader online, secure channel active")]
+    finally:
+        await h.stop()
+        pd.stop()
+
+
+async def test_wrong_key_is_a_refused_secure_channel_not_silence(pty_pair, tmp_path: Path,
+                                                                 caplog) -> None:
+    """The reader answers and libosdp refuses its cryptogram: that is an error naming the
+    key, not "reader does not answer"; the right key then brings it online."""
+    caplog.set_level(logging.INFO, logger="iotgw.device.door-1")
+    master, path = pty_pair
+    key_file = tmp_path / "scbk"
+    key_file.write_text(KEY.hex())
+    pd = new_reader(master, key=bytes(range(100, 116)))  # commissioned with another key
+    h = Harness()
+    # 2 s between attempts: the reader answers osdp_ID in milliseconds, even on a busy host
+    h.add({"id": "door-1", "driver": "osdp", "port": path, "address": ADDRESS,
+           "baudrate": 115200, "key_file": str(key_file), "reconnect": "2s"})
+    ctx = h.contexts["door-1"]
+    try:
+        h.start()
+        await h.wait_for(lambda: ctx.status.state in (DeviceState.ERROR, DeviceState.OFFLINE,
+                                                      DeviceState.ONLINE), within=30)
+        # The first verdict is the right one: never reported as a silent reader first.
+        assert ctx.status.state is DeviceState.ERROR, h.states()
+        assert ctx.status.counters == {"secure_channel_refused": 1}
+        last_error = ctx.status.last_error or ""
+        assert last_error.startswith("secure_channel_refused: ")
+        assert "secure channel was refused" in last_error and "key" in last_error
+        # Later attempts are counted and logged once.
+        await h.wait_for(lambda: ctx.status.counters["secure_channel_refused"] >= 3, within=30)
+        assert ctx.status.state is DeviceState.ERROR
+        refused = [r for r in caplog.records if "secure channel was refused" in r.getMessage()]
+        assert [r.levelno for r in refused] == [logging.ERROR]
+
+        pd.stop()
+        pd = new_reader(master)  # re-commissioned with our key
+        await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE, within=20)
+        assert ctx.status.last_error is None
+        assert any(r.levelno == logging.INFO and "reader online, secure channel active" in
+                   r.getMessage() for r in caplog.records)
     finally:
         await h.stop()
         pd.stop()

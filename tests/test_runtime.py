@@ -10,7 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from tests.gwproc import GatewayProcess
+from tests.gwproc import ROOT, GatewayProcess
 
 
 def write_config(path: Path, devices: str, extra: str = "") -> None:
@@ -124,3 +124,23 @@ def test_buffer_stats_cli_reads_a_live_buffer(tmp_path: Path) -> None:
     row = next(line for line in result.stdout.splitlines() if line.startswith("nowhere"))
     lag = int(row.split()[1])
     assert lag > 20, result.stdout
+
+
+def test_a_second_gateway_on_the_same_buffer_refuses_to_start(tmp_path: Path) -> None:
+    """Found by an outside probe: two `iotgw run` on one config both ran, duplicating
+    lines and rotating each other's files. The lock dies with its process (kill -9)."""
+    config = tmp_path / "gw.yaml"
+    write_config(config, "- {id: one, driver: synthetic, interval: 20ms}\n")
+    first = GatewayProcess(config).start()
+    first.wait_for_log(lambda r: "running" in r["msg"])
+    second = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", str(config)], cwd=ROOT, capture_output=True,
+        text=True, timeout=60)
+    assert second.returncode == 1
+    assert f"another iotgw (pid {first.proc.pid}) is running" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.proc.poll() is None, "the first gateway is untouched"
+    first.kill()  # kill -9: the kernel releases the lock
+    third = GatewayProcess(config).start()
+    third.wait_for_log(lambda r: "running" in r["msg"])
+    assert third.stop() == 0

@@ -106,6 +106,29 @@ async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: 
     assert all(set(r["metric"]) == {"__name__", "site", "meter"} for r in rows)
 
 
+async def test_line_break_in_a_string_field_loses_nothing_in_victoriametrics(
+        victoria: Any) -> None:
+    """A raw newline inside a quoted string field is legal line protocol, but
+    VictoriaMetrics splits lines first: it dropped the whole reading and answered 204.
+    The encoder escapes it (found by tests/test_fuzz_mqtt_profiles.py)."""
+    from gateway.lineprotocol import encode_many
+    from gateway.reading import Reading
+
+    m = unique("sinknl")
+    t0 = (int(time.time()) - 3600) * 10**9
+    lines = encode_many([Reading(m, {"meter": "m1"}, {"note": "two\nlines\r", "v": 1.5}, t0),
+                         Reading(m, {"meter": "m2"}, {"v": 2.5}, t0)])
+    await write_once(influxdb_sink(victoria.url), b"\n".join(lines))
+
+    async def probe() -> list[dict]:
+        rows = await asyncio.to_thread(victoria.export, f'{{__name__="{m}_v"}}')
+        return rows if len(rows) == 2 else []
+
+    rows = await eventually(probe)
+    assert sorted((r["metric"]["meter"], r["values"]) for r in rows) == [
+        ("m1", [1.5]), ("m2", [2.5])]
+
+
 @pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
 async def test_influxdb1_sink_writes_to_influxdb1(influx1: Any, use_gzip: bool) -> None:
     db = unique("sinkdb")

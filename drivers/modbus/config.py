@@ -29,14 +29,17 @@ class ModbusConfig(DeviceConfigBase):
 
     Serial bus: RTU; serial bus with ``port: socket://host:port``: RTU over TCP (serial
     device servers); tcp bus: Modbus TCP. Points come from ``profile`` (a file in
-    config/profiles), from ``points``, or both (inline points are added).
+    drivers/modbus/profiles or $IOTGW_PROFILES), from ``points``, or both (inline points
+    are added).
     """
 
     driver: Literal["modbus"]
     bus: str = Field(description="name of an entry in buses")
     unit: int = Field(ge=0, le=255, description="unit id: 1..247 on serial buses")
     profile: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                                max_length=64, description="config/profiles/<profile>.yaml")
+                                max_length=64,
+                                description="<profile>.yaml in $IOTGW_PROFILES or the shipped "
+                                "drivers/modbus/profiles")
     points: list[Point] = Field(default_factory=list, description="points added to the profile")
     overrides: dict[str, PointOverride] = Field(
         default_factory=dict, description="per-point changes to profile points, by name")

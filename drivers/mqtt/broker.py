@@ -1,5 +1,6 @@
 """One broker connection shared by every mqtt device (``SharedResources`` key
-``("mqtt", "devices")``), separate from the ops-bus connection.
+``("mqtt", "devices")``), separate from the ops-bus connection: the shared-connection
+pattern of :mod:`gateway.plugin`, on the typed :class:`~gateway.plugin.GatewayHandle`.
 
 Why separate: (1) this session is persistent so camera events published while the
 gateway restarts are delivered when it returns, while the ops session is clean so an
@@ -23,9 +24,11 @@ import time
 from dataclasses import dataclass, field
 
 from drivers.mqtt.mapping import Filtered, Mapper, Rejected
+from gateway.config.models import MqttSection
 from gateway.driver import DeviceContext
+from gateway.errors import DeviceError
 from gateway.mqtt.client import Message, MqttConnection, client_id_base
-from gateway.mqtt.hub import GatewayLink
+from gateway.plugin import DeadLetter, GatewayHandle
 from gateway.reading import Reading
 
 log = logging.getLogger("iotgw.mqtt.devices")
@@ -34,6 +37,8 @@ GATHER = 0.005
 wake-up, a pipeline submit and a commit-wait task per burst instead of per message)."""
 RECENT = 20_000
 """Messages remembered to recognise a broker's DUP redelivery of something committed."""
+CONNECTION_TASK = "mqtt:devices"
+INTAKE_TASK = "mqtt:devices-intake"
 ROUTES = 4096
 """Distinct topics whose matching devices and captured tags are remembered (a compound
 has a few hundred topics; matching every filter per message was a hot spot)."""
@@ -56,6 +61,21 @@ class TokenBucket:
         return False
 
 
+@dataclass
+class Decoded:
+    """One device's readings from a burst, each with the message it came from (to
+    dead-letter exactly that message if the pipeline refuses its reading)."""
+
+    readings: list[Reading] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+
+    def add(self, att: Attachment, reading: Reading, message: Message) -> None:
+        self.readings.append(reading)
+        self.messages.append(message)
+        self.attachments[att.ctx.device_id] = att
+
+
 class Attachment:
     """A device as the broker sees it: its mapper, its context, its limits."""
 
@@ -67,13 +87,13 @@ class Attachment:
 
 
 class DeviceBroker:
-    def __init__(self, link: GatewayLink) -> None:
-        settings = link.settings
+    def __init__(self, gateway: GatewayHandle) -> None:
+        settings = gateway.section("mqtt", MqttSection)
         if settings is None:
-            raise RuntimeError("mqtt devices need the mqtt: section")
-        self.link = link
+            raise DeviceError("the mqtt driver needs the gateway's mqtt: section")
+        self.gateway = gateway
         self.connection = MqttConnection(
-            settings, f"{client_id_base(settings, link.gateway_id)}-dev",
+            settings, f"{client_id_base(settings, gateway.gateway_id)}-dev",
             on_message=self._on_messages, persistent=True, manual_ack=True,
             receive_maximum=10_000, gather=GATHER)
         self.attachments: list[Attachment] = []
@@ -82,24 +102,35 @@ class DeviceBroker:
         self._routes: dict[str, list[tuple[Attachment, dict[str, str]]]] = {}
         self._intake: asyncio.Queue[list[Message]] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._runner: asyncio.Task[None] | None = None
-        self._worker: asyncio.Task[None] | None = None
+        self.failure: str | None = None
+        """Why a supervised task of this connection last failed, until it recovers."""
+        self._last_arrival = 0
 
     @classmethod
-    async def create(cls, link: GatewayLink) -> DeviceBroker:
-        broker = cls(link)
-        broker._runner = asyncio.create_task(broker.connection.run(), name="mqtt:devices")
-        broker._worker = asyncio.create_task(broker._work(), name="mqtt:devices-intake")
+    async def create(cls, gateway: GatewayHandle) -> DeviceBroker:
+        """Start the connection and the intake worker under the gateway's supervisor: a
+        failure is logged with its traceback, counted, shown in readiness and in every
+        attached device's state, and the task restarts."""
+        broker = cls(gateway)
+        for name, run in ((CONNECTION_TASK, broker.connection.run),
+                          (INTAKE_TASK, broker._work)):
+            gateway.tasks.start(name, run, on_failure=broker._task_failed,
+                                on_recovered=broker._task_recovered)
         return broker
 
+    def _task_failed(self, exc: BaseException) -> None:
+        self.failure = f"mqtt device intake failed: {type(exc).__name__}: {exc}"
+        self.counters["task_failures"] += 1
+
+    def _task_recovered(self) -> None:
+        self.failure = None
+
     async def close(self) -> None:
-        for task in (self._worker, *self._tasks):
-            if task is not None:
-                task.cancel()
+        await self.gateway.tasks.stop([INTAKE_TASK])
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            self._runner.cancel()
-            await asyncio.gather(self._runner, return_exceptions=True)
+        await self.gateway.tasks.stop([CONNECTION_TASK])
 
     def attach(self, attachment: Attachment) -> None:
         self.attachments.append(attachment)
@@ -125,41 +156,84 @@ class DeviceBroker:
             batch = await self._intake.get()
             while not self._intake.empty() and len(batch) < 5000:
                 batch.extend(self._intake.get_nowait())
-            groups = self._decode(batch)
-            for device_id, readings in groups.items():
-                await self.link.submit(device_id, readings)
-            last = next(reversed(groups), None)
+            try:
+                last = await self._submit(self._decode(batch))
+            except Exception as exc:
+                # Not a message's fault (decoding and submitting isolate each message):
+                # a bug. The batch stays unacknowledged, so the broker redelivers it after
+                # the next reconnect, and the supervisor restarts this task.
+                raise RuntimeError(f"intake of {len(batch)} messages failed: {exc}") from exc
             task = asyncio.create_task(self._ack_after_commit(last, batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _submit(self, groups: dict[str, Decoded]) -> str | None:
+        """Submit each device's readings; returns the last device submitted to (whose
+        commit covers everything before it). A group the pipeline refuses is retried a
+        reading at a time, so a poison message costs that message only: it is counted,
+        dead-lettered and acknowledged like a rejected payload."""
+        last = None
+        for device_id, decoded in groups.items():
+            try:
+                await self.gateway.submit(device_id, decoded.readings)
+            except Exception:
+                for reading, message in zip(decoded.readings, decoded.messages, strict=True):
+                    try:
+                        await self.gateway.submit(device_id, (reading,))
+                    except Exception as exc:
+                        self._poisoned(decoded.attachments[device_id], message, exc)
+            last = device_id
+        return last
+
+    def _poisoned(self, att: Attachment, message: Message, exc: Exception) -> None:
+        att.ctx.count("poison")
+        self.counters["poison"] += 1
+        self.gateway.dead_letter(DeadLetter(
+            att.ctx.device_id, f"poison: {type(exc).__name__}: {exc}"[:300], message.payload,
+            message.topic))
+
     async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
         if device_id is not None:
-            await self.link.wait_committed(device_id)
+            await self.gateway.wait_committed()
         self.connection.ack_all(batch)
 
-    def _decode(self, batch: list[Message]) -> dict[str, list[Reading]]:
-        groups: dict[str, list[Reading]] = {}
-        arrival = time.time_ns()
+    def _decode(self, batch: list[Message]) -> dict[str, Decoded]:
+        groups: dict[str, Decoded] = {}
+        # Each message its own arrival time, strictly increasing across bursts: a burst
+        # used to share one, and a store keeps one point per series and timestamp, so
+        # InfluxDB kept 1 of 200 messages that carry no time of their own.
+        arrival = max(time.time_ns(), self._last_arrival + 1)
         recent = self._recent
         for message in batch:
-            key = hash((message.topic, message.payload))
-            if message.dup and key in recent:
-                self.counters["duplicate_redelivery"] += 1
+            arrival += 1
+            try:
+                key = hash((message.topic, message.payload))
+                if message.dup and key in recent:
+                    self.counters["duplicate_redelivery"] += 1
+                    continue
+                routes = self._routes.get(message.topic)
+                if routes is None:
+                    routes = self._route(message.topic)
+            except Exception as exc:  # routing bug: one message, not the stream
+                self.counters["route_error"] += 1
+                self.gateway.dead_letter(DeadLetter(
+                    "-", f"route_error: {type(exc).__name__}: {exc}", message.payload,
+                    message.topic))
                 continue
-            routes = self._routes.get(message.topic)
-            if routes is None:
-                routes = self._route(message.topic)
             for att, topic_tags in routes:
                 reading = self._one(att, topic_tags, message, arrival)
                 if reading is not None:
-                    groups.setdefault(att.ctx.device_id, []).append(reading)
+                    decoded = groups.get(att.ctx.device_id)
+                    if decoded is None:
+                        decoded = groups[att.ctx.device_id] = Decoded()
+                    decoded.add(att, reading, message)
             if not routes:
                 self.counters["unrouted"] += 1
             if message.qos:
                 recent[key] = None
                 if len(recent) > RECENT:
                     recent.popitem(last=False)
+        self._last_arrival = arrival
         return groups
 
     def _route(self, topic: str) -> list[tuple[Attachment, dict[str, str]]]:
@@ -186,12 +260,14 @@ class DeviceBroker:
             return None
         except Rejected as exc:
             ctx.count(exc.reason)
-            self.link.dead_letter(ctx.device_id, str(exc), message.payload, message.topic)
+            self.gateway.dead_letter(DeadLetter(ctx.device_id, str(exc), message.payload,
+                                                message.topic))
             return None
         except Exception as exc:  # a mapping bug must cost one message, not the device
             ctx.count("decode_error")
-            self.link.dead_letter(ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}",
-                                  message.payload, message.topic)
+            self.gateway.dead_letter(DeadLetter(
+                ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}", message.payload,
+                message.topic))
             return None
         ctx.status.last_seen = arrival / 1e9
         return reading

@@ -1,6 +1,7 @@
 """Config of the mqtt driver: which topics, how a payload becomes a reading, limits.
 
-``profile: frigate-events`` loads ``config/profiles/mqtt-frigate-events.yaml`` as
+``profile: frigate-events`` loads ``profiles/mqtt-frigate-events.yaml`` (package data
+next to this module, read through ``importlib.resources`` so installed copies have them) as
 defaults; keys set on the device win, and ``fields`` / ``payload_tags`` / ``match`` are
 merged key by key (so an installer adds one field without copying the whole profile).
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from pathlib import Path
+from importlib import resources
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -19,7 +20,7 @@ from gateway.config.types import ByteSize, Duration, StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.driver import DeviceConfigBase
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+PROFILE_DIR = resources.files("drivers.mqtt") / "profiles"
 MERGED_KEYS = ("fields", "payload_tags", "match")
 PROFILE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 Paths = str | list[str]
@@ -51,7 +52,7 @@ class MqttDeviceConfig(DeviceConfigBase):
 
     driver: Literal["mqtt"]
     profile: str | None = Field(
-        default=None, description="ready-made mapping from config/profiles/mqtt-<name>.yaml")
+        default=None, description="ready-made mapping from drivers/mqtt/profiles/mqtt-<name>.yaml")
     topic: str | list[str] = Field(
         description="filter(s); '+name' captures a level into tag 'name', '#name' the rest")
     qos: Literal[0, 1, 2] = Field(default=1, description="1: acknowledged after commit")
@@ -125,18 +126,22 @@ class MqttDeviceConfig(DeviceConfigBase):
 
 
 def load_profile(name: str) -> dict[str, Any]:
-    """The mapping in ``config/profiles/mqtt-<name>.yaml`` (its description dropped)."""
+    """The mapping in ``profiles/mqtt-<name>.yaml`` (its description dropped)."""
     path = PROFILE_DIR / f"mqtt-{name.removeprefix('mqtt-').removesuffix('.yaml')}.yaml"
     if not re.fullmatch(PROFILE_NAME, name) or not path.is_file():  # no ../, no 300 chars
-        known = sorted(p.stem.removeprefix("mqtt-") for p in PROFILE_DIR.glob("mqtt-*.yaml"))
+        known = sorted(p.name.removeprefix("mqtt-").removesuffix(".yaml")
+                       for p in PROFILE_DIR.iterdir()
+                       if p.name.startswith("mqtt-") and p.name.endswith(".yaml"))
         raise ValueError(f"unknown mqtt profile {name!r}; available: {', '.join(known)}")
-    return dict(_read_profile(path, path.stat().st_mtime_ns))
+    return dict(_read_profile(path.name))
 
 
 @cache
-def _read_profile(path: Path, _mtime: int) -> dict[str, Any]:
-    """Parsed once per file version: a compound of 5,000 cameras on one profile spent
-    40% of ``iotgw check`` parsing the same file again for each (callers copy)."""
+def _read_profile(filename: str) -> dict[str, Any]:
+    """Parsed once per process (package data does not change under a running check): a
+    compound of 5,000 cameras on one profile spent 40% of ``iotgw check`` parsing the
+    same file again for each (callers copy)."""
+    path = PROFILE_DIR / filename
     doc, problems = parse_yaml(path.read_text(encoding="utf-8"), environ={})
     if doc is None or problems:
         raise ValueError(f"{path}: {problems[0].message if problems else 'not YAML'}")

@@ -1,7 +1,8 @@
 """The mqtt driver: a device is a mapping attached to the shared device connection.
 
-It never emits through ``DeviceContext.emit``: the shared broker submits to the
-pipeline itself so that it can acknowledge QoS 1 messages only after their commit.
+It never emits through ``DeviceContext.emit``: the shared broker submits through the
+gateway handle (``DeviceContext.gateway``) so that it can acknowledge QoS 1 messages only
+after their commit.
 Its own loop only keeps the device state (online / offline) up to date.
 """
 
@@ -15,7 +16,6 @@ from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper
 from gateway.driver import DeviceState, Driver
 from gateway.errors import DeviceError
-from gateway.mqtt.hub import link_for
 
 STATE_CHECK = 1.0
 
@@ -24,13 +24,13 @@ class MqttDriver(Driver):
     config: MqttDeviceConfig
 
     async def run(self) -> None:
-        link = link_for(self.ctx.resources)
-        if link is None or link.settings is None:
-            raise DeviceError("the mqtt driver needs the gateway's mqtt: section")
+        gateway = self.ctx.gateway
+        if gateway is None:
+            raise DeviceError("the mqtt driver runs only inside a gateway")
         attachment = Attachment(Mapper(self.config), self.ctx)
 
         async def make() -> DeviceBroker:
-            return await DeviceBroker.create(link)
+            return await DeviceBroker.create(gateway)
 
         async with self.ctx.resources.use(("mqtt", "devices"), make) as broker:
             broker.attach(attachment)
@@ -45,7 +45,9 @@ class MqttDriver(Driver):
             problems = attachment.mapper.problems  # field-level: wrong_type, bad_time
             for reason in list(problems):
                 ctx.count(reason, problems.pop(reason))
-            if not broker.connection.connected:
+            if broker.failure is not None:
+                ctx.set_state(DeviceState.ERROR, broker.failure)
+            elif not broker.connection.connected:
                 ctx.set_state(DeviceState.OFFLINE, "broker connection down")
             elif cfg.offline_after and (ctx.status.last_seen or 0) < time.time() - \
                     cfg.offline_after:

@@ -159,6 +159,10 @@ class ValueGetter:
         if self.base64:
             value = _b64(value)
         value = self.convert(value)
+        if type(value) is str and not value.isascii():
+            # JSON may carry lone surrogates ("\ud800"): valid JSON, not valid text, and
+            # no store can take them. Raises UnicodeEncodeError, counted as invalid_text.
+            value.encode("utf-8")
         if self.scale is not None and type(value) in (int, float):
             value = _auto(value * self.scale)
         return value
@@ -200,7 +204,10 @@ def parse_time(value: Any, time_format: str) -> int:
         except ValueError:
             if time_format not in ("auto", "iso8601"):
                 raise
-            return _iso(text)
+            ns = _iso(text)
+            if not 0 < ns < INT64:  # "0001-01-01T00:00:00Z", "9999-12-31...": no store takes it
+                raise ValueError("time out of range") from None
+            return ns
     if type(value) not in (int, float) or not math.isfinite(value):
         raise ValueError(f"unusable time {value!r:.30}")
     if time_format == "iso8601":
@@ -264,9 +271,10 @@ class Mapper:
         try:
             value = getter.get(document)
         except (ValueError, TypeError, OverflowError) as exc:
+            reason = "invalid_text" if isinstance(exc, UnicodeError) else "wrong_type"
             if getter.required:
-                raise Rejected("wrong_type", f"{name}: {exc}") from None
-            self._count("wrong_type")
+                raise Rejected(reason, f"{name}: {exc}") from None
+            self._count(reason)
             return MISSING
         if value is MISSING and getter.required:
             raise Rejected("missing_path", name)

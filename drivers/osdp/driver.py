@@ -21,6 +21,7 @@ from drivers.osdp.config import OsdpConfig, read_scbk
 from drivers.osdp.events import READINGS, local_problems
 from drivers.osdp.libosdp import OsdpPanel, ReaderSpec
 from drivers.osdp.line import OsdpLine
+from drivers.osdp.session import Cause, SessionDiagnosis
 from drivers.serialbus.port import PortError
 from gateway.driver import DeviceState, Driver
 from gateway.errors import CommandRefused
@@ -37,6 +38,8 @@ class OsdpDriver(Driver):
         super().__init__(config, ctx)
         self._line: OsdpLine | None = None
         self._problems = ProblemLog(ctx.log)
+        self._link_down = False
+        """The link problem (offline, refused) is reported: its end is a recovery."""
 
     async def run(self) -> None:
         cfg = self.config
@@ -79,6 +82,7 @@ class OsdpDriver(Driver):
         online = False
         offline_since = time.monotonic()
         generation = line.generation
+        diagnosis = SessionDiagnosis()
         while True:
             panel = line.panel
             if panel is None or line.failure is not None:
@@ -87,28 +91,51 @@ class OsdpDriver(Driver):
             if line.generation != generation:
                 # Rebuilt for a reader joining or leaving: a new session, not an outage.
                 generation, online, offline_since = line.generation, False, now
+                diagnosis = SessionDiagnosis()
             is_online = panel.online(address)
             if is_online and not online:
                 online = True
-                secure = panel.secure_channel(address)
-                self._problems.recovered("link", f"device {self.ctx.device_id}: reader "
-                                         f"online (secure channel {'on' if secure else 'off'})")
-                if self.ctx.status.state is not DeviceState.ERROR:
-                    self.ctx.set_state(DeviceState.ONLINE)
+                diagnosis.online(panel.identity(address))
+                self._online(panel.secure_channel(address))
             elif not is_online and online:
                 online = False
                 offline_since = now
                 self._offline("offline", "reader stopped answering")
             elif not online and now - offline_since >= cfg.reconnect:
-                if self.ctx.status.state is not DeviceState.OFFLINE:
-                    self._offline("offline", "reader does not answer")
+                cause = diagnosis.failed(panel.identity(address))
+                if cause is not None:
+                    self._not_online(cause)
                 await asyncio.to_thread(panel.restart, address)
                 offline_since = now
             await self._drain_events(panel)
             await asyncio.sleep(TICK)
 
+    def _online(self, secure: bool) -> None:
+        """Logged on every session start (the clean start included), as recovery when
+        the reader had been reported offline or refused."""
+        message = (f"device {self.ctx.device_id}: reader online, secure channel "
+                   f"{'active' if secure else 'off'}")
+        ours, self._link_down = self._link_down, False
+        if ours:
+            self._problems.recovered("link", message)
+        else:
+            self.ctx.log.info("%s", message)
+        if ours or self.ctx.status.state is not DeviceState.ERROR:
+            self.ctx.set_state(DeviceState.ONLINE)
+
+    def _not_online(self, cause: Cause) -> None:
+        """A failed attempt; a repeated cause is counted, not logged again."""
+        if cause.state is DeviceState.OFFLINE and self.ctx.status.state is cause.state:
+            return
+        self.ctx.count(cause.counter)
+        self._link_down = True
+        self._problems.report("link", f"device {self.ctx.device_id}: {cause.message}",
+                              level=cause.level)
+        self.ctx.set_state(cause.state, f"{cause.counter}: {cause.message}")
+
     def _offline(self, kind: str, message: str) -> None:
         self.ctx.count(kind)
+        self._link_down = True
         self._problems.report("link", f"device {self.ctx.device_id}: {message}",
                               level=logging.WARNING)
         self.ctx.set_state(DeviceState.OFFLINE, f"{kind}: {message}")

@@ -95,6 +95,16 @@ class OsdpPanel:
     def secure_channel(self, address: int) -> bool:
         return bool(self._cp.is_sc_active(address))
 
+    def identity(self, address: int) -> tuple[int, ...] | None:
+        """The reader's identity from its last osdp_PDID reply (vendor, model, version,
+        serial, firmware), or None when it has not answered osdp_ID since this panel was
+        built. libosdp keeps it after the reader falls silent: it proves the reader
+        answered at some time, not that it answers now."""
+        pd_id = self._cp.get_pd_id(address)
+        identity = (pd_id.vendor_code, pd_id.model, pd_id.version, pd_id.serial_number,
+                    pd_id.firmware_version)
+        return identity if any(identity) else None
+
     def next_event(self, address: int) -> dict[str, Any] | None:
         """The oldest event libosdp has queued for that reader, or None."""
         try:

@@ -10,10 +10,11 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, SecretStr, create_model, field_validator
+from pydantic import AfterValidator, Field, SecretStr, create_model, field_validator
 
 from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel, read_bounded
 from gateway.driver import ID_PATTERN
+from gateway.mqtt.replies import check_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -33,6 +34,10 @@ class BufferSection(StrictModel):
     path: Path | None = Field(default=None, description="default: <data_dir>/buffer.db")
     max_bytes: ByteSize = Field(default=512 * 1024**2, ge=1024 * 1024, le=16 * 1024**4)
     when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    min_free: ByteSize | None = Field(
+        default=None, ge=0, le=16 * 1024**4,
+        description="free space kept on the buffer's file system; below it the buffer counts "
+        "as full (when_full applies). Default: 64MiB, at most 5% of the file system; 0: off")
     flush_interval: Duration = Field(
         default=0.2, ge=0.001, le=10, description="longest a reading waits before its commit")
     synchronous: Literal["full", "normal"] = Field(
@@ -94,6 +99,11 @@ class MqttSection(SecretsModel):
     event_measurements: list[str] | None = Field(
         default=None, description="measurements published on events/<measurement>/<id> "
         "(QoS 1); default: every measurement whose name ends in _event")
+    response_topics: list[Annotated[str, AfterValidator(check_filter)]] = Field(
+        default_factory=list, max_length=64,
+        description="MQTT filters (e.g. ops/replies/#) a command's MQTT 5 response topic may "
+        "match besides <base_topic>/#; other response topics are refused and the result "
+        "goes to cmd/<verb>/result")
 
 
 class HealthSection(StrictModel):

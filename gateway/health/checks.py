@@ -4,9 +4,11 @@ Liveness (``/healthz``) asks "should this process be restarted?": the event loop
 and readings get committed to the buffer. Nothing outside the box counts: a store that is
 down is what the buffer is for, and restarting would not bring it back.
 
-Readiness (``/readyz``) asks "is it doing its job?": buffer open, pipeline running, and
-at least one sink not failed (a failed sink is one the store refused for auth or a
-missing bucket: data is buffered, but a person has to act).
+Readiness (``/readyz``) asks "is it doing its job?": buffer open, pipeline running, at
+least one sink not failed (a failed sink is one the store refused for auth or a missing
+bucket: data is buffered, but a person has to act), and no supervised task failing (a
+task that raised is restarted, but until it has run a minute without failing again
+something is broken: a driver bug, a poison input).
 
 Pure functions of the snapshot, so the verdicts are tested without a running gateway.
 """
@@ -50,8 +52,12 @@ def readiness(snap: dict[str, Any]) -> dict[str, Check]:
     sinks = snap["sinks"]
     working = [name for name, sink in sinks.items() if sink["state"] != "failed"]
     failed = sorted(set(sinks) - set(working))
+    failing = snap.get("tasks", {}).get("failing", {})
     return {
         "buffer_open": _check(bool(buffer.get("ok")), buffer.get("error") or "open"),
+        "tasks_healthy": _check(not failing, "; ".join(
+            f"{name} failed {f['failures']}x: {f['error']}" for name, f in failing.items())
+            or "no task failing"),
         "pipeline_running": _check(bool(snap["pipeline_running"]),
                                    "running" if snap["pipeline_running"] else "not running"),
         "sink_available": _check(

@@ -121,9 +121,6 @@ class LoopMonitor:
         now = self._mono() if now is None else now
         return max(0.0, now - self._progress_at)
 
-    def buffer_ok(self, now: float | None = None) -> bool:
-        return self.commit_stalled_for(now) <= self.commit_stall
-
     def snapshot(self) -> dict[str, Any]:
         return {
             "lag_seconds": round(self.current_lag(), 6),

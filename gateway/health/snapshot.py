@@ -51,7 +51,9 @@ async def collect(gateway: Any) -> dict[str, Any]:
         },
         "pipeline_running": supervisor is not None and "pipeline" in supervisor.names(),
         "tasks": {"running": sorted(supervisor.names()) if supervisor else [],
-                  "restarts": dict(sorted(supervisor.restarts.items())) if supervisor else {}},
+                  "restarts": dict(sorted(supervisor.restarts.items())) if supervisor else {},
+                  "failing": {name: asdict(failure) for name, failure
+                              in sorted(supervisor.failing.items())} if supervisor else {}},
         "buffer": buffer,
         "sinks": _sinks(gateway, lags),
         "devices": _devices(gateway),

@@ -116,6 +116,8 @@ def format_status(snap: dict[str, Any]) -> str:
     if restarts:
         out.append("")
         out.append("task restarts: " + ", ".join(f"{k} {v}" for k, v in restarts.items()))
+    for name, failure in snap["tasks"].get("failing", {}).items():
+        out.append(f"task {name} FAILING ({failure['failures']}x): {failure['error'][:100]}")
     return "\n".join(out)
 
 

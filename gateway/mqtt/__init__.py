@@ -1,2 +1,3 @@
-"""MQTT: one paho-mqtt wrapper (client), the ops bus service (ops) and the hub that lets
-the mqtt device driver commit through the pipeline (hub)."""
+"""MQTT: one paho-mqtt wrapper (client), the ops bus service (ops), its commands and
+the response-topic policy. The mqtt device driver reaches the core through the typed
+plugin API (gateway.plugin), not through this package."""

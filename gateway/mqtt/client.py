@@ -25,15 +25,13 @@ import asyncio
 import collections
 import logging
 import ssl
-import struct
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as paho
-from paho.mqtt._packet import PublishPacket, decode_publish
+from paho.mqtt._packet import PublishPacket
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -43,125 +41,17 @@ from gateway.backoff import Backoff
 from gateway.config.models import MqttSection
 from gateway.config.types import secret_value
 from gateway.errors import GatewayError
+from gateway.mqtt.paho_speedups import PROPERTIES_SELF, GatewayClient
 from gateway.problems import ProblemLog
 
 log = logging.getLogger("iotgw.mqtt")
 
 UNSUPPORTED_PROTOCOL = {132, 1}
-_PROPERTIES_SELF = frozenset({"packetType", "types", "names", "properties"})
-"""paho ``Properties`` bookkeeping attributes; any other attribute is a received property."""
 """CONNACK codes meaning "speak another protocol version" (MQTT 5 / 3.1.1)."""
 AUTH_FAILURES = {4, 5, 134, 135, 138}
 MAX_UNACKED = 10_000
 BARRIER_FILTER = "iotgw/no-such-subscription"
 """Unsubscribed at a clean disconnect, as a round trip (see ``MqttConnection._processed``)."""
-_PUBACK = struct.Struct("!BBH")
-_PUBACK_COMMAND = PacketTypes.PUBACK << 4
-_QOS_2 = 0x04  # QoS bits of a PUBLISH fixed header (0x06 mask) for QoS 2
-
-
-class _SharedTableProperties(Properties):
-    """paho's ``Properties`` built without rebuilding its lookup tables every time.
-
-    paho's ``__init__`` builds three tables (27 names, 27 property types, 7 type names)
-    per instance and ``clear`` walks them all, for every MQTT 5 packet it decodes: in a
-    QoS 1 flood that was 13% of the gateway's CPU (py-spy, bench/bench_mqtt.py). Here
-    the tables are built once and shared (paho only reads them after ``__init__``) and
-    ``clear`` deletes only what was set. Behaviour is paho's own: every other method is
-    inherited; tests/test_mqtt_client.py checks unpack and pack against paho's class.
-    Installed for paho's packet decoder only (``paho.mqtt._packet``)."""
-
-    _TABLES = Properties(PacketTypes.PUBLISH)
-
-    def __init__(self, packetType: int) -> None:
-        own = self.__dict__
-        own["packetType"] = packetType
-        own["types"] = self._TABLES.types
-        own["names"] = self._TABLES.names
-        own["properties"] = self._TABLES.properties
-
-    def clear(self) -> None:
-        own = self.__dict__
-        for name in [key for key in own if key not in _PROPERTIES_SELF]:
-            del own[name]
-
-
-paho_packet.Properties = _SharedTableProperties  # type: ignore[misc]
-
-
-class _GatewayClient(paho.Client):
-    """paho's Client with the per-message costs of a QoS 1 flood taken out; paho still
-    does all MQTT framing, decoding, TLS and keepalive.
-
-    Measured with bench/bench_mqtt.py (docs/mqtt.md), each one a hot spot in py-spy:
-
-    * read-ahead: one ``recv(64 KiB)`` instead of paho's recv(1) command, recv(1) per
-      length byte, recv(<=2048) body, and every buffered packet handled per wake-up
-      instead of one per ``select``;
-    * PUBLISH (QoS 0/1) handed over as paho's own decoded ``PublishPacket`` to
-      ``publish_sink``: paho's ``_handle_publish`` would also build an ``MQTTMessage``
-      (a ``threading.Condition`` each), format a debug log line and walk its filtered-
-      callback topic tree for every message, none of which the gateway uses. QoS 2
-      keeps paho's own PUBREC/PUBREL flow;
-    * ``ack_many``: one queued write for a burst of PUBACKs instead of one
-      queue entry, socket-pair wake-up and ``send`` per message.
-
-    ``_sock_recv``, ``_handle_publish``, ``_packet_queue`` and ``_packet.decode_publish``
-    are paho-internal but small and unchanged across 2.2.x (pinned ``paho-mqtt>=2.2,<3``);
-    every tests/test_mqtt_*.py test runs through them."""
-
-    READ_AHEAD = 65536
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = bytearray()
-        self._would_block = False
-        self.publish_sink: Callable[[PublishPacket], None] | None = None
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        sink = self.publish_sink
-        command = self._in_packet["command"]
-        if sink is None or command & 0x06 == _QOS_2:
-            return super()._handle_publish()
-        packet = decode_publish(command, self._in_packet["packet"], self._protocol)
-        sink(packet)
-        if packet.qos == 1 and not self._manual_ack:
-            return self._send_puback(packet.mid)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def ack_many(self, mids: Sequence[int]) -> MQTTErrorCode:
-        """PUBACK every packet id in one write (MQTT 5 allows the 2-byte form for
-        success without properties, as paho's own ``ack`` sends it)."""
-        if not mids:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        data = b"".join([_PUBACK.pack(_PUBACK_COMMAND, 2, mid) for mid in mids])
-        return self._packet_queue(_PUBACK_COMMAND, data, 0, 0)
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        buf = self._rbuf
-        if not buf:
-            try:
-                data = super()._sock_recv(self.READ_AHEAD)
-            except BlockingIOError:
-                self._would_block = True
-                raise
-            if len(data) <= bufsize:
-                return data  # b"" is EOF: paho sees the connection closed
-            buf += data
-        out = bytes(buf[:bufsize])
-        del buf[:bufsize]
-        return out
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        """Every packet available now (bounded by the broker's in-flight window, our
-        receive maximum), not one: stop at the first "would block" with nothing buffered."""
-        self._would_block = False
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        for _ in range(100_000):
-            rc = super().loop_read(1)
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._would_block or self._sock is None:
-                return rc
-        return rc
 
 
 class MqttError(GatewayError):
@@ -241,7 +131,7 @@ class MqttConnection:
         self._on_connected = on_connected
         self._gather = gather
         self._subscriptions: dict[str, int] = {}
-        self._client: _GatewayClient | None = None
+        self._client: GatewayClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Message] = collections.deque()
         self._inbox_scheduled = False
@@ -446,10 +336,10 @@ class MqttConnection:
         if done is not None and not done.done():
             done.set_result(None)
 
-    def _make_client(self) -> _GatewayClient:
+    def _make_client(self) -> GatewayClient:
         s = self.settings
         v5 = self.protocol == MQTTProtocolVersion.MQTTv5
-        client = _GatewayClient(
+        client = GatewayClient(
             CallbackAPIVersion.VERSION2, client_id=self.client_id,
             clean_session=None if v5 else not self.persistent, protocol=self.protocol,
             reconnect_on_failure=False, manual_ack=self.manual_ack)
@@ -528,7 +418,7 @@ class MqttConnection:
                               f"publishes under {root}/ ({reason}); check its ACL")
 
     def _paho_publish(self, packet: PublishPacket) -> None:
-        """QoS 0 and 1, straight from paho's decoder (see ``_GatewayClient``)."""
+        """QoS 0 and 1, straight from paho's decoder (see ``GatewayClient``)."""
         # A broker checks topics are UTF-8; should one not be, it is unrouted and acked.
         self._deliver(packet.topic.decode("utf-8", "replace"), packet.payload, packet.qos,
                       packet.retain, packet.dup, packet.mid, packet.properties)
@@ -547,7 +437,7 @@ class MqttConnection:
                  mid: int, props: Properties | None) -> None:
         response = correlation = None
         user: tuple[tuple[str, str], ...] = ()
-        if props is not None and props.__dict__.keys() - _PROPERTIES_SELF:
+        if props is not None and props.__dict__.keys() - PROPERTIES_SELF:
             response = getattr(props, "ResponseTopic", None)
             correlation = getattr(props, "CorrelationData", None)
             user = tuple(getattr(props, "UserProperty", ()) or ())

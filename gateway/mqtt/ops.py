@@ -21,10 +21,12 @@ from typing import Any
 import gateway as gateway_pkg
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
-from gateway.mqtt import hub
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
+from gateway.mqtt.replies import ReplyPolicy
+from gateway.plugin import DeadLetter
+from gateway.problems import ProblemLog
 from gateway.reading import Reading
 from gateway.registry import register_service
 
@@ -56,9 +58,11 @@ class OpsBus:
         self.base = settings.base_topic
         self.states: dict[str, DeviceStatus] = {}
         self.counters: dict[str, int] = {}
+        self._problems = ProblemLog(log)
         self._dl_tokens = DEAD_LETTER_RATE
         self._dl_stamp = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._replies = ReplyPolicy(self.base, settings.response_topics)
         self._latest: dict[str, dict[str, Reading]] = {}
         self._values_timer: asyncio.TimerHandle | None = None
         self.connection = MqttConnection(
@@ -80,13 +84,20 @@ class OpsBus:
     def attach(self) -> None:
         self.gateway.add_state_listener(self._state_changed)
         self.gateway.pipeline.add_listener(self._readings)
-        hub.bind(self.gateway).dead_letter_sinks.append(self._dead_letter)
+        self.gateway.add_dead_letter_listener(self._dead_letter)
 
     async def run(self) -> None:
+        """The connection and the stats loop share a fate: if the connection's task ends
+        or the stats raise, ``run`` raises and the supervisor logs it and restarts the
+        ops bus (never one half silently dead while the other looks fine). The offline
+        status goes out before the connection is torn down on a clean stop."""
         runner = asyncio.create_task(self.connection.run(), name="mqtt:ops")
         try:
             while True:
-                await asyncio.sleep(self.settings.stats_interval)
+                done, _ = await asyncio.wait({runner}, timeout=self.settings.stats_interval)
+                if runner in done:
+                    runner.result()  # the connection's own failure, with its traceback
+                    raise RuntimeError("the ops-bus connection task ended")
                 await self._publish_stats()
         finally:
             if self.connection.connected:  # a clean stop says so; the will is for crashes
@@ -165,7 +176,8 @@ class OpsBus:
 
     # -- dead letters --------------------------------------------------------------------
 
-    def _dead_letter(self, device_id: str, reason: str, payload: bytes, topic: str) -> None:
+    def _dead_letter(self, letter: DeadLetter) -> None:
+        payload = letter.payload
         self._count("dead_letters")
         now = time.monotonic()
         self._dl_tokens = min(DEAD_LETTER_RATE,
@@ -181,7 +193,8 @@ class OpsBus:
         except UnicodeDecodeError:
             text, encoding = base64.b64encode(copy).decode(), "base64"
         self.connection.publish(f"{self.base}/errors", _dumps({
-            "device": device_id, "reason": reason, "topic": topic, "size": len(payload),
+            "device": letter.device_id, "reason": letter.reason, "topic": letter.source,
+            "size": len(payload),
             "truncated": len(payload) > DEAD_LETTER_COPY, "encoding": encoding,
             "payload": text, "time": _iso(time.time())}), 0, queue=False)
 
@@ -219,10 +232,22 @@ class OpsBus:
                 task.add_done_callback(self._tasks.discard)
 
     async def _command(self, verb: str, message: Message) -> None:
+        """One command; whatever goes wrong costs this command only, logged once per kind."""
+        try:
+            await self._answer(verb, message)
+        except Exception as exc:
+            self._count("command_errors")
+            self._problems.report(f"command:{type(exc).__name__}",
+                                  f"command {verb!r} could not be answered: "
+                                  f"{type(exc).__name__}: {exc}", exc_info=exc)
+
+    async def _answer(self, verb: str, message: Message) -> None:
         digest = hashlib.sha256(message.payload).hexdigest()[:16]
         body: dict[str, Any] = {}
         client = dict(message.user_properties).get("client", "unknown")
+        topic = f"{self.base}/cmd/{verb}/result"
         try:
+            topic = self._reply_topic(message.response_topic) or topic
             if message.retain:
                 raise CommandRefused("retained commands are ignored (they would run again "
                                      "after every reconnect)")
@@ -242,13 +267,26 @@ class OpsBus:
                  "ok" if answer["ok"] else f"refused: {answer['error']}",
                  extra={"client": client, "topic": message.topic, "body_sha256": digest,
                         "result": "ok" if answer["ok"] else answer["error"]})
-        topic = message.response_topic or f"{self.base}/cmd/{verb}/result"
         self.connection.publish(topic, _dumps(answer), 1, queue=False,
                                 correlation_data=message.correlation_data)
 
+    def _reply_topic(self, requested: str | None) -> str | None:
+        """The requester's response topic, when the policy allows it; a refused one
+        refuses the command (it is not executed), logged once per kind and counted."""
+        if requested is None:
+            return None
+        why = self._replies.refusal(requested)
+        if why is None:
+            return requested
+        self._count("response_topic_refused")
+        self._problems.report(f"response_topic:{why}", (
+            f"command refused: its MQTT 5 response topic {why} (the result goes to "
+            f"{self.base}/cmd/<verb>/result; later refusals of this kind are counted in "
+            "stats ops.response_topic_refused)"), detail=f"first: {requested!r}")
+        raise CommandRefused(f"response topic {requested!r} refused: it {why}")
+
 
 def ops_bus_factory(gateway: Any) -> Callable[[], Any] | None:
-    hub.bind(gateway)  # the mqtt driver finds its commit path through this link
     if gateway.config.model.mqtt is None:
         return None
     ops = OpsBus(gateway)

@@ -9,6 +9,9 @@ past ``max_file_size`` it is renamed to ``lines-YYYYmmddTHHMMSS-<seq>.lp`` (UTC)
 oldest rotated files beyond ``max_files`` are deleted. ``<seq>`` increases across restarts
 and decides which file is oldest, so a clock that jumps backwards (boards without an RTC)
 cannot make the gateway delete its newest data.
+
+Files are created 0600 and a directory the sink creates 0700, whatever the umask
+(:mod:`gateway.private`): the lines are the same readings the buffer protects.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pydantic import Field
 
 from gateway.config.types import ByteSize
 from gateway.errors import SinkUnavailable
+from gateway.private import make_dirs, open_private
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
 
@@ -100,7 +104,7 @@ class FileSink:
         """Learn the current size and next sequence number (once, or after a failure)."""
         if self._size is not None:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         rotated = self.rotated_files()
         last = ROTATED.match(rotated[-1].name) if rotated else None
         self._next_seq = int(last.group(1)) + 1 if last else 1
@@ -122,7 +126,8 @@ class FileSink:
                 raise
 
     def _append(self, data: bytes) -> None:
-        with open(self._current, "ab") as f:
+        fd = open_private(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        with os.fdopen(fd, "ab") as f:
             start = f.tell()
             try:
                 f.write(data)

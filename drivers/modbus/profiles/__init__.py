@@ -1,16 +1,20 @@
-"""Device profiles: reusable point maps in ``config/profiles/<name>.yaml``.
+"""Device profiles: reusable point maps, ``<name>.yaml`` in this package's folder.
 
 300 meters of one model share one profile instead of 300 copies of a register map.
 Errors name the profile file, the line and the point, like config errors do.
 
 Search order: the directories in ``$IOTGW_PROFILES`` (os.pathsep separated), then the
-profiles shipped in ``config/profiles``.
+profiles shipped next to this module. Those are package data read through
+``importlib.resources``, so an installed wheel finds them wherever it was installed (a
+path relative to the checkout found nothing once installed).
 """
 
 from __future__ import annotations
 
 import os
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ from gateway.config.types import StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.errors import ConfigError
 
-SHIPPED = Path(__file__).resolve().parents[2] / "config" / "profiles"
+SHIPPED: Traversable = resources.files(__name__)
 
 
 class Profile(StrictModel):
@@ -43,31 +47,40 @@ class Profile(StrictModel):
     points: list[Point]
 
 
-def profile_dirs() -> list[Path]:
+def profile_dirs() -> list[Traversable]:
     extra = [Path(p) for p in os.environ.get("IOTGW_PROFILES", "").split(os.pathsep) if p]
     return [*extra, SHIPPED]
 
 
-def find_profile(name: str) -> Path:
+def profile_names() -> list[str]:
+    """Every profile name found, installer folders and shipped ones together."""
+    return sorted({entry.name.removesuffix(".yaml") for folder in profile_dirs()
+                   if folder.is_dir() for entry in folder.iterdir()
+                   if entry.name.endswith(".yaml") and entry.is_file()})
+
+
+def find_profile(name: str) -> Traversable:
     for folder in profile_dirs():
         path = folder / f"{name}.yaml"
         if path.is_file():
             return path
-    known = sorted({p.stem for d in profile_dirs() if d.is_dir() for p in d.glob("*.yaml")})
+    known = profile_names()
     raise ConfigError([f"unknown profile {name!r}; known: {', '.join(known) or 'none'}"])
 
 
 def load_profile(name: str) -> Profile:
     path = find_profile(name)
-    return _load_file(path, path.stat().st_mtime_ns)
+    return _load_file(path, _mtime(path))
 
 
-def load_profile_file(path: Path) -> Profile:
-    return _load_file(path, path.stat().st_mtime_ns)
+def _mtime(path: Traversable) -> int:
+    """Part of the cache key, so an edited installer profile is read again on reload;
+    package data in a zip has no mtime and never changes under a running gateway."""
+    return path.stat().st_mtime_ns if isinstance(path, Path) else 0
 
 
 @cache
-def _load_file(path: Path, _mtime: int) -> Profile:
+def _load_file(path: Traversable, _mtime: int) -> Profile:
     doc, problems = parse_yaml(path.read_text(encoding="utf-8"), environ={})
     if problems or doc is None:
         raise ConfigError([f"{path}:{p.line or '?'}: {p.message}" for p in problems])
@@ -87,7 +100,7 @@ def _load_file(path: Path, _mtime: int) -> Profile:
     return profile
 
 
-def _locate(path: Path, doc: Any, data: Any, err: Any) -> str:
+def _locate(path: Traversable, doc: Any, data: Any, err: Any) -> str:
     loc = tuple(err["loc"])
     line = doc.line_of(loc) or "?"
     where = ".".join(str(part) for part in loc)
