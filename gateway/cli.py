@@ -119,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(_load_or_exit(args.config), as_json=args.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotgw", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"iotgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -154,16 +154,24 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("config")
     stats.set_defaults(func=cmd_buffer_stats)
 
-    from gateway.registry import CLI_EXTENSIONS, load_drivers
+    if with_driver_commands:
+        from gateway.registry import CLI_EXTENSIONS, load_drivers
 
-    load_drivers()
-    for add_commands in CLI_EXTENSIONS:
-        add_commands(sub)
+        load_drivers()
+        for add_commands in CLI_EXTENSIONS:
+            add_commands(sub)
     return parser
 
 
+CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "demo"})
+"""Commands of the core: ``iotgw run`` must not import every driver to build its parser
+(only the config's); a driver's own commands (``iotgw modbus scan``) load the drivers."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(with_driver_commands=command not in CORE_COMMANDS).parse_args(words)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)

@@ -1,22 +1,44 @@
 """Driver registry: the core knows drivers only through this table.
 
-A driver package under ``drivers/`` calls :func:`register_driver` when imported;
-:func:`load_drivers` imports every such package. The config loader builds the ``devices``
-union from the registered config models, the runtime instantiates the registered class.
+Drivers are found through the ``iotgw.drivers`` entry points (pyproject.toml; a
+third-party package declares its own) and imported only when a config names them: each
+entry point names a module whose import calls :func:`register_driver`. The config loader
+builds the ``devices`` union from the registered config models, the runtime instantiates
+the registered class. The core never imports ``drivers.*`` itself.
 """
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING, Any, get_args
 
 if TYPE_CHECKING:
     import argparse
 
     from gateway.driver import DeviceConfigBase, Driver
+
+DRIVER_GROUP = "iotgw.drivers"
+SINK_GROUP = "iotgw.sinks"
+
+
+def plugin_entry_points(group: str) -> dict[str, EntryPoint]:
+    """The installed plugins of ``group`` by name, without importing any of them."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load_plugins(group: str, names: Iterable[str] | None, registered: dict[str, Any]) -> None:
+    """Import the named plugins of ``group`` not yet in ``registered`` (all when None);
+    unknown names are left for the config's own error, which lists the known ones."""
+    available = plugin_entry_points(group)
+    wanted = available if names is None else {n: available[n] for n in names
+                                               if n in available and n not in registered}
+    for ep in wanted.values():
+        if ep.name not in registered:
+            importlib.import_module(ep.value.partition(":")[0])
+
 
 @dataclass(frozen=True)
 class DriverType:
@@ -35,13 +57,9 @@ def register_driver(config_model: type[DeviceConfigBase], driver_class: type[Dri
     DRIVER_TYPES[name] = DriverType(name, config_model, driver_class)
 
 
-def load_drivers() -> dict[str, DriverType]:
-    """Import every package below ``drivers`` so each registers itself."""
-    import drivers
-
-    for module in pkgutil.iter_modules(drivers.__path__):
-        if module.ispkg:
-            importlib.import_module(f"drivers.{module.name}")
+def load_drivers(names: Iterable[str] | None = None) -> dict[str, DriverType]:
+    """Import the named drivers (every installed one when None) so each registers itself."""
+    load_plugins(DRIVER_GROUP, names, DRIVER_TYPES)
     # A test or tool may import one driver first; the config union must not depend on it.
     ordered = dict(sorted(DRIVER_TYPES.items()))
     DRIVER_TYPES.clear()

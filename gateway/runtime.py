@@ -12,6 +12,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from importlib import import_module
 from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
@@ -21,7 +22,6 @@ from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
 from gateway.instancelock import instance_lock
-from gateway.mqtt import ops as _ops_bus  # noqa: F401 - registers the "ops-bus" service
 from gateway.pipeline import Pipeline
 from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
@@ -91,6 +91,8 @@ class Gateway:
                     self._start_sink(sink)
                 for device in cfg.devices:
                     self._start_device(device)
+                if cfg.model.mqtt is not None:  # paho is imported only for a gateway with MQTT
+                    import_module("gateway.mqtt.ops")  # registers the "ops-bus" service
                 for service in SERVICES:
                     runner = service.factory(self)
                     if runner is not None:

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import pytest
 
-from gateway.config.models import build_config_model
 from gateway.driver import DeviceConfigBase, Driver
 from gateway.registry import DRIVER_TYPES, register_driver
 
@@ -35,8 +34,6 @@ class GateDriver(Driver):
 @pytest.fixture(scope="module")
 def test_gate_driver() -> Iterator[list[tuple[str, str, Any]]]:
     register_driver(GateConfig, GateDriver)
-    build_config_model.cache_clear()
     WRITES.clear()
     yield WRITES
     DRIVER_TYPES.pop("test_gate", None)
-    build_config_model.cache_clear()

@@ -57,6 +57,32 @@ def format_path(path: Path_) -> str:
     return out or "(top)"
 
 
+def _plugin_names(data: dict[str, Any]) -> tuple[set[str] | None, set[str] | None]:
+    """The driver and sink types the config names, so only those are imported; None (load
+    every installed one) where an item names none or an unknown one, so that the error
+    lists every type there is."""
+    from gateway.registry import DRIVER_GROUP, DRIVER_TYPES, SINK_GROUP, plugin_entry_points
+    from gateway.sinks import SINK_TYPES
+
+    def named(items: object, key: str, group: str, registered: dict[str, Any]
+              ) -> set[str] | None:
+        if items is None:
+            return set()
+        if not isinstance(items, list):
+            return None
+        known = set(plugin_entry_points(group)) | set(registered)
+        names: set[str] = set()
+        for item in items:
+            name = item.get(key) if isinstance(item, dict) else None
+            if not isinstance(name, str) or name not in known:
+                return None
+            names.add(name)
+        return names
+
+    return (named(data.get("devices"), "driver", DRIVER_GROUP, DRIVER_TYPES),
+            named(data.get("sinks"), "type", SINK_GROUP, SINK_TYPES))
+
+
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> LoadedConfig:
     path = Path(path)
     raw = _read_bounded(path)
@@ -72,7 +98,7 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
     if not isinstance(doc.data, dict):
         raise ConfigError([f"{path}:1: (top): the config must be a mapping of sections"])
 
-    model_cls = build_config_model()
+    model_cls = build_config_model(*_plugin_names(doc.data))
     try:
         model = model_cls.model_validate(doc.data)
     except ValidationError as exc:

@@ -6,6 +6,7 @@ The top-level model is built at run time (:func:`build_config_model`) because th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, Field, SecretStr, create_model, field_validator
 
 from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel, read_bounded
-from gateway.driver import ID_PATTERN
+from gateway.driver import ID_PATTERN, DeviceConfigBase
 from gateway.mqtt.replies import check_filter
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -182,14 +183,27 @@ def _union(models: list[type], key: str) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator=key)]  # noqa: UP007
 
 
-@cache
-def build_config_model() -> type[StrictModel]:
-    """The top-level model, with every registered driver and sink type."""
+def build_config_model(drivers: Iterable[str] | None = None,
+                       sinks: Iterable[str] | None = None) -> type[StrictModel]:
+    """The top-level model with the named driver and sink types (every installed one when
+    None), plus any already registered. Only the named plugins are imported: a gateway
+    of Modbus meters never loads paho, a file-sink gateway never loads aiohttp."""
     from gateway.registry import load_drivers
     from gateway.sinks import load_sink_types
 
-    device_models = [t.config_model for t in load_drivers().values()]
-    sink_models = [t.config_model for t in load_sink_types().values()]
+    device_types = load_drivers(drivers)
+    sink_types = load_sink_types(sinks)
+    return _build(tuple(device_types), tuple(sink_types))
+
+
+@cache
+def _build(driver_names: tuple[str, ...], sink_names: tuple[str, ...]) -> type[StrictModel]:
+    """One model per set of registered types (a test registering a driver gets a new one)."""
+    from gateway.registry import DRIVER_TYPES
+    from gateway.sinks import SINK_TYPES
+
+    device_models = [DRIVER_TYPES[n].config_model for n in driver_names] or [DeviceConfigBase]
+    sink_models = [SINK_TYPES[n].config_model for n in sink_names]
     device = _union(device_models, "driver")
     sink = _union(sink_models, "type")
     return create_model(

@@ -474,5 +474,10 @@ class MqttConnection:
                 pass
 
 
+def topic_matches(subscription: str, topic: str) -> bool:
+    """MQTT filter matching (``+``, ``#``), paho's own."""
+    return bool(paho.topic_matches_sub(subscription, topic))
+
+
 def client_id_base(settings: MqttSection, gateway_id: str) -> str:
     return settings.client_id or f"iotgw-{gateway_id}"

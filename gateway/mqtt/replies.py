@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from paho.mqtt.client import topic_matches_sub
-
 MAX_TOPIC_BYTES = 65535
 """MQTT's limit on a topic name or filter (a UTF-8 string with a 16-bit length)."""
 
@@ -46,6 +44,10 @@ class ReplyPolicy:
     """Which response topics this gateway answers on."""
 
     def __init__(self, base: str, allowed: Sequence[str]) -> None:
+        # paho's matcher, through the one module that wraps paho; imported here, not at the
+        # top, because config validation imports check_filter and must not load paho
+        from gateway.mqtt.client import topic_matches as topic_matches_sub
+
         self.base = base
         self.filters = (f"{base}/#", *allowed)
         own_commands = f"{base}/cmd/+"
