@@ -23,7 +23,7 @@ from drivers.modbus.client import (
     ModbusLink,
 )
 from drivers.modbus.config import ModbusConfig
-from drivers.modbus.planner import ReadPlan, Request
+from drivers.modbus.planner import TCP, ReadPlan, Request, WireCost
 from drivers.modbus.points import Point, changed
 from drivers.modbus.profiles import limits_for, resolve_points
 from gateway.driver import DeviceContext, DeviceState, Driver
@@ -35,6 +35,19 @@ T = TypeVar("T")
 
 REPROBE_BAD_PERIOD = 300.0
 """Seconds (at least one poll cycle) between re-reads of points isolated as bad."""
+
+
+def wire_cost(bus_config: Any, turnaround: float | None = None) -> WireCost:
+    """The planner's price list for a bus: TCP, or RTU at the line's baud rate and format
+    (RTU over TCP too: the bytes still cross a serial line behind the device server)."""
+    if bus_config is None:
+        return TCP
+    endpoint = Endpoint.from_bus(bus_config)
+    if endpoint.transport == "tcp":
+        return TCP
+    bits = 1 + endpoint.bytesize + (endpoint.parity != "N") + endpoint.stopbits
+    return WireCost.serial(endpoint.baudrate, bits,
+                           getattr(bus_config, "inter_frame_delay", None), turnaround)
 
 
 class ModbusBus:
@@ -61,7 +74,8 @@ class ModbusDriver(Driver):
         super().__init__(config, ctx)
         self.points, self.measurement = resolve_points(config)
         self.by_name: dict[str, Point] = {p.name: p for p in self.points}
-        self.plan = ReadPlan(self.points, limits_for(config))
+        self.plan = ReadPlan(self.points,
+                             limits_for(config, wire_cost(ctx.bus, config.turnaround)))
         self.timer = PollTimer(config.interval, backoff_base=config.interval,
                                backoff_max=config.backoff_max)
         self.health = DeviceHealth(ctx, offline_after=1)

@@ -167,3 +167,37 @@ async def test_writes_reach_the_server_encoded(sim: TcpSim) -> None:
     writes = [r for r in sim.units.requests if r[1].startswith("write:")]
     assert writes == [(7, "write:coil", 3, 1), (7, "write:holding", 0x10, 2),
                       (7, "write:holding", 0x20, 2), (7, "write:holding", 0x30, 3)]
+
+
+SDM630_FIVE = ("voltage_l1", "current_l1", "power_total", "frequency", "energy_import")
+
+
+async def test_five_sdm630_points_take_one_tcp_request_per_cycle(sim: TcpSim) -> None:
+    """The footprint workload's meter: five float32 points at 0x0000..0x0049 are one read
+    on Modbus TCP by default (a fixed max_gap of 16 made it two)."""
+    profile = load_profile("eastron-sdm630")
+    device = Device()
+    for i, point in enumerate(profile.points):
+        device.put(point, float(i + 1))
+    sim.units.devices[7] = device
+    sim.units.revive(7)
+    off = {p.name: {"enabled": False} for p in profile.points if p.name not in SDM630_FIVE}
+    fleet = Fleet({"tcp": tcp_bus(sim.port)})
+    driver = fleet.add(id="sdm", bus="tcp", unit=7, profile="eastron-sdm630", overrides=off,
+                       interval=0.05)
+    await fleet.start()
+    await fleet.wait_for(lambda: driver.cycles >= 3)
+    await fleet.stop()
+    assert [(r.table, r.start, r.count) for r in driver.plan.requests] == [("input", 0, 0x4A)]
+    assert sim.units.count(7) == driver.cycles
+    want = {p.name: float(i + 1) for i, p in enumerate(profile.points) if p.name in SDM630_FIVE}
+    assert dict(fleet.readings["sdm"][-1].fields) == want
+
+
+async def test_max_gap_stays_an_installer_override(sim: TcpSim) -> None:
+    profile = load_profile("eastron-sdm630")
+    off = {p.name: {"enabled": False} for p in profile.points if p.name not in SDM630_FIVE}
+    fleet = Fleet({"tcp": tcp_bus(sim.port)})
+    driver = fleet.add(id="sdm", bus="tcp", unit=7, profile="eastron-sdm630", overrides=off,
+                       max_gap=16)
+    assert [(r.start, r.count) for r in driver.plan.requests] == [(0, 8), (0x34, 0x16)]
