@@ -280,6 +280,12 @@ class ModbusLink:
             raise ModbusConnectionError(f"{what}: {exc}") from None
         except ModbusException as exc:
             raise ModbusFrameError(f"{what}: {exc}") from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's wait_for (inside pymodbus) returns a reply that arrived in the
+            # same loop step as a cancellation and drops the cancellation: a device task
+            # would poll on through a gateway shutdown.
+            raise asyncio.CancelledError
         if reply is None:
             raise ModbusTimeout(f"{what}: no reply")
         if reply.isError():

@@ -10,6 +10,7 @@ bus when nobody with an earlier deadline wants it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -111,10 +112,11 @@ class ModbusDriver(Driver):
             delay = self.timer.due - time.monotonic()
             if delay > 0:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
+                # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that
+                # coincides with the wake-up (and costs a task per wait).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
             async with self._cycle_lock:
                 ok = await self._cycle()
             if ok:

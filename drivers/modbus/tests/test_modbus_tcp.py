@@ -3,11 +3,14 @@ holes split, writes encoded correctly."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
+from drivers.modbus.client import Endpoint, ModbusLink
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Point
 from drivers.modbus.profiles import load_profile
@@ -201,3 +204,28 @@ async def test_max_gap_stays_an_installer_override(sim: TcpSim) -> None:
     driver = fleet.add(id="sdm", bus="tcp", unit=7, profile="eastron-sdm630", overrides=off,
                        max_gap=16)
     assert [(r.start, r.count) for r in driver.plan.requests] == [(0, 8), (0x34, 0x16)]
+
+
+class CancelOnReply(ModbusLink):
+    """A link whose reading task is cancelled in the loop step that delivers its reply."""
+
+    victim: asyncio.Task[Any] | None = None
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending and self.victim is not None:
+            self.victim.cancel()
+        return super()._trace(sending, data)
+
+
+async def test_a_cancel_that_meets_the_reply_is_not_lost(sim: TcpSim) -> None:
+    """Python 3.11's wait_for (inside pymodbus) returned the reply and dropped the cancel:
+    a device task cancelled at that moment polled on through the gateway's shutdown (the
+    100-meter benchmark hung in Fleet.stop about one run in two)."""
+    link = CancelOnReply(Endpoint("tcp", "127.0.0.1", sim.port), timeout=2.0)
+    try:
+        assert len(await link.read("holding", 0, 2, 1)) == 2  # not cancelled: a reply
+        link.victim = asyncio.create_task(link.read("holding", 0, 2, 1))
+        with pytest.raises(asyncio.CancelledError):
+            await link.victim
+    finally:
+        await link.close()
