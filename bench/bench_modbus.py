@@ -41,20 +41,27 @@ TRANSPORTS: dict[str, WireCost] = {"TCP": TCP, "RTU 9600 8N1": WireCost.serial(9
                                    "RTU 19200 8E1": WireCost.serial(19200, 11)}
 
 
+OLD_MAX_GAP = {"eastron-sdm630": 16, "chint-ddsu666": 4, "water-meter-ultrasonic": 8,
+               "barrier-gate-controller": 8}
+"""The fixed gaps the shipped profiles set before the planner decided by cost."""
+
+
 def requests_per_profile() -> None:
-    """Requests per cycle with default settings, per transport (and the old fixed gap 16)."""
-    print("| profile | points | " + " | ".join(TRANSPORTS) + " | fixed max_gap 16 (before) "
+    """Requests per cycle with default settings, per transport, and with the old fixed gap."""
+    print("| profile | points | " + " | ".join(TRANSPORTS) + " | before (fixed max_gap) "
           "| one-per-point |")
     print("|---|---:|" + "---:|" * (len(TRANSPORTS) + 2))
-    for name in MODBUS_PROFILES:
-        profile = load_profile(name)
-        limits = Limits(profile.max_registers or 125, 2000, profile.max_gap)
-        counts = [len(coalesce(profile.points, Limits(limits.max_registers, 2000,
-                                                      limits.max_gap, cost)))
+    rows = [(name, load_profile(name).points) for name in MODBUS_PROFILES]
+    five = [p for p in load_profile("eastron-sdm630").points if p.name in SDM630_FIVE]
+    rows.insert(1, ("eastron-sdm630, the five workload points", five))
+    for name, points in rows:
+        profile = load_profile(name.split(",")[0])
+        limit = profile.max_registers or 125
+        counts = [len(coalesce(points, Limits(limit, 2000, profile.max_gap, cost)))
                   for cost in TRANSPORTS.values()]
-        before = len(coalesce(profile.points, Limits(limits.max_registers, 2000, 16)))
-        print(f"| {name} | {len(profile.points)} | " + " | ".join(map(str, counts))
-              + f" | {before} | {len(profile.points)} |")
+        before = len(coalesce(points, Limits(limit, 2000, OLD_MAX_GAP[profile.name])))
+        print(f"| {name} | {len(points)} | " + " | ".join(map(str, counts))
+              + f" | {before} | {len(points)} |")
 
 
 def serve(port: int, devices: int, ready: Any) -> None:

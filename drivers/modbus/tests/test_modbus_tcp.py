@@ -63,7 +63,7 @@ async def test_every_type_and_order_decodes_exactly(sim: TcpSim) -> None:
     assert driver.ctx.status.state is DeviceState.ONLINE
     latency = driver.ctx.status.poll_seconds  # exported as iotgw_device_poll_seconds
     assert latency is not None and latency > 0
-    # Gaps of 3 <= max_gap 16, but the holding span exceeds 125 registers: two holding
+    # Gaps of 3 merge on TCP, but the holding span exceeds 125 registers: two holding
     # reads, plus the coil (a lone coil sits in the coil table).
     span = max(p.end for p in driver.points if p.table == "holding")
     assert 125 < span <= 250
