@@ -111,6 +111,38 @@ async def tcp_fleet(args: argparse.Namespace, port: int) -> float:
     return 1000 * cpu / requests
 
 
+def whole_gateway(args: argparse.Namespace, port: int) -> float:
+    """``python -m gateway run`` with the workload and the default file sink; returns its
+    CPU share of one core (all threads, /proc/PID/stat) over the window."""
+    import tempfile
+
+    from bench_throughput import Gateway, cpu_seconds
+
+    profile = load_profile("eastron-sdm630")
+    off = ", ".join(f"{p.name}: {{enabled: false}}" for p in profile.points
+                    if p.name not in SDM630_FIVE)
+    base = Path(tempfile.mkdtemp(prefix="iotgw-bench-modbus-"))
+    lines = ["gateway: {id: gw-m, site: bench, data_dir: data}",
+             f"buses: {{meters: {{type: tcp, host: 127.0.0.1, port: {port}}}}}", "devices:"]
+    lines += [f"  - {{id: m{u:03d}, driver: modbus, bus: meters, unit: {u}, "
+              f"profile: eastron-sdm630, interval: {args.interval}s, overrides: {{{off}}}}}"
+              for u in range(1, args.devices + 1)]
+    (base / "gw.yaml").write_text("\n".join(lines) + "\n")
+    gw = Gateway(base / "gw.yaml", cpu=None, log=base / "gateway.log")
+    try:
+        gw.wait_log("running:")
+        time.sleep(args.warmup)
+        c0, t0 = cpu_seconds(gw.pid), time.monotonic()
+        time.sleep(args.seconds)
+        c1, t1 = cpu_seconds(gw.pid), time.monotonic()
+    finally:
+        gw.stop()
+    share = 100 * (c1 - c0) / (t1 - t0)
+    print(f"  whole gateway process (file sink): CPU {share:.1f}% of one core "
+          f"(work dir {base})")
+    return share
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--devices", type=int, default=100)
@@ -119,6 +151,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--gateway", action="store_true",
+                        help="also run `python -m gateway run` on the workload (file sink) "
+                        "and report its whole-process CPU")
     args = parser.parse_args()
     requests_per_profile()
     port = free_port()
@@ -136,6 +171,10 @@ def main() -> None:
         figures = [asyncio.run(tcp_fleet(args, port)) for _ in range(args.repeat)]
         print(f"CPU per request: {min(figures):.3f}-{max(figures):.3f} ms "
               f"over {len(figures)} runs")
+        if args.gateway:
+            shares = [whole_gateway(args, port) for _ in range(args.repeat)]
+            print(f"whole gateway CPU: {min(shares):.1f}-{max(shares):.1f}% of one core "
+                  f"over {len(shares)} runs")
     finally:
         child.terminate()
         child.join(5)
