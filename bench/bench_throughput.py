@@ -401,8 +401,8 @@ def run(args: argparse.Namespace) -> int:
         judged = met or offered >= OFFER_MARGIN * TARGET
         if not judged:
             print(f"note               offered is below {OFFER_MARGIN:.2f} x the target, so "
-                  "a miss says nothing about the target (sampling jitter alone can cause "
-                  "it); offer more (--devices) for a verdict")
+                  "a miss is not a verdict on the target (at or just below it, sampling "
+                  "jitter alone decides); offer more (--devices) for a verdict")
         print(f"offered load met   {'yes' if kept_up else 'NO'} (committed vs offered, "
               "newest reading fresh)")
         print(f"forwarder kept up  {'yes' if drained else 'NO'} (lag not growing)")
