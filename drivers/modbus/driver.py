@@ -10,7 +10,6 @@ bus when nobody with an earlier deadline wants it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import TCP, ReadPlan, Request, WireCost
 from drivers.modbus.points import Point, changed
 from drivers.modbus.profiles import limits_for, resolve_points
+from gateway.aio import wait_event
 from gateway.driver import DeviceContext, DeviceState, Driver
 from gateway.errors import CommandRefused, DeviceError
 from gateway.reading import Reading
@@ -112,11 +112,7 @@ class ModbusDriver(Driver):
             delay = self.timer.due - time.monotonic()
             if delay > 0:
                 self._wake.clear()
-                # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancellation that
-                # coincides with the wake-up (and costs a task per wait).
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
+                await wait_event(self._wake, delay)  # not wait_for: see gateway/aio.py
             async with self._cycle_lock:
                 ok = await self._cycle()
             if ok:
