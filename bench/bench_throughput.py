@@ -1,10 +1,11 @@
 """Sustained throughput: synthetic devices -> durable buffer -> VictoriaMetrics.
 
-Run: ``.venv/bin/python bench/bench_throughput.py [--seconds 30] [--devices 50]``.
+Run: ``.venv/bin/python bench/bench_throughput.py [--seconds 30] [--devices 55]``.
 
 Starts a private VictoriaMetrics on a free loopback port in a temp dir, writes a config
-with ``--devices`` synthetic devices (``--interval`` 1ms, ``--fields`` 4: 50 devices offer
-50,000 readings/s) and one ``influxdb`` sink pointed at it, runs ``python -m gateway run``
+with ``--devices`` synthetic devices (``--interval`` 1ms, ``--fields`` 4: the default 55
+devices offer 55,000 readings/s, 10% above the 50,000/s target, which is judged without
+tolerance) and one ``influxdb`` sink pointed at it, runs ``python -m gateway run``
 (buffer ``synchronous=full``, the default) and, after ``--warmup`` seconds, measures over
 ``--seconds``:
 
@@ -57,6 +58,12 @@ from gateway.buffer import BufferStats, read_stats  # noqa: E402
 from tests.servers import VictoriaMetrics  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET = 50_000
+"""Readings/s the gateway must commit and deliver on one core. Judged without tolerance,
+so the default offer is above it: offering exactly the target would call 99.8% delivered
+(sampling jitter at the window's edges) NOT MET."""
+OFFER_MARGIN = 1.05
+"""Below this multiple of the target the verdict says it cannot be MET reliably."""
 SINK = "vm"
 
 
@@ -386,13 +393,21 @@ def run(args: argparse.Namespace) -> int:
                       f"{b.stats.sinks[SINK].lag_lines:10,}  {100 * (b.cpu - a.cpu) / d:5.0f}")
         kept_up = committed >= 0.98 * offered and stale < 2.0
         drained = lag1 <= max(lag0, 0) + offered * 1.0  # no more than ~1 s of growth
-        met = kept_up and drained and committed >= 50_000 and delivered >= 50_000 and cpu <= 100
+        met = kept_up and drained and committed >= TARGET and delivered >= TARGET and cpu <= 100
         print()
+        print(f"offered vs target  {offered:,.0f} / {TARGET:,} readings/s "
+              f"({100 * offered / TARGET:.0f}%); the target is judged without tolerance, "
+              "\"offered load met\" allows 2%")
+        judged = met or offered >= OFFER_MARGIN * TARGET
+        if not judged:
+            print(f"note               offered is below {OFFER_MARGIN:.2f} x the target, so "
+                  "a miss is not a verdict on the target (at or just below it, sampling "
+                  "jitter alone decides); offer more (--devices) for a verdict")
         print(f"offered load met   {'yes' if kept_up else 'NO'} (committed vs offered, "
               "newest reading fresh)")
         print(f"forwarder kept up  {'yes' if drained else 'NO'} (lag not growing)")
-        print(f"target >= 50,000 readings/s committed and delivered on one core: "
-              f"{'MET' if met else 'NOT MET'}")
+        print(f"target >= {TARGET:,} readings/s committed and delivered on one core: "
+              f"{'MET' if met else 'NOT MET' if judged else 'NOT JUDGED (offered too little)'}")
         if profiler is not None:
             print()
             print(profiler.report())
@@ -451,7 +466,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, default=30.0, help="measurement window")
     p.add_argument("--warmup", type=float, default=5.0)
-    p.add_argument("--devices", type=int, default=50)
+    p.add_argument("--devices", type=int, default=55,
+                   help="synthetic devices; default 55 = 10%% above the target at 1ms")
     p.add_argument("--interval", default="1ms", help="per-device reading interval")
     p.add_argument("--fields", type=int, default=4)
     p.add_argument("--wake-interval", default=None, help="synthetic wake_interval (default 100ms)")

@@ -68,7 +68,7 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
     **{f"ModbusConfig.{field}": (f"devices: [{MODBUS}]", "devices[0]", HEADER + TCP_BUS, below)
        for field, below in (("unit", "-1"), ("interval", "0"), ("timeout", "0"),
                             ("retries", "-1"), ("backoff_max", "0"), ("max_registers", "0"),
-                            ("max_bits", "0"), ("max_gap", "-1"))},
+                            ("max_bits", "0"), ("max_gap", "-1"), ("turnaround", "-1"))},
     **{f"Point.{field}": (
         "devices: [{id: d, driver: modbus, bus: b, unit: 1, points: [{name: p, address: 0, "
         f"{extra}%s}}]}}]", "devices[0].points[0]", HEADER + TCP_BUS, below)

@@ -18,7 +18,7 @@ from drivers.modbus.client import (
     ModbusExceptionReply,
     ModbusLink,
 )
-from drivers.modbus.driver import ModbusBus
+from drivers.modbus.driver import ModbusBus, wire_cost
 from drivers.modbus.planner import Limits, ReadPlan
 from drivers.modbus.points import Point
 from drivers.modbus.profiles import load_profile
@@ -163,12 +163,13 @@ async def _read(args: argparse.Namespace) -> int:
 
         device = _device(loaded, args.device)
         points, _ = resolve_points(device)
-        unit, limits = device.unit, limits_for(device)
+        unit = device.unit
+        limits = limits_for(device, wire_cost(bus_config, device.turnaround))
     elif args.profile and args.unit is not None:
         profile = load_profile(args.profile)
         points, unit = profile.points, args.unit
-        limits = Limits(profile.max_registers or 125, 2000,
-                        16 if profile.max_gap is None else profile.max_gap)
+        limits = Limits(profile.max_registers or 125, 2000, profile.max_gap,
+                        wire_cost(bus_config))
     else:
         raise ConfigError(["give --device (with --config) or --profile with --unit"])
     bus = ModbusBus(name, bus_config, args.timeout)

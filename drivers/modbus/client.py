@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import os
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,10 @@ from urllib.parse import urlsplit
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersResponse,
+    ReadInputRegistersResponse,
+)
 
 from gateway.errors import DeviceError
 
@@ -136,6 +142,30 @@ class Endpoint:
         return 0.00175 if self.baudrate > 19200 else 3.5 * self.char_time()
 
 
+@functools.cache
+def _registers(count: int) -> struct.Struct:
+    return struct.Struct(f">{count}H")
+
+
+def _decode_registers(pdu: Any, data: bytes) -> None:
+    """pymodbus's register reply decode with one ``struct`` call instead of one per
+    register (a 74-register read was ~40% of pymodbus's CPU per request); same checks."""
+    size = data[0]
+    if size >= len(data):
+        raise ModbusIOException(f"byte_count {size} > length of packet {len(data)}")
+    pdu.registers = list(_registers(size // 2).unpack_from(data, 1))
+
+
+class _HoldingReply(ReadHoldingRegistersResponse):
+    decode = _decode_registers
+
+
+class _InputReply(ReadInputRegistersResponse):
+    decode = _decode_registers
+
+
+_FAST_RESPONSES = (_HoldingReply, _InputReply)
+
 _READS = {
     "coil": "read_coils", "discrete": "read_discrete_inputs",
     "holding": "read_holding_registers", "input": "read_input_registers",
@@ -160,6 +190,8 @@ class ModbusLink:
         self._quiet_since = -math.inf
         self._client = self._make_client(endpoint, timeout)
         self._client.set_max_no_responses(1 << 30)
+        for response in _FAST_RESPONSES:
+            self._client.register(response)
 
     def _make_client(self, ep: Endpoint, timeout: float) -> Any:
         common: dict[str, Any] = dict(timeout=timeout, retries=0, reconnect_delay=0.5,
@@ -238,7 +270,7 @@ class ModbusLink:
         what = f"read {table}[{address}..{address + count - 1}] unit {unit}"
         reply = await self._call(what, unit, reply_timeout, method, address, count=count,
                                  device_id=unit)
-        values = list(reply.bits[:count]) if table in ("coil", "discrete") else list(
+        values = list(reply.bits[:count]) if table in ("coil", "discrete") else (
             reply.registers)
         if len(values) != count:
             raise ModbusWrongLength(f"{what}: the reply holds {len(values)} values")
@@ -280,6 +312,12 @@ class ModbusLink:
             raise ModbusConnectionError(f"{what}: {exc}") from None
         except ModbusException as exc:
             raise ModbusFrameError(f"{what}: {exc}") from None
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's wait_for (inside pymodbus) returns a reply that arrived in the
+            # same loop step as a cancellation and drops the cancellation: a device task
+            # would poll on through a gateway shutdown.
+            raise asyncio.CancelledError
         if reply is None:
             raise ModbusTimeout(f"{what}: no reply")
         if reply.isError():

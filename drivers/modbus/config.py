@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.modbus.planner import PROTOCOL_MAX_BITS, PROTOCOL_MAX_REGISTERS, Limits
+from drivers.modbus.planner import PROTOCOL_MAX_BITS, PROTOCOL_MAX_REGISTERS, TCP, Limits, WireCost
 from drivers.modbus.points import Point
 from gateway.config.types import Duration, StrictModel
 from gateway.driver import DeviceConfigBase
@@ -54,8 +54,14 @@ class ModbusConfig(DeviceConfigBase):
         description="longest pause between probes of an offline device")
     max_registers: int = Field(default=PROTOCOL_MAX_REGISTERS, ge=1, le=PROTOCOL_MAX_REGISTERS)
     max_bits: int = Field(default=PROTOCOL_MAX_BITS, ge=1, le=PROTOCOL_MAX_BITS)
-    max_gap: int = Field(default=16, ge=0, le=PROTOCOL_MAX_BITS,
-                         description="unused registers a read may span between points")
+    max_gap: int | None = Field(
+        default=None, ge=0, le=PROTOCOL_MAX_BITS,
+        description="unused registers a read may span between points; default: decided by "
+        "cost (TCP: any that fits one read; RTU: gaps cheaper than one more request)")
+    turnaround: Duration | None = Field(
+        default=None, ge=0, le=1,
+        description="how soon the device starts answering, for the RTU cost model; "
+        "default 5 ms")
     verify_writes: bool = Field(default=True, description="read back after a write")
 
     uses_bus: ClassVar[bool] = True
@@ -73,6 +79,6 @@ class ModbusConfig(DeviceConfigBase):
     def bus_address(self) -> tuple[str, object] | None:
         return (self.bus, self.unit)
 
-    @property
-    def limits(self) -> Limits:
-        return Limits(self.max_registers, self.max_bits, self.max_gap)
+    def limits(self, cost: WireCost = TCP) -> Limits:
+        """The device's own limits, priced by ``cost`` (its bus's transport)."""
+        return Limits(self.max_registers, self.max_bits, self.max_gap, cost)

@@ -23,9 +23,10 @@ from drivers.modbus.client import (
     ModbusLink,
 )
 from drivers.modbus.config import ModbusConfig
-from drivers.modbus.planner import ReadPlan, Request
+from drivers.modbus.planner import TCP, ReadPlan, Request, WireCost
 from drivers.modbus.points import Point, changed
 from drivers.modbus.profiles import limits_for, resolve_points
+from gateway.aio import wait_event
 from gateway.driver import DeviceContext, DeviceState, Driver
 from gateway.errors import CommandRefused, DeviceError
 from gateway.reading import Reading
@@ -35,6 +36,19 @@ T = TypeVar("T")
 
 REPROBE_BAD_PERIOD = 300.0
 """Seconds (at least one poll cycle) between re-reads of points isolated as bad."""
+
+
+def wire_cost(bus_config: Any, turnaround: float | None = None) -> WireCost:
+    """The planner's price list for a bus: TCP, or RTU at the line's baud rate and format
+    (RTU over TCP too: the bytes still cross a serial line behind the device server)."""
+    if bus_config is None:
+        return TCP
+    endpoint = Endpoint.from_bus(bus_config)
+    if endpoint.transport == "tcp":
+        return TCP
+    bits = 1 + endpoint.bytesize + (endpoint.parity != "N") + endpoint.stopbits
+    return WireCost.serial(endpoint.baudrate, bits,
+                           getattr(bus_config, "inter_frame_delay", None), turnaround)
 
 
 class ModbusBus:
@@ -61,7 +75,8 @@ class ModbusDriver(Driver):
         super().__init__(config, ctx)
         self.points, self.measurement = resolve_points(config)
         self.by_name: dict[str, Point] = {p.name: p for p in self.points}
-        self.plan = ReadPlan(self.points, limits_for(config))
+        self.plan = ReadPlan(self.points,
+                             limits_for(config, wire_cost(ctx.bus, config.turnaround)))
         self.timer = PollTimer(config.interval, backoff_base=config.interval,
                                backoff_max=config.backoff_max)
         self.health = DeviceHealth(ctx, offline_after=1)
@@ -97,10 +112,7 @@ class ModbusDriver(Driver):
             delay = self.timer.due - time.monotonic()
             if delay > 0:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, delay)  # not wait_for: see gateway/aio.py
             async with self._cycle_lock:
                 ok = await self._cycle()
             if ok:

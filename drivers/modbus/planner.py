@@ -1,11 +1,18 @@
-"""Which requests read a device's points: as few as the protocol and the device allow.
+"""Which requests read a device's points: as few as the transport's costs make worth it.
 
-On a 9600-baud line a request costs ~10 ms of silence and headers before any data, so
-reading 40 meter values with 3 requests instead of 40 is the difference between polling
-a meter every second and every ten. Devices have limits the protocol does not: some
-reject long reads (``max_registers``) or reads that span unmapped addresses
-(``max_gap``); when a device rejects a coalesced read anyway, :class:`ReadPlan` splits it
-where the gap is largest, keeps what works and remembers that.
+Whether two points share a read is a question of cost, not a fixed gap. On Modbus TCP one
+more request is a round trip and a turn of both sides' stacks, while unused registers in
+a read cost bytes in a frame that is sent anyway: merging is always cheaper while the span
+fits in one request (125 registers, 2000 bits). On RTU every byte takes a character time
+on the line, so a gap is compared with what one more request costs there: its 8-byte
+frame, the reply's 5 bytes of header and CRC, the 3.5-character silence each way and the
+device's turnaround (:class:`WireCost`). At 9600 baud that is ~26 ms, the price of a
+12-register gap.
+
+Devices have limits the protocol does not: some reject long reads (``max_registers``) or
+reads that span unmapped addresses; an installer may cap gaps with ``max_gap`` (then the
+cost model is not asked). When a device rejects a coalesced read anyway, :class:`ReadPlan`
+splits it where the gap is largest, keeps what works and remembers that.
 """
 
 from __future__ import annotations
@@ -20,12 +27,72 @@ PROTOCOL_MAX_BITS = 2000
 TABLE_ORDER = ("coil", "discrete", "holding", "input")
 
 
+REQUEST_BYTES = 8
+"""An RTU read request: unit, function, start (2), count (2), CRC (2)."""
+REPLY_OVERHEAD_BYTES = 5
+"""An RTU read reply around its data: unit, function, byte count, CRC (2)."""
+SILENCE_CHARACTERS = 3.5
+DEFAULT_TURNAROUND = 0.005
+"""Seconds a device takes to start answering, when the config does not say: meters answer
+2-20 ms after a request; the low end errs toward one more request rather than toward
+reading long runs of unused registers."""
+
+
+@dataclass(frozen=True)
+class WireCost:
+    """What reading costs on one transport, in seconds: the planner's price list.
+
+    ``char_time`` is 0 on TCP, where bytes are free next to a round trip."""
+
+    char_time: float = 0.0
+    """Seconds per byte on the serial line (start + data + parity + stop bits / baud)."""
+    silence: float = 0.0
+    """The inter-frame silence kept before each frame (3.5 characters on RTU)."""
+    turnaround: float = DEFAULT_TURNAROUND
+    """Seconds from the end of a request to the start of the device's reply."""
+
+    @classmethod
+    def serial(cls, baudrate: int, bits_per_char: int = 10, silence: float | None = None,
+               turnaround: float | None = None) -> WireCost:
+        """An RTU line; ``silence`` defaults to 3.5 characters (1.75 ms above 19200 baud,
+        as the Modbus serial line spec fixes it)."""
+        char = bits_per_char / baudrate
+        if silence is None:
+            silence = 0.00175 if baudrate > 19200 else SILENCE_CHARACTERS * char
+        return cls(char, silence, DEFAULT_TURNAROUND if turnaround is None else turnaround)
+
+    @property
+    def request_seconds(self) -> float:
+        """What one more request costs: both frames' overhead, two silences, turnaround."""
+        return ((REQUEST_BYTES + REPLY_OVERHEAD_BYTES) * self.char_time + 2 * self.silence
+                + self.turnaround)
+
+    def gap_seconds(self, gap: int, bits: bool) -> float:
+        """What ``gap`` unused registers (2 bytes each) or bits (packed 8 a byte) cost."""
+        return (gap / 8 if bits else 2 * gap) * self.char_time
+
+    def merges(self, gap: int, bits: bool) -> bool:
+        """Whether reading over ``gap`` is cheaper than one more request (TCP: always)."""
+        return self.char_time <= 0 or self.gap_seconds(gap, bits) < self.request_seconds
+
+
+TCP = WireCost()
+
+
 @dataclass(frozen=True)
 class Limits:
     max_registers: int = PROTOCOL_MAX_REGISTERS
     max_bits: int = PROTOCOL_MAX_BITS
-    max_gap: int = 16
-    """Unused registers (or bits) a read may span between two points."""
+    max_gap: int | None = None
+    """Unused registers (or bits) a read may span between two points: an installer's
+    override of the cost model (None: ask ``cost``)."""
+    cost: WireCost = TCP
+
+    def merges(self, table: str, gap: int) -> bool:
+        """Whether a read may span ``gap`` unused registers (or bits) of ``table``."""
+        if self.max_gap is not None:
+            return gap <= self.max_gap
+        return self.cost.merges(gap, table in ("coil", "discrete"))
 
     def span(self, table: str) -> int:
         bits = table in ("coil", "discrete")
@@ -54,7 +121,8 @@ def coalesce(points: Iterable[Point], limits: Limits) -> list[Request]:
     """Fewest requests covering ``points``: greedy over addresses per table.
 
     Greedy is optimal here: a block is closed only when the next point cannot join it,
-    so no other grouping of the sorted points can close fewer blocks.
+    so no other grouping of the sorted points can close fewer blocks. (Whether a gap
+    merges depends only on its own size, so a cheaper gap never hides behind a dearer one.)
     """
     by_table: dict[str, list[Point]] = {}
     for point in points:
@@ -70,7 +138,7 @@ def coalesce(points: Iterable[Point], limits: Limits) -> list[Request]:
                 raise ValueError(f"point {point.name} needs {point.count} registers, more "
                                  f"than one read may fetch ({span})")
             too_long = max(end, point.end) - start > span
-            if block and (too_long or point.address - end > limits.max_gap):
+            if block and (too_long or not limits.merges(table, point.address - end)):
                 requests.append(Request(table, start, end - start, tuple(block)))
                 block = []
             if not block:

@@ -176,9 +176,24 @@ def _unscaled(point: Point, value: Any) -> float:
     return (value - point.offset) / point.scale
 
 
+def _numeric_codec(kind: str, order: str) -> tuple[Any, Any, bool]:
+    """(pack registers, unpack value, reverse registers first) for one type and order.
+
+    Packing the registers little-endian swaps the two bytes of each, so every order is
+    one ``struct`` pack and one unpack: no per-register loop on the poll path."""
+    count, fmt = NUMERIC_FORMATS[kind]
+    reverse, swap = ORDERS[order]
+    pack = struct.Struct(f"{'<' if swap else '>'}{count}H").pack
+    return pack, struct.Struct(fmt).unpack, reverse
+
+
+_NUMERIC_CODECS = {(kind, order): _numeric_codec(kind, order)
+                   for kind in NUMERIC_FORMATS for order in ORDERS}
+
+
 def _decode_numeric(point: Point, words: Sequence[int]) -> Any:
-    _, fmt = NUMERIC_FORMATS[point.kind]
-    (raw,) = struct.unpack(fmt, _to_bytes(words, point.order))
+    pack, unpack, reverse = _NUMERIC_CODECS[point.kind, point.order]
+    (raw,) = unpack(pack(*(words[::-1] if reverse else words)))
     return _scaled(point, raw)
 
 

@@ -12,6 +12,7 @@ path relative to the checkout found nothing once installed).
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -21,7 +22,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from drivers.modbus.config import ModbusConfig
-from drivers.modbus.planner import PROTOCOL_MAX_BITS
+from drivers.modbus.planner import PROTOCOL_MAX_BITS, TCP, Limits, WireCost
 from drivers.modbus.points import Point
 from gateway.config.types import StrictModel
 from gateway.config.yamlsource import parse_yaml
@@ -43,7 +44,9 @@ class Profile(StrictModel):
     defaults: dict[str, Any] = Field(
         default_factory=dict, description="keys applied to every point unless it sets them")
     max_registers: int | None = Field(default=None, ge=1, le=125)
-    max_gap: int | None = Field(default=None, ge=0, le=PROTOCOL_MAX_BITS)
+    max_gap: int | None = Field(
+        default=None, ge=0, le=PROTOCOL_MAX_BITS, description="only for a model known to "
+        "reject reads over unmapped registers; default: the planner's cost model")
     points: list[Point]
 
 
@@ -141,16 +144,17 @@ def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
     return points, measurement or "modbus"
 
 
-def limits_for(config: ModbusConfig) -> Any:
-    """Device limits: the device's own, tightened by what its profile says."""
-    limits = config.limits
+def limits_for(config: ModbusConfig, cost: WireCost = TCP) -> Limits:
+    """Device limits: the device's own, tightened by what its profile says, priced by
+    ``cost`` (the bus's transport)."""
+    limits = config.limits(cost)
     if config.profile is None:
         return limits
     profile = load_profile(config.profile)
     fields = config.model_fields_set
-    return type(limits)(
-        min(limits.max_registers, profile.max_registers or limits.max_registers)
+    return replace(
+        limits,
+        max_registers=min(limits.max_registers, profile.max_registers or limits.max_registers)
         if "max_registers" not in fields else limits.max_registers,
-        limits.max_bits,
-        profile.max_gap if profile.max_gap is not None and "max_gap" not in fields
+        max_gap=profile.max_gap if profile.max_gap is not None and "max_gap" not in fields
         else limits.max_gap)

@@ -3,11 +3,14 @@ holes split, writes encoded correctly."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ruamel.yaml import YAML
 
+from drivers.modbus.client import Endpoint, ModbusLink
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Point
 from drivers.modbus.profiles import load_profile
@@ -60,7 +63,7 @@ async def test_every_type_and_order_decodes_exactly(sim: TcpSim) -> None:
     assert driver.ctx.status.state is DeviceState.ONLINE
     latency = driver.ctx.status.poll_seconds  # exported as iotgw_device_poll_seconds
     assert latency is not None and latency > 0
-    # Gaps of 3 <= max_gap 16, but the holding span exceeds 125 registers: two holding
+    # Gaps of 3 merge on TCP, but the holding span exceeds 125 registers: two holding
     # reads, plus the coil (a lone coil sits in the coil table).
     span = max(p.end for p in driver.points if p.table == "holding")
     assert 125 < span <= 250
@@ -167,3 +170,62 @@ async def test_writes_reach_the_server_encoded(sim: TcpSim) -> None:
     writes = [r for r in sim.units.requests if r[1].startswith("write:")]
     assert writes == [(7, "write:coil", 3, 1), (7, "write:holding", 0x10, 2),
                       (7, "write:holding", 0x20, 2), (7, "write:holding", 0x30, 3)]
+
+
+SDM630_FIVE = ("voltage_l1", "current_l1", "power_total", "frequency", "energy_import")
+
+
+async def test_five_sdm630_points_take_one_tcp_request_per_cycle(sim: TcpSim) -> None:
+    """The footprint workload's meter: five float32 points at 0x0000..0x0049 are one read
+    on Modbus TCP by default (a fixed max_gap of 16 made it two)."""
+    profile = load_profile("eastron-sdm630")
+    device = Device()
+    for i, point in enumerate(profile.points):
+        device.put(point, float(i + 1))
+    sim.units.devices[7] = device
+    sim.units.revive(7)
+    off = {p.name: {"enabled": False} for p in profile.points if p.name not in SDM630_FIVE}
+    fleet = Fleet({"tcp": tcp_bus(sim.port)})
+    driver = fleet.add(id="sdm", bus="tcp", unit=7, profile="eastron-sdm630", overrides=off,
+                       interval=0.05)
+    await fleet.start()
+    await fleet.wait_for(lambda: driver.cycles >= 3)
+    await fleet.stop()
+    assert [(r.table, r.start, r.count) for r in driver.plan.requests] == [("input", 0, 0x4A)]
+    assert sim.units.count(7) == driver.cycles
+    want = {p.name: float(i + 1) for i, p in enumerate(profile.points) if p.name in SDM630_FIVE}
+    assert dict(fleet.readings["sdm"][-1].fields) == want
+
+
+async def test_max_gap_stays_an_installer_override(sim: TcpSim) -> None:
+    profile = load_profile("eastron-sdm630")
+    off = {p.name: {"enabled": False} for p in profile.points if p.name not in SDM630_FIVE}
+    fleet = Fleet({"tcp": tcp_bus(sim.port)})
+    driver = fleet.add(id="sdm", bus="tcp", unit=7, profile="eastron-sdm630", overrides=off,
+                       max_gap=16)
+    assert [(r.start, r.count) for r in driver.plan.requests] == [(0, 8), (0x34, 0x16)]
+
+
+class CancelOnReply(ModbusLink):
+    """A link whose reading task is cancelled in the loop step that delivers its reply."""
+
+    victim: asyncio.Task[Any] | None = None
+
+    def _trace(self, sending: bool, data: bytes) -> bytes:
+        if not sending and self.victim is not None:
+            self.victim.cancel()
+        return super()._trace(sending, data)
+
+
+async def test_a_cancel_that_meets_the_reply_is_not_lost(sim: TcpSim) -> None:
+    """Python 3.11's wait_for (inside pymodbus) returned the reply and dropped the cancel:
+    a device task cancelled at that moment polled on through the gateway's shutdown (the
+    100-meter benchmark hung in Fleet.stop about one run in two)."""
+    link = CancelOnReply(Endpoint("tcp", "127.0.0.1", sim.port), timeout=2.0)
+    try:
+        assert len(await link.read("holding", 0, 2, 1)) == 2  # not cancelled: a reply
+        link.victim = asyncio.create_task(link.read("holding", 0, 2, 1))
+        with pytest.raises(asyncio.CancelledError):
+            await link.victim
+    finally:
+        await link.close()
