@@ -106,6 +106,7 @@ def test_encode_many_matches_point(batch: list[Reading], repeat: int) -> None:
     assert encode_many(iter(batch)) == [encode(r) for r in batch]
 
 
+@pytest.mark.filterwarnings("ignore::SyntaxWarning")
 @given(st.lists(st.builds(Reading, measurement=nasty_text,
                           tags=st.dictionaries(nasty_text, nasty_text, max_size=3),
                           fields=st.dictionaries(nasty_text, nasty_text, min_size=1, max_size=3),
