@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench.bench_throughput import (
+from bench_throughput import (
     Gateway,
     committed_this_run,
     cpu_seconds,
@@ -29,6 +29,7 @@ from bench.bench_throughput import (
     start_vm,
     vm_count,
 )
+
 from gateway.buffer import read_stats
 
 

@@ -1003,6 +1003,9 @@ class Buffer:
         floor = conn.execute("SELECT min(acked_id) FROM cursors").fetchone()[0]
         if floor is None:
             return 0
+        chunks: int
+        lines: int
+        nbytes: int
         chunks, lines, nbytes = conn.execute(
             "SELECT count(*), coalesce(sum(n), 0), coalesce(sum(nbytes), 0) "
             "FROM chunks WHERE id <= ?",

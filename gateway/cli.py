@@ -65,7 +65,7 @@ def summarize(config: LoadedConfig) -> str:
              f"when full: {model.buffer.when_full})"]
     per_bus: Counter[tuple[str, str]] = Counter()
     for device in config.devices:
-        per_bus[(getattr(device, "bus", None) or "-", device.driver)] += 1  # type: ignore[attr-defined]
+        per_bus[(getattr(device, "bus", None) or "-", device.driver)] += 1
     disabled = len(model.devices) - len(config.devices)
     lines.append(f"  devices:  {len(config.devices)} enabled"
                  + (f", {disabled} disabled" if disabled else ""))
@@ -76,7 +76,7 @@ def summarize(config: LoadedConfig) -> str:
         url = getattr(sink, "url", None)
         target = redact_url(url) if url else \
             getattr(sink, "directory", None) or config.data_dir / "lines"
-        lines.append(f"    {sink.sink_name:<16} {sink.type:<10} {target}")  # type: ignore[attr-defined]
+        lines.append(f"    {sink.sink_name:<16} {sink.type:<10} {target}")
     if model.mqtt is not None:
         lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "
                      f"base topic {model.mqtt.base_topic}")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -30,6 +30,8 @@ ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 class DeviceConfigBase(StrictModel):
     """Keys every device has. Driver models subclass it and add ``driver: Literal[...]``."""
 
+    if TYPE_CHECKING:  # each driver model's Literal; declared here for code typed on the base
+        driver: str
     id: str = Field(pattern=ID_PATTERN, max_length=64)
     enabled: bool = True
     tags: dict[str, str] = Field(default_factory=dict, description="installer tags, e.g. building")

@@ -185,10 +185,12 @@ def encode_many(readings: Iterable[Reading]) -> list[bytes]:
         layout = layout_get(tuple(fields))
         if layout is None:
             layout = _field_layout(fields)
-        parts = []
+        parts: list[str] = []
         append = parts.append
         for key, ekey in layout:
-            value = fields[key]
+            # Any: the branches below dispatch on `t`, an alias of type(value) that mypy
+            # cannot narrow through, and calling type() per branch would cost the hot loop.
+            value: Any = fields[key]
             t = type(value)
             # Exact type checks: cheaper than isinstance, and keep bool (an int subclass)
             # out of the int branch. Subclasses, Decimal and None take the slow path.

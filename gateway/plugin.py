@@ -40,7 +40,7 @@ class DeadLetter:
 
     device_id: str
     reason: str
-    payload: bytes
+    payload: bytes | bytearray  # as the transport delivered it (paho: a bytearray)
     source: str
     """Where it came from: an MQTT topic, an HTTP path, a serial port."""
 

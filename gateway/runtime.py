@@ -144,7 +144,7 @@ class Gateway:
 
     def _start_device(self, device: DeviceConfigBase) -> None:
         assert self.supervisor is not None and self.pipeline is not None
-        driver_type = DRIVER_TYPES[device.driver]  # type: ignore[attr-defined]
+        driver_type = DRIVER_TYPES[device.driver]
         bus_name = getattr(device, "bus", None)
         ctx = DeviceContext(device.id, self._emit, self._state_changed, bus_name=bus_name,
                             bus=self.config.model.buses.get(bus_name) if bus_name else None,
@@ -194,7 +194,7 @@ class Gateway:
     def _start_sink(self, sink_config: SinkConfigBase) -> None:
         assert self.supervisor is not None and self.pipeline is not None
         name = sink_config.sink_name
-        sink = SINK_TYPES[sink_config.type].factory(  # type: ignore[attr-defined]
+        sink = SINK_TYPES[sink_config.type].factory(
             sink_config, self.config.data_dir)
         event = self.pipeline.subscribe()
         event.set()

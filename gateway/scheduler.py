@@ -183,7 +183,7 @@ class PollTimer:
     def backoff_delay(self) -> float:
         if self.failures == 0:
             return self.interval
-        delay = self.backoff_base * 2 ** (self.failures - 1)
+        delay = self.backoff_base * 2.0 ** (self.failures - 1)
         return min(self.backoff_max, max(self.interval, delay))
 
     def success(self, now: float | None = None) -> float:

@@ -80,6 +80,7 @@ def _bus_from_args(args: argparse.Namespace) -> tuple[str, Any, Any]:
             raise ConfigError(["--bus needs --config"])
         name = args.bus
         if name is None:
+            assert device_id is not None  # no --bus, so the branch was taken for a device
             device = _device(loaded, device_id)
             name = device.bus
         if name not in loaded.model.buses:

@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from drivers.modbus.client import (
@@ -200,8 +201,8 @@ class ModbusDriver(Driver):
         for point in self.plan.bad_points():
             try:
                 words = await self._exchange(
-                    lambda p=point: link.read(p.table, p.address, p.count, unit,
-                                              self.config.timeout), 1)
+                    partial(link.read, point.table, point.address, point.count, unit,
+                            self.config.timeout), 1)
             except ModbusExceptionReply:
                 continue
             except ModbusError as exc:

@@ -40,21 +40,21 @@ class Filtered(Exception):
 
 # -- payload formats -------------------------------------------------------------------
 
-def _text(payload: bytes) -> str:
+def _text(payload: bytes | bytearray) -> str:
     try:
         return payload.decode("utf-8")
     except UnicodeDecodeError:
         raise Rejected("not_utf8") from None
 
 
-def _json(payload: bytes) -> Any:
+def _json(payload: bytes | bytearray) -> Any:
     try:
         return json.loads(payload)
     except (ValueError, RecursionError) as exc:
         raise Rejected("invalid_json", str(exc)[:80]) from None
 
 
-def _number(payload: bytes) -> Any:
+def _number(payload: bytes | bytearray) -> Any:
     text = _text(payload).strip()
     try:
         return int(text)
@@ -77,14 +77,14 @@ def _scalar(text: str) -> Any:
     return text
 
 
-def _kv(payload: bytes) -> Any:
+def _kv(payload: bytes | bytearray) -> Any:
     pairs = _KV_PAIR.findall(_text(payload))
     if not pairs:
         raise Rejected("invalid_kv", "no key=value pairs")
     return {key: _scalar(value) for key, value in pairs}
 
 
-PARSERS: dict[str, Callable[[bytes], Any]] = {
+PARSERS: dict[str, Callable[[bytes | bytearray], Any]] = {
     "json": _json, "number": _number, "kv": _kv, "text": lambda p: _text(p).strip(),
 }
 
@@ -246,7 +246,8 @@ class Mapper:
     def _count(self, reason: str) -> None:
         self.problems[reason] = self.problems.get(reason, 0) + 1
 
-    def decode(self, topic_tags: dict[str, str], payload: bytes, arrival_ns: int) -> Reading:
+    def decode(self, topic_tags: dict[str, str], payload: bytes | bytearray,
+               arrival_ns: int) -> Reading:
         if len(payload) > self.config.max_payload:
             raise Rejected("payload_too_large", f"{len(payload)} bytes")
         document = self.parse(payload)

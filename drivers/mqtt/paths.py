@@ -42,7 +42,7 @@ def resolve(document: Any, steps: tuple[str | int, ...]) -> Any:
     """The value at ``steps``, or MISSING (a wrong type on the way counts as missing)."""
     value = document
     for step in steps:
-        if type(step) is str:
+        if isinstance(step, str):
             if type(value) is not dict:
                 return MISSING
             value = value.get(step, MISSING)

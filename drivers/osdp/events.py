@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from drivers.osdp.libosdp import CardFormat, Event, StatusReportType
+from gateway.reading import FieldValue
 
 KEYPAD = {0x7F: "*", 0x0D: "#"}
 
@@ -27,12 +28,12 @@ def keys_text(data: bytes) -> str:
     return "".join(KEYPAD.get(b) or (chr(b) if 0x30 <= b <= 0x39 else str(b)) for b in data)
 
 
-def card_read(event: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, object]]:
+def card_read(event: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, FieldValue]]:
     return ({"reader": str(event.get("reader_no", 0)), "kind": "card"},
             {"card": card_text(event), "bits": int(event.get("length") or 0)})
 
 
-def key_press(event: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, object]]:
+def key_press(event: Mapping[str, Any]) -> tuple[dict[str, str], dict[str, FieldValue]]:
     return ({"reader": str(event.get("reader_no", 0)), "kind": "keypad"},
             {"keys": keys_text(event.get("data", b""))})
 

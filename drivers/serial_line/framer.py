@@ -33,7 +33,8 @@ class Framer:
         self._skipping = False
 
     def _delimited(self) -> list[bytes]:
-        delim, limit, out = self.cfg.delimiter_bytes, self.cfg.max_length, []
+        delim, limit = self.cfg.delimiter_bytes, self.cfg.max_length
+        out: list[bytes] = []
         while True:
             pos = self.buf.find(delim)
             if pos < 0:
@@ -63,7 +64,8 @@ class Framer:
         return out
 
     def _start_end(self) -> list[bytes]:
-        start, end, limit, out = self.cfg.start_bytes, self.cfg.end_bytes, self.cfg.max_length, []
+        start, end, limit = self.cfg.start_bytes, self.cfg.end_bytes, self.cfg.max_length
+        out: list[bytes] = []
         while True:
             begin = self.buf.find(start)
             if begin < 0:

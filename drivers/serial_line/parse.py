@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable
 
 from drivers.serial_line.config import BinaryField, SerialLineConfig
+from gateway.reading import FieldValue
 
-Parsed = tuple[dict[str, str], dict[str, object]]
+Parsed = tuple[dict[str, str], dict[str, FieldValue]]
 
 
 class RecordError(ValueError):
@@ -30,7 +31,7 @@ def _bool(text: str) -> bool:
     raise ValueError("not a boolean")
 
 
-TEXT_TYPES: dict[str, Callable[[str], object]] = {"str": str, "int": int, "float": float,
+TEXT_TYPES: dict[str, Callable[[str], FieldValue]] = {"str": str, "int": int, "float": float,
                                                   "bool": _bool}
 
 
@@ -41,7 +42,7 @@ def _bcd(raw: bytes) -> int:
     return int(text)
 
 
-BINARY_TYPES: dict[str, Callable[[bytes], object]] = {
+BINARY_TYPES: dict[str, Callable[[bytes], FieldValue]] = {
     "uint_be": lambda b: int.from_bytes(b, "big"),
     "uint_le": lambda b: int.from_bytes(b, "little"),
     "int_be": lambda b: int.from_bytes(b, "big", signed=True),
@@ -71,7 +72,7 @@ class TextParser:
             raise RecordError("no_match", f"record of {len(text)} characters does not "
                               "match the pattern")
         tags: dict[str, str] = {}
-        fields: dict[str, object] = {}
+        fields: dict[str, FieldValue] = {}
         for name, value in match.groupdict().items():
             if value is None:
                 continue
@@ -101,7 +102,7 @@ class BinaryParser:
             raise RecordError("no_match", f"record of {len(record)} bytes does not match "
                               "the hex pattern")
         tags: dict[str, str] = {}
-        fields: dict[str, object] = {}
+        fields: dict[str, FieldValue] = {}
         for spec in self.fields:
             raw = record[spec.offset:spec.offset + spec.length]
             if len(raw) < spec.length:

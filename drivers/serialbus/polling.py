@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from drivers.serialbus.line import SerialLine, shared_line
 from drivers.serialbus.port import PortError
@@ -34,12 +34,24 @@ SILENT_KINDS = frozenset({"timeout", "frame_error", "no_connection"})
 """Failures that end the whole poll: the meter is not answering usefully."""
 
 
+class PolledSettings(Protocol):
+    """What the polling loop reads from a meter's config (a driver may pass an adapter
+    that fills defaults, as CJ/T 188 does for ``measurement``)."""
+
+    interval: float
+    backoff_max: float
+    offline_after: int
+    measurement: str
+
+
 class PolledMeter(Driver):
     """Base of polled serial meters. Config needs ``interval``, ``measurement``,
     ``backoff_max`` and ``offline_after``."""
 
     def __init__(self, config: Any, ctx: Any) -> None:
+        # config: Any, since an adapter such as CJ/T 188's is no DeviceConfigBase.
         super().__init__(config, ctx)
+        self.settings: PolledSettings = config
         self._wake = asyncio.Event()
         self._timer: PollTimer | None = None
         self.health = DeviceHealth(ctx, offline_after=config.offline_after)
@@ -53,7 +65,7 @@ class PolledMeter(Driver):
         self.ctx.count(kind, n)
 
     async def run(self) -> None:
-        cfg = self.config
+        cfg = self.settings
         timer = self._timer = PollTimer(cfg.interval, backoff_max=cfg.backoff_max)
         async with shared_line(self.ctx) as line:
             while True:

@@ -57,7 +57,7 @@ class SerialPort:
 
     def __init__(self, settings: PortSettings) -> None:
         self.settings = settings
-        self._serial: serial.SerialBase | None = None
+        self._serial: serial.Serial | None = None
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
         self._buffer = bytearray()
@@ -106,7 +106,7 @@ class SerialPort:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(port.close)
 
-    def _read_loop(self, port: serial.SerialBase) -> None:
+    def _read_loop(self, port: serial.Serial) -> None:
         while not self._stop.is_set():
             try:
                 chunk = port.read(max(1, port.in_waiting))
@@ -242,6 +242,6 @@ class RawChannel:
             self._serial.close()
 
 
-def _write_all(port: serial.SerialBase, data: bytes) -> None:
+def _write_all(port: serial.Serial, data: bytes) -> None:
     port.write(data)
     port.flush()

@@ -111,7 +111,7 @@ class SnapshotCollector(Collector):
 
     def _sinks(self) -> Iterator[Metric]:
         now = self.snap["gateway"]["now"]
-        families = {
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "lag_lines": GaugeMetricFamily("iotgw_sink_lag_lines",
                                            "Buffered lines this sink has not stored yet",
                                            labels=["sink"]),

@@ -66,7 +66,7 @@ class Message(NamedTuple):
     is built per message in paho's thread, at up to tens of thousands per second.)"""
 
     topic: str
-    payload: bytes
+    payload: bytes | bytearray  # paho decodes into a bytearray
     qos: int
     retain: bool
     dup: bool
@@ -433,7 +433,7 @@ class MqttConnection:
         self._deliver(topic, msg.payload, msg.qos, msg.retain, bool(msg.dup), msg.mid,
                       getattr(msg, "properties", None))
 
-    def _deliver(self, topic: str, payload: bytes, qos: int, retain: bool, dup: bool,
+    def _deliver(self, topic: str, payload: bytes | bytearray, qos: int, retain: bool, dup: bool,
                  mid: int, props: Properties | None) -> None:
         response = correlation = None
         user: tuple[tuple[str, str], ...] = ()

@@ -59,7 +59,7 @@ def _text(body: dict[str, Any], key: str) -> str:
     return value
 
 
-def parse_body(payload: bytes) -> dict[str, Any]:
+def parse_body(payload: bytes | bytearray) -> dict[str, Any]:
     if len(payload) > MAX_BODY:
         raise CommandRefused(f"body larger than {MAX_BODY} bytes")
     if not payload.strip():

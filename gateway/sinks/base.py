@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import Field
 
@@ -34,6 +34,8 @@ class SinkConfigBase(StrictModel):
     from the oldest buffered reading, keeping the name keeps its place across restarts.
     """
 
+    if TYPE_CHECKING:  # each subclass's Literal; declared here for code typed on the base
+        type: str
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     batch_lines: int = Field(default=5000, ge=1, le=1_000_000)
     timeout: Duration = Field(default=10.0, ge=0.1, le=600, description="per request")

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -88,7 +89,7 @@ class FileSink:
                 found.append((int(match.group(1)), path))
         return [path for _, path in sorted(found)]
 
-    async def _in_thread(self, func, *args) -> None:
+    async def _in_thread(self, func: Callable[..., object], *args: object) -> None:
         try:
             await asyncio.to_thread(func, *args)
         except OSError as exc:

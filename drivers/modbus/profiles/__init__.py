@@ -73,7 +73,9 @@ def find_profile(name: str) -> Traversable:
 
 def load_profile(name: str) -> Profile:
     path = find_profile(name)
-    return _load_file(path, _mtime(path))
+    # typeshed's Traversable protocol declares no __hash__; every implementation
+    # (Path, zipfile.Path, MultiplexedPath) is hashable, so @cache can key on it.
+    return _load_file(path, _mtime(path))  # type: ignore[arg-type]
 
 
 def _mtime(path: Traversable) -> int:
