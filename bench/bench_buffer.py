@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gateway.buffer import Buffer, read_stats
+from gateway.buffer import Buffer, Synchronous, read_stats
 
 BATCH = 5000
 T0 = 1_700_000_000_000_000_000
@@ -32,9 +32,9 @@ def make_lines(n: int) -> list[bytes]:
     return out
 
 
-def bench_append(directory: Path, lines: list[bytes], synchronous: str) -> Path:
+def bench_append(directory: Path, lines: list[bytes], synchronous: Synchronous) -> Path:
     path = directory / f"append-{synchronous}.db"
-    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)  # type: ignore[arg-type]
+    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)
     buf.open()
     buf.register_sinks(["influx"])
     start = time.perf_counter()
@@ -50,10 +50,10 @@ def bench_append(directory: Path, lines: list[bytes], synchronous: str) -> Path:
     return path
 
 
-def bench_small_commits(directory: Path, lines: list[bytes], synchronous: str) -> None:
+def bench_small_commits(directory: Path, lines: list[bytes], synchronous: Synchronous) -> None:
     """Commits of 50 lines for 2 s: what a quiet site costs, bound by fsync latency."""
     path = directory / f"small-{synchronous}.db"
-    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)  # type: ignore[arg-type]
+    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)
     buf.open()
     commits = 0
     start = time.perf_counter()
@@ -86,8 +86,8 @@ def bench_open_and_stats(path: Path) -> None:
     buf.close()
 
 
-def bench_drain(path: Path, synchronous: str) -> None:
-    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)  # type: ignore[arg-type]
+def bench_drain(path: Path, synchronous: Synchronous) -> None:
+    buf = Buffer(path, 8 * 1024**3, "drop_oldest", synchronous=synchronous)
     buf.open()
     buf.register_sinks(["influx"])
     total = buf.stats().depth_lines

@@ -162,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     pinned = can_pin() and not args.no_pin
     gw_cpu, vm_cpu = (1, 0) if pinned else (None, None)
     if pinned:
+        assert vm_cpu is not None
         os.sched_setaffinity(0, {vm_cpu})  # keep this script off the gateway's CPU
     base = Path(tempfile.mkdtemp(prefix="iotgw-bench-fp-", dir=args.dir))
     print(f"footprint: {args.devices} synthetic devices x 1/{args.interval}, {args.fields} fields,"

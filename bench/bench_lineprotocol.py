@@ -66,8 +66,8 @@ def via_point(readings: list[Reading]) -> list[bytes]:
     out = []
     for r in readings:
         p = Point(r.measurement)
-        for k, v in r.tags.items():
-            p.tag(k, v)
+        for k, tag in r.tags.items():
+            p.tag(k, tag)
         for k, v in r.fields.items():
             p.field(k, v)
         p.time(r.time_ns, WritePrecision.NS)

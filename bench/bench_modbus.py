@@ -89,7 +89,9 @@ async def tcp_fleet(args: argparse.Namespace, port: int) -> float:
                          overrides=off, interval=args.interval)
                for u in range(1, args.devices + 1)]
     await fleet.start()
-    link = drivers[0].bus.link  # one TCP bus: one link shared by every device
+    bus = drivers[0].bus
+    assert bus is not None  # started
+    link = bus.link  # one TCP bus: one link shared by every device
     await asyncio.sleep(args.warmup)
     c0, q0, t0, p0 = (sum(d.cycles for d in drivers), link.requests, time.monotonic(),
                       os.times())

@@ -278,7 +278,7 @@ def main() -> None:
                        extra_config="max_inflight_messages 10000\n").start()
     vm = start_vm(base / "vm", other_cpu)
     if pinned:
-        assert broker.pid is not None
+        assert broker.pid is not None and other_cpu is not None
         pin(broker.pid, other_cpu)
         os.sched_setaffinity(0, {other_cpu})
     probe = AckProbe(vm.url).start()

@@ -48,8 +48,10 @@ class Harness:
         deadline = time.monotonic() + within
         while not predicate():
             for task in self.tasks:
-                if task.done() and not task.cancelled() and task.exception():
-                    raise task.exception()  # type: ignore[misc]
+                if task.done() and not task.cancelled():
+                    failure = task.exception()
+                    if failure is not None:
+                        raise failure
             if time.monotonic() > deadline:
                 raise AssertionError(f"condition not reached; readings: {self.counts()}, "
                                      f"states: {self.states()}")

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -33,7 +35,7 @@ def lines(start: int, count: int) -> list[bytes]:
     return [b"line-%04d" % i for i in range(start, start + count)]
 
 
-def open_buffer(path: Path, **kwargs) -> Buffer:
+def open_buffer(path: Path, **kwargs: Any) -> Buffer:
     kwargs.setdefault("max_bytes", 10 * 1024 * 1024)
     kwargs.setdefault("when_full", "drop_oldest")
     buf = Buffer(path, **kwargs)
@@ -100,7 +102,8 @@ def test_round_trip_two_sinks_prunes_only_after_both_acked(tmp_path: Path) -> No
     # Stale and repeated acks never move a cursor backwards.
     buf.ack("b", b_first.last_id - 1)
     buf.ack("b", b_first.last_id)
-    assert buf.read("b", 100).payload == b"line-0002\nline-0003\nline-0004"  # type: ignore[union-attr]
+    batch = buf.read("b", 100)
+    assert batch is not None and batch.payload == b"line-0002\nline-0003\nline-0004"
     assert drain(buf, "b") == lines(2, 3)
     stats = buf.stats()
     assert (stats.depth_lines, stats.depth_chunks, stats.bytes_held) == (0, 0, 0)
@@ -274,24 +277,25 @@ def test_every_committed_append_survives_kill_9(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             env=env,
         )
-        assert proc.stdout is not None
+        assert proc.stdout is not None and proc.stderr is not None
         printed: list[bytes] = []
         ready = threading.Event()
 
-        def collect(stream=proc.stdout, printed=printed, ready=ready) -> None:
+        def collect(stream: IO[bytes] = proc.stdout, printed: list[bytes] = printed,
+                    ready: threading.Event = ready) -> None:
             for raw in stream:
                 printed.append(raw)
                 ready.set()
 
         reader = threading.Thread(target=collect, daemon=True)
         reader.start()
-        assert ready.wait(30), f"child did not start: {proc.stderr.read()!r}"  # type: ignore[union-attr]
+        assert ready.wait(30), f"child did not start: {proc.stderr.read()!r}"
         time.sleep(rng.uniform(0.0, 0.4))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         reader.join(10)
-        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {proc.stderr.read()!r}"  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: {proc.stderr.read()!r}"
+        proc.stderr.close()
         proc.stdout.close()
         for raw in printed[1:]:
             if raw.endswith(b"\n"):
@@ -493,7 +497,8 @@ async def test_async_buffer_runs_on_its_worker_thread(tmp_path: Path) -> None:
     threads: list[str] = []
 
     class Spy(Buffer):
-        def append(self, lines, oldest_ns, newest_ns):  # type: ignore[no-untyped-def]
+        def append(self, lines: Sequence[bytes], oldest_ns: int,
+                   newest_ns: int) -> AppendResult:
             threads.append(threading.current_thread().name)
             return super().append(lines, oldest_ns, newest_ns)
 

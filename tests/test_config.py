@@ -14,6 +14,8 @@ from gateway.cli import schema_text
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
 from gateway.registry import load_drivers
+from gateway.sinks.file import FileSinkConfig
+from gateway.sinks.influxdb import InfluxDBSinkConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 DRIVERS = ", ".join(f"'{name}'" for name in load_drivers())
@@ -192,7 +194,8 @@ def test_env_and_secret_file_resolution(tmp_path: Path) -> None:
     assert config.model.buffer.max_bytes == 2 * 1024 * 1024
     assert config.model.buffer.flush_interval == 0.25
     influx, local = config.sinks
-    assert influx.token.get_secret_value() == "s3cret"
+    assert isinstance(influx, InfluxDBSinkConfig) and isinstance(local, FileSinkConfig)
+    assert influx.token is not None and influx.token.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(influx)
     assert local.max_file_size == int(1.5 * 1024 * 1024)
 

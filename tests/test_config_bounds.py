@@ -18,6 +18,7 @@ import pytest
 from pydantic import BaseModel
 
 from drivers.modbus.profiles import Profile
+from drivers.synthetic.config import SyntheticConfig
 from gateway.config.loader import load_config
 from gateway.config.models import build_config_model
 from gateway.errors import ConfigError
@@ -217,4 +218,5 @@ def test_accepted_values_still_load(tmp_path: Path) -> None:
                     "devices: [{id: d, driver: synthetic, interval: 1ms}, "
                     "{id: e, driver: synthetic, interval: 1d}]\n")
     config = load_config(path, environ={})
-    assert [d.interval for d in config.devices] == [0.001, 86400.0]
+    assert [d.interval for d in config.devices
+            if isinstance(d, SyntheticConfig)] == [0.001, 86400.0]

@@ -13,7 +13,9 @@ import signal
 import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +27,12 @@ from gateway.errors import ConfigError
 from tests.config_fuzz import hostile_document
 from tests.gwproc import GatewayProcess
 from tests.test_runtime import file_lines
+
+
+def _logged_since(gw: GatewayProcess, seen: int, prefixes: tuple[str, ...],
+                  record: dict[str, Any]) -> bool:
+    """A log record written after the first ``seen`` that starts with one of ``prefixes``."""
+    return gw.records.index(record) >= seen and record["msg"].startswith(prefixes)
 
 FUZZ_MAX_NODES = 20_000
 """The expansion limit during fuzzing: the same code path as 1,000,000, 50x cheaper per
@@ -93,13 +101,12 @@ def test_fuzzed_documents_through_sighup_keep_gateway_committing(tmp_path: Path)
             config.write_text(text, encoding="utf-8", errors="surrogatepass")
             seen = len(gw.records)
             gw.signal(signal.SIGHUP)
-            gw.wait_for_log(lambda r, seen=seen: gw.records.index(r) >= seen and (
-                r["msg"].startswith(("reload rejected", "config reloaded"))))
+            gw.wait_for_log(
+                partial(_logged_since, gw, seen, ("reload rejected", "config reloaded")))
             config.write_text(good)  # a reload that passed must not leave the test's device
             seen = len(gw.records)
             gw.signal(signal.SIGHUP)
-            gw.wait_for_log(lambda r, seen=seen: gw.records.index(r) >= seen and (
-                r["msg"].startswith("config reloaded")))
+            gw.wait_for_log(partial(_logged_since, gw, seen, ("config reloaded",)))
             assert gw.proc is not None and gw.proc.poll() is None
             delivered.append(len(file_lines(tmp_path / "data")))
         time.sleep(0.3)

@@ -9,9 +9,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from drivers.synthetic.config import SyntheticConfig
 from gateway.config.loader import load_config
 from gateway.config.yamlsource import MAX_BYTES
 from gateway.errors import ConfigError
@@ -51,9 +53,10 @@ def test_sighup_with_hostile_files_keeps_gateway_up_and_committing(tmp_path: Pat
             config.write_text(HEADER + text)
             seen = len(gw.records)
             gw.signal(signal.SIGHUP)
-            rejected = gw.wait_for_log(
-                lambda r, seen=seen: r["msg"].startswith("reload rejected")
-                and gw.records.index(r) >= seen)
+            def rejected_since(r: dict[str, Any], seen: int = seen) -> bool:
+                return r["msg"].startswith("reload rejected") and gw.records.index(r) >= seen
+
+            rejected = gw.wait_for_log(rejected_since)
             assert rejected["level"] == "error" and message in rejected["msg"], (name, rejected)
             assert gw.proc is not None and gw.proc.poll() is None, f"gateway died on {name}"
             committed_at.append(len(lines_of(tmp_path / "data")))
@@ -90,6 +93,7 @@ def test_aliases_and_merge_keys_work_and_errors_point_at_the_anchor(tmp_path: Pa
         """))
     config = load_config(path, environ={})
     _, m2, m3 = config.devices
+    assert isinstance(m2, SyntheticConfig) and isinstance(m3, SyntheticConfig)
     assert (m2.id, m2.interval, m2.fields, m2.tags) == ("m2", 2.0, 3, {"building": "7"})
     assert (m3.id, m3.interval, m3.tags) == ("m3", 2.0, {"building": "7"})
     path.write_text(HEADER + textwrap.dedent("""\

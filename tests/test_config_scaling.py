@@ -50,7 +50,7 @@ def cpu_seconds_to_check(path: Path, valid: bool) -> float:
 
 @pytest.mark.parametrize("valid", [True, False], ids=["valid", "with-mistakes"])
 def test_check_time_grows_linearly_with_devices(tmp_path: Path, valid: bool) -> None:
-    times = {}
+    times: dict[int, float] = {}
     for count in (SMALL, 4 * SMALL):
         text = make_config(count)
         path = tmp_path / f"gw-{count}.yaml"

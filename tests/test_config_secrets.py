@@ -16,12 +16,19 @@ import pytest
 
 from gateway.config.loader import load_config
 from gateway.errors import SinkAuthError, SinkUnavailable
-from gateway.sinks.influxdb1 import InfluxDB1Sink
+from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from gateway.urls import redact_text, redact_url
 from tests.gwproc import ROOT
 
 HEADER = "gateway: {id: gw-t, site: s, data_dir: data}\n"
 SECRET = "hunter2-Secret"
+
+
+def influxdb1_config(path: Path) -> InfluxDB1SinkConfig:
+    """The config's one sink, an influxdb1 one."""
+    config = load_config(path, environ={}).sinks[0]
+    assert isinstance(config, InfluxDB1SinkConfig)
+    return config
 
 
 def check(tmp_path: Path, sinks: str) -> subprocess.CompletedProcess[str]:
@@ -81,7 +88,7 @@ async def test_influxdb1_url_credentials_alone_authenticate(tmp_path: Path,
     path = tmp_path / "gw.yaml"
     path.write_text(HEADER + f"sinks: [{{type: influxdb1, url: 'http://gwadmin:{SECRET}@{host}', "
                     f"database: {db}}}]\n")
-    sink = InfluxDB1Sink(load_config(path, environ={}).sinks[0])  # type: ignore[arg-type]
+    sink = InfluxDB1Sink(influxdb1_config(path))
     await sink.open()
     try:
         await sink.write(b"m v=5 1700000000000000000")
@@ -91,7 +98,7 @@ async def test_influxdb1_url_credentials_alone_authenticate(tmp_path: Path,
 
     path.write_text(HEADER + f"sinks: [{{type: influxdb1, url: 'http://gwadmin:wrong-{SECRET}@"
                     f"{host}', database: {db}}}]\n")
-    wrong = InfluxDB1Sink(load_config(path, environ={}).sinks[0])  # type: ignore[arg-type]
+    wrong = InfluxDB1Sink(influxdb1_config(path))
     await wrong.open()
     try:
         with pytest.raises(SinkAuthError) as caught:
@@ -105,7 +112,7 @@ async def test_unreachable_sink_error_does_not_quote_url_password(tmp_path: Path
     path = tmp_path / "gw.yaml"
     path.write_text(HEADER + f"sinks: [{{type: influxdb1, url: 'http://u:{SECRET}@127.0.0.1:9', "
                     "database: d, timeout: 2s}]\n")
-    sink = InfluxDB1Sink(load_config(path, environ={}).sinks[0])  # type: ignore[arg-type]
+    sink = InfluxDB1Sink(influxdb1_config(path))
     await sink.open()
     try:
         with pytest.raises(SinkUnavailable) as caught:

@@ -128,7 +128,7 @@ async def test_several_meters_one_bus_one_dead() -> None:
             "power_total": 0.011}
     dead = h.contexts["dead"].status
     assert dead.counters["timeout"] >= 1
-    assert dead.last_error.startswith("timeout")
+    assert dead.last_error is not None and dead.last_error.startswith("timeout")
     assert "dead" not in h.readings
 
 
@@ -161,7 +161,8 @@ async def test_all_points_refused_is_error_state() -> None:
         h.start()
         await h.wait_for(lambda: h.contexts["m-pw"].status.state is DeviceState.ERROR)
         await h.stop()
-    assert "password" in h.contexts["m-pw"].status.last_error
+    last_error = h.contexts["m-pw"].status.last_error
+    assert last_error is not None and "password" in last_error
 
 
 async def test_follow_up_frames_are_joined() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ KILLS = 20
 
 @pytest.mark.slow
 def test_kill_9_loses_nothing_committed(tmp_path: Path,
-                                        victoria_factory: type[VictoriaMetrics]) -> None:
+                                        victoria_factory: Callable[..., VictoriaMetrics]) -> None:
     """Kill -9 ``iotgw run`` at random moments under load, 20 times.
 
     After each kill the buffer says which reading was committed last; every one of them
@@ -65,8 +66,8 @@ def test_kill_9_loses_nothing_committed(tmp_path: Path,
 
 
 @pytest.mark.slow
-def test_store_outage_buffers_and_catches_up(tmp_path: Path,
-                                             victoria_factory: type[VictoriaMetrics]) -> None:
+def test_store_outage_buffers_and_catches_up(
+        tmp_path: Path, victoria_factory: Callable[..., VictoriaMetrics]) -> None:
     """Stop VictoriaMetrics under load: the file sink keeps receiving meanwhile, and once
     the store is back every reading arrives, in order and without gaps."""
     victoria = victoria_factory()

@@ -133,7 +133,7 @@ async def _run_profile(tmp_path: Path, name: str, messages: list[tuple[bytes, bo
     try:
         link = StubGateway(pipeline)
         broker = DeviceBroker(link)
-        config = MqttDeviceConfig(id="cam", driver="mqtt", profile=name)
+        config = MqttDeviceConfig.model_validate({"id": "cam", "driver": "mqtt", "profile": name})
         ctx = DeviceContext("cam", emit=None)  # type: ignore[arg-type]
         mapper = Mapper(config)
         broker.attach(Attachment(mapper, ctx))

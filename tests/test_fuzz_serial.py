@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drivers.serial_line.config import SerialLineConfig
-from drivers.serial_line.parse import RecordError, parser_for
+from drivers.serial_line.parse import Parsed, RecordError, parser_for
 from gateway.reading import Reading
 from tests.serial_harness import Harness
 from tests.serial_sims import Cjt188Bus, Dlt645Bus, Meter188, PtySerial, cs, water_body
@@ -58,12 +58,17 @@ def mangle(rng: random.Random, reply: bytes, start_byte: int = 0x68) -> bytes:
     return bytes(body) + bytes([cs(bytes(body)), 0x16])
 
 
+class Mangling:
+    """What :func:`hostile` adds to a simulator."""
+
+    mangling = True
+    mangled = 0
+
+
 def hostile(bus_class: type[Dlt645Bus | Cjt188Bus], rng: random.Random) -> type:
     """The simulator class, answering through :func:`mangle` while ``mangling``."""
 
-    class Hostile(bus_class):  # type: ignore[misc, valid-type]
-        mangling = True
-        mangled = 0
+    class Hostile(Mangling, bus_class):  # type: ignore[misc, valid-type]
 
         def answer(self, frame: bytes) -> bytes:
             reply = super().answer(frame)
@@ -84,6 +89,7 @@ def storable(reading: Reading) -> bool:
 async def _survives(bus: Dlt645Bus | Cjt188Bus, device: dict, good: dict, rounds: int
                     ) -> None:
     """``bus`` is a Hostile simulator; ``good`` the fields (a subset) of a clean reply."""
+    assert isinstance(bus, Mangling), "made by hostile()"
     dev = device["id"]
     with PtySerial(bus) as pty:
         h = Harness()
@@ -139,7 +145,7 @@ async def test_serial_meters_survive_a_hostile_line_long(seed: int) -> None:
 
 # -- serial_line readers: the record parser on anything a line can carry ----------------
 
-def _parsers() -> list[tuple[str, Callable[[bytes], object]]]:
+def _parsers() -> list[tuple[str, Callable[[bytes], Parsed]]]:
     import json
 
     out = []

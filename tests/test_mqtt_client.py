@@ -26,7 +26,7 @@ from gateway.mqtt.client import Message, MqttConnection
 from gateway.mqtt.paho_speedups import _SharedTableProperties
 from tests.servers import LOOPBACK, Mosquitto
 
-utf8 = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+utf8 = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
                max_size=20)
 publish_properties = st.fixed_dictionaries({}, optional={
     "PayloadFormatIndicator": st.integers(0, 1),
@@ -75,8 +75,9 @@ def test_paho_decodes_publish_properties_with_the_shared_tables() -> None:
     assert paho_packet.Properties is _SharedTableProperties
     assert type(packet.properties) is _SharedTableProperties
     assert (packet.topic, packet.mid, packet.qos, packet.payload) == (topic, 7, 1, b"{}")
-    assert packet.properties.ResponseTopic == "r/1"
-    assert packet.properties.CorrelationData == b"\x01\x02"
+    # paho's Properties sets its attributes dynamically: no declaration for mypy to see
+    assert getattr(packet.properties, "ResponseTopic", None) == "r/1"
+    assert getattr(packet.properties, "CorrelationData", None) == b"\x01\x02"
 
 
 # -- against a real broker -------------------------------------------------------------
@@ -91,9 +92,12 @@ async def _session(mosquitto: Mosquitto, client_id: str, inbox: asyncio.Queue[Me
                    protocol: str = "auto", subscribe_qos: int = 1
                    ) -> AsyncIterator[MqttConnection]:
     settings = _settings(mosquitto).model_copy(update={"protocol": protocol})
-    connection = MqttConnection(
-        settings, client_id, persistent=True, manual_ack=True,
-        on_message=lambda batch: [inbox.put_nowait(m) for m in batch])
+    def on_message(batch: list[Message]) -> None:
+        for message in batch:
+            inbox.put_nowait(message)
+
+    connection = MqttConnection(settings, client_id, persistent=True, manual_ack=True,
+                                on_message=on_message)
     connection.subscribe("compound/acks/#", subscribe_qos)
     task = asyncio.create_task(connection.run())
     try:

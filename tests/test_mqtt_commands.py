@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from gateway.errors import ConfigError
 from gateway.mqtt.ops import OpsBus
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
+from tests.servers import Mosquitto
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 
@@ -48,7 +50,7 @@ class Requester:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.username_pw_set(user, password)
         self.client.on_message = lambda c, u, m: self.answers.append(
-            (m.topic, m.payload, getattr(m.properties, "CorrelationData", None)))
+            (m.topic, bytes(m.payload), getattr(m.properties, "CorrelationData", None)))
         self.client.on_publish = lambda c, u, mid, rc, props: self.acks.__setitem__(mid, rc)
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("compound/cmdtest/gw/cmd/+/result", 1)
@@ -90,7 +92,7 @@ async def wait_answers(req: Requester, n: int, seconds: float = 10) -> list[dict
     return [json.loads(p) for _, p, _ in req.answers]
 
 
-async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
+async def test_commands(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",
                                                "viewer": "viewer-secret"})
     config = tmp_path / "gw.yaml"
@@ -160,7 +162,8 @@ async def test_commands(tmp_path: Path, mosquitto_factory) -> None:
         await asyncio.wait_for(runner, 15)
 
 
-async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factory) -> None:
+async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factory: Callable[...,
+                                                Mosquitto]) -> None:
     """cmd/write over mosquitto -> Gateway.write_point -> modbus driver -> pymodbus TCP
     server: the allow-listed coil changes on the server, the answer carries the
     correlation data; a point not in allow_write is refused and the server sees no write."""
@@ -229,7 +232,7 @@ class Spy:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.username_pw_set("spy", "spy-secret")
         self.client.on_message = lambda c, u, m: self.messages.append(
-            (m.topic, m.payload, getattr(m.properties, "CorrelationData", None)))
+            (m.topic, bytes(m.payload), getattr(m.properties, "CorrelationData", None)))
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("#", 1)
         self.client.loop_start()
@@ -242,8 +245,9 @@ class Spy:
         self.client.disconnect()
 
 
-async def test_response_topic_limited_to_the_gateway_subtree(tmp_path: Path, mosquitto_factory,
-                                                            caplog) -> None:
+async def test_response_topic_limited_to_the_gateway_subtree(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        caplog: pytest.LogCaptureFixture) -> None:
     """A command naming a response topic outside ``<base>/`` and ``mqtt.response_topics``
     (here a device's command topic) is refused and answered on cmd/<verb>/result; nothing
     reaches the named topic, the device is not written; allowed topics are honoured."""

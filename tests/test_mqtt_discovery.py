@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
@@ -42,7 +45,8 @@ async def run_and_feed(config: Path, watcher: Watcher, base: str, seconds: float
         await asyncio.wait_for(runner, 15)
 
 
-async def test_discovery_configs_retained(tmp_path: Path, mosquitto_factory) -> None:
+async def test_discovery_configs_retained(tmp_path: Path, mosquitto_factory: Callable[...,
+                                          Mosquitto]) -> None:
     broker = mosquitto_factory()
     base = "compound/ha/gwha"
     write_config(tmp_path / "gw.yaml", broker, base,
@@ -90,7 +94,8 @@ HA_ACL = DEFAULT_MQTT_ACL.replace("user gw\ntopic readwrite compound/#\n",
 assert HA_ACL != DEFAULT_MQTT_ACL
 
 
-async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> None:
+async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory: Callable[...,
+                                        Mosquitto]) -> None:
     broker = mosquitto_factory(acl=HA_ACL)
     base = "compound/ha/gwoff"
     write_config(tmp_path / "gw.yaml", broker, base)
@@ -115,7 +120,8 @@ async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory) -> No
 
 
 async def test_a_publish_the_broker_refuses_is_said_once_and_counted(
-        tmp_path: Path, mosquitto_factory, caplog) -> None:
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        caplog: pytest.LogCaptureFixture) -> None:
     """Discovery on, but the ACL (the default test one) keeps the gateway out of
     homeassistant/: the broker refuses every config (MQTT 5 PUBACK 135). The gateway says
     so once, naming the topic root, counts each refusal in ``stats`` and keeps running."""

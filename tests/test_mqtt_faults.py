@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics
+from tests.servers import Mosquitto, VictoriaMetrics
 from tests.test_mqtt_ingest import mqtt_config, paho_client, wait_for
 
 DEVICE = """\
@@ -37,7 +38,8 @@ def seqs(victoria: VictoriaMetrics, measurement: str) -> list[float]:
     return sorted(v for r in rows for v in r["values"])
 
 
-def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory,
+def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory: Callable[...,
+                                              Mosquitto],
                                               victoria: VictoriaMetrics) -> None:
     broker = mosquitto_factory(persistence=True)
     config = tmp_path / "gw.yaml"
@@ -56,8 +58,8 @@ def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory,
     gw = GatewayProcess(config).start()
     try:
         publisher.join(30)
-        got = wait_for(lambda: (s := seqs(victoria, measurement)) and len(set(s)) == count
-                       and s, timeout=60, what="every event in the store")
+        got = wait_for(lambda: s if len(set(s := seqs(victoria, measurement))) == count
+                       else None, timeout=60, what="every event in the store")
     finally:
         client.loop_stop()
         client.disconnect()
@@ -66,7 +68,7 @@ def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory,
     assert len(got) == count, "duplicates in the store"
 
 
-def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory,
+def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
                                    victoria: VictoriaMetrics) -> None:
     broker = mosquitto_factory(persistence=True)
     config = tmp_path / "gw.yaml"
@@ -95,8 +97,8 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory,
         for seq in range(count // 2, count):
             client.publish("compound/flood/cam1/events",
                            json.dumps({"seq": seq, "ts": t0 + seq * 10}), qos=1)
-        got = wait_for(lambda: (s := seqs(victoria, measurement)) and len(set(s)) == count
-                       and s, timeout=60, what="every event in the store")
+        got = wait_for(lambda: s if len(set(s := seqs(victoria, measurement))) == count
+                       else None, timeout=60, what="every event in the store")
         client.loop_stop()
     finally:
         assert gw.stop() == 0
@@ -104,11 +106,11 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory,
     assert sum("connected" in m and "-dev" in m for m in gw.messages()) >= 2
 
 
-def retained(broker, topic: str, user: str = "ops", timeout: float = 20.0) -> bytes:
+def retained(broker: Mosquitto, topic: str, user: str = "ops", timeout: float = 20.0) -> bytes:
     got: list[bytes] = []
     client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.username_pw_set(user, broker.users[user])
-    client.on_message = lambda c, u, m: got.append(m.payload) if m.retain else None
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload)) if m.retain else None
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -128,7 +130,8 @@ def retained(broker, topic: str, user: str = "ops", timeout: float = 20.0) -> by
     return got[-1]
 
 
-def test_last_will_on_kill_and_birth_on_return(tmp_path: Path, mosquitto_factory) -> None:
+def test_last_will_on_kill_and_birth_on_return(tmp_path: Path, mosquitto_factory: Callable[...,
+                                               Mosquitto]) -> None:
     broker = mosquitto_factory()
     config = tmp_path / "gw.yaml"
     base = "compound/will/gw"

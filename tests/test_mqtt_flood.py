@@ -15,6 +15,7 @@ import random
 import time
 from pathlib import Path
 
+import paho.mqtt.client as paho
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -67,7 +68,7 @@ def test_malformed_flood_through_broker(tmp_path: Path, mosquitto: Mosquitto,
     errors: list[dict] = []
     stats: list[dict] = []
 
-    def on_message(client, userdata, message) -> None:
+    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         (errors if message.topic.endswith("/errors") else stats).append(
             json.loads(message.payload))
 

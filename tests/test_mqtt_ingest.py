@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
+
+T = TypeVar("T")
 
 
 def mqtt_config(path: Path, broker: Mosquitto, *, base: str, devices: str, sinks: str,
@@ -51,7 +55,8 @@ def paho_client(broker: Mosquitto, user: str = "gw", client_id: str = "") -> pah
     return client
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0,
+             what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -29,7 +30,7 @@ class Watcher:
         self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
         self.client.username_pw_set("gw", broker.users["gw"])
         self.client.on_message = lambda c, u, m: self.messages.append(
-            (m.topic, m.payload, m.retain))
+            (m.topic, bytes(m.payload), m.retain))
         self.client.connect("127.0.0.1", broker.port)
         self.client.subscribe("compound/#", 1)
         self.client.loop_start()
@@ -59,7 +60,8 @@ def write_config(path: Path, broker: Mosquitto, base: str, *, client_cert: bool)
         " measurement: tls_room, qos: 1}\n")
 
 
-async def test_client_certificate_required(tmp_path: Path, mosquitto_factory) -> None:
+async def test_client_certificate_required(tmp_path: Path, mosquitto_factory: Callable[...,
+                                           Mosquitto]) -> None:
     broker = mosquitto_factory(require_certificate=True)
     watcher = Watcher(broker)
     good, bad = tmp_path / "good", tmp_path / "bad"

@@ -8,6 +8,7 @@ import os
 import select
 import threading
 import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ from osdp import (
     StatusReportType,
 )
 
+from drivers.osdp.driver import OsdpDriver
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
 
@@ -63,7 +65,7 @@ def new_reader(fd: int, key: bytes = KEY) -> PeripheralDevice:
 
 
 @pytest.fixture
-def pty_pair():
+def pty_pair() -> Iterator[tuple[int, str]]:
     master, slave = os.openpty()
     tty.setraw(master)
     tty.setraw(slave)
@@ -74,7 +76,8 @@ def pty_pair():
     os.close(slave)
 
 
-async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Path) -> None:
+async def test_card_keypad_tamper_commands_and_reconnect(pty_pair: tuple[int, str],
+                                                         tmp_path: Path) -> None:
     master, path = pty_pair
     key_file = tmp_path / "scbk"
     key_file.write_text(KEY.hex())
@@ -87,6 +90,7 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Pat
     try:
         h.start()
         await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE)
+        assert isinstance(driver, OsdpDriver)
         assert driver._line is not None and driver._line.panel is not None
         assert driver._line.panel.secure_channel(ADDRESS)
 
@@ -124,8 +128,8 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair, tmp_path: Pat
         pd.stop()
 
 
-async def test_clean_start_logs_the_secure_channel(pty_pair, tmp_path: Path, caplog
-                                                   ) -> None:
+async def test_clean_start_logs_the_secure_channel(
+        pty_pair: tuple[int, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The README promises the secure channel coming up in the log, the first time too."""
     caplog.set_level(logging.INFO, logger="iotgw.device.door-1")
     master, path = pty_pair
@@ -148,8 +152,8 @@ async def test_clean_start_logs_the_secure_channel(pty_pair, tmp_path: Path, cap
         pd.stop()
 
 
-async def test_wrong_key_is_a_refused_secure_channel_not_silence(pty_pair, tmp_path: Path,
-                                                                 caplog) -> None:
+async def test_wrong_key_is_a_refused_secure_channel_not_silence(
+        pty_pair: tuple[int, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The reader answers and libosdp refuses its cryptogram: that is an error naming the
     key, not "reader does not answer"; the right key then brings it online."""
     caplog.set_level(logging.INFO, logger="iotgw.device.door-1")
@@ -267,7 +271,8 @@ def reader_on(line: SharedLine, address: int, key: bytes) -> PeripheralDevice:
     return pd
 
 
-async def test_two_readers_on_one_line_are_independent_devices(pty_pair, tmp_path: Path
+async def test_two_readers_on_one_line_are_independent_devices(pty_pair: tuple[int, str],
+                                                               tmp_path: Path
                                                                 ) -> None:
     master, path = pty_pair
     line = SharedLine(master)
@@ -284,8 +289,10 @@ async def test_two_readers_on_one_line_are_independent_devices(pty_pair, tmp_pat
         h.start()
         await h.wait_for(lambda: door1.status.state is DeviceState.ONLINE
                          and door2.status.state is DeviceState.ONLINE, within=20)
-        line_resource = h.drivers["door-1"]._line
-        assert line_resource is not None and line_resource is h.drivers["door-2"]._line
+        door1_driver, door2_driver = h.drivers["door-1"], h.drivers["door-2"]
+        assert isinstance(door1_driver, OsdpDriver) and isinstance(door2_driver, OsdpDriver)
+        line_resource = door1_driver._line
+        assert line_resource is not None and line_resource is door2_driver._line
         assert line_resource.panel is not None
         assert line_resource.panel.secure_channel(101)
         assert line_resource.panel.secure_channel(102)
@@ -296,7 +303,7 @@ async def test_two_readers_on_one_line_are_independent_devices(pty_pair, tmp_pat
                                    "data": bytes([0xDE, 0xAD, 0xBE, 0xEF])})
         readers[101].submit_event({"event": Event.KeyPress, "reader_no": 0,
                                    "data": bytes([0x39, 0x0D])})
-        await h.wait_for(lambda: h.readings.get("door-1") and h.readings.get("door-2"))
+        await h.wait_for(lambda: bool(h.readings.get("door-1") and h.readings.get("door-2")))
         assert [dict(r.fields) for r in h.readings["door-2"]] == [{"card": "DEADBEEF",
                                                                   "bits": 32}]
         assert [dict(r.fields) for r in h.readings["door-1"]] == [{"keys": "9#"}]

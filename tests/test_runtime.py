@@ -133,6 +133,7 @@ def test_a_second_gateway_on_the_same_buffer_refuses_to_start(tmp_path: Path) ->
     write_config(config, "- {id: one, driver: synthetic, interval: 20ms}\n")
     first = GatewayProcess(config).start()
     first.wait_for_log(lambda r: "running" in r["msg"])
+    assert first.proc is not None
     second = subprocess.run(
         [sys.executable, "-m", "gateway", "run", str(config)], cwd=ROOT, capture_output=True,
         text=True, timeout=60)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from drivers.dlt645.points import POINTS_2007
 from tests.e2e import wait_drained
@@ -35,7 +37,9 @@ def _config(path: Path, victoria: VictoriaMetrics, body: str) -> None:
         + body)
 
 
-def _wait_rows(victoria: VictoriaMetrics, match: str, predicate, within: float = 30.0):
+def _wait_rows(victoria: VictoriaMetrics, match: str,
+               predicate: Callable[[list[dict[str, Any]]], bool],
+               within: float = 30.0) -> list[dict[str, Any]]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         rows = victoria.export(match)

@@ -103,7 +103,10 @@ async def test_victoria_roundtrip_via_influxdb_client(victoria: VictoriaMetrics)
     ]
     async with InfluxDBClientAsync(url=victoria.url, token="any", org="any") as client:
         ok = await client.write_api().write(
-            bucket="ignored", record=points, write_precision=WritePrecision.MS
+            # [arg-type]: influxdb_client annotates the parameter as its WritePrecision class,
+            # whose members are plain str constants
+            bucket="ignored", record=points,
+            write_precision=WritePrecision.MS,  # type: ignore[arg-type]
         )
     assert ok is True
 
@@ -270,7 +273,7 @@ class MqttProbe:
             client_id=client_id or unique("probe"),
             protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
             reconnect_on_failure=False,
-            **({} if self.v5 else {"clean_session": False}),
+            clean_session=None if self.v5 else False,  # None: paho's default, and v5's only
         )
         self.session_present: bool | None = None
         self.connack: queue.Queue[Any] = queue.Queue()

@@ -17,11 +17,15 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import serial
 
 from drivers.serialbus.framing import Received, Scanner
 from gateway.errors import DeviceError
+
+if TYPE_CHECKING:  # the driver package imports no config model at run time
+    from gateway.config.models import SerialBus
 
 READ_SLICE = 0.05
 """Longest the reader thread blocks in one read: bounds how long close() waits."""
@@ -42,9 +46,9 @@ class PortSettings:
     stopbits: int = 1
 
     @classmethod
-    def from_bus(cls, bus: object) -> PortSettings:
-        return cls(url=bus.port, baudrate=bus.baudrate, parity=bus.parity,  # type: ignore[attr-defined]
-                   bytesize=bus.bytesize, stopbits=bus.stopbits)  # type: ignore[attr-defined]
+    def from_bus(cls, bus: SerialBus) -> PortSettings:
+        return cls(url=bus.port, baudrate=bus.baudrate, parity=bus.parity,
+                   bytesize=bus.bytesize, stopbits=bus.stopbits)
 
     def char_time(self) -> float:
         """Seconds one character takes on the wire (start + data + parity + stop bits)."""

@@ -9,7 +9,7 @@ import argparse
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -62,7 +62,7 @@ def tcp() -> Iterator[tuple[int, Units]]:
     units = Units({1: water_meter(), 3: Device(holding={0: 333}),
                    4: Device(holes={"holding": {0}})})
 
-    async def setup():
+    async def setup() -> Callable[[], Awaitable[None]]:
         server = await TcpSim(units, port).start()
         return server.stop
 
@@ -70,7 +70,8 @@ def tcp() -> Iterator[tuple[int, Units]]:
         yield port, units
 
 
-def test_scan_tcp_lists_the_units_that_answer(tcp, capsys) -> None:
+def test_scan_tcp_lists_the_units_that_answer(tcp: tuple[int, Units],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     port, _ = tcp
     rc = iotgw("modbus", "scan", "--host", "127.0.0.1", "--tcp-port", str(port),
                "--units", "1-4", "--timeout", "0.2")
@@ -84,7 +85,8 @@ def test_scan_tcp_lists_the_units_that_answer(tcp, capsys) -> None:
     ]
 
 
-def test_read_tcp_profile_prints_decoded_table(tcp, capsys) -> None:
+def test_read_tcp_profile_prints_decoded_table(tcp: tuple[int, Units],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     port, units = tcp
     before = units.count(1)
     rc = iotgw("modbus", "read", "--host", "127.0.0.1", "--tcp-port", str(port),
@@ -99,7 +101,8 @@ def test_read_tcp_profile_prints_decoded_table(tcp, capsys) -> None:
     assert units.count(1) - before == 1  # the planner's single coalesced read
 
 
-def test_read_reports_rejected_points(tcp, capsys) -> None:
+def test_read_reports_rejected_points(tcp: tuple[int, Units],
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     port, _ = tcp
     rc = iotgw("modbus", "read", "--host", "127.0.0.1", "--tcp-port", str(port),
                "--profile", "water-meter-ultrasonic", "--unit", "4")
@@ -115,7 +118,8 @@ def test_read_reports_rejected_points(tcp, capsys) -> None:
     assert out.splitlines()[-1] == "4 request(s) for 10 point(s)"
 
 
-def test_read_with_config_and_device(tcp, capsys, tmp_path: Path) -> None:
+def test_read_with_config_and_device(tcp: tuple[int, Units], capsys: pytest.CaptureFixture[str],
+                                     tmp_path: Path) -> None:
     port, _ = tcp
     config = tmp_path / "gw.yaml"
     config.write_text(f"""\
@@ -136,7 +140,7 @@ devices:
     assert capsys.readouterr().out.splitlines()[0] == "unit   3: answers, holding[0] = 333"
 
 
-def test_scan_nobody_home(tcp, capsys) -> None:
+def test_scan_nobody_home(tcp: tuple[int, Units], capsys: pytest.CaptureFixture[str]) -> None:
     port, _ = tcp
     rc = iotgw("modbus", "scan", "--host", "127.0.0.1", "--tcp-port", str(port),
                "--units", "2,5-6", "--timeout", "0.1")
@@ -146,7 +150,7 @@ def test_scan_nobody_home(tcp, capsys) -> None:
 
 
 @pytest.mark.parametrize("command", ["scan", "read"])
-def test_closed_tcp_port_is_a_clear_error(command: str, capsys) -> None:
+def test_closed_tcp_port_is_a_clear_error(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()  # nothing listens
     extra = ["--units", "1-247"] if command == "scan" else ["--profile", "eastron-sdm630",
                                                               "--unit", "1"]
@@ -159,7 +163,8 @@ def test_closed_tcp_port_is_a_clear_error(command: str, capsys) -> None:
 
 
 @pytest.mark.parametrize("command", ["scan", "read"])
-def test_missing_serial_port_is_a_clear_error(command: str, capsys, tmp_path: Path) -> None:
+def test_missing_serial_port_is_a_clear_error(command: str, capsys: pytest.CaptureFixture[str],
+                                              tmp_path: Path) -> None:
     port = str(tmp_path / "ttyUSB9")
     extra = ["--units", "1-3"] if command == "scan" else ["--profile", "eastron-sdm630",
                                                           "--unit", "1"]
@@ -169,17 +174,17 @@ def test_missing_serial_port_is_a_clear_error(command: str, capsys, tmp_path: Pa
     assert captured.err == f"error: no such serial port {port}\n"
 
 
-def test_read_needs_a_device_or_profile(capsys) -> None:
+def test_read_needs_a_device_or_profile(capsys: pytest.CaptureFixture[str]) -> None:
     rc = iotgw("modbus", "read", "--host", "127.0.0.1", "--unit", "1")
     assert rc == 2
     assert "give --device (with --config) or --profile with --unit" in capsys.readouterr().err
 
 
-def test_scan_and_read_rtu_over_a_pty(capsys) -> None:
+def test_scan_and_read_rtu_over_a_pty(capsys: pytest.CaptureFixture[str]) -> None:
     units = Units({1: water_meter(), 7: Device(holding={0: 777})})
     ports: dict[str, str] = {}
 
-    async def setup():
+    async def setup() -> Callable[[], Awaitable[None]]:
         relay = await PtyRelay().start()
         server = await RtuSim(units, relay.server_port).start()
         ports["client"] = relay.client_port
@@ -204,7 +209,7 @@ def test_scan_and_read_rtu_over_a_pty(capsys) -> None:
     assert {name: row[3] for name, row in table(out).items()} == WATER
 
 
-def test_real_entry_point(tcp) -> None:
+def test_real_entry_point(tcp: tuple[int, Units]) -> None:
     """The same scan through ``python -m gateway`` (what an installer types as iotgw)."""
     port, _ = tcp
     proc = subprocess.run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def test_modbus_tcp_into_victoriametrics(tmp_path: Path, victoria: VictoriaMetri
     points, device, expected = layout()
     port = free_port()
 
-    async def setup():
+    async def setup() -> Callable[[], Awaitable[None]]:
         server = await TcpSim(Units({9: device}), port).start()
         return server.stop
 
@@ -58,6 +59,7 @@ def test_modbus_tcp_into_victoriametrics(tmp_path: Path, victoria: VictoriaMetri
         # VictoriaMetrics keeps ~12 significant decimal digits (123.45600128173828 comes
         # back as 123.4560012817); the decoded values themselves are checked bit-exact in
         # test_modbus_tcp.py.
+        assert isinstance(value, int | float)
         assert all(v == pytest.approx(float(value), rel=1e-11) for v in values), (
             name, values[:3], value)
     assert by_field["f32_cdab"]["metric"]["building"] == "9"

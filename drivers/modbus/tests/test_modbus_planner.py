@@ -10,7 +10,7 @@ from drivers.modbus.profiles import load_profile
 
 
 def regs(*spec: tuple[str, int, str]) -> list[Point]:
-    return [Point(name=n, address=a, type=t) for n, a, t in spec]  # type: ignore[arg-type]
+    return [Point(name=n, address=a, type=t) for n, a, t in spec]
 
 
 def test_contiguous_points_make_one_request_per_table() -> None:

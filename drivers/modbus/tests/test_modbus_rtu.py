@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 from drivers.modbus.tests.harness import Fleet, serial_bus
-from drivers.modbus.tests.sim import Device, PacedLine, PtyRelay, RtuSim, Units
+from drivers.modbus.tests.sim import Device, Mangle, PacedLine, PtyRelay, RtuSim, Units
 from gateway.config.models import SerialBus
 from gateway.driver import DeviceState
 
@@ -26,7 +26,7 @@ def meter(unit: int) -> Device:
     return device
 
 
-async def line(units: Units, mangle=None) -> tuple[PtyRelay, RtuSim]:
+async def line(units: Units, mangle: Mangle | None = None) -> tuple[PtyRelay, RtuSim]:
     relay = await PtyRelay(mangle).start()
     server = await RtuSim(units, relay.server_port).start()
     return relay, server
@@ -74,8 +74,10 @@ async def test_dead_unit_does_not_starve_the_line_and_comes_back() -> None:
         # Healthy units never skipped a slot of their grid while the dead one was probed,
         # and the dead one cost one short probe per backoff period (no retries offline).
         assert all(d.timer.missed == 0 for d in healthy)
-        dead_turns = fleet.drivers["dead"].bus.scheduler.stats["dead"].turns
-        healthy_turns = fleet.drivers["h1"].bus.scheduler.stats["h1"].turns
+        dead_bus, healthy_bus = fleet.drivers["dead"].bus, fleet.drivers["h1"].bus
+        assert dead_bus is not None and healthy_bus is not None
+        dead_turns = dead_bus.scheduler.stats["dead"].turns
+        healthy_turns = healthy_bus.scheduler.stats["h1"].turns
         assert dead_turns <= healthy_turns / 3
         assert dead.ctx.status.counters["timeout"] == dead_turns
         units.revive(3)

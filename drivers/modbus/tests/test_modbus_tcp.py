@@ -4,6 +4,7 @@ holes split, writes encoded correctly."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ def layout() -> tuple[list[dict], Device, dict[str, object]]:
 
 
 @pytest.fixture
-async def sim() -> TcpSim:
+async def sim() -> AsyncIterator[TcpSim]:
     _, device, _ = layout()
     units = Units({1: device, 2: Device(), 7: Device()})
     server = await TcpSim(units, free_port()).start()
