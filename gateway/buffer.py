@@ -534,7 +534,7 @@ class Buffer:
         log.error(
             "BUFFER FILE %s WAS EMPTY (0 bytes) after a crash or a damaged card; rebuilt from "
             "its WAL, which held every page of its last commit: the %d commits in it are "
-            "kept. The WAL as found was copied to %s", self.path, commits, kept)
+            "kept. The WAL as found was %s", self.path, commits, kept)
         return True
 
     def _probe(self) -> bool:

@@ -28,8 +28,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09}
-"""Line breaks and other control characters, escaped in human log lines: a value from
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09} | {
+    0x2028: "\\u2028", 0x2029: "\\u2029"}
+"""Line breaks (C0, C1 and the Unicode line and paragraph separators, which log viewers
+and ``str.splitlines`` also break at) and other control characters, escaped in human log
+lines: a value from
 outside (an ops command's ``client``, a topic, a device's text) must not be able to
 start a log line of its own and pass for the gateway's."""
 

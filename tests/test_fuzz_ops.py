@@ -64,16 +64,25 @@ COMMANDS = st.lists(st.one_of(st.tuples(VERBS, BODIES), WRITE_LIKE), min_size=1,
                     max_size=40)
 
 
-def expected_write(verb: str, body: bytes) -> tuple[str, str, Any] | None:
+def expected_write(verb: str, body: bytes, seen_ids: set[tuple[str, str]]
+                   ) -> tuple[str, str, Any] | None:
     """The documented rules: a write of an allow-listed point, a value that is a number,
-    boolean or string, a body under 16 KiB that is a JSON object."""
-    if verb != "write" or len(body) > 16 * 1024:
+    boolean or string, a body under 16 KiB that is a JSON object, whose ``id`` (if any)
+    this verb has not seen yet (a repeated id is answered, not run again)."""
+    if len(body) > 16 * 1024:
         return None
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(doc, dict) or doc.get("device") != "gate-1" or \
+    if not isinstance(doc, dict):
+        return None
+    if "id" in doc:
+        key = (verb, json.dumps(doc["id"], sort_keys=True))
+        if key in seen_ids:
+            return None
+        seen_ids.add(key)
+    if verb != "write" or doc.get("device") != "gate-1" or \
             doc.get("point") != "relay" or "value" not in doc:
         return None
     value = doc["value"]
@@ -133,6 +142,7 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
     loop = asyncio.get_running_loop()
     counter = iter(range(10**9))
     totals = {"writes": 0, "commands": 0}
+    seen_ids: set[tuple[str, str]] = set()
     try:
         async with asyncio.timeout(20):
             while not ops.online:  # noqa: ASYNC110 - paho's thread sets it
@@ -149,7 +159,7 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
                 key = f"c{next(counter)}".encode()
                 keys.append(key)
                 ops.send(verb, body, key)
-                want = expected_write(verb, body)
+                want = expected_write(verb, body, seen_ids)
                 if want is not None:
                     expected.append(want)
             asyncio.run_coroutine_threadsafe(_answered(ops, keys), loop).result(60)

@@ -21,6 +21,12 @@ def test_control_characters_are_escaped_in_human_lines() -> None:
     assert "evil\\x0aFAKE ERROR\\x0d\\x1b[2J\tend: ok" in line
 
 
+def test_unicode_line_separators_are_escaped_too() -> None:
+    line = HumanFormatter().format(record("write", "evil\u2028FAKE4\x85FAKE5\u2029x"))
+    assert len(line.splitlines()) == 1, line
+    assert "evil\\u2028FAKE4\\x85FAKE5\\u2029x" in line
+
+
 def test_tracebacks_keep_their_lines() -> None:
     rec = record("write", "ops")
     try:

@@ -352,3 +352,51 @@ def gateway_ops_connected(gateway: Gateway) -> bool:
     """True once the ops bus has a live broker connection (its birth is published)."""
     runner = gateway.service_runners.get("ops-bus")
     return runner is not None and ops_bus_of(gateway).connection.connected
+
+
+async def test_a_command_delivered_twice_runs_once(tmp_path: Path, mosquitto_factory) -> None:
+    """Found by an outside probe: a sender's QoS 1 retransmit after a reconnect ran the
+    same write two or three times (a gate opened again). Same id: answered, not run."""
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw-dup, site: s, data_dir: data}\n"
+        "sinks: [{type: file, name: f}]\n"
+        f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, password: gw-secret,"
+        " base_topic: compound/cmdtest/gw, client_id: cmddup}\n"
+        "devices:\n"
+        "  - {id: gate-1, driver: test_gate, allow_write: [relay]}\n")
+    WRITES.clear()
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    ops = None
+    try:
+        async with asyncio.timeout(15):
+            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        ops = Requester(broker.port, "ops", "ops-secret")
+        await ops.wait_connected()
+        await asyncio.sleep(0.3)
+        open_gate = b'{"device": "gate-1", "point": "relay", "value": 1, "id": "open-17"}'
+        ops.send("write", open_gate, correlation=b"first")
+        ops.send("write", open_gate, correlation=b"again")  # at once: while the first runs
+        answers = await wait_answers(ops, 2)
+        await asyncio.sleep(0.3)
+        ops.send("write", open_gate, correlation=b"later")
+        answers = await wait_answers(ops, 3)
+        other = b'{"device": "gate-1", "point": "relay", "value": 0, "id": "close-18"}'
+        ops.send("write", other, correlation=b"other")
+        answers = await wait_answers(ops, 4)
+        by_correlation = {c: a for (_, _, c), a in zip(ops.answers, answers, strict=True)}
+        assert WRITES == [("gate-1", "relay", 1), ("gate-1", "relay", 0)], WRITES
+        assert by_correlation[b"first"]["ok"] is True and "duplicate" not in by_correlation[
+            b"first"]
+        for again in (b"again", b"later"):
+            assert by_correlation[again]["duplicate"] is True
+            assert by_correlation[again]["result"] == by_correlation[b"first"]["result"]
+        assert ops_bus_of(gateway).counters["commands_duplicate"] == 2
+    finally:
+        if ops is not None:
+            ops.close()
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)

@@ -87,3 +87,11 @@ def test_malformed_flood_counted_valid_ones_arrive(items: list[tuple[bytes, bool
         assert v in got
     handled = len(got) + len(link.dead) + ctx.status.counters.get("filtered", 0)
     assert handled == len(batch)
+
+
+def test_kv_without_a_mapping_stores_every_pair() -> None:
+    """Found by an outside probe: `format: kv` without `fields` mapped the whole dict to
+    "value", which no store takes, so every message was dead-lettered."""
+    kv = Mapper(config(format="kv", fields={}))
+    reading = kv.decode({}, b"a=1, b=x; temp=21.5", 5)
+    assert reading.fields == {"a": 1, "b": "x", "temp": 21.5}

@@ -129,6 +129,24 @@ async def test_line_break_in_a_string_field_loses_nothing_in_victoriametrics(
         ("m1", [1.5]), ("m2", [2.5])]
 
 
+@pytest.mark.parametrize("kind", ["influxdb", "influxdb1"])
+async def test_a_wrong_path_keeps_lines_buffered_instead_of_dropping_them(
+        victoria: Any, kind: str) -> None:
+    """Found by an outside probe: VictoriaMetrics answers a URL with an extra path with
+    400 "unsupported path"; taken as a refusal of lines, every line was dropped."""
+    url = f"{victoria.url}/victoria"
+    sink = influxdb_sink(url) if kind == "influxdb" else influxdb1_sink(url, "db")
+    with pytest.raises(SinkAuthError, match="unsupported path"):
+        await write_once(sink, f"{unique('wrongpath')},d=1 v=1 {time.time_ns()}".encode())
+
+
+def test_short_secrets_do_not_mangle_messages() -> None:
+    from gateway.sinks.http import redact
+
+    assert redact("http://vm/victoria/api/v2/write", ["t"]) == "http://vm/victoria/api/v2/write"
+    assert redact("Token s3cret-token refused", ["s3cret-token"]) == "Token *** refused"
+
+
 @pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
 async def test_influxdb1_sink_writes_to_influxdb1(influx1: Any, use_gzip: bool) -> None:
     db = unique("sinkdb")

@@ -227,7 +227,11 @@ class Mapper:
         self.config = config
         self.patterns = [TopicPattern.parse(t) for t in config.topics()]
         self.parse = PARSERS[config.format]
-        default = {"value": ValueSpec(path="$")} if config.format != "json" else {}
+        # Without a mapping, a number or text payload is the field "value"; a kv payload
+        # stores every pair as a field (it used to map the whole dict to "value", which no
+        # store takes, so every kv message was dead-lettered; found by an outside probe).
+        self.all_pairs = config.format == "kv" and not config.fields
+        default = {} if config.format in ("json", "kv") else {"value": ValueSpec(path="$")}
         self.fields = {k: ValueGetter(s) for k, s in (config.fields or default).items()}
         self.tags = {k: ValueGetter(s) for k, s in config.payload_tags.items()}
         times = [] if config.time is None else (
@@ -255,6 +259,12 @@ class Mapper:
             if resolve(document, steps) not in allowed:
                 raise Filtered
         fields: dict[str, FieldValue] = {}
+        if self.all_pairs:
+            for name, value in document.items():
+                try:
+                    fields[name] = _auto(value)
+                except ValueError:
+                    self._count("wrong_type")
         for name, getter in self.fields.items():
             value = self._value(name, getter, document)
             if value is not MISSING:

@@ -9,7 +9,10 @@ because validation happens before any driver call, and the allow-list check live
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,3 +84,37 @@ async def execute(gateway: Any, verb_name: str, body: dict[str, Any]) -> Any:
     if missing:
         raise CommandRefused(f"{verb_name} needs {', '.join(missing)}")
     return await verb.run(gateway, body)
+
+
+class CommandMemory:
+    """Answers by command identity for ``ttl`` seconds, so a command delivered twice runs
+    once (found by an outside probe: the same ``cmd/write`` ran two or three times when
+    the sender's QoS 1 retransmit arrived after a reconnect; for a gate relay that is a
+    second opening). The identity is the body's ``id``; without one, a message the broker
+    flags as a redelivery (DUP) is matched by its payload. A duplicate gets the first
+    answer again, marked ``"duplicate": true``; one still running is waited for."""
+
+    def __init__(self, ttl: float = 600.0, size: int = 4096) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._answers: OrderedDict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = \
+            OrderedDict()
+
+    def first(self, key: tuple[str, str]) -> asyncio.Future[Any] | None:
+        """The answer (future) of an earlier command with this key, or None: then this one
+        is the first, and :meth:`remember` must be given its answer."""
+        now = time.monotonic()
+        while self._answers and next(iter(self._answers.values()))[0] < now - self.ttl:
+            self._answers.popitem(last=False)
+        entry = self._answers.get(key)
+        if entry is not None:
+            return entry[1]
+        self._answers[key] = (now, asyncio.get_running_loop().create_future())
+        while len(self._answers) > self.size:
+            self._answers.popitem(last=False)
+        return None
+
+    def remember(self, key: tuple[str, str], answer: dict[str, Any]) -> None:
+        entry = self._answers.get(key)
+        if entry is not None and not entry[1].done():
+            entry[1].set_result(answer)

@@ -22,7 +22,7 @@ import gateway as gateway_pkg
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
-from gateway.mqtt.commands import execute, parse_body
+from gateway.mqtt.commands import CommandMemory, execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
 from gateway.mqtt.replies import ReplyPolicy
 from gateway.plugin import DeadLetter
@@ -59,6 +59,7 @@ class OpsBus:
         self.states: dict[str, DeviceStatus] = {}
         self.counters: dict[str, int] = {}
         self._problems = ProblemLog(log)
+        self._memory = CommandMemory()
         self._dl_tokens = DEAD_LETTER_RATE
         self._dl_stamp = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -244,6 +245,7 @@ class OpsBus:
     async def _answer(self, verb: str, message: Message) -> None:
         digest = hashlib.sha256(message.payload).hexdigest()[:16]
         body: dict[str, Any] = {}
+        key: tuple[str, str] | None = None
         client = dict(message.user_properties).get("client", "unknown")
         topic = f"{self.base}/cmd/{verb}/result"
         try:
@@ -253,6 +255,12 @@ class OpsBus:
                                      "after every reconnect)")
             body = parse_body(message.payload)
             client = str(body.get("client", client))
+            key = (verb, "id:" + json.dumps(body["id"], sort_keys=True)) if "id" in body \
+                else (verb, "sha256:" + digest)
+            earlier = self._memory.first(key) if "id" in body or message.dup else None
+            if earlier is not None:
+                await self._duplicate(verb, client, message, topic, await earlier)
+                return
             answer: dict[str, Any] = {"ok": True, "result": await execute(self.gateway, verb,
                                                                          body)}
         except CommandRefused as exc:
@@ -262,12 +270,24 @@ class OpsBus:
         answer = {"verb": verb, **answer}
         if "id" in body:
             answer["id"] = body["id"]
+        if key is not None:
+            self._memory.remember(key, answer)
         self._count("commands_ok" if answer["ok"] else "commands_refused")
         log.info("command %s from %s: %s", verb, client,
                  "ok" if answer["ok"] else f"refused: {answer['error']}",
                  extra={"client": client, "topic": message.topic, "body_sha256": digest,
                         "result": "ok" if answer["ok"] else answer["error"]})
         self.connection.publish(topic, _dumps(answer), 1, queue=False,
+                                correlation_data=message.correlation_data)
+
+    async def _duplicate(self, verb: str, client: str, message: Message, topic: str,
+                         first: dict[str, Any]) -> None:
+        """A command seen before (same id, or a DUP redelivery): answered, not run again."""
+        self._count("commands_duplicate")
+        log.info("command %s from %s: duplicate, not run again (first answer: %s)", verb,
+                 client, "ok" if first.get("ok") else "refused",
+                 extra={"client": client, "topic": message.topic, "result": "duplicate"})
+        self.connection.publish(topic, _dumps({**first, "duplicate": True}), 1, queue=False,
                                 correlation_data=message.correlation_data)
 
     def _reply_topic(self, requested: str | None) -> str | None:

@@ -41,7 +41,8 @@ class FileSinkConfig(SinkConfigBase):
     """Line protocol files on local disk."""
 
     type: Literal["file"] = "file"
-    directory: Path | None = Field(default=None, description="default: <data_dir>/lines")
+    directory: Path | None = Field(default=None,
+                                   description="default: <data_dir>/lines; relative to data_dir")
     max_file_size: ByteSize = Field(default=64 * 1024**2, ge=1, le=1024**4)
     max_files: int = Field(
         default=10, ge=0, le=100_000,
@@ -61,7 +62,9 @@ class FileSink:
 
     def __init__(self, config: FileSinkConfig, data_dir: Path) -> None:
         self.name = config.sink_name
-        self.directory = config.directory or Path(data_dir) / "lines"
+        # relative to data_dir like the buffer, never to whatever the process's cwd is
+        directory = config.directory or Path("lines")
+        self.directory = directory if directory.is_absolute() else Path(data_dir) / directory
         self._config = config
         self._current = self.directory / CURRENT_NAME
         self._size: int | None = None

@@ -131,12 +131,24 @@ def display_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", "")).rstrip("/")
 
 
+MIN_SECRET_LENGTH = 6
+"""Shorter "secrets" are not scrubbed from messages: replacing every ``t`` of a message
+for a token ``t`` made it unreadable and, by where the stars fell, gave the token away.
+Real tokens and passwords are longer; a short one is no secret anyway."""
+
+
 def redact(message: str, secrets: Iterable[str | None]) -> str:
     """Replace secrets in a message: servers sometimes echo what they were sent."""
     for secret in secrets:
-        if secret:
+        if secret and len(secret) >= MIN_SECRET_LENGTH:
             message = message.replace(secret, "***")
     return message
+
+
+NOT_A_LINE_PROBLEM = ("unsupported path", "page not found", "no such endpoint")
+"""A 400 whose text says the *endpoint* is wrong (VictoriaMetrics answers a URL with an
+extra path this way): not a refusal of lines, which would drop every one of them, but a
+configuration problem that keeps them buffered (like 404)."""
 
 
 def status_error(
@@ -157,6 +169,8 @@ def status_error(
         return None
     error_type = STATUS_ERRORS.get(status, SinkUnavailable)
     text = error_text(body)
+    if error_type is SinkRejected and any(p in text.lower() for p in NOT_A_LINE_PROBLEM):
+        error_type = SinkAuthError
     message = redact(f"{where}: HTTP {status}" + (f": {text}" if text else ""), secrets)
     if error_type is SinkUnavailable:
         retry_after = parse_retry_after(header(headers, "Retry-After"))

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 
 from gateway.config.types import SecretsModel, secret_value
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
 from gateway.sinks.http import HttpSession, display_url, status_error
-from gateway.urls import userinfo, without_userinfo
+from gateway.urls import check_sink_url, userinfo, without_userinfo
 
 URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 GZIP_LEVEL = 5
@@ -31,7 +31,8 @@ class InfluxDB1SinkConfig(SinkConfigBase, SecretsModel):
     secret_fields = ("password",)
 
     type: Literal["influxdb1"]
-    url: str = Field(pattern=URL_PATTERN, description="e.g. http://influx:8086")
+    url: Annotated[str, AfterValidator(check_sink_url)] = Field(
+        pattern=URL_PATTERN, description="e.g. http://influx:8086")
     database: str = Field(min_length=1)
     retention_policy: str | None = Field(default=None, min_length=1)
     username: str | None = Field(default=None, min_length=1)
