@@ -354,7 +354,8 @@ def gateway_ops_connected(gateway: Gateway) -> bool:
     return runner is not None and ops_bus_of(gateway).connection.connected
 
 
-async def test_a_command_delivered_twice_runs_once(tmp_path: Path, mosquitto_factory) -> None:
+async def test_a_command_delivered_twice_runs_once(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
     """Found by an outside probe: a sender's QoS 1 retransmit after a reconnect ran the
     same write two or three times (a gate opened again). Same id: answered, not run."""
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
