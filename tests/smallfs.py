@@ -1,7 +1,8 @@
 """Small real file systems for resource-exhaustion tests: tmpfs and a loop-mounted ext4.
 
-Both need root (``mount``); without it the tests skip and say that ``mount`` is what is
-missing. Everything mounted is unmounted again by the fixture that made it.
+Both need root (``mount``) and e2fsprogs, which CI and the bootstrap have: without them
+the tests fail and say what is missing, rather than skip the disk-full guarantees.
+Everything mounted is unmounted again by the fixture that made it.
 """
 
 from __future__ import annotations
@@ -37,24 +38,24 @@ class Mounts:
         target = self._target(name)
         proc = _run("mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(target))
         if proc.returncode:
-            pytest.skip(f"mount -t tmpfs is not available here: {proc.stderr.strip()}")
+            pytest.fail(f"mount -t tmpfs is not available here: {proc.stderr.strip()}")
         self._mounted.append(target)
         return target
 
     def ext4(self, size_mib: int, name: str = "ext4") -> Path:
         """A loop-mounted ext4 with ``errors=remount-ro``, as on an SD card."""
         if shutil.which("mkfs.ext4") is None:
-            pytest.skip("mkfs.ext4 is not installed")
+            pytest.fail("mkfs.ext4 is not installed")
         image = self._base / f"{name}.img"
         with image.open("wb") as f:
             f.truncate(size_mib * 1024 * 1024)
         proc = _run("mkfs.ext4", "-q", "-F", str(image))
         if proc.returncode:
-            pytest.skip(f"mkfs.ext4 failed: {proc.stderr.strip()}")
+            pytest.fail(f"mkfs.ext4 failed: {proc.stderr.strip()}")
         target = self._target(name)
         proc = _run("mount", "-o", "loop,errors=remount-ro", str(image), str(target))
         if proc.returncode:
-            pytest.skip(f"mount -o loop (ext4) is not available here: {proc.stderr.strip()}")
+            pytest.fail(f"mount -o loop (ext4) is not available here: {proc.stderr.strip()}")
         self._mounted.append(target)
         return target
 
