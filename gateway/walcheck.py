@@ -83,6 +83,22 @@ def _checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int
     return s0, s1
 
 
+def _header(data: bytes) -> tuple[bool, int, int, int, int, int] | None:
+    """(big-endian checksums, page size, salt-1, salt-2, checksum-1, checksum-2) of a valid
+    WAL header, or None when SQLite would ignore the whole file."""
+    if len(data) < WAL_HEADER_SIZE:
+        return None
+    magic, version, page_size, _seq, salt1, salt2, ck1, ck2 = struct.unpack(
+        ">8I", data[:WAL_HEADER_SIZE])
+    big_endian = magic == _MAGIC_BE
+    page_ok = 512 <= page_size <= 65536 and page_size & (page_size - 1) == 0
+    if magic not in (_MAGIC_LE, _MAGIC_BE) or version != _FORMAT_VERSION or not page_ok:
+        return None
+    if _checksum(data[:24], 0, 0, big_endian) != (ck1, ck2):
+        return None
+    return big_endian, page_size, salt1, salt2, ck1, ck2
+
+
 def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | None:
     """Parse the WAL at ``path``; ``None`` if there is none (or it is empty).
 
@@ -99,15 +115,10 @@ def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | No
     size = len(data)
     if size < WAL_HEADER_SIZE:
         return WalReport(size=size, header_ok=False)
-    magic, version, page_size, _seq, salt1, salt2, ck1, ck2 = struct.unpack(
-        ">8I", data[:WAL_HEADER_SIZE]
-    )
-    big_endian = magic == _MAGIC_BE
-    page_ok = 512 <= page_size <= 65536 and page_size & (page_size - 1) == 0
-    if magic not in (_MAGIC_LE, _MAGIC_BE) or version != _FORMAT_VERSION or not page_ok:
+    header = _header(data)
+    if header is None:
         return WalReport(size=size, header_ok=False)
-    if _checksum(data[:24], 0, 0, big_endian) != (ck1, ck2):
-        return WalReport(size=size, header_ok=False)
+    big_endian, page_size, salt1, salt2, ck1, ck2 = header
 
     frame_size = FRAME_HEADER_SIZE + page_size
     total_frames = (size - WAL_HEADER_SIZE) // frame_size + 1
@@ -223,16 +234,10 @@ def rebuild_from_wal(path: Path) -> tuple[bytes, int] | None:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return None
-    if len(data) < WAL_HEADER_SIZE:
+    header = _header(data)
+    if header is None:
         return None
-    magic, version, page_size, _seq, salt1, salt2, ck1, ck2 = struct.unpack(
-        ">8I", data[:WAL_HEADER_SIZE])
-    big_endian = magic == _MAGIC_BE
-    if magic not in (_MAGIC_LE, _MAGIC_BE) or version != _FORMAT_VERSION or not (
-            512 <= page_size <= 65536 and page_size & (page_size - 1) == 0):
-        return None
-    if _checksum(data[:24], 0, 0, big_endian) != (ck1, ck2):
-        return None
+    big_endian, page_size, salt1, salt2, ck1, ck2 = header
     frame_size = FRAME_HEADER_SIZE + page_size
     s0, s1 = ck1, ck2
     pending: dict[int, bytes] = {}
