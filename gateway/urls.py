@@ -7,7 +7,10 @@ terminals, tickets and journald, so a URL never leaves the process with its secr
 from __future__ import annotations
 
 import re
+from typing import Annotated
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+
+from pydantic import AfterValidator, Field
 
 MASK = "***"
 
@@ -101,3 +104,8 @@ def without_userinfo(url: str) -> str:
     """``url`` with its ``user:password@`` part removed (credentials go in a header)."""
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+SinkUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$"),
+                    AfterValidator(check_sink_url)]
+"""The ``url`` of an HTTP sink: http(s), a host, an optional path, nothing more."""

@@ -28,9 +28,9 @@ import zlib
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 
 from gateway.config.types import SecretsModel, secret_value
 from gateway.errors import SinkUnavailable
@@ -43,9 +43,8 @@ from gateway.sinks.http import (
     status_error,
     transport_error,
 )
-from gateway.urls import check_sink_url, userinfo
+from gateway.urls import SinkUrl, userinfo
 
-URL_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
 GZIP_LEVEL = 1
 GZIP_IN_THREAD = 256 * 1024
 """Bodies larger than this are compressed in a worker thread (zlib releases the GIL)."""
@@ -74,8 +73,7 @@ class InfluxDBSinkConfig(SinkConfigBase, SecretsModel):
     secret_fields = ("token",)
 
     type: Literal["influxdb"]
-    url: Annotated[str, AfterValidator(check_sink_url)] = Field(
-        pattern=URL_PATTERN, description="e.g. http://influx:8086")
+    url: SinkUrl = Field(description="e.g. http://influx:8086")
     org: str = Field(default="-", min_length=1, description="ignored by InfluxDB 3 and VM")
     bucket: str = Field(min_length=1, description="bucket (2.x), database (3.x), any (VM)")
     token: SecretStr | None = None
