@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -163,6 +164,10 @@ def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
+"""Write errors that mean the output went nowhere (full disk, dead terminal)."""
+EXIT_IOERR = 74  # sysexits.h EX_IOERR
+
 CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "demo"})
 """Commands of the core: ``iotgw run`` must not import every driver to build its parser
 (only the config's); a driver's own commands (``iotgw modbus scan``) load the drivers."""
@@ -184,6 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the interpreter flushing stdout at exit either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        if exc.errno not in OUTPUT_ERRNOS:
+            raise
+        # `iotgw check x.yaml > /dev/full`: one line saying why, not a traceback (and
+        # none from the interpreter retrying the flush at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"iotgw: cannot write output: {exc.strerror}", file=sys.stderr)
+        return EXIT_IOERR
 
 
 if __name__ == "__main__":
