@@ -64,7 +64,8 @@ class Pipeline:
         """Tags for one device; later layers win so drivers cannot forge site/device.
 
         ``pseudonymize`` names tags/fields replaced by a keyed hash here, before the
-        buffer, the listeners (ops bus) or any sink sees them."""
+        buffer, the listeners (ops bus) or any sink sees them; a hidden field also gets
+        its numeric twin ``<name>_key`` (gateway/pseudonym.py says why)."""
         self._device_tags[device_id] = {**installer_tags, **self._core_tags,
                                         "device": device_id}
         names = frozenset(pseudonymize)

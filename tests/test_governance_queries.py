@@ -54,12 +54,13 @@ MAIN_DEVICES: dict[str, dict[str, str]] = {
     "n-face": {"gate": "north", "building": "1"},                     # face terminal
     "e-in": {"gate": "east-2", "direction": "in"},                    # plate camera
     "e-out": {"gate": "east-2", "direction": "out"},                  # plate camera
+    "k-in": {"gate": "king's \"gate\"", "direction": "in"},        # quotes in a name
     "b1-meter": {"building": "1"}, "b2-meter": {"building": "2"}, "b2-door": {"building": "2"},
 }
 SOUTH_DEVICES = {"s-in": {"gate": "south", "direction": "in"},
                  "s-out": {"gate": "south", "direction": "out"}}
 
-A, B, C = "0004123456", "0004999001", "0007770002"   # cards
+A, B, C, K = "0004123456", "0004999001", "0007770002", "0005550001"   # cards
 P1, P2 = "emp-1001", "emp-1002"                       # face terminal person numbers
 V1, V2 = "粤B12345", "粤B67890"                        # plates
 EVENTS: list[tuple[int, str, str, str]] = [  # (minutes ago, device, raw subject, result)
@@ -76,12 +77,14 @@ EVENTS: list[tuple[int, str, str, str]] = [  # (minutes ago, device, raw subject
     (60, "n-in", A, ""),
     (300, "e-in", V2, "granted"),
     (30, "e-out", V1, "granted"),
+    (45, "k-in", K, ""),
+    (44, "k-in", C, ""),           # a contact of K at a gate whose name needs quoting
 ]
 
 
 def driver_reading(device: str, raw: str, result: str, t: int) -> Reading:
     """What each driver emits for one event (before the pipeline pseudonymises it)."""
-    if device in ("n-in", "n-out", "s-in", "s-out"):  # drivers/osdp/events.py card_read
+    if device in ("n-in", "n-out", "k-in", "s-in", "s-out"):  # drivers/osdp/events.py card_read
         return Reading("access_event", {"reader": "0", "kind": "card"},
                        {"card": raw, "bits": 34}, t)
     if device == "n-face":  # the HTTP terminal drivers, as docs/schema.md asks of them
@@ -297,6 +300,10 @@ def test_influxql_contact_tracing(influx1: InfluxDB1, influx_db: str,
     own_v, found_v = gov.trace_influxql(lambda q: influx1.select(q, influx_db), queries,
                                         HIDE(V1), WINDOW)
     assert [(p.gate, p.kind) for p in own_v] == [("east-2", "plate")] * 2 and found_v == []
+    own_k, found_k = gov.trace_influxql(lambda q: influx1.select(q, influx_db), queries,
+                                        HIDE(K), WINDOW)
+    assert [p.gate for p in own_k] == ['king\'s "gate"']
+    assert [(c.subject, c.gate) for c in found_k] == [(HIDE(C), 'king\'s "gate"')]
 
 
 def test_influxql_devices_offline(influx1: InfluxDB1, influx_db: str,
@@ -401,6 +408,13 @@ def test_metricsql_contact_tracing(vm: VictoriaMetrics, compound: Compound) -> N
     selector = gov.fill(queries["trace_export"], str, gates=gov.regex_alternation(["east-2"]))
     own_v, found_v = gov.trace_export(vm.export(selector), v1 or 0, WINDOW)
     assert len(own_v) == 2 and found_v == []
+    k = pseudonym_key(HIDE(K))
+    gates = [r["metric"]["gate"] for r in metricsql(vm, gov.fill(
+        queries["trace_gates"], str, key=k))]
+    assert gates == ['king\'s "gate"']
+    selector = gov.fill(queries["trace_export"], str, gates=gov.regex_alternation(gates))
+    _, found_k = gov.trace_export(vm.export(selector), k or 0, WINDOW)
+    assert [(c.subject, c.gate) for c in found_k] == [(pseudonym_key(HIDE(C)), gates[0])]
 
 
 def test_metricsql_devices_offline(vm: VictoriaMetrics) -> None:
