@@ -19,6 +19,7 @@ from gateway.aio import wait_event
 from gateway.buffer import AppendResult, AsyncBuffer
 from gateway.lineprotocol import encode_many
 from gateway.problems import ProblemLog
+from gateway.pseudonym import KEY_SUFFIX, pseudonym_key
 from gateway.reading import FieldValue, Reading
 from gateway.stats import GatewayStats
 
@@ -63,7 +64,8 @@ class Pipeline:
         """Tags for one device; later layers win so drivers cannot forge site/device.
 
         ``pseudonymize`` names tags/fields replaced by a keyed hash here, before the
-        buffer, the listeners (ops bus) or any sink sees them."""
+        buffer, the listeners (ops bus) or any sink sees them; a hidden field also gets
+        its numeric twin ``<name>_key`` (gateway/pseudonym.py says why)."""
         self._device_tags[device_id] = {**installer_tags, **self._core_tags,
                                         "device": device_id}
         names = frozenset(pseudonymize)
@@ -213,7 +215,17 @@ class Pipeline:
         if hide is None:  # config validation requires a key; never pass raw data on
             raise RuntimeError("pseudonymisation configured without a key")
         tags = {k: hide(v) if k in names else v for k, v in reading.tags.items()}
-        fields = {k: hide(v) if k in names else v for k, v in reading.fields.items()}
+        fields: dict[str, FieldValue] = {}
+        keys: dict[str, FieldValue] = {}
+        for name, value in reading.fields.items():
+            if name in names:
+                value = hide(value)
+                twin = pseudonym_key(value)
+                if twin is not None:  # the numeric twin VictoriaMetrics keeps
+                    keys[name + KEY_SUFFIX] = twin
+            fields[name] = value
+        for name, number in keys.items():
+            fields.setdefault(name, number)  # a field the driver named so itself wins
         return Reading(reading.measurement, tags, fields, reading.time_ns)
 
     def _clean_fields(self, device_id: str, fields: Mapping[str, object]) -> dict[str, FieldValue]:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.buffer import AppendResult, AsyncBuffer, Buffer
 from gateway.pipeline import Pipeline
-from gateway.pseudonym import Pseudonymizer
+from gateway.pseudonym import Pseudonymizer, pseudonym_key
 from gateway.reading import Reading
 from gateway.stats import GatewayStats
 
@@ -77,8 +77,29 @@ async def test_pseudonymised_values_never_reach_buffer_or_listeners(tmp_path: Pa
     assert b"0004123456" not in raw and "粤B12345".encode() not in raw
     assert seen[0].fields["card"] == hide("0004123456") == Pseudonymizer(KEY)("0004123456")
     assert seen[0].tags["plate"] == hide("粤B12345")
+    # a pseudonymised field gets its numeric twin (what VictoriaMetrics keeps); a tag not
+    assert seen[0].fields["card_key"] == int(hide("0004123456")[:12], 16) < 2 ** 48
+    assert f'card_key={int(hide("0004123456")[:12], 16)}i'.encode() in lines[0]
+    assert "plate_key" not in seen[0].fields and "plate_key" not in seen[0].tags
     assert len(hide("x")) == 16 and hide("a") != hide("b")
     assert Pseudonymizer(b"another-key-0123456789")("0004123456") != hide("0004123456")
+
+
+async def test_pseudonym_key_never_replaces_a_field_of_the_driver(tmp_path: Path) -> None:
+    pipeline, buffer, _ = await make_pipeline(tmp_path)
+    hide = Pseudonymizer(KEY)
+    pipeline.set_pseudonymizer(hide)
+    pipeline.set_device("gate", {}, pseudonymize=["card", "plate"])
+    seen: list[Reading] = []
+    pipeline.add_listener(lambda device, readings: seen.extend(readings))
+    await pipeline.submit("gate", [
+        Reading("access_event", {}, {"card": "1", "card_key": 7, "plate": 99}, 5)])
+    await pipeline.flush()
+    await buffer.close()
+    (reading,) = seen
+    assert reading.fields["card_key"] == 7  # the driver's own field is kept as it was
+    assert reading.fields["plate"] == hide(99)  # any value type is hidden as text
+    assert reading.fields["plate_key"] == int(hide(99)[:12], 16)
 
 
 async def test_submit_and_wait_returns_after_commit(tmp_path: Path) -> None:
@@ -116,3 +137,9 @@ async def test_cancelled_flush_neither_loses_nor_duplicates(
     assert (await buffer.stats()).committed_total == 100
     assert stats.readings_committed == 100 and pipeline.pending == 0
     await buffer.close()
+
+
+def test_pseudonym_key_is_the_tokens_first_48_bits() -> None:
+    assert pseudonym_key("00000000ff01ffff") == 0xFF01
+    assert pseudonym_key("ffffffffffff") == 2 ** 48 - 1
+    assert pseudonym_key("not-hex-token") is None and pseudonym_key("") is None

@@ -1,8 +1,9 @@
 """The example queries in docs/schema.md, run against real stores.
 
 Data is written through the gateway's own sinks in the shape the drivers produce, then
-every ```influxql block runs on InfluxDB 1.x and every ```promql block on
-VictoriaMetrics, and the answers are checked.
+the ```influxql blocks run on InfluxDB 1.x and the ```promql blocks on VictoriaMetrics,
+and the answers are checked. The governance queries (passages, devices, alarms) are
+tests/test_governance_queries.py's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def documented(language: str) -> dict[str, str]:
 
 
 def compound_readings(site: str) -> list[Reading]:
-    """A day of a small compound: hourly meter readings, gate and plate events."""
+    """A day of a small compound: hourly meter readings and plate sightings (passages at
+    gates are tests/test_governance_queries.py's)."""
     now = (time.time_ns() // HOUR) * HOUR
     base = {"site": site, "gateway": "gw-q"}
     out: list[Reading] = []
@@ -43,10 +45,6 @@ def compound_readings(site: str) -> list[Reading]:
                                 "power_total": 1000.0 * per_hour}, t))
         out.append(Reading("water_meter", {**base, "device": "b2-w1", "building": "2"},
                            {"total": 10.0 + 0.125 * hour}, t))
-        for minute, direction in ((5, "IN"), (35, "OUT"), (50, "IN")):
-            out.append(Reading("access_event", {**base, "device": "gate-n", "direction": direction},
-                               {"card": f"h{uuid.uuid4().hex[:8]}", "granted": True},
-                               t + minute * 60 * 10**9))
         out.append(Reading("vehicle_event", {**base, "device": "cam-east"},
                            {"plate": "a1b2c3d4e5f60718", "confidence": 0.9}, t + 10**9))
     return out
@@ -73,9 +71,6 @@ async def test_influxql_examples(influx1: InfluxDB1, site: str) -> None:
     assert energy == {"1": pytest.approx(19 * 0.75), "2": pytest.approx(19 * 1.0)}
     assert [(r["building"], r["m3"]) for r in rows("water_per_building")] == \
         [("2", pytest.approx(19 * 0.125))]
-    per_hour = rows("gate_events_per_hour")
-    assert {r["direction"] for r in per_hour} == {"IN", "OUT"}
-    assert sum(r["count"] for r in per_hour if r["direction"] == "IN") == 40
     assert [(r["device"], r["count"]) for r in rows("plate_events_per_camera")] == \
         [("cam-east", 20)]
     latest = {r["device"]: r["last"] for r in rows("latest_power")}
@@ -92,7 +87,7 @@ async def test_promql_examples(victoria: VictoriaMetrics, site: str) -> None:
 
     def result(name: str) -> dict[str, float]:
         """Run the documented query restricted to this test's site (the store is shared)."""
-        query = re.sub(r"(\b[a-z_]+_(?:energy_total|power_total|total|granted))\[1d\]",
+        query = re.sub(r"(\b[a-z_]+_(?:energy_total|power_total|total))\[1d\]",
                        rf'\1{{site="{site}"}}[1d]', queries[name])
         data = victoria.query(query)["data"]["result"]
         return {next(iter(r["metric"].values()), ""): float(r["value"][1]) for r in data}
@@ -101,4 +96,3 @@ async def test_promql_examples(victoria: VictoriaMetrics, site: str) -> None:
                                              "2": pytest.approx(19.0)}
     assert result("power_per_building") == {"1": 750.0, "2": 1000.0}
     assert result("water_per_building") == {"2": pytest.approx(19 * 0.125)}
-    assert result("gate_events") == {"IN": 40.0, "OUT": 20.0}
