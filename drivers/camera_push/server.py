@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import sys
 import time
 from typing import Any
 
@@ -34,6 +35,38 @@ from gateway.errors import DeviceError
 log = logging.getLogger("iotgw.camera_push")
 PUSH_PATH = re.compile(r"/push/([^/]{1,64})/([^/]{1,256})/?")
 SWEEP_EVERY = 0.25
+
+
+TOKEN_IN_TEXT = re.compile(r"(/push/[^/\s'\"]{1,64}/)[^/\s'\"]+")
+
+
+def mask_tokens(text: str) -> str:
+    """Any push path in ``text`` with its token replaced (parser errors quote the
+    request line)."""
+    return TOKEN_IN_TEXT.sub(r"\1***", text)
+
+
+class _ParserLog(logging.Logger):
+    """aiohttp logs a request its parser refuses (bad request line, bad chunking, huge
+    headers) with a traceback, once per request: a fuzzer or a confused device would fill
+    the disk. This logger counts them and logs each kind once (then a summary), with
+    tokens masked. aiohttp has already answered such a request with 400."""
+
+    def __init__(self, receiver: Any) -> None:
+        super().__init__("iotgw.camera_push.http")
+        self.receiver = receiver
+
+    def _log(self, level: int, msg: object, args: Any, exc_info: Any = None,
+             extra: Any = None, stack_info: bool = False, stacklevel: int = 1) -> None:
+        if level < logging.WARNING:
+            return
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        kind = type(exc).__name__ if exc is not None else "http_error"
+        self.receiver.counters["bad_request"] += 1
+        detail = mask_tokens(str(exc) if exc is not None else str(msg))
+        self.receiver.problems.report(
+            f"bad_request:{kind}", f"malformed HTTP request refused ({kind})",
+            detail=" ".join(detail.split())[:160], level=logging.WARNING, summary_every=300.0)
 
 
 class _Guard(asyncio.Protocol):
@@ -139,8 +172,8 @@ class HttpServer:
     async def run(self) -> None:
         s = self.settings
         server = web.Server(self._handle, access_log=None, auto_decompress=False,
-                            keepalive_timeout=s.header_timeout, max_headers=64,
-                            lingering_time=0)
+                            keepalive_timeout=s.header_timeout * 2 + 1, max_headers=64,
+                            lingering_time=0, logger=_ParserLog(self.receiver))
         loop = asyncio.get_running_loop()
         try:
             listener = await loop.create_server(lambda: _Guard(self, server()), s.host, s.port,
