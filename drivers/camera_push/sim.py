@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
@@ -157,9 +158,10 @@ ISAPI_NS = "http://www.isapi.org/ver20/XMLSchema"
 
 
 def fake_jpeg(size: int, seed: int = 0) -> bytes:
-    """JPEG markers around noise: the receiver never decodes pictures, only counts them."""
-    body = os.urandom(max(0, size - 4)) if seed == 0 else bytes(
-        (seed * 31 + i * 7) % 251 for i in range(max(0, size - 4)))
+    """JPEG markers around noise (fixed by ``seed``, random for 0): the receiver never
+    decodes pictures, only counts them."""
+    filler = max(0, size - 4)
+    body = os.urandom(filler) if seed == 0 else random.Random(seed).randbytes(filler)
     return b"\xff\xd8" + body + b"\xff\xd9"
 
 
