@@ -49,7 +49,7 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
                                    "0"),
     "PrivacySection.length": ("privacy: {key_file: KEY, %s}", "privacy", HEADER, "7"),
     **{f"HttpSection.{field}": ("http: {listen: '127.0.0.1:0', %s}", "http", HEADER, below)
-       for field, below in (("max_body", "1023"), ("read_timeout", "0"),
+       for field, below in (("max_body", "1023"), ("max_buffered", "1000"), ("read_timeout", "0"),
                             ("header_timeout", "0"), ("commit_timeout", "0"),
                             ("max_connections", "0"), ("max_connections_per_source", "0"),
                             ("dedup_size", "15"))},

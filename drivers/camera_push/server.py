@@ -125,6 +125,8 @@ class HttpServer:
         self.port: int | None = None
         self._guards: dict[asyncio.Transport, _Guard] = {}
         self._per_host: dict[str, int] = {}
+        self.buffered = 0
+        """Body bytes held by posts being read or committed, all together."""
 
     # -- connections -------------------------------------------------------------------
 
@@ -227,7 +229,10 @@ class HttpServer:
             receiver.authorize(endpoint, token, peer)
             self._check_headers(request)
             body = await self._read_body(request)
-            answer = await receiver.process(endpoint, content_type, body)
+            try:
+                answer = await receiver.process(endpoint, content_type, body)
+            finally:
+                self.buffered -= len(body)
         except Refused as exc:
             return self._refuse(exc, endpoint, peer, body, content_type)
         except Exception as exc:  # a bug must cost one post, never the server
@@ -256,13 +261,19 @@ class HttpServer:
         limit = self.settings.max_body
         chunks: list[bytes] = []
         total = 0
+        complete = False
         try:
             async with asyncio.timeout(self.settings.read_timeout):
                 while chunk := await request.content.readany():
                     total += len(chunk)
+                    self.buffered += len(chunk)
                     if total > limit:
                         raise Refused(413, "too_large", f"body passed {limit} bytes")
+                    if self.buffered > self.settings.max_buffered:
+                        raise Refused(503, "server_busy", f"more than "
+                                      f"{self.settings.max_buffered} body bytes held by posts")
                     chunks.append(chunk)
+            complete = True
         except TimeoutError:
             raise Refused(408, "read_timeout", f"body not complete within "
                           f"{self.settings.read_timeout:g}s ({total} bytes)") from None
@@ -270,6 +281,9 @@ class HttpServer:
             raise
         except Exception as exc:  # aiohttp's payload errors (bad chunking, a reset)
             raise Refused(400, "bad_body", f"{type(exc).__name__}: {str(exc)[:80]}") from None
+        finally:
+            if not complete:  # else the caller releases it once the post is answered
+                self.buffered -= total
         return b"".join(chunks)
 
     def _refuse(self, exc: Refused, endpoint: Any, peer: str | None, body: bytes | None = None,

@@ -189,6 +189,10 @@ class HttpSection(StrictModel):
     max_body: ByteSize = Field(
         default=4 * 1024**2, ge=1024, le=64 * 1024**2,
         description="larger bodies are refused with 413 while they arrive (never buffered)")
+    max_buffered: ByteSize = Field(
+        default=64 * 1024**2, ge=1024**2, le=4 * 1024**3,
+        description="bodies held in memory at once, all posts together (a post that would "
+        "pass it gets 503 and the device retries): bounds memory whatever the clients do")
     read_timeout: Duration = Field(
         default=30.0, ge=0.1, le=600,
         description="longest a request may take to send its whole body")

@@ -220,3 +220,39 @@ def test_a_stalled_body_gets_408_and_the_connection_back(hostile_gateway: Gatewa
     reply = exchange(gw.port, data, half_close=False)
     assert reply.startswith(b"HTTP/1.1 408"), reply[:60]
     assert gw.counters("term")["read_timeout"] >= 1
+
+
+def test_bodies_held_in_memory_are_bounded(tmp_path: Path) -> None:
+    """Clients that send most of a large body and stall hold memory until read_timeout;
+    past ``max_buffered`` further posts get 503 instead of more memory."""
+    path, port = config_text(tmp_path, """\
+http: {listen: '127.0.0.1:PORT', max_body: 512KiB, max_buffered: 1MiB, read_timeout: 2s}
+devices:
+  - {id: term, driver: camera_push, profile: hikvision-isapi, token: tk}
+""")
+    with GatewayThread(path, port) as gw:
+        server = receiver_of(gw).server
+        full = sim.request_bytes("/push/term/tk", b"<" * 500_000, "application/xml")
+        partial = full[:-100_000]  # 400 kB of a 500 kB body, then silence
+
+        async def stall() -> list[bytes]:
+            streams = []
+            for _ in range(3):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(partial)
+                await writer.drain()
+                streams.append((reader, writer))
+            replies = []
+            for reader, writer in streams:
+                replies.append(await reader.read(200))
+                writer.close()
+            return replies
+
+        replies = gw.run(stall())
+        statuses = sorted(int(r.split(b" ", 2)[1]) for r in replies if r)
+        assert 503 in statuses and set(statuses) <= {408, 503}, replies
+        assert gw.counters("term")["server_busy"] >= 1
+        wait_until(lambda: server.buffered == 0, "held bodies released")
+        terminal = sim.HikvisionTerminal(port, "term", "tk")
+        assert gw.run(terminal.access_json(5)).status == 200
+        assert server.buffered == 0
