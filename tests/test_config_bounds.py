@@ -48,6 +48,16 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
     "MqttSection.stats_interval": ("mqtt: {host: h, base_topic: t/gw, %s}", "mqtt", HEADER,
                                    "0"),
     "PrivacySection.length": ("privacy: {key_file: KEY, %s}", "privacy", HEADER, "7"),
+    **{f"HttpSection.{field}": ("http: {listen: '127.0.0.1:0', %s}", "http", HEADER, below)
+       for field, below in (("max_body", "1023"), ("max_buffered", "1000"), ("read_timeout", "0"),
+                            ("header_timeout", "0"), ("commit_timeout", "0"),
+                            ("max_connections", "0"), ("max_connections_per_source", "0"),
+                            ("dedup_size", "15"))},
+    "ImagesSection.max_bytes": ("http: {listen: '127.0.0.1:0', images: {dir: /tmp/x, %s}}",
+                                "http.images", HEADER, "1000"),
+    "CameraPushConfig.offline_after": (
+        "devices: [{id: d, driver: camera_push, profile: vzenith-plate, token: t, %s}]",
+        "devices[0]", HEADER + "http: {listen: '127.0.0.1:0'}\n", "0"),
     "SerialBus.baudrate": ("buses: {b: {type: serial, port: /dev/null, %s}}", "buses.b", HEADER,
                            "49"),
     "SerialBus.timeout": ("buses: {b: {type: serial, port: /dev/null, %s}}", "buses.b", HEADER,

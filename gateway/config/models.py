@@ -151,6 +151,79 @@ class HealthSection(StrictModel):
         return int(self.listen.rsplit(":", 1)[1])
 
 
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$"
+
+
+def _check_listen_port(listen: str) -> str:
+    if not 0 <= int(listen.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"port must be 0..65535, got {listen!r}")
+    return listen
+
+
+class ImagesSection(StrictModel):
+    """Pictures from multipart posts, kept on disk (never in the time-series)."""
+
+    dir: Path = Field(description="an absolute path; one folder per device, files mode 0600")
+    max_bytes: ByteSize = Field(default=256 * 1024**2, ge=1024 * 1024, le=1024**4,
+                                description="oldest pictures are removed beyond this")
+
+    @field_validator("dir")
+    @classmethod
+    def _absolute(cls, path: Path) -> Path:
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(path)!r}")
+        return path
+
+
+class HttpSection(StrictModel):
+    """The one HTTP server that pushing devices (cameras, access terminals) post to.
+
+    Devices post to ``/push/<device-id>/<token>``. It has no TLS and no other
+    authentication than the token and the source addresses: bind it to the compound LAN
+    interface, never to the internet. Limits are per request and per connection, so a
+    slow or hostile client costs its own connections, not other devices' posts."""
+
+    listen: Annotated[str, AfterValidator(_check_listen_port)] = Field(
+        pattern=LISTEN_PATTERN,
+        description="host:port ([::]:8088 for IPv6); port 0 picks a free port (tests)")
+    max_body: ByteSize = Field(
+        default=4 * 1024**2, ge=1024, le=64 * 1024**2,
+        description="larger bodies are refused with 413 while they arrive (never buffered)")
+    max_buffered: ByteSize = Field(
+        default=64 * 1024**2, ge=1024**2, le=4 * 1024**3,
+        description="bodies held in memory at once, all posts together (a post that would "
+        "pass it gets 503 and the device retries): bounds memory whatever the clients do")
+    read_timeout: Duration = Field(
+        default=30.0, ge=0.1, le=600,
+        description="longest a request may take to send its whole body")
+    header_timeout: Duration = Field(
+        default=10.0, ge=0.1, le=600,
+        description="longest a connection may stay open without sending a complete request "
+        "(slow clients and idle keep-alive connections are closed after it)")
+    commit_timeout: Duration = Field(
+        default=10.0, ge=0.1, le=600,
+        description="longest a post waits for its commit; then 503 and the device retries")
+    max_connections: int = Field(
+        default=128, ge=1, le=10_000, description="open connections at once, all sources")
+    max_connections_per_source: int = Field(
+        default=16, ge=1, le=10_000, description="open connections at once from one address")
+    dedup_size: int = Field(
+        default=4096, ge=16, le=1_000_000,
+        description="event ids remembered per device to answer a retried post without "
+        "storing the event twice")
+    images: ImagesSection | None = Field(
+        default=None, description="keep pictures from multipart posts on disk (off: only "
+        "their count and size are stored)")
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
 class SerialBus(StrictModel):
     """An RS-485 line: a local port or any pyserial URL (socket://, rfc2217://)."""
 
@@ -218,6 +291,7 @@ def _build(driver_names: tuple[str, ...], sink_names: tuple[str, ...]) -> type[S
         mqtt=(MqttSection | None, None),
         privacy=(PrivacySection | None, None),
         health=(HealthSection | None, None),
+        http=(HttpSection | None, None),
         buses=(dict[Annotated[str, Field(pattern=NAME_PATTERN)], Bus], Field(default_factory=dict)),
         devices=(list[device], Field(default_factory=list)),  # type: ignore[valid-type]
     )

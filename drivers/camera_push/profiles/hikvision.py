@@ -1,0 +1,210 @@
+"""Hikvision ISAPI push ("listening host"): ``EventNotificationAlert`` as XML, JSON or
+``multipart/form-data``. The only module that imports ``defusedxml``.
+
+* ANPR cameras post three parts: ``anpr.xml`` plus ``licensePlatePicture.jpg`` and
+  ``detectionPicture.jpg`` -> ``vehicle_event`` (plate, confidence, plate_color_name,
+  direction_name, vehicle_type); the dedup key is the alert's UUID, else its
+  time+channel+plate.
+* Access terminals post ``AccessControllerEvent`` (JSON, or a JSON part beside a face
+  picture) -> ``access_event`` (card, employee, major_event, sub_event, serial,
+  verify_mode; tags reader, door). ``serialNo`` is the dedup key. The person's name is
+  never stored.
+* ``heartBeat`` is proof of life; any other ``eventType`` -> ``camera_event``
+  (event_type, event_state, active_post_count; tag channel).
+
+``dateTime`` has whole seconds, and a store keeps one point per series and time: two
+card swipes in one second at one terminal would overwrite each other. So an event's
+time is its ``dateTime`` plus ``serialNo mod 1000`` milliseconds: deterministic (a
+retried post lands on the same point) and distinct for consecutive serial numbers.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
+
+from drivers.camera_push import multipart
+from drivers.camera_push.payload import Answer, Image, Parsed, Refused, clean_fields, malformed
+from drivers.camera_push.payload import media_type as _media_type
+from drivers.camera_push.values import as_float, as_int, as_text, iso_ns, parse_json
+from gateway.reading import FieldValue, Reading
+
+XML_TYPES = frozenset({"application/xml", "text/xml"})
+JSON_TYPES = frozenset({"application/json", "text/json"})
+MAX_DEPTH = 16
+MAX_ELEMENTS = 2000
+
+
+class HikvisionIsapi:
+    opens_gate = False
+
+    def parse(self, content_type: str, body: bytes, arrival_ns: int) -> Parsed:
+        kind = _media_type(content_type)
+        images: list[Image] = []
+        if kind == "multipart/form-data" or kind == "multipart/mixed":
+            document, images = _from_parts(multipart.split(body, content_type))
+        elif kind in XML_TYPES:
+            document = parse_xml(body)
+        elif kind in JSON_TYPES:
+            document = parse_json(body)
+        elif kind == "" or kind == "text/plain":  # unlabelled: sniff
+            document = parse_xml(body) if body.lstrip()[:1] == b"<" else parse_json(body)
+        else:
+            raise Refused(415, "unsupported_media_type", f"{content_type[:60]!r}")
+        if type(document) is dict and type(document.get("EventNotificationAlert")) is dict:
+            document = document["EventNotificationAlert"]
+        if type(document) is not dict:
+            raise malformed("invalid_payload", "no EventNotificationAlert object")
+        event_type = as_text(document.get("eventType"))
+        if event_type is None:
+            raise malformed("invalid_payload", "no eventType")
+        if event_type.lower() == "heartbeat":
+            return Parsed(None, kind="heartbeat")
+        build = EVENT_TYPES.get(event_type, _camera_event)
+        parsed = build(document, arrival_ns)
+        parsed.images = images
+        return parsed
+
+    def answer(self, parsed: Parsed, opens: bool) -> Answer:
+        return Answer(200, b"OK", "text/plain")
+
+
+# -- decoding ----------------------------------------------------------------------------
+
+def parse_xml(body: bytes) -> Any:
+    """XML -> nested dicts of element text (namespaces dropped; a repeated element
+    becomes a list). Entities, DTDs and external references are refused by defusedxml."""
+    try:
+        root = fromstring(body, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError) as exc:
+        raise malformed("invalid_xml", str(exc)[:80]) from None
+    counter = [0]
+    return {_local(root.tag): _element(root, 0, counter)}
+
+
+def _local(tag: Any) -> str:
+    return str(tag).rsplit("}", 1)[-1]
+
+
+def _element(element: Element, depth: int, counter: list[int]) -> Any:
+    counter[0] += 1
+    if depth > MAX_DEPTH or counter[0] > MAX_ELEMENTS:
+        raise malformed("invalid_xml", "too deep or too many elements")
+    children = list(element)
+    if not children:
+        return (element.text or "").strip()
+    result: dict[str, Any] = {}
+    for child in children:
+        name = _local(child.tag)
+        value = _element(child, depth + 1, counter)
+        if name in result:
+            previous = result[name]
+            result[name] = [*previous, value] if type(previous) is list else [previous, value]
+        else:
+            result[name] = value
+    return result
+
+
+def _from_parts(parts: list[multipart.Part]) -> tuple[Any, list[Image]]:
+    """The event part (XML or JSON, by type or file name) and the pictures."""
+    document: Any = None
+    images: list[Image] = []
+    for part in parts:
+        kind = _media_type(part.content_type)
+        label = (part.filename or part.name).lower()
+        if document is None and (kind in XML_TYPES or label.endswith(".xml")):
+            document = parse_xml(part.data)
+        elif document is None and (kind in JSON_TYPES or label.endswith(".json")
+                                   or label == "event_log"):
+            document = parse_json(part.data)
+        else:
+            images.append(Image(_safe_name(part.filename or part.name), part.data))
+    if document is None:
+        raise malformed("invalid_payload", "no XML or JSON part in the multipart body")
+    return document, images
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name.rsplit("/", 1)[-1])[:64] or "picture"
+
+
+# -- events ------------------------------------------------------------------------------
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
+
+
+def _time(document: dict[str, Any], serial: int | None, arrival_ns: int) -> int:
+    ns = iso_ns(document.get("dateTime"))
+    if ns is None:
+        return arrival_ns
+    if serial is not None and ns % 10**9 == 0:
+        ns += (serial % 1000) * 10**6
+    return ns
+
+
+def _tags(**values: Any) -> dict[str, str]:
+    return {k: t for k, v in values.items() if (t := as_text(v)) is not None}
+
+
+def _access(document: dict[str, Any], arrival_ns: int) -> Parsed:
+    event = _dict(document.get("AccessControllerEvent"))
+    serial = as_int(event.get("serialNo"))
+    fields: dict[str, FieldValue | None] = {
+        "card": as_text(event.get("cardNo")),
+        "employee": as_text(event.get("employeeNoString")) or as_text(event.get("employeeNo")),
+        "major_event": as_int(event.get("majorEventType")),
+        "sub_event": as_int(event.get("subEventType")),
+        "serial": serial,
+        "verify_mode": as_text(event.get("currentVerifyMode")),
+    }
+    kept = clean_fields(fields)
+    if "major_event" not in kept and "sub_event" not in kept:
+        raise malformed("invalid_payload", "AccessControllerEvent without majorEventType or "
+                        "subEventType")
+    tags = _tags(reader=event.get("cardReaderNo"), door=event.get("doorNo"))
+    reading = Reading("access_event", tags, kept, _time(document, serial, arrival_ns))
+    return Parsed(reading, key=f"acs:{serial}" if serial is not None else None)
+
+
+def _anpr(document: dict[str, Any], arrival_ns: int) -> Parsed:
+    anpr = _dict(document.get("ANPR"))
+    plate = as_text(anpr.get("licensePlate"))
+    if plate is None:
+        raise malformed("missing_plate", "ANPR.licensePlate")
+    fields = clean_fields({
+        "plate": plate,
+        "confidence": as_float(anpr.get("confidenceLevel")),
+        "plate_color_name": as_text(anpr.get("plateColor")),
+        "direction_name": as_text(anpr.get("direction")),
+        "vehicle_type": as_text(anpr.get("vehicleType")),
+    })
+    channel = document.get("channelID")
+    uuid = as_text(document.get("UUID"))
+    stamp = as_text(document.get("dateTime"))
+    key = f"anpr:{uuid}" if uuid else (f"anpr:{stamp}:{as_text(channel)}:{plate}"
+                                       if stamp else None)
+    reading = Reading("vehicle_event", _tags(channel=channel), fields,
+                      _time(document, None, arrival_ns))
+    return Parsed(reading, key=key, plate=plate)
+
+
+def _camera_event(document: dict[str, Any], arrival_ns: int) -> Parsed:
+    fields = clean_fields({
+        "event_type": as_text(document.get("eventType")),
+        "event_state": as_text(document.get("eventState")),
+        "active_post_count": as_int(document.get("activePostCount")),
+    })
+    reading = Reading("camera_event", _tags(channel=document.get("channelID")), fields,
+                      _time(document, None, arrival_ns))
+    return Parsed(reading)
+
+
+EVENT_TYPES = {
+    "AccessControllerEvent": _access,
+    "ANPR": _anpr,
+}

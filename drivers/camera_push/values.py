@@ -1,0 +1,124 @@
+"""Loose values from devices made strict: numbers that arrive as text, times, JSON.
+
+Devices send ``"98"`` where a number is meant and ``""`` where nothing is (an empty
+``<activePostCount/>`` once crashed a popular parser). Everything here returns None for
+a value that is absent or unusable, and profiles decide whether that refuses the post.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from drivers.camera_push.payload import malformed
+
+INT64 = 2**63
+MAX_TEXT = 256
+"""Longest text value stored (a plate, a card number, an event type)."""
+
+_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]")
+
+
+def parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise malformed("invalid_json", str(exc)[:80]) from None
+
+
+def as_int(value: Any) -> int | None:
+    if type(value) is int:
+        return value if -INT64 <= value < INT64 else None
+    if type(value) is float and math.isfinite(value) and value.is_integer():
+        return as_int(int(value))
+    if type(value) is str and re.fullmatch(r"\s*-?\d{1,19}\s*", value):
+        return as_int(int(value))
+    return None
+
+
+def as_float(value: Any) -> float | None:
+    if type(value) in (int, float):
+        number = float(value)
+    elif type(value) is str:
+        try:
+            number = float(value.strip()) if len(value) <= 40 else math.nan
+        except ValueError:
+            return None
+    else:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_text(value: Any) -> str | None:
+    """A short, storable string; None for anything else (lists, objects, surrogates)."""
+    if type(value) is int or type(value) is float:
+        value = str(value)
+    if type(value) is not str:
+        return None
+    text = value.strip()
+    if not text or len(text) > MAX_TEXT or any(ord(c) < 32 for c in text):
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800"
+        return None
+    return text
+
+
+def iso_ns(value: Any) -> int | None:
+    """ISO 8601 (``2024-05-06T10:11:12+08:00``) -> ns; naive times are taken as UTC."""
+    text = as_text(value)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    try:
+        ns = int(moment.timestamp()) * 10**9 + moment.microsecond * 1000
+    except (OverflowError, OSError, ValueError):
+        return None
+    return ns if 0 < ns < INT64 else None
+
+
+EPOCH_SCALE = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
+
+
+def epoch_ns(value: Any, unit: str) -> int | None:
+    if unit == "iso8601":
+        return iso_ns(value)
+    number: int | float | None = as_int(value)
+    if number is None:
+        number = as_float(value)
+    if number is None:
+        return None
+    ns = number * EPOCH_SCALE[unit] if type(number) is int else round(number * EPOCH_SCALE[unit])
+    return ns if 0 < ns < INT64 else None
+
+
+def compile_path(path: str) -> tuple[str | int, ...]:
+    """``$.a.b[0]`` -> ("a", "b", 0); the config model has checked the syntax."""
+    return tuple(name if name else int(index)
+                 for name, index in _PATH_STEP.findall(path.strip()[1:]))
+
+
+def resolve(document: Any, steps: tuple[str | int, ...]) -> Any:
+    """The value at ``steps``, or None (a wrong type on the way counts as missing)."""
+    value = document
+    for step in steps:
+        if isinstance(step, str):
+            if type(value) is not dict:
+                return None
+            value = value.get(step)
+        else:
+            if type(value) is not list or not -len(value) <= step < len(value):
+                return None
+            value = value[step]
+        if value is None:
+            return None
+    return value
