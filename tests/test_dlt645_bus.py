@@ -7,10 +7,11 @@ import logging
 import pytest
 
 from drivers.dlt645.points import POINTS_1997, POINTS_2007
+from drivers.dlt645.sim import Dlt645Bus, Meter645
+from drivers.serialbus.sim import PtySerial, TcpSerial, bcd_le
 from gateway.cli import main as cli_main
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
-from tests.serial_sims import Dlt645Bus, Meter645, PtySerial, TcpSerial, bcd_le
 
 BUS = {"baudrate": 2400, "parity": "N", "timeout": 0.3}
 """Parity N on ptys: Linux ptys refuse PARENB when a port is reopened (EINVAL from

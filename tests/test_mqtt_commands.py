@@ -167,7 +167,7 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
     """cmd/write over mosquitto -> Gateway.write_point -> modbus driver -> pymodbus TCP
     server: the allow-listed coil changes on the server, the answer carries the
     correlation data; a point not in allow_write is refused and the server sees no write."""
-    from drivers.modbus.tests.sim import Device, TcpSim, Units
+    from drivers.modbus.sim import Device, TcpSim, Units
     from tests.servers import free_port
 
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",

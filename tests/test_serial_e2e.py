@@ -13,19 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from drivers.cjt188.sim import Cjt188Bus, Meter188, water_body
 from drivers.dlt645.points import POINTS_2007
+from drivers.dlt645.sim import Dlt645Bus, Meter645
+from drivers.serialbus.sim import PtySerial, StreamDevice, bcd_le
 from tests.e2e import wait_drained
 from tests.gwproc import GatewayProcess
-from tests.serial_sims import (
-    Cjt188Bus,
-    Dlt645Bus,
-    Meter188,
-    Meter645,
-    PtySerial,
-    StreamDevice,
-    bcd_le,
-    water_body,
-)
 from tests.servers import VictoriaMetrics
 
 

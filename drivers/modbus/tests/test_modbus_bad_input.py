@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.sim import Device, PtyRelay, RtuSim, TcpSim, Units
 from drivers.modbus.tests.harness import Fleet, serial_bus, tcp_bus
-from drivers.modbus.tests.sim import Device, PtyRelay, RtuSim, TcpSim, Units
 from drivers.modbus.tests.test_modbus_rtu import POINTS, meter
 from gateway.driver import DeviceState
 from tests.servers import free_port

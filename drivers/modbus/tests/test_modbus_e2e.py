@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.tests.sim import ServerThread, TcpSim, Units
+from drivers.modbus.sim import ServerThread, TcpSim, Units
 from drivers.modbus.tests.test_modbus_tcp import layout
 from tests.e2e import wait_drained, write_config
 from tests.gwproc import GatewayProcess

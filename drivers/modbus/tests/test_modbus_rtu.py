@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 
+from drivers.modbus.sim import Device, Mangle, PacedLine, PtyRelay, RtuSim, Units
 from drivers.modbus.tests.harness import Fleet, serial_bus
-from drivers.modbus.tests.sim import Device, Mangle, PacedLine, PtyRelay, RtuSim, Units
 from gateway.config.models import SerialBus
 from gateway.driver import DeviceState
 

@@ -15,8 +15,8 @@ from drivers.modbus.client import Endpoint, ModbusLink
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.points import Point
 from drivers.modbus.profiles import load_profile
+from drivers.modbus.sim import Device, TcpSim, Units
 from drivers.modbus.tests.harness import Fleet, tcp_bus
-from drivers.modbus.tests.sim import Device, TcpSim, Units
 from gateway.driver import DeviceState
 from gateway.errors import CommandRefused
 from tests.servers import free_port
