@@ -25,7 +25,7 @@ import pytest
 from tests.gwproc import ROOT, GatewayProcess
 
 # What install.sh and the Dockerfile hand to pip; the rest of the checkout is not shipped.
-SHIPPED_SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers")
+SHIPPED_SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers", "demo")
 NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".*")
 
 # Every config the project ships as an example, by path in the checkout.
@@ -207,6 +207,19 @@ def test_run_writes_line_protocol_and_stops_cleanly_on_sigterm(installed: Instal
     first = lines[0]
     assert first.startswith("installed_check,") and "device=synth-1" in first, first
     assert first.rsplit(" ", 1)[1].isdigit(), f"a nanosecond timestamp: {first}"
+
+
+def test_demo_runs_from_the_wheel(installed: Installed) -> None:
+    """``iotgw demo`` is a command of the demo/ package (an ``iotgw.commands`` entry
+    point) composing the drivers' simulators: all of it ships in the wheel."""
+    data = installed.work / "demo-data"
+    result = installed.run("demo", "--no-view", "--duration", "12", "--swipe-every", "2",
+                           "--data-dir", str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo stopped:" in result.stdout
+    for measurement in ("energy_meter", "water_meter", "access_event"):
+        assert measurement in result.stdout, result.stdout
+    assert any(data.glob("lines/*.lp"))
 
 
 def wait_for_lines(gw: GatewayProcess, folder: Path, prefix: str) -> list[str]:
