@@ -26,7 +26,7 @@ from drivers.serial_line.parse import Parsed, RecordError, parser_for
 from drivers.serialbus.sim import PtySerial, cs
 from gateway.reading import Reading
 from tests.serial_harness import Harness
-from tests.test_dlt645_bus import BUS, simple_meter
+from tests.support.serial import BUS, simple_meter
 
 CASES = Path(__file__).parent.parent / "drivers/serial_line/testcases"
 

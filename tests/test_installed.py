@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.gwproc import ROOT, GatewayProcess
+from tests.support.wait import eventually_sync
 
 # What install.sh and the Dockerfile hand to pip; the rest of the checkout is not shipped.
 SHIPPED_SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers", "demo")
@@ -225,15 +225,14 @@ def test_demo_runs_from_the_wheel(installed: Installed) -> None:
 def wait_for_lines(gw: GatewayProcess, folder: Path, prefix: str) -> list[str]:
     """Lines starting with ``prefix`` in the file sink's folder; the deadline is a hang
     guard only (a gateway that never writes fails here instead of hanging the suite)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def lines() -> list[str]:
         assert gw.proc is not None
         if gw.proc.poll() is not None:
             raise AssertionError(f"gateway exited ({gw.proc.returncode}):\n"
                                  + "".join(gw.raw[-30:]))
         text = "".join(p.read_text() for p in sorted(folder.glob("*.lp")))
-        lines = [line for line in text.splitlines() if line.startswith(prefix)]
-        if lines:
-            return lines
-        time.sleep(0.1)
-    raise AssertionError("no line protocol on disk:\n" + "".join(gw.raw[-30:]))
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    return eventually_sync(lines, within=120, every=0.1,
+                           what=lambda: "line protocol on disk:\n" + "".join(gw.raw[-30:]))

@@ -6,8 +6,8 @@
   that runs ``modbus`` devices must not load pymodbus's server side; sims are for the
   drivers' tests and the demo;
 * no test module imports another test module (``test_*.py``): shared helpers live in
-  tests/support/ or the driver's sim.py, so running one test file never collects another's
-  tests, fixtures or module-level state.
+  tests/support/ (waiting, the MQTT test client, the servers ...) or the driver's sim.py,
+  so running one test file never collects another's tests, fixtures or module state.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def is_sim(name: str) -> bool:
 
 
 def is_test_module(name: str) -> bool:
-    return name.rpartition(".")[2].startswith("test_")
+    """A ``test_*.py`` file (``from tests.gate_driver import test_gate_driver`` imports a
+    fixture of that name, not a module)."""
+    return (name.rpartition(".")[2].startswith("test_")
+            and (ROOT / (name.replace(".", "/") + ".py")).is_file())
 
 
 def core_violation(name: str) -> bool:
@@ -119,6 +122,15 @@ def test_scanner_reports_file_and_line(tmp_path: Path) -> None:
                      "drivers.modbus.driver"]
 
 
+def test_test_module_detection() -> None:
+    names = [n for _, n in imported_modules(
+        "from tests.test_pipeline import make_pipeline\nfrom tests.support import eventually\n"
+        "from drivers.modbus.tests import test_modbus_rtu\n"
+        "from tests.gate_driver import test_gate_driver\n", "tests.test_x")]
+    assert [n for n in names if is_test_module(n)] == [
+        "tests.test_pipeline", "drivers.modbus.tests.test_modbus_rtu"]
+
+
 # -- the boundaries ------------------------------------------------------------------------
 
 def test_core_never_imports_drivers_or_demo() -> None:
@@ -144,3 +156,10 @@ def test_every_driver_simulator_is_used_by_a_test() -> None:
         used |= {n for _, n in imported_modules(path.read_text(encoding="utf-8"),
                                                 module_name(path)) if n in sims}
     assert used == sims
+
+
+def test_no_test_module_imports_another() -> None:
+    """Nor does any helper beside them (tests/support/, conftest, harnesses)."""
+    files = sorted({*(ROOT / "tests").rglob("*.py"), *(ROOT / "drivers").glob("*/tests/*.py")})
+    assert len(all_test_modules()) > 50, "the scan found the test modules"
+    assert violations(files, is_test_module) == []
