@@ -96,11 +96,11 @@ class Requester(TestClient):
         self.answers: dict[bytes, list[dict[str, Any]]] = {}
         self.online = False
         super().__init__(port, "ops", USERS["ops"], keep=False)
-        self.on_message = self._on_message
+        self.on_message = self._record
         self.subscribe(f"{BASE}/cmd/+/result", 1)
         self.subscribe(f"{BASE}/status", 1)
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+    def _record(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic.endswith("/status"):
             self.online = json.loads(message.payload)["state"] == "online"
             return

@@ -15,7 +15,6 @@ import random
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,7 @@ from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper, Rejected
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
-from tests.support.mqtt import connect, mqtt_config
+from tests.support.mqtt import Message, connect, mqtt_config
 from tests.support.wait import eventually_sync
 
 BASE = "compound/junk/gw"
@@ -69,7 +68,7 @@ def test_malformed_flood_through_broker(tmp_path: Path, mosquitto: Mosquitto,
     errors: list[dict] = []
     stats: list[dict] = []
 
-    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+    def on_message(client: object, userdata: object, message: Message) -> None:
         (errors if message.topic.endswith("/errors") else stats).append(
             json.loads(message.payload))
 

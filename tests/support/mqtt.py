@@ -43,7 +43,10 @@ Message = paho.MQTTMessage
 
 
 class TestClient(paho.Client):
-    """A connected MQTT 5 client whose subscribe waits for the SUBACK."""
+    """A connected MQTT 5 client whose subscribe waits for the SUBACK.
+
+    A subclass must not name a method ``_on_message`` (or ``_on_<any callback>``): paho
+    keeps its callbacks in those attributes and its ``__init__`` sets them to None."""
 
     __test__ = False  # not a pytest test class despite the name
 
