@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from drivers.modbus.planner import TCP, Limits, WireCost, coalesce
 from drivers.modbus.profiles import load_profile
+from drivers.modbus.sim import Device, TcpSim, Units
 from drivers.modbus.tests.harness import Fleet, tcp_bus
-from drivers.modbus.tests.sim import Device, TcpSim, Units
 from tests.servers import free_port
 
 MODBUS_PROFILES = ("eastron-sdm630", "chint-ddsu666", "water-meter-ultrasonic",

@@ -32,8 +32,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from drivers.modbus.sim import Device, PacedLine, RtuSim, Units
 from drivers.modbus.tests.harness import Fleet
-from drivers.modbus.tests.sim import Device, PacedLine, RtuSim, Units
 from gateway.config.models import SerialBus
 
 

@@ -68,7 +68,7 @@ build_wheels() {
 # iotgw's own wheel is built from a copy, so pip's in-tree build leaves the checkout clean.
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
-tar cf - --exclude='__pycache__' --exclude='*.egg-info' pyproject.toml README.md gateway drivers \
+tar cf - --exclude='__pycache__' --exclude='*.egg-info' pyproject.toml README.md gateway drivers demo \
     | tar xf - -C "$STAGE"
 
 IFS=, read -r -a platforms <<<"$PLATFORMS"

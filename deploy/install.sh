@@ -134,7 +134,7 @@ system chown "$USER_NAME":"$USER_NAME" "$VAR"
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
 (cd "$SRC" && tar cf - --exclude='__pycache__' --exclude='*.egg-info' --exclude='tests' \
-    pyproject.toml README.md gateway drivers) | (cd "$STAGE" && tar xf -)
+    pyproject.toml README.md gateway drivers demo) | (cd "$STAGE" && tar xf -)
 if [ ! -x "$OPT/venv/bin/python" ]; then
     "$PYTHON" -m venv "$OPT/venv"
     say "created $OPT/venv"

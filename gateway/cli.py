@@ -120,7 +120,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status(_load_or_exit(args.config), as_json=args.json)
 
 
-def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
+def add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands of the ``iotgw.commands`` entry points (``iotgw demo``): the core adds
+    them by name, so it never imports the package that defines them (demo/ composes the
+    drivers' simulators, and the core never imports a driver)."""
+    from gateway.registry import COMMAND_GROUP, plugin_entry_points
+
+    for _, entry_point in sorted(plugin_entry_points(COMMAND_GROUP).items()):
+        add_command: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], object] \
+            = entry_point.load()
+        add_command(sub)
+
+
+def build_parser(with_driver_commands: bool = True,
+                 with_plugin_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotgw", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"iotgw {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,9 +155,8 @@ def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="the raw /status document")
     status.set_defaults(func=cmd_status)
 
-    from gateway.demo import add_parser as add_demo_parser
-
-    add_demo_parser(sub)
+    if with_plugin_commands:
+        add_plugin_commands(sub)
 
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
@@ -168,15 +180,23 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
 """Write errors that mean the output went nowhere (full disk, dead terminal)."""
 EXIT_IOERR = 74  # sysexits.h EX_IOERR
 
-CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "demo"})
+CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status"})
 """Commands of the core: ``iotgw run`` must not import every driver to build its parser
-(only the config's); a driver's own commands (``iotgw modbus scan``) load the drivers."""
+(only the config's), nor the plugin commands' packages; a driver's own commands
+(``iotgw modbus scan``) load the drivers."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(with_driver_commands=command not in CORE_COMMANDS).parse_args(words)
+    if command in CORE_COMMANDS:
+        parser = build_parser(with_driver_commands=False, with_plugin_commands=False)
+    else:
+        from gateway.registry import COMMAND_GROUP, plugin_entry_points
+
+        plugin_command = command in plugin_entry_points(COMMAND_GROUP)
+        parser = build_parser(with_driver_commands=not plugin_command)
+    args = parser.parse_args(words)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         code = func(args)

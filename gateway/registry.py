@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 DRIVER_GROUP = "iotgw.drivers"
 SINK_GROUP = "iotgw.sinks"
+COMMAND_GROUP = "iotgw.commands"
+"""Top-level ``iotgw`` commands from packages beside the core (``iotgw demo`` from demo/):
+each entry point names a function that takes the subparsers and adds its command."""
 
 
 def plugin_entry_points(group: str) -> dict[str, EntryPoint]:

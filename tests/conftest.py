@@ -1,4 +1,4 @@
-"""Shared fixtures: real servers on free loopback ports (see tests/servers.py).
+"""Shared fixtures: real servers on free loopback ports (tests/support/servers/).
 
 Session fixtures are shared by every test, so tests must use unique measurement / tag /
 database / topic names and must not stop them. A test that stops, restarts, pauses or
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.gate_driver import test_gate_driver  # noqa: F401 - a fixture, by name
-from tests.servers import (
+from tests.support.servers import (
     DEFAULT_MQTT_ACL,
     DEFAULT_MQTT_USERS,
     InfluxDB1,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import textwrap
-import time
 from pathlib import Path
 
-from gateway.buffer import read_stats
+from gateway.buffer import BufferStats, read_stats
+from tests.support.wait import eventually_sync
 
 
 def write_config(path: Path, *, sinks: str, devices: str = "[]", buffer: str = "") -> None:
@@ -19,14 +19,13 @@ def write_config(path: Path, *, sinks: str, devices: str = "[]", buffer: str = "
 
 def wait_drained(buffer_path: Path, sinks: list[str], timeout: float = 60.0) -> None:
     """Hang guard: wait until every sink's cursor reached the end of the buffer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if buffer_path.exists():
-            stats = read_stats(buffer_path)
-            if all(name in stats.sinks and stats.sinks[name].lag_lines == 0 for name in sinks):
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"sinks {sinks} never drained: {read_stats(buffer_path)}")
+
+    def stats() -> BufferStats | None:
+        return read_stats(buffer_path) if buffer_path.exists() else None
+
+    eventually_sync(stats, until=lambda s: s is not None and all(
+        name in s.sinks and s.sinks[name].lag_lines == 0 for name in sinks),
+        within=timeout, every=0.2, what=f"sinks {sinks} drained")
 
 
 def grid_index(ts_ms: int, interval_ms: int) -> int:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support.wait import eventually_sync
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -47,23 +49,26 @@ class GatewayProcess:
 
     def wait_for_log(self, predicate: Callable[[dict[str, Any]], bool],
                      timeout: float = 30.0) -> dict[str, Any]:
-        """Hang guard only: fails the test if the gateway never logs what it must."""
-        deadline = time.monotonic() + timeout
+        """Hang guard only: fails the test if the gateway never logs what it must, at once
+        if it exits without having logged it."""
         seen = 0
-        while time.monotonic() < deadline:
-            for record in self.records[seen:]:
-                if predicate(record):
-                    return record
-            seen = len(self.records)
-            if self.proc is not None and self.proc.poll() is not None:
-                time.sleep(0.2)
-                for record in self.records[seen:]:
-                    if predicate(record):
-                        return record
+
+        def probe() -> dict[str, Any] | None:
+            nonlocal seen
+            exited = self.proc is not None and self.proc.poll() is not None
+            if exited and self._reader is not None:
+                self._reader.join(5)  # the rest of its log
+            records = self.records[seen:]
+            seen += len(records)
+            found = next((r for r in records if predicate(r)), None)
+            if found is None and exited:
+                assert self.proc is not None
                 raise AssertionError(f"gateway exited ({self.proc.returncode}):\n"
                                      + "".join(self.raw[-30:]))
-            time.sleep(0.05)
-        raise AssertionError("expected log line never came:\n" + "".join(self.raw[-30:]))
+            return found
+
+        return eventually_sync(probe, within=timeout, every=0.05, what=lambda: (
+            "expected log line; the last ones:\n" + "".join(self.raw[-30:])))
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

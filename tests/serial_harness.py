@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +11,7 @@ from gateway.driver import DeviceContext, Driver
 from gateway.reading import Reading
 from gateway.registry import load_drivers
 from gateway.shared import SharedResources
+from tests.support.wait import eventually
 
 
 class Harness:
@@ -44,18 +44,18 @@ class Harness:
         self.tasks = [asyncio.create_task(d.run()) for d in self.drivers.values()]
 
     async def wait_for(self, predicate: Callable[[], bool], within: float = 10.0) -> None:
-        """Hang guard: fails if the condition never holds."""
-        deadline = time.monotonic() + within
-        while not predicate():
+        """Hang guard: fails if the condition never holds, at once if a driver crashed."""
+
+        def probe() -> bool:
             for task in self.tasks:
                 if task.done() and not task.cancelled():
                     failure = task.exception()
                     if failure is not None:
                         raise failure
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached; readings: {self.counts()}, "
-                                     f"states: {self.states()}")
-            await asyncio.sleep(0.02)
+            return predicate()
+
+        await eventually(probe, within=within, what=lambda: (
+            f"condition; readings: {self.counts()}, states: {self.states()}"))
 
     def counts(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.readings.items()}

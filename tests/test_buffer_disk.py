@@ -25,6 +25,7 @@ from gateway.forwarder import Forwarder
 from gateway.sinks.file import FileSink, FileSinkConfig
 from gateway.stats import GatewayStats
 from tests.smallfs import Mounts, fill, mounted, trigger_ext4_error
+from tests.support.wait import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,9 +53,7 @@ def delivered(directory: Path) -> set[bytes]:
 
 async def poll_until(done: Callable[[], bool], seconds: float = 120) -> None:
     """Hang guard only; the assertion is the condition, not the time."""
-    async with asyncio.timeout(seconds):
-        while not done():  # noqa: ASYNC110 - counters and files, nothing to await
-            await asyncio.sleep(0.05)
+    await eventually(done, within=seconds, every=0.05)
 
 
 def free_space(directory: Path) -> int:
@@ -119,9 +118,8 @@ async def test_disk_full_degrades_then_recovers_without_restart(
             await feed("after", 20)
             after = set(appended[mark:])
             await poll_until(lambda: after <= delivered(lines_dir))
-            async with asyncio.timeout(120):  # hang guard: the cursor is recorded again
-                while await lag():  # noqa: ASYNC110 - a buffer query, nothing to await
-                    await asyncio.sleep(0.05)
+            await eventually(lag, until=lambda held: not held, within=120, every=0.05,
+                             what="the cursor recorded again")
             await poll_until(lambda: sink.state == "ok")
             assert not task.done(), f"the forwarder died: {task!r}"
     finally:

@@ -9,10 +9,11 @@ import pytest
 
 from drivers.cjt188 import frame
 from drivers.cjt188.data import DataError, decode_read_data, di_bytes
+from drivers.cjt188.sim import Cjt188Bus, Meter188, water_body
+from drivers.serialbus.sim import PtySerial, bcd_le
 from gateway.cli import main as cli_main
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
-from tests.serial_sims import Cjt188Bus, Meter188, PtySerial, bcd_le, water_body
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "drivers/cjt188/testcases").iterdir()
                if p.is_dir())

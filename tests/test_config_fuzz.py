@@ -26,7 +26,7 @@ from gateway.config.loader import LoadedConfig, load_config
 from gateway.errors import ConfigError
 from tests.config_fuzz import hostile_document
 from tests.gwproc import GatewayProcess
-from tests.test_runtime import file_lines
+from tests.support.files import file_lines
 
 
 def _logged_since(gw: GatewayProcess, seen: int, prefixes: tuple[str, ...],

@@ -19,8 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ import pytest
 from tests.e2e import grid_index
 from tests.gwproc import ROOT
 from tests.servers import VictoriaMetrics, free_port, http_request
+from tests.support.wait import eventually_sync
 
 pytestmark = pytest.mark.slow
 
@@ -158,14 +158,6 @@ def test_image_runs_as_iotgw_with_health_check_volume_and_default_command(
     assert out[-1] == "no pip", "pip is left out of the final image"
 
 
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = 180.0) -> None:
-    """Hang guard only: polls until ``predicate`` is true."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
-        time.sleep(0.5)
-
-
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, from /proc (the container's processes are the host's)."""
     children: dict[int, list[int]] = {}
@@ -227,8 +219,8 @@ def test_gateway_in_the_image_writes_to_victoriametrics_as_non_root(
             rows = victoria.export('{__name__="container_meter_seq"}')
             return rows if rows and len(rows[0]["values"]) >= 5 else []
 
-        wait_until(lambda: seq_samples() or proc.poll() is not None,
-                   "readings from the gateway in the container")
+        eventually_sync(lambda: seq_samples() or proc.poll() is not None, within=180.0,
+                        every=0.5, what="readings from the gateway in the container")
         assert proc.poll() is None, log_path.read_text()[-4000:]
         rows = seq_samples()
         assert [row["metric"] for row in rows] == [{

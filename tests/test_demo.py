@@ -11,11 +11,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 from tests.servers import Mosquitto, VictoriaMetrics
+from tests.support.wait import eventually_sync
 
 CARDS = ["0004123456", "0004123457", "0007765432", "0001000099"]
 
@@ -94,14 +94,10 @@ def test_demo_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(demo(data_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        deadline = time.monotonic() + 30
         current = data_dir / "lines" / "current.lp"
-        while time.monotonic() < deadline:
-            if current.exists() and "water_meter" in current.read_text(encoding="utf-8"):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("no readings within 30 s")
+        eventually_sync(lambda: current.exists()
+                        and "water_meter" in current.read_text(encoding="utf-8"),
+                        within=30, every=0.2, what="readings from every meter type")
         os.kill(proc.pid, signal.SIGTERM)
         out, err = proc.communicate(timeout=20)
     finally:
@@ -131,13 +127,7 @@ def test_demo_with_broker_and_store(tmp_path: Path, mosquitto: Mosquitto,
     assert not (data_dir / "lines").exists()
     config = (data_dir / "demo-gateway.yaml").read_text(encoding="utf-8")
     assert mosquitto.users["gw"] not in config  # secrets stay out of the written config
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        got = victoria.samples('{__name__=~"vehicle_event_confidence|water_meter_total",'
-                               'site="demo-compound"}')
-        names = {key[0] for key in got}
-        if names == {"vehicle_event_confidence", "water_meter_total"}:
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError(f"not all measurements in VictoriaMetrics: {got}")
+    eventually_sync(lambda: {key[0] for key in victoria.samples(
+        '{__name__=~"vehicle_event_confidence|water_meter_total",site="demo-compound"}')},
+        until=lambda names: names == {"vehicle_event_confidence", "water_meter_total"},
+        within=20, every=0.5, what="every measurement in VictoriaMetrics")

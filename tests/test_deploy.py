@@ -22,6 +22,8 @@ from gateway.config.loader import load_config
 from gateway.health.selfreport import DEVICE_FIELDS, GATEWAY_FIELDS, SINK_FIELDS
 from tests.gwproc import ROOT
 from tests.servers import free_port
+from tests.support.mqtt import TestClient
+from tests.support.wait import eventually_sync
 
 DEPLOY = ROOT / "deploy"
 
@@ -248,12 +250,9 @@ def deploy_broker(tmp_path: Path, acl: str | None = None) -> Iterator[int]:
     broker = subprocess.Popen([binary, "-c", str(tmp_path / "m.conf")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for _ in range(50):
-            probe = _client(port, "mosquitto_pub", "ops", "demo-ops", "-t", "compound/x",
-                            "-m", "1")
-            if probe.wait(10) == 0:
-                break
-            time.sleep(0.1)
+        eventually_sync(lambda: _client(port, "mosquitto_pub", "ops", "demo-ops", "-t",
+                                        "compound/x", "-m", "1").wait(10) == 0,
+                        within=60, every=0.1, what="the deploy broker answering")
         yield port
     finally:
         broker.terminate()
@@ -269,9 +268,8 @@ def _client(port: int, tool: str, user: str, password: str, *args: str
 
 def test_mosquitto_config_and_acl_work(tmp_path: Path) -> None:
     with deploy_broker(tmp_path) as port:
-        ops = _client(port, "mosquitto_sub", "ops", "demo-ops", "-t", "compound/#", "-v",
-                      "-W", "4")
-        time.sleep(0.5)
+        ops = TestClient(port, "ops", "demo-ops")
+        ops.subscribe("compound/#", 1)  # returns with the SUBACK: the subscription is active
         own = "compound/demo-garden/gw-demo/status"
         other = "compound/demo-garden/gw-other/status"
         for topic in (own, other):
@@ -279,33 +277,22 @@ def test_mosquitto_config_and_acl_work(tmp_path: Path) -> None:
                            "-m", "online").wait(10) == 0
         bad = _client(port, "mosquitto_pub", "gw-demo", "wrong", "-t", own, "-m", "x")
         assert bad.wait(10) != 0, "wrong password refused"
-        received, _ = ops.communicate(timeout=10)
-    assert f"{own} online" in received
-    assert other not in received, "a gateway may publish only below its own id"
+        eventually_sync(lambda: ops.on(own), within=10, what=f"{own} from the broker")
+        ops.close()
+    assert b"online" in ops.on(own)
+    assert not ops.on(other), "a gateway may publish only below its own id"
 
 
 def _publish_v5(port: int, topic: str) -> int:
     """The broker's PUBACK reason code for a QoS 1 publish by gateway gw-demo (135: not
     authorised)."""
-    import paho.mqtt.client as paho
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    codes: list[int] = []
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="acl-check",
-                         protocol=paho.MQTTv5)
-    client.on_publish = lambda c, u, mid, reason, props: codes.append(reason.value)
-    client.username_pw_set("gw-demo", "demo-gateway")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
+    client = TestClient(port, "gw-demo", "demo-gateway", client_id="acl-check")
     try:
-        client.publish(topic, b"{}", qos=1, retain=True).wait_for_publish(10)
-        deadline = time.monotonic() + 10
-        while not codes and time.monotonic() < deadline:
-            time.sleep(0.02)
+        info = client.publish(topic, b"{}", qos=1, retain=True)
+        info.wait_for_publish(10)
+        return int(client.puback(info.mid, within=10).value)
     finally:
-        client.disconnect()
-        client.loop_stop()
-    return codes[0]
+        client.close()
 
 
 def test_acl_line_for_home_assistant_discovery(tmp_path: Path) -> None:

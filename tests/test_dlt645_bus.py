@@ -7,14 +7,12 @@ import logging
 import pytest
 
 from drivers.dlt645.points import POINTS_1997, POINTS_2007
+from drivers.dlt645.sim import Dlt645Bus, Meter645
+from drivers.serialbus.sim import PtySerial, TcpSerial, bcd_le
 from gateway.cli import main as cli_main
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
-from tests.serial_sims import Dlt645Bus, Meter645, PtySerial, TcpSerial, bcd_le
-
-BUS = {"baudrate": 2400, "parity": "N", "timeout": 0.3}
-"""Parity N on ptys: Linux ptys refuse PARENB when a port is reopened (EINVAL from
-tcsetattr), which real UARTs accept; the socket:// test uses the real default 8E1."""
+from tests.support.serial import BUS, meter_with, simple_meter
 
 # (point, BCD digits as stored, negative, expected value): every DI of the 2007 table.
 VALUES_2007 = {
@@ -75,15 +73,6 @@ VALUES_1997 = {
 }
 
 
-def meter_with(address: str, table: dict, values: dict, version: str = "2007") -> Meter645:
-    return Meter645(address, {table[name].di: bcd_le(digits, neg)
-                              for name, (digits, neg, _) in values.items()}, version=version)
-
-
-def simple_meter(address: str, kwh: str = "00012345") -> Meter645:
-    return meter_with(address, POINTS_2007, {
-        "energy_total": (kwh, False, 0), "voltage_a": ("2200", False, 0),
-        "current_a": ("000500", True, 0), "power_total": ("000110", False, 0)})
 
 
 def device(dev_id: str, address: str, **extra: object) -> dict:

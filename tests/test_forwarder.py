@@ -23,6 +23,7 @@ from gateway.forwarder import Forwarder
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from gateway.stats import GatewayStats
 from tests.servers import InfluxDB1
+from tests.support.wait import eventually
 
 
 async def filled_buffer(tmp_path: Path, lines: list[bytes], sink: str) -> AsyncBuffer:
@@ -36,9 +37,7 @@ async def filled_buffer(tmp_path: Path, lines: list[bytes], sink: str) -> AsyncB
 
 async def poll_until(done: Callable[[], bool], seconds: float = 60) -> None:
     """Poll counters the code under test updates; the timeout is a hang guard only."""
-    async with asyncio.timeout(seconds):
-        while not done():  # noqa: ASYNC110 - stats counters have no event to wait on
-            await asyncio.sleep(0.02)
+    await eventually(done, within=seconds)
 
 
 async def run_until(forwarder: Forwarder, done: Callable[[], bool]) -> None:

@@ -28,7 +28,7 @@ from drivers.mqtt.mapping import Filtered, Mapper, Rejected
 from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message
 from tests.plugin_stub import StubGateway
-from tests.test_pipeline import committed_lines, make_pipeline
+from tests.support.pipeline import committed_lines, make_pipeline
 
 T0 = 1_750_000_000  # seconds; good message i has time T0 + i, hostile ones T0 + 10**6 + j
 

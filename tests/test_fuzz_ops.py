@@ -17,17 +17,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
+from tests.support.mqtt import TestClient, publish_properties
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 
@@ -91,19 +89,18 @@ def expected_write(verb: str, body: bytes, seen_ids: set[tuple[str, str]]
     return ("gate-1", "relay", value)
 
 
-class Requester:
+class Requester(TestClient):
+    """The ops client: the gateway's status and the answers, by correlation data."""
+
     def __init__(self, port: int) -> None:
         self.answers: dict[bytes, list[dict[str, Any]]] = {}
         self.online = False
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.username_pw_set("ops", USERS["ops"])
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(f"{BASE}/cmd/+/result", 1)
-        self.client.subscribe(f"{BASE}/status", 1)
-        self.client.loop_start()
+        super().__init__(port, "ops", USERS["ops"], keep=False)
+        self.on_message = self._record
+        self.subscribe(f"{BASE}/cmd/+/result", 1)
+        self.subscribe(f"{BASE}/status", 1)
 
-    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+    def _record(self, client: Any, userdata: Any, message: Any) -> None:
         if message.topic.endswith("/status"):
             self.online = json.loads(message.payload)["state"] == "online"
             return
@@ -111,14 +108,9 @@ class Requester:
         self.answers.setdefault(key, []).append(json.loads(message.payload))
 
     def send(self, verb: str, body: bytes, correlation: bytes) -> None:
-        props = Properties(PacketTypes.PUBLISH)
-        props.CorrelationData = correlation
-        self.client.publish(f"{BASE}/cmd/{verb}", body, qos=1,
-                            properties=props).wait_for_publish(5)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+        self.publish(f"{BASE}/cmd/{verb}", body, qos=1,
+                     properties=publish_properties(correlation=correlation)
+                     ).wait_for_publish(5)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -144,9 +136,7 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
     totals = {"writes": 0, "commands": 0}
     seen_ids: set[tuple[str, str]] = set()
     try:
-        async with asyncio.timeout(20):
-            while not ops.online:  # noqa: ASYNC110 - paho's thread sets it
-                await asyncio.sleep(0.05)
+        await eventually(lambda: ops.online, within=20, what="the gateway online")
 
         @settings(max_examples=max_examples, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
@@ -184,8 +174,8 @@ async def _fuzz(tmp_path: Path, port: int, max_examples: int) -> None:
 
 
 async def _answered(ops: Requester, keys: list[bytes]) -> None:
-    while not all(k in ops.answers for k in keys):  # noqa: ASYNC110 - paho's thread
-        await asyncio.sleep(0.02)
+    await eventually(lambda: all(k in ops.answers for k in keys), within=60,
+                     what=lambda: f"answers to {keys}; got {sorted(ops.answers)}")
 
 
 async def test_hostile_commands_are_answered_and_only_allowed_writes_happen(

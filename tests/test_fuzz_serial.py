@@ -19,12 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from drivers.cjt188.sim import Cjt188Bus, Meter188, water_body
+from drivers.dlt645.sim import Dlt645Bus
 from drivers.serial_line.config import SerialLineConfig
 from drivers.serial_line.parse import Parsed, RecordError, parser_for
+from drivers.serialbus.sim import PtySerial, cs
 from gateway.reading import Reading
 from tests.serial_harness import Harness
-from tests.serial_sims import Cjt188Bus, Dlt645Bus, Meter188, PtySerial, cs, water_body
-from tests.test_dlt645_bus import BUS, simple_meter
+from tests.support.serial import BUS, simple_meter
 
 CASES = Path(__file__).parent.parent / "drivers/serial_line/testcases"
 

@@ -35,8 +35,8 @@ from gateway.reading import Reading
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from gateway.stats import GatewayStats
-from tests.servers import InfluxDB1, VictoriaMetrics
 from tests.support import governance as gov
+from tests.support.servers import InfluxDB1, VictoriaMetrics
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
 KEY = b"governance-test-site-key-0123456789"

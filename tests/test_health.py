@@ -32,6 +32,7 @@ from gateway.health.monitor import monitor_for
 from gateway.runtime import Gateway
 from tests.gwproc import ROOT, GatewayProcess
 from tests.servers import free_port
+from tests.support.wait import eventually, eventually_sync
 
 FAST_DEVICES = "".join(
     f"  - {{id: fast-{i}, driver: synthetic, interval: 1ms, fields: 4, "
@@ -83,13 +84,9 @@ class NotifySocket:
         return [t for t, m in self.messages if key in m.split("\n")]
 
     def wait_for(self, key: str, timeout: float = 20.0) -> float:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.times(key)
-            if found:
-                return found[0]
-            time.sleep(0.02)
-        raise AssertionError(f"no {key} from the gateway; got {self.messages}")
+        found = eventually_sync(lambda: self.times(key), within=timeout, every=0.02,
+                                what=lambda: f"{key} from the gateway; got {self.messages}")
+        return found[0]
 
     def close(self) -> None:
         self._stop.set()
@@ -161,10 +158,9 @@ def test_verdicts_say_which_check_fails() -> None:
 async def start(config: Path) -> tuple[Gateway, asyncio.Task[None]]:
     gateway = Gateway(load_config(config))
     task = asyncio.create_task(gateway.run())
-    for _ in range(200):
-        if gateway.pipeline is not None and gateway.stats.readings_committed > 0:
-            break
-        await asyncio.sleep(0.05)
+    await eventually(lambda: gateway.pipeline is not None
+                     and gateway.stats.readings_committed > 0, within=10, every=0.05,
+                     what="the gateway committing readings")
     return gateway, task
 
 

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,10 @@ from typing import Any
 import pytest
 
 from tests.gwproc import ROOT, GatewayProcess
+from tests.support.wait import eventually_sync
 
 # What install.sh and the Dockerfile hand to pip; the rest of the checkout is not shipped.
-SHIPPED_SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers")
+SHIPPED_SOURCES = ("pyproject.toml", "README.md", "gateway", "drivers", "demo")
 NOT_SHIPPED = shutil.ignore_patterns("__pycache__", "*.egg-info", "build", ".*")
 
 # Every config the project ships as an example, by path in the checkout.
@@ -209,18 +209,30 @@ def test_run_writes_line_protocol_and_stops_cleanly_on_sigterm(installed: Instal
     assert first.rsplit(" ", 1)[1].isdigit(), f"a nanosecond timestamp: {first}"
 
 
+def test_demo_runs_from_the_wheel(installed: Installed) -> None:
+    """``iotgw demo`` is a command of the demo/ package (an ``iotgw.commands`` entry
+    point) composing the drivers' simulators: all of it ships in the wheel."""
+    data = installed.work / "demo-data"
+    result = installed.run("demo", "--no-view", "--duration", "12", "--swipe-every", "2",
+                           "--data-dir", str(data))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "demo stopped:" in result.stdout
+    for measurement in ("energy_meter", "water_meter", "access_event"):
+        assert measurement in result.stdout, result.stdout
+    assert any(data.glob("lines/*.lp"))
+
+
 def wait_for_lines(gw: GatewayProcess, folder: Path, prefix: str) -> list[str]:
     """Lines starting with ``prefix`` in the file sink's folder; the deadline is a hang
     guard only (a gateway that never writes fails here instead of hanging the suite)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def lines() -> list[str]:
         assert gw.proc is not None
         if gw.proc.poll() is not None:
             raise AssertionError(f"gateway exited ({gw.proc.returncode}):\n"
                                  + "".join(gw.raw[-30:]))
         text = "".join(p.read_text() for p in sorted(folder.glob("*.lp")))
-        lines = [line for line in text.splitlines() if line.startswith(prefix)]
-        if lines:
-            return lines
-        time.sleep(0.1)
-    raise AssertionError("no line protocol on disk:\n" + "".join(gw.raw[-30:]))
+        return [line for line in text.splitlines() if line.startswith(prefix)]
+
+    return eventually_sync(lines, within=120, every=0.1,
+                           what=lambda: "line protocol on disk:\n" + "".join(gw.raw[-30:]))

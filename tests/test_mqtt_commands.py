@@ -13,11 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from gateway.config.loader import load_config
 from gateway.errors import ConfigError
@@ -25,6 +21,8 @@ from gateway.mqtt.ops import OpsBus
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
 from tests.servers import Mosquitto
+from tests.support.mqtt import TestClient, publish_properties
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 
@@ -42,54 +40,37 @@ topic read compound/#
 
 
 
-class Requester:
+class Requester(TestClient):
+    """An ops client: commands out; answers as (topic, payload, correlation data) in."""
+
     def __init__(self, port: int, user: str, password: str) -> None:
         self.answers: list[tuple[str, bytes, bytes | None]] = []
-        self.acks: dict[int, Any] = {}
-        """mid -> the broker's PUBACK reason code (MQTT 5 says when the ACL refused)."""
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.username_pw_set(user, password)
-        self.client.on_message = lambda c, u, m: self.answers.append(
+        # The viewer may not read ops/replies/#: that refusal is the broker's, not a failure.
+        super().__init__(port, user, password, keep=False, refusals_ok=True)
+        self.on_message = lambda c, u, m: self.answers.append(
             (m.topic, bytes(m.payload), getattr(m.properties, "CorrelationData", None)))
-        self.client.on_publish = lambda c, u, mid, rc, props: self.acks.__setitem__(mid, rc)
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("compound/cmdtest/gw/cmd/+/result", 1)
-        self.client.subscribe("ops/replies/#", 1)
-        self.client.loop_start()
+        self.subscribe("compound/cmdtest/gw/cmd/+/result", 1)
+        self.subscribe("ops/replies/#", 1)
 
     def send(self, verb: str, body: bytes, correlation: bytes | None = None,
              reply_to: str | None = None) -> int:
-        props = Properties(PacketTypes.PUBLISH)
-        if correlation is not None:
-            props.CorrelationData = correlation
-        if reply_to is not None:
-            props.ResponseTopic = reply_to
-        info = self.client.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1,
-                                   properties=props)
+        info = self.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1,
+                            properties=publish_properties(correlation=correlation,
+                                                          response_topic=reply_to))
         info.wait_for_publish(5)
         return info.mid
 
-    async def wait_connected(self, seconds: float = 10) -> None:
-        async with asyncio.timeout(seconds):
-            while not self.client.is_connected():  # noqa: ASYNC110 - paho's thread
-                await asyncio.sleep(0.05)
-
-    async def puback(self, mid: int, seconds: float = 10) -> Any:
-        async with asyncio.timeout(seconds):
-            while mid not in self.acks:  # noqa: ASYNC110 - paho's thread records it
-                await asyncio.sleep(0.05)
-        return self.acks[mid]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
 
 async def wait_answers(req: Requester, n: int, seconds: float = 10) -> list[dict[str, Any]]:
-    async with asyncio.timeout(seconds):
-        while len(req.answers) < n:  # noqa: ASYNC110 - paho's thread appends
-            await asyncio.sleep(0.05)
-    return [json.loads(p) for _, p, _ in req.answers]
+    answers = await eventually(lambda: list(req.answers), until=lambda a: len(a) >= n,
+                               within=seconds, what=f"{n} answers")
+    return [json.loads(p) for _, p, _ in answers]
+
+
+async def ops_connected(gateway: Gateway, also: Callable[[], bool] = lambda: True) -> None:
+    """The gateway's ops bus has a live broker connection (and ``also`` holds)."""
+    await eventually(lambda: gateway_ops_connected(gateway) and also(), within=15,
+                     what="the gateway's ops bus connected")
 
 
 async def test_commands(tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
@@ -107,12 +88,8 @@ async def test_commands(tmp_path: Path, mosquitto_factory: Callable[..., Mosquit
     gateway = Gateway(load_config(config))
     runner = asyncio.create_task(gateway.run())
     try:
-        async with asyncio.timeout(15):  # the gateway's ops connection comes up
-            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-        ops = Requester(broker.port, "ops", "ops-secret")
-        await ops.wait_connected()
-        await asyncio.sleep(0.3)
+        await ops_connected(gateway)
+        ops = Requester(broker.port, "ops", "ops-secret")  # connected and subscribed
         ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1, "id": "a1"}',
                  correlation=b"corr-1", reply_to="ops/replies/x")
         answers = await wait_answers(ops, 1)
@@ -139,12 +116,11 @@ async def test_commands(tmp_path: Path, mosquitto_factory: Callable[..., Mosquit
             assert answer["ok"] is False and reason in answer["error"], answer
         assert WRITES == [("gate-1", "relay", 1)], "a refused command reached the device"
 
+        # connected (else the refusal below would prove nothing) and subscribed
         viewer = Requester(broker.port, "viewer", "viewer-secret")
-        await viewer.wait_connected()  # else the refusal below would prove nothing
-        await asyncio.sleep(0.3)
         mid = viewer.send("write", b'{"device": "gate-1", "point": "relay", "value": 0}',
                           correlation=b"denied")
-        refusal = await viewer.puback(mid)
+        refusal = viewer.puback(mid)
         assert refusal.is_failure and refusal.getName() == "Not authorized", refusal
         # A later allowed write from ops is answered: the viewer's, sent before it, had its
         # chance to reach the gateway and must not have.
@@ -167,7 +143,7 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
     """cmd/write over mosquitto -> Gateway.write_point -> modbus driver -> pymodbus TCP
     server: the allow-listed coil changes on the server, the answer carries the
     correlation data; a point not in allow_write is refused and the server sees no write."""
-    from drivers.modbus.tests.sim import Device, TcpSim, Units
+    from drivers.modbus.sim import Device, TcpSim, Units
     from tests.servers import free_port
 
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",
@@ -190,11 +166,8 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
     runner = asyncio.create_task(gateway.run())
     ops: Requester | None = None
     try:
-        async with asyncio.timeout(15):  # the driver polls the server, ops bus connected
-            while units.count(9) == 0 or not gateway_ops_connected(gateway):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        await ops_connected(gateway, also=lambda: units.count(9) > 0)  # the driver polls
         ops = Requester(broker.port, "ops", "ops-secret")
-        await asyncio.sleep(0.3)
 
         writes = lambda: [r for r in units.requests if r[1].startswith("write:")]  # noqa: E731
         ops.send("write", b'{"device": "gate-north", "point": "close_gate", "value": true}',
@@ -223,26 +196,20 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
         await sim.stop()
 
 
-class Spy:
+class Spy(TestClient):
     """Every message the broker routes, whatever the topic (the broker ACL is not the
     guard under test: this broker lets the gateway write anywhere)."""
 
     def __init__(self, port: int) -> None:
-        self.messages: list[tuple[str, bytes, bytes | None]] = []
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.username_pw_set("spy", "spy-secret")
-        self.client.on_message = lambda c, u, m: self.messages.append(
+        self.seen: list[tuple[str, bytes, bytes | None]] = []
+        super().__init__(port, "spy", "spy-secret", keep=False)
+        self.on_message = lambda c, u, m: self.seen.append(
             (m.topic, bytes(m.payload), getattr(m.properties, "CorrelationData", None)))
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe("#", 1)
-        self.client.loop_start()
+        self.subscribe("#", 1)
 
-    def on(self, topic: str) -> list[tuple[bytes, bytes | None]]:
-        return [(p, c) for t, p, c in list(self.messages) if t == topic]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+    def pairs(self, topic: str) -> list[tuple[bytes, bytes | None]]:
+        """(payload, correlation data) of the messages on ``topic``."""
+        return [(p, c) for t, p, c in list(self.seen) if t == topic]
 
 
 async def test_response_topic_limited_to_the_gateway_subtree(
@@ -269,13 +236,9 @@ async def test_response_topic_limited_to_the_gateway_subtree(
     runner = asyncio.create_task(gateway.run())
     spy = ops = None
     try:
-        async with asyncio.timeout(15):
-            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        await ops_connected(gateway)
         spy = Spy(broker.port)
-        ops = Requester(broker.port, "ops", "ops-secret")
-        await ops.wait_connected()
-        await asyncio.sleep(0.3)
+        ops = Requester(broker.port, "ops", "ops-secret")  # connected and subscribed
         write = b'{"device": "gate-1", "point": "relay", "value": 1}'
         default = f"{base}/cmd/write/result"
         refused = {b"device": "site/door-7/cmd",  # another device's command topic
@@ -291,13 +254,11 @@ async def test_response_topic_limited_to_the_gateway_subtree(
             ops.send("write", write, correlation=correlation, reply_to=reply_to)
 
         def answered() -> bool:
-            return len(spy.on(default)) >= len(refused) and all(
-                spy.on(t) for t in allowed.values())
+            return len(spy.pairs(default)) >= len(refused) and all(
+                spy.pairs(t) for t in allowed.values())
 
-        async with asyncio.timeout(10):
-            while not answered():  # noqa: ASYNC110 - paho's thread appends
-                await asyncio.sleep(0.05)
-        answers = {c: json.loads(p) for p, c in spy.on(default)}
+        await eventually(answered, within=10)
+        answers = {c: json.loads(p) for p, c in spy.pairs(default)}
         assert set(answers) == set(refused)
         for correlation, reply_to in refused.items():
             answer = answers[correlation]
@@ -307,13 +268,13 @@ async def test_response_topic_limited_to_the_gateway_subtree(
         assert "publishes its own state" in answers[b"own-status"]["error"]
         assert "publishes its own state" in answers[b"own-state"]["error"]
         assert all(json.loads(p).get("state") in ("online", "offline")
-                   for p, _ in spy.on(f"{base}/status")), "a result on the status topic"
+                   for p, _ in spy.pairs(f"{base}/status")), "a result on the status topic"
         assert "not a topic name" in answers[b"wildcard"]["error"]
         for correlation, reply_to in allowed.items():
-            (payload, got), = spy.on(reply_to)
+            (payload, got), = spy.pairs(reply_to)
             assert got == correlation and json.loads(payload)["ok"] is True
-        assert spy.on("site/door-7/cmd") == [], "the gateway published into a foreign topic"
-        assert {p for p, _ in spy.on(f"{base}/cmd/write")} == {write}, \
+        assert spy.pairs("site/door-7/cmd") == [], "the gateway published into a foreign topic"
+        assert {p for p, _ in spy.pairs(f"{base}/cmd/write")} == {write}, \
             "a result was published onto the gateway's own command topic"
         assert len(WRITES) == len(allowed), "a command with a refused response topic ran"
 
@@ -372,12 +333,8 @@ async def test_a_command_delivered_twice_runs_once(
     runner = asyncio.create_task(gateway.run())
     ops = None
     try:
-        async with asyncio.timeout(15):
-            while not gateway_ops_connected(gateway):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-        ops = Requester(broker.port, "ops", "ops-secret")
-        await ops.wait_connected()
-        await asyncio.sleep(0.3)
+        await ops_connected(gateway)
+        ops = Requester(broker.port, "ops", "ops-secret")  # connected and subscribed
         open_gate = b'{"device": "gate-1", "point": "relay", "value": 1, "id": "open-17"}'
         ops.send("write", open_gate, correlation=b"first")
         ops.send("write", open_gate, correlation=b"again")  # at once: while the first runs

@@ -12,7 +12,8 @@ import pytest
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
 from tests.servers import DEFAULT_MQTT_ACL, Mosquitto
-from tests.test_mqtt_tls import Watcher
+from tests.support.mqtt import TestClient, watch
+from tests.support.wait import eventually
 
 
 def write_config(path: Path, broker: Mosquitto, base: str, homeassistant: str = "") -> None:
@@ -27,18 +28,19 @@ def write_config(path: Path, broker: Mosquitto, base: str, homeassistant: str = 
         " fields: {temp: $.temp, hum: $.hum, door: $.door}}\n")
 
 
-async def run_and_feed(config: Path, watcher: Watcher, base: str, seconds: float) -> None:
+async def run_and_feed(config: Path, watcher: TestClient, base: str, seconds: float) -> None:
     gateway = Gateway(load_config(config))
     runner = asyncio.create_task(gateway.run())
     try:
-        async with asyncio.timeout(20):
-            while not watcher.on(f"{base}/status"):  # noqa: ASYNC110 - paho thread appends
-                await asyncio.sleep(0.1)
-        async with asyncio.timeout(20):
-            while not watcher.on(f"{base}/devices/room-7/values"):
-                watcher.client.publish(f"{base}-in/room7", b"temp=21.5, hum=40, door=open",
-                                       qos=1)
-                await asyncio.sleep(0.5)
+        await eventually(lambda: watcher.on(f"{base}/status"), within=20)
+
+        def values() -> list[bytes]:
+            seen = watcher.on(f"{base}/devices/room-7/values")
+            if not seen:  # published until the device connection is up and takes it
+                watcher.publish(f"{base}-in/room7", b"temp=21.5, hum=40, door=open", qos=1)
+            return seen
+
+        await eventually(values, within=20, every=0.5)
         await asyncio.sleep(seconds)
     finally:
         gateway.request_stop()
@@ -51,18 +53,17 @@ async def test_discovery_configs_retained(tmp_path: Path, mosquitto_factory: Cal
     base = "compound/ha/gwha"
     write_config(tmp_path / "gw.yaml", broker, base,
                  ", homeassistant: {enabled: true, prefix: compound/hatest}")
-    watcher = Watcher(broker)
+    watcher = watch(broker)
     try:
         await run_and_feed(tmp_path / "gw.yaml", watcher, base, 0.5)
     finally:
         watcher.close()
 
     # a dashboard connecting later gets the configs: they are retained
-    late = Watcher(broker)
+    late = watch(broker)
     try:
-        async with asyncio.timeout(10):
-            while len(late.under("compound/hatest/")) < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        await eventually(lambda: late.under("compound/hatest/"), until=lambda t: len(t) >= 2,
+                         within=10)
         await asyncio.sleep(0.3)
         configs = {t: (json.loads(p), r) for t, p, r in late.messages
                    if t.startswith("compound/hatest/")}
@@ -99,8 +100,8 @@ async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory: Calla
     broker = mosquitto_factory(acl=HA_ACL)
     base = "compound/ha/gwoff"
     write_config(tmp_path / "gw.yaml", broker, base)
-    watcher = Watcher(broker)
-    watcher.client.subscribe("homeassistant/#", 1)
+    watcher = watch(broker)
+    watcher.subscribe("homeassistant/#", 1)
     try:
         await run_and_feed(tmp_path / "gw.yaml", watcher, base, 1.0)
         assert not [t for t, _, _ in watcher.messages if "homeassistant" in t
@@ -112,9 +113,8 @@ async def test_discovery_off_by_default(tmp_path: Path, mosquitto_factory: Calla
         write_config(tmp_path / "on" / "gw.yaml", broker, "compound/ha/gwon",
                      ", homeassistant: {enabled: true}")
         await run_and_feed(tmp_path / "on" / "gw.yaml", watcher, "compound/ha/gwon", 0.0)
-        async with asyncio.timeout(10):
-            while len(watcher.under("homeassistant/sensor/gwon/")) < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
+        await eventually(lambda: watcher.under("homeassistant/sensor/gwon/"),
+                         until=lambda t: len(t) >= 2, within=10)
     finally:
         watcher.close()
 
@@ -129,7 +129,7 @@ async def test_a_publish_the_broker_refuses_is_said_once_and_counted(
     base = "compound/ha/gwdenied"
     write_config(tmp_path / "gw.yaml", broker, base,
                  ", homeassistant: {enabled: true}, stats_interval: 1s")
-    watcher = Watcher(broker)
+    watcher = watch(broker)
     try:
         with caplog.at_level("WARNING"):
             await run_and_feed(tmp_path / "gw.yaml", watcher, base, 2.5)

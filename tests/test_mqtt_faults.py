@@ -8,12 +8,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
-from tests.test_mqtt_ingest import mqtt_config, paho_client, wait_for
+from tests.support.mqtt import TestClient, connect, mqtt_config
+from tests.support.wait import eventually_sync
 
 DEVICE = """\
   - {id: flood-1, driver: mqtt, topic: "compound/flood/+cam/events", measurement: %s,
@@ -21,7 +19,7 @@ DEVICE = """\
 """
 
 
-def flood(client: paho.Client, count: int, t0_ms: int, rate: float) -> threading.Thread:
+def flood(client: TestClient, count: int, t0_ms: int, rate: float) -> threading.Thread:
     def run() -> None:
         for seq in range(count):
             client.publish("compound/flood/cam1/events",
@@ -50,7 +48,7 @@ def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory:
     count, t0 = 6000, int(time.time() * 1000) - 120_000
     gw = GatewayProcess(config).start()
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
-    client = paho_client(broker)
+    client = connect(broker)
     publisher = flood(client, count, t0, rate=3000)
     time.sleep(1.0)
     gw.kill()  # mid-flood: some received, some committed, some acknowledged
@@ -58,8 +56,8 @@ def test_kill9_under_qos1_flood_loses_nothing(tmp_path: Path, mosquitto_factory:
     gw = GatewayProcess(config).start()
     try:
         publisher.join(30)
-        got = wait_for(lambda: s if len(set(s := seqs(victoria, measurement))) == count
-                       else None, timeout=60, what="every event in the store")
+        got = eventually_sync(lambda: s if len(set(s := seqs(victoria, measurement))) == count
+                              else None, within=60, what="every event in the store")
     finally:
         client.loop_stop()
         client.disconnect()
@@ -81,7 +79,7 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory: Callable[.
     try:
         gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
         count, t0 = 3000, int(time.time() * 1000) - 120_000
-        client = paho_client(broker, client_id="flood-pub")
+        client = connect(broker, client_id="flood-pub")
         flood(client, count // 2, t0, rate=3000).join(30)
         time.sleep(0.3)
         broker.stop()
@@ -89,16 +87,17 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory: Callable[.
         broker.start()
         # the retained birth and device state come back without anyone asking
         # (mosquitto fires our will when it shuts down; the birth must replace it)
-        wait_for(lambda: json.loads(retained(broker, f"{base}/status"))["state"] == "online",
-                 timeout=60, what="birth re-published after the broker restart")
+        eventually_sync(
+            lambda: json.loads(retained(broker, f"{base}/status"))["state"] == "online",
+            within=60, what="birth re-published after the broker restart")
         assert json.loads(retained(broker, f"{base}/devices/flood-1/state"))["state"]
         client.loop_stop()
-        client = paho_client(broker, client_id="flood-pub2")
+        client = connect(broker, client_id="flood-pub2")
         for seq in range(count // 2, count):
             client.publish("compound/flood/cam1/events",
                            json.dumps({"seq": seq, "ts": t0 + seq * 10}), qos=1)
-        got = wait_for(lambda: s if len(set(s := seqs(victoria, measurement))) == count
-                       else None, timeout=60, what="every event in the store")
+        got = eventually_sync(lambda: s if len(set(s := seqs(victoria, measurement))) == count
+                              else None, within=60, what="every event in the store")
         client.loop_stop()
     finally:
         assert gw.stop() == 0
@@ -107,26 +106,15 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory: Callable[.
 
 
 def retained(broker: Mosquitto, topic: str, user: str = "ops", timeout: float = 20.0) -> bytes:
-    got: list[bytes] = []
-    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.username_pw_set(user, broker.users[user])
-    client.on_message = lambda c, u, m: got.append(bytes(m.payload)) if m.retain else None
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            client.connect("127.0.0.1", broker.port)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    client.subscribe(topic, 1)
-    client.loop_start()
+    """The retained message on ``topic`` (the broker may still be coming back)."""
+    client = eventually_sync(lambda: connect(broker, user), within=timeout,
+                             ignore=(OSError,), what=f"connected to {broker}")
     try:
-        wait_for(lambda: got, timeout=timeout, what=f"retained message on {topic}")
+        client.subscribe(topic, 1)
+        got = eventually_sync(lambda: [p for t, p, kept in client.messages if kept],
+                              within=timeout, what=f"retained message on {topic}")
     finally:
-        client.loop_stop()
-        client.disconnect()
+        client.close()
     return got[-1]
 
 
@@ -141,15 +129,16 @@ def test_last_will_on_kill_and_birth_on_return(tmp_path: Path, mosquitto_factory
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-ops" in r["msg"])
     assert json.loads(retained(broker, f"{base}/status"))["state"] == "online"
     gw.kill()
-    will = wait_for(lambda: json.loads(retained(broker, f"{base}/status"))["state"] == "offline",
-                    timeout=60, what="last will")
+    will = eventually_sync(
+        lambda: json.loads(retained(broker, f"{base}/status"))["state"] == "offline",
+        within=60, what="last will")
     assert will
     gw = GatewayProcess(config).start()
     try:
         gw.wait_for_log(lambda r: "connected" in r["msg"] and "-ops" in r["msg"])
         # "connected" is logged just before the birth is published: poll, don't race
-        birth = wait_for(lambda: (b := json.loads(retained(broker, f"{base}/status")))
-                         ["state"] == "online" and b, timeout=20, what="birth")
+        birth = eventually_sync(lambda: (b := json.loads(retained(broker, f"{base}/status")))
+                                ["state"] == "online" and b, within=20, what="birth")
         assert birth["state"] == "online" and birth["gateway"] == "gw-mqtt"
         assert birth["config"] and birth["version"]
     finally:

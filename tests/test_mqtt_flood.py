@@ -15,7 +15,6 @@ import random
 import time
 from pathlib import Path
 
-import paho.mqtt.client as paho
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,7 +22,8 @@ from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper, Rejected
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
-from tests.test_mqtt_ingest import mqtt_config, paho_client, wait_for
+from tests.support.mqtt import Message, connect, mqtt_config
+from tests.support.wait import eventually_sync
 
 BASE = "compound/junk/gw"
 TOPIC = "compound/junk/cam1/ev"
@@ -64,17 +64,17 @@ def test_malformed_flood_through_broker(tmp_path: Path, mosquitto: Mosquitto,
     oracle = Mapper(MqttDeviceConfig(**DEVICE))
     gw = GatewayProcess(config).start()
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
-    watcher = paho_client(mosquitto, user="ops")
+    watcher = connect(mosquitto, user="ops")
     errors: list[dict] = []
     stats: list[dict] = []
 
-    def on_message(client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+    def on_message(client: object, userdata: object, message: Message) -> None:
         (errors if message.topic.endswith("/errors") else stats).append(
             json.loads(message.payload))
 
     watcher.on_message = on_message
     watcher.subscribe([(f"{BASE}/errors", 1), (f"{BASE}/stats", 1)])
-    sender = paho_client(mosquitto, client_id="junk-sender")
+    sender = connect(mosquitto, client_id="junk-sender")
     expected: dict = {"rejected": 0, "valid": 0, "ours": set()}
     t0 = int(time.time() * 1000) - 60_000
     seq = iter(range(10**6, 10**7))
@@ -118,15 +118,15 @@ def test_malformed_flood_through_broker(tmp_path: Path, mosquitto: Mosquitto,
         # Field-level drops (the message is kept without the field) count per device too.
         field_wrong_type = oracle.problems.get("wrong_type", 0)
         assert oracle.problems.get("invalid_text", 0) > 0, "no lone surrogate generated"
-        last = wait_for(counted, timeout=60, what="every rejection counted in stats")
+        last = eventually_sync(counted, within=60, what="every rejection counted in stats")
         counters = last["devices"]["junk-1"]
         assert sum(v for k, v in counters.items() if k in REJECTIONS) == \
             expected["rejected"] + field_wrong_type
         assert counters.get("invalid_text", 0) == oracle.problems["invalid_text"]
         ops = last["ops"]
         assert ops["dead_letters"] == expected["rejected"], ops
-        wait_for(lambda: len(errors) + ops.get("dead_letters_suppressed", 0)
-                 >= expected["rejected"], timeout=10, what="dead letters on errors")
+        eventually_sync(lambda: len(errors) + ops.get("dead_letters_suppressed", 0)
+                 >= expected["rejected"], within=10, what="dead letters on errors")
         assert len(errors) + ops.get("dead_letters_suppressed", 0) == expected["rejected"]
         assert all(e["device"] == "junk-1" and e["reason"] and e["topic"] == TOPIC
                    and len(e["payload"]) <= 400 for e in errors), errors[:3]
@@ -140,7 +140,7 @@ def test_malformed_flood_through_broker(tmp_path: Path, mosquitto: Mosquitto,
             return got if {float(s) for s in ours} <= got else set()
 
         try:
-            wait_for(stored, timeout=60, what="valid events in VictoriaMetrics")
+            eventually_sync(stored, within=60, what="valid events in VictoriaMetrics")
         except AssertionError:
             rows = victoria.export('{__name__="junk_flood_seq"}')
             got = {v for r in rows for v in r["values"]}

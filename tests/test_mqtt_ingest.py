@@ -9,32 +9,12 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
-
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
-
-T = TypeVar("T")
-
-
-def mqtt_config(path: Path, broker: Mosquitto, *, base: str, devices: str, sinks: str,
-                extra_mqtt: str = "", tls: bool = True) -> None:
-    port = broker.tls_port if tls else broker.port
-    tls_line = f"  tls: {{ca_file: '{broker.ca_file}'}}\n" if tls else ""
-    path.write_text(
-        "gateway: {id: gw-mqtt, site: mqtt-site, data_dir: data}\n"
-        "buffer: {flush_interval: 50ms}\n"
-        f"sinks:\n{sinks}"
-        "mqtt:\n"
-        f"  host: 127.0.0.1\n  port: {port}\n{tls_line}"
-        "  username: gw\n  password: gw-secret\n"
-        f"  base_topic: {base}\n  client_id: {base.replace('/', '-')}\n{extra_mqtt}"
-        f"devices:\n{devices}")
+from tests.support.mqtt import connect, mqtt_config
+from tests.support.wait import eventually_sync
 
 
 def publish(broker: Mosquitto, topic: str, payload: str | bytes, qos: int = 1,
@@ -44,26 +24,6 @@ def publish(broker: Mosquitto, topic: str, payload: str | bytes, qos: int = 1,
                     "-P", broker.users[user], "-q", str(qos), "-t", topic, "-s"],
                    input=payload if isinstance(payload, bytes) else payload.encode(),
                    check=True, timeout=10)
-
-
-def paho_client(broker: Mosquitto, user: str = "gw", client_id: str = "") -> paho.Client:
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=paho.MQTTv5)
-    client.username_pw_set(user, broker.users[user])
-    client.connect("127.0.0.1", broker.port)
-    client.loop_start()
-    return client
-
-
-def wait_for(predicate: Callable[[], T | None], timeout: float = 30.0,
-             what: str = "condition") -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"{what} never happened")
 
 
 def frigate_event(kind: str, event_id: str, start: float, end: float | None,
@@ -106,7 +66,7 @@ def test_frigate_and_plate_camera_into_victoria(tmp_path: Path, mosquitto: Mosqu
                   frigate_event("end", "1700-abc", now - 5, now - 1, 0.9, plate="AB123")]
         for event in events[:2]:
             publish(mosquitto, "compound/ingest-t1/frigate/events", json.dumps(event))
-        client = paho_client(mosquitto)
+        client = connect(mosquitto)
         client.publish("compound/ingest-t1/frigate/events", json.dumps(events[2]),
                        qos=1).wait_for_publish(5)
         plate = {"id": 7, "sn": "e5f1", "name": "ivs_result", "version": "1.0",
@@ -127,7 +87,7 @@ def test_frigate_and_plate_camera_into_victoria(tmp_path: Path, mosquitto: Mosqu
                                    ',gateway="gw-mqtt"}')
             return got if len(got) >= 5 else {}
 
-        got = wait_for(scores, what="events in VictoriaMetrics")
+        got = eventually_sync(scores, what="events in VictoriaMetrics")
     finally:
         assert gw.stop() == 0
     # the gateway turns float seconds into ns (round(s * 1e9)); the store keeps whole ms

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from drivers.mqtt.broker import Attachment, DeviceBroker
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper, parse_time
+from drivers.mqtt.sim import PLATES, plate_message
 from gateway.driver import DeviceContext
 from gateway.mqtt.client import Message
 from tests.plugin_stub import StubGateway
@@ -46,6 +47,21 @@ def test_kv_and_number_formats() -> None:
     num = Mapper(config(format="number", fields={}))
     assert num.decode({}, b" 42 ", 5).fields == {"value": 42}
 
+
+
+def test_plate_camera_simulator_messages_map_through_its_profile() -> None:
+    """The demo's plate camera (drivers/mqtt/sim.py) speaks what the vzicloud-plate
+    profile reads: the base64 plate decodes back, the camera's name becomes a tag."""
+    mapper = Mapper(MqttDeviceConfig.model_validate(  # the profile supplies the mapping
+        {"id": "cam", "driver": "mqtt", "profile": "vzicloud-plate",
+         "topic": "c/device/+sn/message/up/ivs_result"}))
+    for plate in PLATES:
+        message = plate_message("e5f1a0c3", plate, "gate-north")
+        r = mapper.decode({"sn": "e5f1a0c3"}, json.dumps(message).encode(), 1)
+        assert r.measurement == "vehicle_event"
+        assert r.fields["plate"] == plate
+        assert r.tags == {"sn": "e5f1a0c3", "camera_name": "gate-north"}
+        assert r.time_ns == message["timestamp"] * 10**9
 
 def make_broker() -> tuple[DeviceBroker, StubGateway, DeviceContext]:
     gateway = StubGateway()

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tests.gwproc import GatewayProcess
 from tests.servers import InfluxDB1, Mosquitto
-from tests.test_mqtt_ingest import mqtt_config, paho_client, wait_for
-from tests.test_runtime import file_lines
+from tests.support.files import file_lines
+from tests.support.mqtt import connect, mqtt_config
+from tests.support.wait import eventually_sync
 
 BASE = "compound/stamps/gw"
 
@@ -33,7 +34,7 @@ def test_device_time_out_of_range_costs_nothing(tmp_path: Path, mosquitto: Mosqu
                     "interval: 20ms}\n"))
     gw = GatewayProcess(config).start()
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
-    sender = paho_client(mosquitto, client_id="stamps-sender")
+    sender = connect(mosquitto, client_id="stamps-sender")
     now = int(time.time())
     try:
         payloads = [{"v": 1, "ts": now - 5}, {"v": 2, "ts": "9999-12-31T23:59:59Z"},
@@ -46,7 +47,7 @@ def test_device_time_out_of_range_costs_nothing(tmp_path: Path, mosquitto: Mosqu
             lines = [ln for ln in file_lines(tmp_path / "data") if ln.startswith(b"stamps_room")]
             return lines if len(lines) >= 5 else []
 
-        lines = wait_for(stored, timeout=30, what="every message committed")
+        lines = eventually_sync(stored, within=30, what="every message committed")
         stamps = {int(ln.split(b"v=")[1].split(b" ")[0].rstrip(b"i")): int(ln.rsplit(b" ", 1)[1])
                   for ln in lines}
         assert sorted(stamps) == [1, 2, 3, 4, 5] and len(lines) == 5
@@ -54,9 +55,9 @@ def test_device_time_out_of_range_costs_nothing(tmp_path: Path, mosquitto: Mosqu
         assert all(abs(stamps[v] - time.time_ns()) < 60 * 10**9 for v in (2, 3, 4)), \
             "an unusable device time falls back to the arrival time"
         ticks = len([ln for ln in file_lines(tmp_path / "data") if ln.startswith(b"stamps_tick")])
-        wait_for(lambda: len([ln for ln in file_lines(tmp_path / "data")
+        eventually_sync(lambda: len([ln for ln in file_lines(tmp_path / "data")
                               if ln.startswith(b"stamps_tick")]) > ticks + 20,
-                 timeout=20, what="other devices still committing")
+                 within=20, what="other devices still committing")
         assert not [r["msg"] for r in gw.records if r.get("level") == "error"]
     finally:
         sender.loop_stop()
@@ -77,7 +78,7 @@ def test_a_burst_without_device_times_keeps_every_message(
                          "measurement: burst, fields: {seq: $.seq}}\n"))
     gw = GatewayProcess(config).start()
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
-    sender = paho_client(mosquitto, client_id="stamps-burst")
+    sender = connect(mosquitto, client_id="stamps-burst")
     try:
         infos = [sender.publish("compound/stamps2/sens", json.dumps({"seq": n}), qos=1)
                  for n in range(200)]
@@ -89,7 +90,7 @@ def test_a_burst_without_device_times_keeps_every_message(
             return rows[0]["count"] if rows and rows[0]["count"] >= 200 else 0
 
         try:
-            assert wait_for(counted, timeout=30, what="200 points in InfluxDB") == 200
+            assert eventually_sync(counted, within=30, what="200 points in InfluxDB") == 200
         except AssertionError:
             rows = influx1.select("SELECT count(seq) FROM burst", db)
             raise AssertionError(f"InfluxDB holds {rows} of 200 messages") from None

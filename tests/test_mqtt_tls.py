@@ -13,37 +13,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
 from tests.servers import Mosquitto
-
-
-class Watcher:
-    """gw account on the plain listener (may publish under compound/), collecting every
-    message there."""
-
-    def __init__(self, broker: Mosquitto) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-        self.client.username_pw_set("gw", broker.users["gw"])
-        self.client.on_message = lambda c, u, m: self.messages.append(
-            (m.topic, bytes(m.payload), m.retain))
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.subscribe("compound/#", 1)
-        self.client.loop_start()
-
-    def on(self, topic: str) -> list[bytes]:
-        return [p for t, p, _ in self.messages if t == topic]
-
-    def under(self, prefix: str) -> list[str]:
-        return [t for t, _, _ in self.messages if t.startswith(prefix)]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
+from tests.support.mqtt import watch
+from tests.support.wait import eventually
 
 
 def write_config(path: Path, broker: Mosquitto, base: str, *, client_cert: bool) -> None:
@@ -63,7 +37,7 @@ def write_config(path: Path, broker: Mosquitto, base: str, *, client_cert: bool)
 async def test_client_certificate_required(tmp_path: Path, mosquitto_factory: Callable[...,
                                            Mosquitto]) -> None:
     broker = mosquitto_factory(require_certificate=True)
-    watcher = Watcher(broker)
+    watcher = watch(broker)
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir()
     bad.mkdir()
@@ -72,18 +46,18 @@ async def test_client_certificate_required(tmp_path: Path, mosquitto_factory: Ca
     gateways = [Gateway(load_config(good / "gw.yaml")), Gateway(load_config(bad / "gw.yaml"))]
     runners = [asyncio.create_task(g.run()) for g in gateways]
     try:
-        async with asyncio.timeout(20):
-            while not watcher.on("compound/tls/gwgood/status"):  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-        birth = json.loads(watcher.on("compound/tls/gwgood/status")[-1])
+        births = await eventually(lambda: watcher.on("compound/tls/gwgood/status"), within=20)
+        birth = json.loads(births[-1])
         assert birth["state"] == "online" and birth["gateway"] == "gwgood"
 
         # the device connection is up too: a value published in the clear reaches it
-        async with asyncio.timeout(20):
-            while not watcher.on("compound/tls/gwgood/devices/tls-sensor/values"):
-                watcher.client.publish("compound/tls/gwgood-in/hall/temp", b"19.5", qos=1)
-                await asyncio.sleep(0.5)
-        value = json.loads(watcher.on("compound/tls/gwgood/devices/tls-sensor/values")[-1])
+        def values() -> list[bytes]:
+            seen = watcher.on("compound/tls/gwgood/devices/tls-sensor/values")
+            if not seen:  # published until the device connection is up and takes it
+                watcher.publish("compound/tls/gwgood-in/hall/temp", b"19.5", qos=1)
+            return seen
+
+        value = json.loads((await eventually(values, within=20, every=0.5))[-1])
         assert value["fields"] == {"value": 19.5} and value["tags"]["room"] == "hall"
 
         await asyncio.sleep(2.0)  # the other one had as long and retried meanwhile

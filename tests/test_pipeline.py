@@ -12,29 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import AppendResult, AsyncBuffer, Buffer
-from gateway.pipeline import Pipeline
+from gateway.buffer import AppendResult
 from gateway.pseudonym import Pseudonymizer, pseudonym_key
 from gateway.reading import Reading
-from gateway.stats import GatewayStats
+from tests.support.pipeline import committed_lines, make_pipeline
 
 KEY = b"0123456789abcdef-test-key"
-
-
-async def make_pipeline(tmp_path: Path) -> tuple[Pipeline, AsyncBuffer, GatewayStats]:
-    buffer = AsyncBuffer(Buffer(tmp_path / "b.db", max_bytes=10 * 1024**2,
-                                when_full="drop_oldest"))
-    await buffer.open()
-    await buffer.register_sinks(["s"])
-    stats = GatewayStats()
-    pipeline = Pipeline(buffer, stats, site="site-a", gateway_id="gw-a", flush_interval=0.05,
-                        max_pending=10_000)
-    return pipeline, buffer, stats
-
-
-async def committed_lines(buffer: AsyncBuffer) -> list[bytes]:
-    batch = await buffer.read("s", 100_000)
-    return [] if batch is None else batch.payload.split(b"\n")
 
 
 async def test_bad_values_dropped_and_counted_rest_kept(tmp_path: Path) -> None:

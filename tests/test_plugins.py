@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from tests.gwproc import ROOT
+from tests.support.wait import eventually_sync
 
 HEAVY = ("drivers.", "paho", "pymodbus", "serial", "aiohttp", "influxdb_client", "osdp")
 
@@ -100,11 +101,8 @@ def test_a_third_party_driver_installed_as_its_own_package_just_works(tmp_path: 
                            env=env, stderr=subprocess.PIPE, text=True)
     try:
         lines = tmp_path / "data" / "lines" / "current.lp"
-        import time
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not (
-                lines.exists() and b"volts=231.5" in lines.read_bytes()):
-            time.sleep(0.1)
+        eventually_sync(lambda: lines.exists() and b"volts=231.5" in lines.read_bytes(),
+                        within=30, every=0.1, what="the third-party driver's reading")
         assert lines.exists() and b"acme,device=a1" in lines.read_bytes()
     finally:
         run.terminate()

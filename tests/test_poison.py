@@ -16,8 +16,9 @@ from pathlib import Path
 
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto
-from tests.test_mqtt_ingest import mqtt_config, paho_client, wait_for
-from tests.test_runtime import file_lines
+from tests.support.files import file_lines
+from tests.support.mqtt import connect, mqtt_config
+from tests.support.wait import eventually_sync
 
 BASE = "compound/poison/gw"
 DEVICE = ('  - {id: cam-p, driver: mqtt, topic: "compound/poison/+cam/ev", measurement: poison_ev, '
@@ -32,14 +33,14 @@ def test_lone_surrogate_costs_one_message_and_intake_goes_on(
                 sinks="  - {type: file, name: local}\n", devices=DEVICE)
     gw = GatewayProcess(config).start()
     gw.wait_for_log(lambda r: "connected" in r["msg"] and "-dev" in r["msg"])
-    watcher = paho_client(mosquitto, user="ops")
+    watcher = connect(mosquitto, user="ops")
     seen: dict[str, list[dict]] = {"errors": [], "state": [], "stats": []}
     watcher.on_message = lambda c, u, m: seen[m.topic.rsplit("/", 1)[1]].append(
         json.loads(m.payload))
     watcher.subscribe([(f"{BASE}/errors", 1), (f"{BASE}/devices/cam-p/state", 1),
                        (f"{BASE}/stats", 1)])
     errors, states = seen["errors"], seen["state"]
-    sender = paho_client(mosquitto, client_id="poison-sender")
+    sender = connect(mosquitto, client_id="poison-sender")
     try:
         payloads = [json.dumps({"seq": n, "label": f"car {n}"}).encode() for n in range(10)]
         payloads.append(b'{"label": "\\ud800"}')                  # nothing left: rejected
@@ -54,7 +55,7 @@ def test_lone_surrogate_costs_one_message_and_intake_goes_on(
             return lines if len(lines) >= 20 else []
 
         try:
-            lines = wait_for(stored, timeout=30, what="every good message committed")
+            lines = eventually_sync(stored, within=30, what="every good message committed")
         except AssertionError:
             got = file_lines(tmp_path / "data")
             raise AssertionError(f"{len(got)} lines: {got[-3:]}\n"
@@ -65,17 +66,17 @@ def test_lone_surrogate_costs_one_message_and_intake_goes_on(
         assert not any(b"\\ud" in ln for ln in lines)
         assert b'label="car' not in next(ln for ln in lines if b"seq=10i" in ln)
 
-        wait_for(lambda: errors, timeout=10, what="the poison dead-lettered")
+        eventually_sync(lambda: errors, within=10, what="the poison dead-lettered")
         assert errors[0]["device"] == "cam-p" and errors[0]["reason"].startswith("no_fields")
 
         # Intake is still alive after the poison: a later message is committed too.
         later = sender.publish("compound/poison/gate1/ev", json.dumps({"seq": 99}), qos=1)
         later.wait_for_publish(10)
-        wait_for(lambda: any(b"seq=99i" in ln for ln in file_lines(tmp_path / "data")),
-                 timeout=20, what="intake alive after the poison")
-        counters = wait_for(
+        eventually_sync(lambda: any(b"seq=99i" in ln for ln in file_lines(tmp_path / "data")),
+                 within=20, what="intake alive after the poison")
+        counters = eventually_sync(
             lambda: (seen["stats"] and seen["stats"][-1]["devices"]["cam-p"].get(
-                "invalid_text") and seen["stats"][-1]["devices"]["cam-p"]), timeout=10,
+                "invalid_text") and seen["stats"][-1]["devices"]["cam-p"]), within=10,
             what="the dropped field counted")
         assert counters["invalid_text"] == 2 and counters["no_fields"] == 1, counters
         time.sleep(1.5)  # one more device state check after everything

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from tests.gwproc import ROOT, GatewayProcess
+from tests.support.files import file_lines
 
 
 def write_config(path: Path, devices: str, extra: str = "") -> None:
@@ -18,13 +19,6 @@ def write_config(path: Path, devices: str, extra: str = "") -> None:
         gateway: {id: gw-t, site: test-site, data_dir: data}
         buffer: {flush_interval: 50ms}
         """) + extra + "devices:\n" + textwrap.dedent(devices))
-
-
-def file_lines(data_dir: Path) -> list[bytes]:
-    out: list[bytes] = []
-    for path in sorted((data_dir / "lines").glob("*.lp")):
-        out.extend(line for line in path.read_bytes().split(b"\n") if line)
-    return out
 
 
 def pending_in_buffer(data_dir: Path) -> int:

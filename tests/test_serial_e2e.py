@@ -13,20 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from drivers.cjt188.sim import Cjt188Bus, Meter188, water_body
 from drivers.dlt645.points import POINTS_2007
+from drivers.dlt645.sim import Dlt645Bus, Meter645
+from drivers.serialbus.sim import PtySerial, StreamDevice, bcd_le
 from tests.e2e import wait_drained
 from tests.gwproc import GatewayProcess
-from tests.serial_sims import (
-    Cjt188Bus,
-    Dlt645Bus,
-    Meter188,
-    Meter645,
-    PtySerial,
-    StreamDevice,
-    bcd_le,
-    water_body,
-)
 from tests.servers import VictoriaMetrics
+from tests.support.wait import eventually_sync
 
 
 def _config(path: Path, victoria: VictoriaMetrics, body: str) -> None:
@@ -40,13 +34,8 @@ def _config(path: Path, victoria: VictoriaMetrics, body: str) -> None:
 def _wait_rows(victoria: VictoriaMetrics, match: str,
                predicate: Callable[[list[dict[str, Any]]], bool],
                within: float = 30.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        rows = victoria.export(match)
-        if predicate(rows):
-            return rows
-        time.sleep(0.3)
-    raise AssertionError(f"{match}: never satisfied; last {victoria.export(match)}")
+    return eventually_sync(lambda: victoria.export(match), until=predicate, within=within,
+                           every=0.3, what=match)
 
 
 def test_meters_into_victoriametrics(tmp_path: Path, victoria: VictoriaMetrics) -> None:
@@ -113,13 +102,14 @@ devices:
         gw = GatewayProcess(config).start()
         try:
             gw.wait_for_log(lambda r: "running" in r["msg"])
-            deadline = time.monotonic() + 30
-            rows: list = []
-            while not rows and time.monotonic() < deadline:
+
+            def swiped() -> list[dict[str, Any]]:
                 # a record that does not match, with the card inside, must not be logged
                 pty.write(f"noise CARD:{card} garbage\r\nCARD:{card};DIR:IN\r\n".encode())
                 time.sleep(0.5)
-                rows = victoria.export('{__name__="e2e_access_event"}')
+                return victoria.export('{__name__="e2e_access_event"}')
+
+            rows = eventually_sync(swiped, within=30, every=0.0, what="the swipe stored")
             wait_drained(tmp_path / "data" / "buffer.db", ["vm"])
         finally:
             assert gw.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from pathlib import Path
@@ -10,9 +11,10 @@ import pytest
 
 from drivers.serial_line.config import Framing
 from drivers.serial_line.framer import Framer
+from drivers.serial_line.sim import CardReader
+from drivers.serialbus.sim import PtySerial, StreamDevice
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
-from tests.serial_sims import PtySerial, StreamDevice
 
 CASES = sorted(p for p in (Path(__file__).parent.parent / "drivers/serial_line/testcases")
                .iterdir() if p.is_dir())
@@ -108,3 +110,27 @@ async def test_missing_port_is_offline_and_retried() -> None:
     await h.wait_for(lambda: h.contexts["flaky"].status.counters.get("no_connection", 0) >= 3)
     await h.stop()
     assert h.contexts["flaky"].status.state is DeviceState.OFFLINE
+
+
+async def test_card_reader_simulator_records_are_parsed() -> None:
+    """The demo's gate reader (drivers/serial_line/sim.py) read by the driver with the
+    demo's pattern: every swipe it printed becomes one reading, card and direction intact."""
+    cards = ["0004123456", "0007765432"]
+    sim = CardReader(cards, every=0.05)
+    swiping = asyncio.create_task(sim.run())
+    try:
+        h = Harness()
+        h.add(reader("gate", sim.path, framing={"mode": "delimiter", "delimiter": "0D0A"},
+                     pattern=r"^CARD:(?P<card>\d+);DIR:(?P<direction>IN|OUT)$",
+                     tag_groups=["direction"], types={"card": "str"}))
+        h.start()
+        await h.wait_for(lambda: len(h.readings.get("gate", [])) >= 5)
+        await h.stop()
+    finally:
+        swiping.cancel()
+        await asyncio.gather(swiping, return_exceptions=True)
+        sim.close()
+    got = h.readings["gate"]
+    assert all(r.fields["card"] in cards and r.tags["direction"] in ("IN", "OUT") for r in got)
+    assert len(got) <= sim.swipes
+    assert h.contexts["gate"].status.counters.get("no_match", 0) == 0

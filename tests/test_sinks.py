@@ -13,7 +13,7 @@ import contextlib
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -31,6 +31,7 @@ from gateway.sinks.http import display_url, error_text, parse_retry_after
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from tests.servers import TestCA, free_port
+from tests.support.wait import eventually
 
 TOKEN = "tok-SECRET-0123456789"
 PASSWORD = "pw-SECRET-9876543210"
@@ -61,16 +62,6 @@ def influxdb1_sink(url: str, database: str, **overrides: Any) -> InfluxDB1Sink:
 # --- real servers -------------------------------------------------------------------------
 
 
-async def eventually(probe: Callable[[], Awaitable[Any]], within: float = 15.0) -> Any:
-    """Poll until probe() is truthy: VictoriaMetrics makes fresh samples searchable late."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await probe()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.parametrize("use_gzip", [True, False], ids=["gzip", "plain"])
 async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: bool) -> None:
     m = unique("sinkvm")
@@ -90,7 +81,7 @@ async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: 
         rows = await asyncio.to_thread(victoria.export, f'{{__name__=~"{m}_.*"}}')
         return rows if sum(len(r["values"]) for r in rows) == 6 else []
 
-    rows = await eventually(probe)
+    rows = await eventually(probe, within=15.0)  # VictoriaMetrics: searchable late
     got = {
         (r["metric"]["__name__"], r["metric"]["site"], r["metric"]["meter"]): sorted(
             zip(r["timestamps"], r["values"], strict=True)
@@ -124,7 +115,7 @@ async def test_line_break_in_a_string_field_loses_nothing_in_victoriametrics(
         rows = await asyncio.to_thread(victoria.export, f'{{__name__="{m}_v"}}')
         return rows if len(rows) == 2 else []
 
-    rows = await eventually(probe)
+    rows = await eventually(probe, within=15.0)  # VictoriaMetrics: searchable late
     assert sorted((r["metric"]["meter"], r["values"]) for r in rows) == [
         ("m1", [1.5]), ("m2", [2.5])]
 

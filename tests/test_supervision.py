@@ -20,7 +20,8 @@ from gateway.mqtt.client import Message
 from gateway.reading import Reading
 from gateway.supervisor import Supervisor
 from tests.plugin_stub import StubGateway
-from tests.test_pipeline import committed_lines, make_pipeline
+from tests.support.pipeline import committed_lines, make_pipeline
+from tests.support.wait import eventually
 
 
 async def test_failing_task_is_logged_once_counted_shown_and_restarted(
@@ -72,9 +73,7 @@ async def test_an_error_that_will_not_fix_itself_waits_the_cap() -> None:
         sup = Supervisor(group, restart_cap=30.0)
         sup.start("broken", broken)
         sup.start("flaky", flaky)
-        async with asyncio.timeout(10):
-            while len(sup.failing) < 2:  # noqa: ASYNC110 - the supervisor's own tasks
-                await asyncio.sleep(0.01)
+        await eventually(lambda: len(sup.failing) >= 2, within=10, every=0.01)
         assert sup.failing["broken"].retry_in == 30.0, "not retryable: the cap at once"
         assert sup.failing["flaky"].retry_in <= 1.0, "retryable: the backoff's first step"
         await sup.stop()

@@ -1,8 +1,8 @@
-"""The only module that imports pymodbus (pinned >=3.11,<3.12).
+"""The only module of the driver that imports pymodbus (pinned >=3.11,<3.12).
 
-The gateway's client side, plus :class:`RegisterServer`, the small Modbus TCP server the
-demo's simulated meters answer from. It turns pymodbus's behaviour into the project's
-terms:
+The gateway's client side (the simulated devices of the tests and the demo, pymodbus's
+server side, are in drivers/modbus/sim.py, which the driver never imports). It turns
+pymodbus's behaviour into the project's terms:
 
 * exception replies come back from pymodbus as PDUs with ``isError()``; here they raise
   :class:`ModbusExceptionReply` with the code;
@@ -24,14 +24,13 @@ terms:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
 import os
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -353,67 +352,3 @@ def _crc_ok(frame: bytes) -> bool:
         for _ in range(8):
             crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
     return frame[-2:] == crc.to_bytes(2, "little")
-
-
-# -- a register-table server (the demo's simulated meters) --------------------------------
-
-_FUNCTION_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil",
-                   6: "holding", 15: "coil", 16: "holding"}
-TABLES = ("holding", "input", "coil", "discrete")
-
-
-class RegisterServer:
-    """A Modbus TCP server on ``127.0.0.1:port`` whose units answer from plain dicts.
-
-    ``tables[unit][table][address]`` (tables as in :data:`TABLES`, 0-based addresses as in
-    the profiles) is read on every request and written by write requests, so the owner
-    changes values by changing the dicts; unset addresses read as 0 / False."""
-
-    def __init__(self, port: int, tables: dict[int, dict[str, dict[int, Any]]],
-                 on_request: Callable[[], None] | None = None) -> None:
-        from pymodbus.datastore import ModbusServerContext
-
-        self.port = port
-        self._context = ModbusServerContext(
-            devices={unit: _unit_context(tables[unit], on_request) for unit in tables},
-            single=False)
-        self._server: Any = None
-
-    async def start(self) -> None:
-        from pymodbus.server import ModbusTcpServer
-
-        self._server = ModbusTcpServer(self._context, framer=FramerType.SOCKET,
-                                       address=("127.0.0.1", self.port),
-                                       ignore_missing_devices=True)
-        await self._server.serve_forever(background=True)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await self._server.shutdown()
-
-
-def _unit_context(tables: dict[str, dict[int, Any]],
-                  on_request: Callable[[], None] | None) -> Any:
-    from pymodbus.datastore import ModbusDeviceContext, ModbusSequentialDataBlock
-
-    class SparseTables(ModbusDeviceContext):
-        def __init__(self) -> None:
-            tiny = {k: ModbusSequentialDataBlock(0, [0]) for k in ("di", "co", "ir", "hr")}
-            super().__init__(**tiny)
-
-        def getValues(self, func_code: int, address: int, count: int = 1) -> Any:
-            if on_request is not None:
-                on_request()
-            table = _FUNCTION_TABLE[func_code]
-            values = tables[table]
-            default: Any = False if table in ("coil", "discrete") else 0
-            return [values.get(a, default) for a in range(address, address + count)]
-
-        def setValues(self, func_code: int, address: int, values: Any) -> Any:
-            store = tables[_FUNCTION_TABLE[func_code]]
-            for i, value in enumerate(values):
-                store[address + i] = value
-            return None
-
-    return SparseTables()

@@ -16,11 +16,29 @@ from gateway.config.loader import load_config
 from gateway.driver import DeviceStatus
 from gateway.plugin import DeadLetter
 from gateway.runtime import Gateway
-from tests.servers import free_port
-from tests.test_runtime import file_lines
+from tests.support.files import file_lines
+from tests.support.servers import free_port
+from tests.support.wait import eventually_sync
 
 T = TypeVar("T")
 KEY = "k" * 32
+
+ISSUE_EXAMPLE = """\
+http:
+  listen: 127.0.0.1:8088          # the compound LAN interface in production
+  max_body: 4MiB
+devices:
+  - id: gate-cam-1
+    driver: camera_push
+    profile: vzenith-plate          # AlarmInfoPlate JSON
+    token: "s3cret-token"           # the device posts to /push/gate-cam-1/s3cret-token
+    sources: [127.0.0.1]            # source addresses allowed to post
+    pseudonymize: [plate]
+  - id: lobby-terminal
+    driver: camera_push
+    profile: hikvision-isapi        # EventNotificationAlert: XML, JSON or multipart
+    token: "t2"
+"""
 
 HEADER = """\
 gateway: {{id: gw-push, site: push-site, data_dir: data}}
@@ -101,9 +119,4 @@ class GatewayThread:
 
 def wait_until(predicate: Any, what: str, timeout: float = 20.0) -> None:
     """Hang guard only: fails the test if ``predicate`` never holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"never happened: {what}")
+    eventually_sync(predicate, within=timeout, every=0.02, what=what)

@@ -8,13 +8,12 @@ import asyncio
 from pathlib import Path
 
 from drivers.camera_push import sim
-from drivers.camera_push.tests.harness import KEY
-from drivers.camera_push.tests.test_receiver import ISSUE_EXAMPLE
+from drivers.camera_push.tests.harness import ISSUE_EXAMPLE, KEY
 from gateway.pseudonym import Pseudonymizer
 from tests.e2e import wait_drained
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics, free_port
-from tests.test_runtime import file_lines
+from tests.support.files import file_lines
+from tests.support.servers import VictoriaMetrics, free_port
 
 
 def test_push_devices_into_file_and_victoriametrics(tmp_path: Path,

@@ -13,25 +13,14 @@ from pathlib import Path
 import pytest
 
 from drivers.camera_push import sim
-from drivers.camera_push.tests.harness import KEY, GatewayThread, config_text, wait_until
+from drivers.camera_push.tests.harness import (
+    ISSUE_EXAMPLE,
+    KEY,
+    GatewayThread,
+    config_text,
+    wait_until,
+)
 from gateway.pseudonym import Pseudonymizer
-
-ISSUE_EXAMPLE = """\
-http:
-  listen: 127.0.0.1:8088          # the compound LAN interface in production
-  max_body: 4MiB
-devices:
-  - id: gate-cam-1
-    driver: camera_push
-    profile: vzenith-plate          # AlarmInfoPlate JSON
-    token: "s3cret-token"           # the device posts to /push/gate-cam-1/s3cret-token
-    sources: [127.0.0.1]            # source addresses allowed to post
-    pseudonymize: [plate]
-  - id: lobby-terminal
-    driver: camera_push
-    profile: hikvision-isapi        # EventNotificationAlert: XML, JSON or multipart
-    token: "t2"
-"""
 
 
 def hashed(value: str) -> str:

@@ -12,22 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.tests.harness import Fleet, serial_bus, tcp_bus
-from drivers.modbus.tests.sim import Device, PtyRelay, RtuSim, TcpSim, Units
-from drivers.modbus.tests.test_modbus_rtu import POINTS, meter
+from drivers.modbus.sim import Device, TcpSim, Units
+from drivers.modbus.tests.harness import (
+    GOOD,
+    Fleet,
+    Line,
+    crc16,
+    tcp_bus,
+)
 from gateway.driver import DeviceState
 from tests.servers import free_port
-
-GOOD = {u: {"voltage": 230.5, "energy": 1234.56 + u, "status": u} for u in (1, 2)}
-
-
-def crc16(frame: bytes) -> bytes:
-    crc = 0xFFFF
-    for byte in frame:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-    return crc.to_bytes(2, "little")
 
 
 def replies_of(unit: int, change: Callable[[bytes], bytes]) -> Callable[[str, bytes], bytes]:
@@ -41,42 +35,7 @@ def replies_of(unit: int, change: Callable[[bytes], bytes]) -> Callable[[str, by
     return mangle
 
 
-class Line:
-    """Units 1 and 2 (the meters of test_modbus_rtu) on one pty line, one driver each."""
 
-    def __init__(self, mangle: Callable[[str, bytes], bytes] | None = None,
-                 interval: float = 0.25, timeout: float = 0.1) -> None:
-        self.units = Units({1: meter(1), 2: meter(2)})
-        self.mangle = mangle
-        self.interval, self.timeout = interval, timeout
-
-    async def __aenter__(self) -> Line:
-        self.relay = await PtyRelay(self.mangle).start()
-        self.server = await RtuSim(self.units, self.relay.server_port).start()
-        self.fleet = Fleet({"rs485": serial_bus(self.relay.client_port, timeout=self.timeout)})
-        self.healthy = self.fleet.add(id="u1", bus="rs485", unit=1, points=POINTS,
-                                      interval=self.interval, retries=1)
-        self.odd = self.fleet.add(id="u2", bus="rs485", unit=2, points=POINTS,
-                                  interval=self.interval, retries=1, backoff_max=0.5)
-        await self.fleet.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.fleet.stop()
-        finally:
-            await self.server.stop()
-            await self.relay.stop()
-
-    def assert_healthy_kept_its_schedule(self) -> None:
-        """u1 answered every poll, never skipped a slot, and counted no problem."""
-        driver = self.healthy
-        assert driver.ctx.status.state is DeviceState.ONLINE
-        assert driver.timer.missed == 0
-        assert {k: v for k, v in driver.ctx.status.counters.items() if v} == {}
-        readings = self.fleet.readings["u1"]
-        assert len(readings) >= driver.cycles - 1 >= 1
-        assert all(dict(r.fields) == GOOD[1] for r in readings)
 
 
 async def test_reply_from_another_unit_id_is_detected() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from drivers.modbus.tests.sim import ServerThread, TcpSim, Units
-from drivers.modbus.tests.test_modbus_tcp import layout
+from drivers.modbus.sim import ServerThread, TcpSim, Units
+from drivers.modbus.tests.harness import layout
 from tests.e2e import wait_drained, write_config
 from tests.gwproc import GatewayProcess
 from tests.servers import VictoriaMetrics, free_port

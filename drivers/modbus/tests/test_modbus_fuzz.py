@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import pytest
 
-from drivers.modbus.tests.test_modbus_bad_input import GOOD, Line, crc16
+from drivers.modbus.tests.harness import GOOD, Line, crc16
 
 
 def rtu_mangler(rng: random.Random, unit: int, state: dict[str, int]

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import itertools
 
-from drivers.modbus.tests.harness import Fleet, serial_bus
-from drivers.modbus.tests.sim import Device, Mangle, PacedLine, PtyRelay, RtuSim, Units
+from drivers.modbus.sim import Mangle, PacedLine, PtyRelay, RtuSim, Units
+from drivers.modbus.tests.harness import POINTS, Fleet, meter, serial_bus
 from gateway.config.models import SerialBus
 from gateway.driver import DeviceState
-
-POINTS = [
-    {"name": "voltage", "table": "input", "address": 0, "type": "float32", "order": "CDAB"},
-    {"name": "energy", "table": "input", "address": 2, "type": "uint32", "scale": 0.01,
-     "precision": 2},
-    {"name": "status", "table": "holding", "address": 0x10},
-]
-
-
-def meter(unit: int) -> Device:
-    device = Device()
-    for spec, value in zip(POINTS, (230.5, 1234.56 + unit, unit), strict=True):
-        from drivers.modbus.points import Point
-
-        device.put(Point.model_validate(spec), value)
-    return device
 
 
 async def line(units: Units, mangle: Mangle | None = None) -> tuple[PtyRelay, RtuSim]:

@@ -5,41 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from ruamel.yaml import YAML
 
 from drivers.modbus.client import Endpoint, ModbusLink
 from drivers.modbus.driver import ModbusDriver
-from drivers.modbus.points import Point
 from drivers.modbus.profiles import load_profile
-from drivers.modbus.tests.harness import Fleet, tcp_bus
-from drivers.modbus.tests.sim import Device, TcpSim, Units
+from drivers.modbus.sim import Device, TcpSim, Units
+from drivers.modbus.tests.harness import Fleet, layout, tcp_bus
 from gateway.driver import DeviceState
 from gateway.errors import CommandRefused
 from tests.servers import free_port
-
-CASES = YAML(typ="safe").load(
-    (Path(__file__).parent.parent / "testcases" / "decode" / "all_types.yaml").read_text()
-)["cases"]
-
-
-def layout() -> tuple[list[dict], Device, dict[str, object]]:
-    """Every testcase point at its own address (with a hole-free gap of 3 between)."""
-    points, device, expected = [], Device(), {}
-    address = 0
-    for case in CASES:
-        spec = {**case["point"], "address": address}
-        point = Point.model_validate(spec)
-        table = getattr(device, point.table)
-        for i, word in enumerate(case["registers"]):
-            table[address + i] = word
-        points.append(spec)
-        expected[point.name] = case["value"]
-        address += point.count + 3
-    return points, device, expected
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""Real pymodbus servers for the tests and benchmarks: TCP, and RTU over pty pairs.
+"""Real pymodbus servers for this driver's tests, the benchmarks and the demo: TCP, and
+RTU over pty pairs. The driver never imports it (a gateway that runs ``modbus`` devices
+does not load pymodbus's server side); this and drivers/modbus/client.py are the two
+modules that import pymodbus, the client side there, the server side here.
 
 * :class:`Device` - one unit's datastore (0-based addresses, unlike pymodbus's own
   blocks, which are off by one), with "holes" the device rejects like a real meter whose
@@ -68,17 +71,17 @@ class Device:
 class _Context(ModbusDeviceContext):
     """pymodbus device context backed by a :class:`Device`, counting requests."""
 
-    def __init__(self, device: Device, log: list[tuple[int, str, int, int]], unit: int) -> None:
+    def __init__(self, device: Device, units: Units, unit: int) -> None:
         # Tiny placeholder blocks: the default ones hold 4 x 65536 values per unit
         # (~8 MB each), which would dominate the RSS of a 100-device benchmark.
         tiny = {k: ModbusSequentialDataBlock(0, [0]) for k in ("di", "co", "ir", "hr")}
         super().__init__(**tiny)
-        self.device, self.log, self.unit = device, log, unit
+        self.device, self.units, self.unit = device, units, unit
 
     def getValues(self, func_code: int, address: int, count: int = 1) -> Any:
         table = FC_TABLE[func_code]
         if func_code in (1, 2, 3, 4):
-            self.log.append((self.unit, table, address, count))
+            self.units.record((self.unit, table, address, count))
         if self.device.fail is not None:
             return ExcCodes(self.device.fail)
         holes = self.device.holes.get(table, set())
@@ -92,7 +95,7 @@ class _Context(ModbusDeviceContext):
 
     def setValues(self, func_code: int, address: int, values: Any) -> Any:
         table = FC_TABLE[func_code]
-        self.log.append((self.unit, f"write:{table}", address, len(values)))
+        self.units.record((self.unit, f"write:{table}", address, len(values)))
         holes = self.device.holes.get(table, set())
         if any(a in holes for a in range(address, address + len(values))):
             return ExcCodes.ILLEGAL_ADDRESS
@@ -105,17 +108,26 @@ class _Context(ModbusDeviceContext):
 class Units:
     """The unit ids a server answers for; remove one to make it silent (dead meter)."""
 
-    def __init__(self, devices: dict[int, Device]) -> None:
+    def __init__(self, devices: dict[int, Device], *, keep_requests: bool = True) -> None:
         self.requests: list[tuple[int, str, int, int]] = []
+        """(unit, table or ``write:<table>``, address, count) of every request, in order,
+        unless ``keep_requests`` is off (the demo, which runs for days, only counts)."""
+        self.request_total = 0
+        self.keep_requests = keep_requests
         self.devices = devices
         self.context = ModbusServerContext(
-            devices={u: _Context(d, self.requests, u) for u, d in devices.items()}, single=False)
+            devices={u: _Context(d, self, u) for u, d in devices.items()}, single=False)
+
+    def record(self, request: tuple[int, str, int, int]) -> None:
+        self.request_total += 1
+        if self.keep_requests:
+            self.requests.append(request)
 
     def kill(self, unit: int) -> None:
         del self.context[unit]
 
     def revive(self, unit: int) -> None:
-        self.context[unit] = _Context(self.devices[unit], self.requests, unit)
+        self.context[unit] = _Context(self.devices[unit], self, unit)
 
     def count(self, unit: int | None = None, table: str | None = None) -> int:
         return sum(1 for u, t, _, _ in self.requests

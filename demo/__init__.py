@@ -56,8 +56,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import logging
     from pathlib import Path
 
+    from demo.compound import run_compound
     from gateway.config.types import read_secret_file
-    from gateway.demo.compound import run_compound
     from gateway.logs import setup_logging
 
     if args.influx_token_file:

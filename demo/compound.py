@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.demo.sims import CardReader, Load, MeterBus, ModbusMeters, PlateCamera, WaterMeter
+from demo.meters import Load, MeterBus, ModbusMeters, WaterMeter
+from drivers.mqtt.sim import PlateCamera
+from drivers.serial_line.sim import CardReader
 
 log = logging.getLogger("iotgw.demo")
 
@@ -167,8 +169,8 @@ async def run_compound(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, compound: Compound, config: Any) -> int:
+    from demo.view import View
     from drivers.modbus.profiles import resolve_points
-    from gateway.demo.view import View
     from gateway.runtime import Gateway
 
     assert compound.bus is not None and compound.reader is not None

@@ -1,0 +1,51 @@
+"""A line-printing serial device for this driver's tests and the demo: a gate card reader
+on its own pseudo-terminal, printing one CRLF-terminated ``CARD:<number>;DIR:IN|OUT``
+record per swipe.
+
+The driver never imports it. Tests that need a device answering requests use
+drivers/serialbus/sim.py's :class:`~drivers.serialbus.sim.PtySerial` directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+
+from drivers.serialbus.sim import Pty
+
+__all__ = ["CardReader"]
+
+
+class CardReader:
+    """A gate reader on its own pty, printing one CRLF-terminated record per swipe, every
+    ``every`` seconds (+-50%), in the current event loop until cancelled."""
+
+    def __init__(self, cards: list[str], every: float = 4.0) -> None:
+        self.pty = Pty()
+        self.path = self.pty.path
+        self.cards = cards
+        self.every = every
+        self.swipes = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pty.master, self._drain)
+        try:
+            await asyncio.sleep(1.0)
+            while True:
+                card = random.choice(self.cards)
+                direction = random.choice(("IN", "OUT"))
+                self.pty.write(f"CARD:{card};DIR:{direction}\r\n".encode())
+                self.swipes += 1
+                await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
+        finally:
+            loop.remove_reader(self.pty.master)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self.pty.master, 4096)
+
+    def close(self) -> None:
+        self.pty.close()
