@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import sqlite3
 import statistics
 import tempfile
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 from gateway.alarms import journal
 from gateway.alarms.config import RuleConfig
 from gateway.alarms.engine import DeviceInfo, Engine
+from gateway.alarms.model import Transition
 from gateway.alarms.rules import CompiledRule, compile_rule
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.pipeline import Pipeline
@@ -115,9 +117,12 @@ async def commit_latency(path: Path, batch: int, rounds: int) -> list[float]:
         transitions, dirty = engine.take()
         rows = journal.state_records(dirty, {})
         lines, oldest, newest = journal.alarm_lines(transitions, {"site": "s"})
+        def write(conn: sqlite3.Connection, t: list[Transition] = transitions,
+                  w: list[journal.StateRecord] = rows) -> None:
+            journal.write(conn, t, w)
+
         started = time.perf_counter()
-        await buffer.commit_with("alarms", lines, oldest, newest,
-                                 lambda conn, t=transitions, w=rows: journal.write(conn, t, w))
+        await buffer.commit_with("alarms", lines, oldest, newest, write)
         times.append(time.perf_counter() - started)
     await buffer.close()
     return times
