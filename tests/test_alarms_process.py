@@ -283,3 +283,30 @@ def test_kill_9_rounds_fixed_seed(tmp_path: Path) -> None:
 @pytest.mark.soak
 def test_kill_9_rounds_soak(tmp_path: Path) -> None:
     kill_rounds(tmp_path, rounds=100, seed=2026)
+
+
+def test_sighup_reload_keeps_the_pending_on_delay_of_an_unchanged_rule(tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    config = write_config(tmp_path)
+    set_value(tmp_path, 1.0)
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        started(gw)
+        set_value(tmp_path, 20.0)
+        wait_until(lambda: read_db(tmp_path)[0].get("slow", {}).get("pending_on") is not None)
+        began = read_db(tmp_path)[0]["slow"]["pending_on"]
+        # another rule is added and hi's threshold changes; slow is untouched
+        config.write_text(config.read_text().replace('"v > 10"\n    clear', '"v > 12"\n    clear')
+                          + "  - id: extra\n    devices: [probe-1]\n    when: \"v > 100\"\n")
+        time.sleep(max(0.0, began + 1.5 - time.time()))  # a reset would end 1.5 s later
+        gw.signal(signal.SIGHUP)
+        gw.wait_for_log(lambda r: "config reloaded" in str(r.get("msg", "")))
+        fired = wait_until(lambda: any(r[2] == "slow" and r[3] == "raise"
+                                       for r in read_db(tmp_path)[1]))
+    finally:
+        assert gw.stop() == 0
+    assert fired - (began + 3.0) < 1.3  # not restarted by the reload (that would be +3 s)
+    states, journal = read_db(tmp_path)
+    slow = [r for r in journal if r[2] == "slow"]
+    assert slow[0][5] == pytest.approx(began + 3.0)
+    assert [r[3] for r in journal if r[2] == "hi"] == ["raise"]  # changed: state kept
