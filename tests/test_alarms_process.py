@@ -306,7 +306,7 @@ def test_sighup_reload_keeps_the_pending_on_delay_of_an_unchanged_rule(tmp_path:
     finally:
         assert gw.stop() == 0
     assert fired - (began + 3.0) < 1.3  # not restarted by the reload (that would be +3 s)
-    states, journal = read_db(tmp_path)
+    _states, journal = read_db(tmp_path)
     slow = [r for r in journal if r[2] == "slow"]
     assert slow[0][5] == pytest.approx(began + 3.0)
     assert [r[3] for r in journal if r[2] == "hi"] == ["raise"]  # changed: state kept
