@@ -49,12 +49,12 @@ class ProbeDriver(Driver):
         self.ctx.set_state(DeviceState.ONLINE)
         while True:
             try:
-                value = json.loads((control / "value.json").read_text())["v"]
+                spec = json.loads((control / "value.json").read_text())
             except (OSError, ValueError):
-                value = None
-            if value is not None:
-                await self.ctx.emit([Reading("probe", {}, {"v": float(value)},
-                                             time.time_ns())])
+                spec = {}
+            fields = spec.get("fields") or ({"v": float(spec["v"])} if "v" in spec else None)
+            if fields:
+                await self.ctx.emit([Reading("probe", {}, fields, time.time_ns())])
             for path in sorted(control.glob("cmd-*.json")):
                 spec = json.loads(path.read_text())
                 service = self.ctx.gateway.alarms
@@ -310,3 +310,48 @@ def test_sighup_reload_keeps_the_pending_on_delay_of_an_unchanged_rule(tmp_path:
     slow = [r for r in journal if r[2] == "slow"]
     assert slow[0][5] == pytest.approx(began + 3.0)
     assert [r[3] for r in journal if r[2] == "hi"] == ["raise"]  # changed: state kept
+
+
+def test_blocklisted_plate_matches_without_the_raw_plate_reaching_the_buffer(
+        tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    control = tmp_path / "control"
+    control.mkdir()
+    (tmp_path / "key").write_text("k" * 32)
+    (tmp_path / "blocked.txt").write_text("# stolen\nZZ999\nAB123\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw, site: s, data_dir: data}\n"
+        "buffer: {flush_interval: 50ms}\n"
+        "health: {enabled: false}\n"
+        f"privacy: {{key_file: {tmp_path / 'key'}}}\n"
+        "devices:\n"
+        f"  - {{id: barrier-1, driver: alarmprobe, control: {control}, "
+        "pseudonymize: [plate]}\n"
+        "rules:\n"
+        "  - id: blocked-plate\n"
+        "    devices: [barrier-*]\n"
+        "    when: plate in blocked\n"
+        "    message: 'blocked plate {plate}'\n"
+        "    lists: {blocked: {file: blocked.txt, field: plate}}\n")
+    tmp = control / "value.tmp"
+    tmp.write_text(json.dumps({"fields": {"plate": "CD456"}}))
+    tmp.replace(control / "value.json")
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        started(gw)
+        time.sleep(0.3)
+        tmp.write_text(json.dumps({"fields": {"plate": "AB123"}}))
+        tmp.replace(control / "value.json")
+        lines = tmp_path / "data" / "lines" / "current.lp"
+        wait_until(lambda: lines.exists() and b"rule=blocked-plate" in lines.read_bytes())
+    finally:
+        assert gw.stop() == 0
+    _states, journal = read_db(tmp_path)
+    assert [r[3] for r in journal] == ["raise"]
+    for stored in (lines, db(tmp_path)):
+        assert b"AB123" not in stored.read_bytes(), stored
+    from gateway.pseudonym import Pseudonymizer
+
+    token = Pseudonymizer(b"k" * 32)("AB123")
+    assert f"plate=\"{token}\"".encode() in lines.read_bytes()
