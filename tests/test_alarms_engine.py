@@ -383,3 +383,13 @@ def test_expression_fast_path_agrees_with_rule_engine() -> None:
         slow = reference_value(text, values)
         assert expression(values) == slow, text
     assert not math.isnan(compile_expression("a + 1 > 1")({"a": 1}) * 1.0)
+
+
+def test_stale_alarms_exist_for_configured_devices_selected_by_installer_tags() -> None:
+    sim = Sim({"id": "silent", "tags": {"building": "b7"}, "measurement": ["water"],
+               "stale": "60s"},
+              devices={"w-1": DeviceInfo(tags={"building": "b7"}),
+                       "w-2": DeviceInfo(tags={"building": "b8"})})
+    sim.at(60)
+    assert [t.alarm.key.device for t in sim.log] == ["w-1"]
+    assert sim.log[0].alarm.tags == {"building": "b7"}

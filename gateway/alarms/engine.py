@@ -128,9 +128,11 @@ class Engine:
         for rule in self._rules.values():
             if rule.config.stale is None:
                 continue
-            for device_id in self.devices:
-                if rule.selects_device(device_id) and rule.selects("", self.devices[device_id].tags
-                                                                   if not rule.tag_match else {}):
+            for device_id, info in self.devices.items():
+                # installer tags only: a reading's own tags are not known before it comes
+                if rule.selects_device(device_id) and all(
+                        key in info.tags and match(info.tags[key])
+                        for key, match in rule.tag_match):
                     alarm = self._alarm(rule, device_id, device_id)
                     if alarm is not None and alarm.last_seen is None:
                         alarm.last_seen = now

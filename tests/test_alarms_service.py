@@ -1,0 +1,64 @@
+"""The engine inside the gateway: commit first, then tell the listeners, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.alarms.config import RuleConfig
+from gateway.alarms.engine import DeviceInfo, Engine
+from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmCommandRefused, Transition
+from gateway.alarms.rules import compile_rule
+from gateway.alarms.service import AlarmRuntime
+from gateway.buffer import AsyncBuffer, Buffer
+from gateway.reading import Reading
+
+
+def journal_rows(path: Path) -> list[tuple[str, int]]:
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT cause, seq FROM alarm_journal ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+async def test_listeners_hear_of_a_transition_only_after_it_is_committed(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    buffer = AsyncBuffer(Buffer(path, max_bytes=8 * 1024**2, when_full="drop_oldest"))
+    await buffer.open()
+    rule = compile_rule(RuleConfig.model_validate({"id": "r", "when": "v > 10"}))
+    engine = Engine([rule], devices={"d": DeviceInfo(tags={"building": "b1"})})
+    committed_calls: list[int] = []
+    runtime = AlarmRuntime(engine, buffer, {"site": "s", "gateway": "gw"},
+                           on_committed=lambda: committed_calls.append(1))
+    seen: list[tuple[str, int, list[tuple[str, int]]]] = []
+
+    def listener(t: Transition) -> None:
+        seen.append((t.cause, t.alarm.seq, journal_rows(path)))
+
+    def broken(t: Transition) -> None:
+        raise RuntimeError("an output failed")
+
+    runtime.add_transition_listener(broken)
+    runtime.add_transition_listener(listener)
+    await runtime.open()
+    task = asyncio.create_task(runtime.run())
+    try:
+        runtime.on_readings("d", [Reading("m", {}, {"v": 11}, 1)])
+        snapshot = await runtime.command(AlarmCommand(AlarmAction.ACK, "r", "d", "op"))
+        assert snapshot.state.value == "active_acked"
+        with pytest.raises(AlarmCommandRefused):
+            await runtime.command(AlarmCommand(AlarmAction.ACK, "r", "d", "op"))
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await runtime.close()
+        await buffer.close()
+    assert [(c, s) for c, s, _ in seen] == [("raise", 1), ("ack", 2)]
+    for cause, seq, rows in seen:
+        assert (cause, seq) in rows  # already in the journal when the listener ran
+    assert committed_calls  # the forwarders were woken for the alarm lines
+    assert [a.state.value for a in runtime.alarms()] == ["active_acked"]
