@@ -62,3 +62,34 @@ async def test_listeners_hear_of_a_transition_only_after_it_is_committed(tmp_pat
         assert (cause, seq) in rows  # already in the journal when the listener ran
     assert committed_calls  # the forwarders were woken for the alarm lines
     assert [a.state.value for a in runtime.alarms()] == ["active_acked"]
+
+
+async def test_window_and_pending_state_come_back_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    rules = [compile_rule(RuleConfig.model_validate(r)) for r in (
+        {"id": "leak", "window": {"field": "flow", "over": "1h"}, "when": "full and min > 0"},
+        {"id": "slow", "when": "flow > 0", "for": "30m"})]
+    clock = [1000.0]
+
+    async def run_once(feed: list[float]) -> AlarmRuntime:
+        buffer = AsyncBuffer(Buffer(path, max_bytes=8 * 1024**2, when_full="drop_oldest"))
+        await buffer.open()
+        runtime = AlarmRuntime(Engine(rules), buffer, {}, clock=lambda: clock[0])
+        await runtime.open()
+        for flow in feed:
+            clock[0] += 60
+            runtime.on_readings("meter", [Reading("water", {}, {"flow": flow}, 1)])
+            runtime.engine.advance(clock[0])
+            await runtime.flush()
+        await runtime.close()
+        await buffer.close()
+        return runtime
+
+    first = await run_once([0.5] * 20)  # 20 minutes of flow
+    assert not first.engine.alarms[("leak", "meter")].active
+    second = await run_once([0.4] * 45)  # 45 more: the window (1 h) and the for: (30 m) fill
+    leak = second.engine.alarms[("leak", "meter")]
+    slow = second.engine.alarms[("slow", "meter")]
+    assert leak.active and slow.active
+    assert slow.since == pytest.approx(1000.0 + 60 + 1800)  # counted from the first run
+    assert [c for c, _ in journal_rows(path)] == ["raise", "raise"]

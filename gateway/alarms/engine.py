@@ -213,8 +213,12 @@ class Engine:
         return bool(self._out or self._dirty)
 
     def checkpoint(self) -> list[Alarm]:
-        """Alarms with count/window state, saved periodically (not at every reading)."""
-        return [a for a in self.alarms.values() if a.extra is not None]
+        """Alarms whose count/window state changed since the last call: saved
+        periodically, not at every reading."""
+        changed = [a for a in self.alarms.values() if a.extra_changed]
+        for alarm in changed:
+            alarm.extra_changed = False
+        return changed
 
     # -- readings ----------------------------------------------------------------------
 
@@ -602,6 +606,7 @@ class Engine:
                 del events[: len(events) - spec.n]
             alarm.value = len(events)
         alarm.extra = extra
+        alarm.extra_changed = True
         if len(events) >= spec.n and not alarm.condition:
             alarm.message = _render(rule.config.message, {**values, "count": len(events)})
             self._condition(alarm, rule, True, values, now)
@@ -640,6 +645,7 @@ class Engine:
         while buckets and buckets[0][0] + width <= cutoff:
             buckets.pop(0)
         alarm.extra = extra
+        alarm.extra_changed = True
         n = sum(b[4] for b in buckets)
         total = sum(b[3] for b in buckets)
         first, first_t = buckets[0][5], buckets[0][6]
