@@ -355,3 +355,28 @@ def test_blocklisted_plate_matches_without_the_raw_plate_reaching_the_buffer(
 
     token = Pseudonymizer(b"k" * 32)("AB123")
     assert f"plate=\"{token}\"".encode() in lines.read_bytes()
+
+
+def test_rules_added_by_reload_start_the_engine_and_removed_rules_clear(tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    config = write_config(tmp_path)
+    with_rules = config.read_text()
+    config.write_text(with_rules.split("rules:")[0])
+    set_value(tmp_path, 20.0)
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        gw.wait_for_log(lambda r: "running" in str(r.get("msg", "")))
+        assert not any("alarms restored" in m for m in gw.messages())  # no engine at all
+        config.write_text(with_rules)
+        gw.signal(signal.SIGHUP)
+        started(gw)
+        wait_until(lambda: any(r[2] == "slow" for r in read_db(tmp_path)[1]))
+        config.write_text(with_rules.split("  - id: slow")[0])  # slow removed
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: any(r[2] == "slow" and r[3] == "removed"
+                               for r in read_db(tmp_path)[1]))
+    finally:
+        assert gw.stop() == 0
+    states, journal = read_db(tmp_path)
+    assert states["slow"]["state"] == "normal"
+    assert [r[3] for r in journal if r[2] == "slow"] == ["raise", "removed"]

@@ -165,7 +165,11 @@ class Engine:
         alarm.out_of_service = False
         alarm.acked = True
         alarm.pending_on = alarm.pending_off = alarm.realarm_at = None
-        self._emit(alarm, previous, "removed", now)
+        alarm.extra = None
+        if previous is AlarmState.NORMAL:
+            self._mark(alarm)  # saved without its timers; nothing to announce
+        else:
+            self._emit(alarm, previous, "removed", now)
         del self.alarms[alarm.pair]
         self._removed.append((alarm.rule, alarm.device))
 
