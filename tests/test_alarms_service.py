@@ -62,6 +62,10 @@ async def test_listeners_hear_of_a_transition_only_after_it_is_committed(tmp_pat
         assert (cause, seq) in rows  # already in the journal when the listener ran
     assert committed_calls  # the forwarders were woken for the alarm lines
     assert [a.state.value for a in runtime.alarms()] == ["active_acked"]
+    assert runtime.counters.transitions == {"raise": 1, "ack": 1}
+    assert runtime.raises_within(60) == 1 and not runtime.flooding()
+    config = runtime.rule_config("r")
+    assert config is not None and config.when == "v > 10"
 
 
 async def test_window_and_pending_state_come_back_after_a_restart(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 from gateway.aio import wait_event
 from gateway.alarms import journal
 from gateway.alarms.checks import rule_warnings
-from gateway.alarms.engine import DeviceInfo, Engine
+from gateway.alarms.config import RuleConfig
+from gateway.alarms.engine import DeviceInfo, Engine, EngineCounters
 from gateway.alarms.model import (
     ACTIVE_STATES,
     AlarmCommand,
@@ -111,6 +112,28 @@ class AlarmRuntime:
         self._wake.set()
         await asyncio.shield(waiter)
         return alarm.snapshot()
+
+    # -- beyond the protocol: what metrics, status and actions read -----------------------
+
+    @property
+    def counters(self) -> EngineCounters:
+        """Readings, evaluations, transitions by cause, rule errors by rule, chatter."""
+        return self.engine.counters
+
+    def raises_within(self, seconds: float, now: float | None = None) -> int:
+        """Raises in the last ``seconds`` (EEMUA 191 flood: more than
+        ``alarms.flood_count`` within ``alarms.flood_window``)."""
+        cutoff = (self._clock() if now is None else now) - seconds
+        return sum(1 for t in self.engine.counters.raises if t > cutoff)
+
+    def flooding(self, now: float | None = None) -> bool:
+        settings = self.engine.settings
+        return self.raises_within(settings.flood_window, now) > settings.flood_count
+
+    def rule_config(self, rule_id: str) -> RuleConfig | None:
+        """The running config of a rule (its actions, description ...)."""
+        rule = self.engine.rules.get(rule_id)
+        return None if rule is None else rule.config
 
     # -- inputs (called on the event loop) ---------------------------------------------
 
