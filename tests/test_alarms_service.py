@@ -97,3 +97,24 @@ async def test_window_and_pending_state_come_back_after_a_restart(tmp_path: Path
     assert leak.active and slow.active
     assert slow.since == pytest.approx(1000.0 + 60 + 1800)  # counted from the first run
     assert [c for c, _ in journal_rows(path)] == ["raise", "raise"]
+
+
+async def test_journal_entries_past_journal_keep_are_pruned(tmp_path: Path) -> None:
+    path = tmp_path / "buffer.db"
+    buffer = AsyncBuffer(Buffer(path, max_bytes=8 * 1024**2, when_full="drop_oldest"))
+    await buffer.open()
+    rule = compile_rule(RuleConfig.model_validate({"id": "r", "when": "v > 10"}))
+    clock = [1000.0]
+    runtime = AlarmRuntime(Engine([rule]), buffer, {}, clock=lambda: clock[0])
+    await runtime.open()
+    for value in (11, 0, 11):
+        clock[0] += 60
+        runtime.on_readings("d", [Reading("m", {}, {"v": value}, 1)])
+        await runtime.flush()
+    assert [c for c, _ in journal_rows(path)] == ["raise", "clear", "raise"]
+    clock[0] += 91 * 86400  # past the default journal_keep (90 days), after an hour
+    runtime.on_readings("d", [Reading("m", {}, {"v": 0}, 1)])
+    await runtime.flush()
+    await runtime.close()
+    await buffer.close()
+    assert journal_rows(path) == [("clear", 4)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from gateway.config.loader import LoadedConfig
 
 log = logging.getLogger("iotgw.alarms")
+
+PRUNE_EVERY = 3600.0
+"""Journal entries past ``alarms.journal_keep`` are deleted this often (with a commit)."""
 
 IDLE_WAKE = 1.0
 """Longest sleep without a due timer (the clock may jump; timers fire within this)."""
@@ -90,6 +94,7 @@ class AlarmRuntime:
         self._unsent_rows: dict[tuple[str, str], journal.StateRecord] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_checkpoint = clock()
+        self._last_prune = 0.0
         self._problems = ProblemLog(log)
         self.committed = 0
         """Transitions committed (and announced) since start."""
@@ -192,13 +197,21 @@ class AlarmRuntime:
             return
         batch, rows = list(self._unsent), list(self._unsent_rows.values())
         lines, oldest, newest = journal.alarm_lines(batch, self._core_tags)
-        await self._buffer.commit_with(
-            "alarm journal", lines, oldest, newest,
-            lambda conn: journal.write(conn, batch, rows))
+        prune_before = None
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            prune_before = now - self.engine.settings.journal_keep
+
+        def write(conn: sqlite3.Connection) -> None:
+            journal.write(conn, batch, rows)
+            if prune_before is not None:
+                journal.prune(conn, prune_before)
+
+        await self._buffer.commit_with("alarm journal", lines, oldest, newest, write)
         del self._unsent[: len(batch)]
-        for key in [(r[0], r[1]) for r in rows]:
-            if self._unsent_rows.get(key) in rows:
-                del self._unsent_rows[key]
+        for record in rows:
+            if self._unsent_rows.get((record[0], record[1])) is record:
+                del self._unsent_rows[(record[0], record[1])]
         if lines and self._on_committed is not None:
             self._on_committed()
         self.committed += len(batch)
