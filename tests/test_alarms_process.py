@@ -65,8 +65,10 @@ class ProbeDriver(Driver):
                     result = {"state": snapshot.state.value, "seq": snapshot.seq}
                 except AlarmCommandRefused as exc:
                     result = {"refused": str(exc)}
-                path.with_suffix(".done").write_text(json.dumps(result))
+                # the test waits for .done: it must appear complete (written, then renamed)
+                path.with_suffix(".part").write_text(json.dumps(result))
                 path.unlink()
+                path.with_suffix(".part").replace(path.with_suffix(".done"))
             await asyncio.sleep(0.05)
 
 
