@@ -62,12 +62,21 @@ class Gateway:
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
         self._alarms: alarm_service.AlarmRuntime | None = None
+        self._alarms_waiting: list[Callable[[AlarmService], None]] = []
 
     @property
     def alarms(self) -> AlarmService | None:
         """The alarm engine (docs/alarms.md); None when no rules are configured. Set
         before any service starts, so outputs may subscribe in their factory."""
         return self._alarms
+
+    def on_alarms(self, callback: Callable[[AlarmService], None]) -> None:
+        """Call ``callback`` with the alarm engine now if it runs, else when a reload
+        brings the first rules: outputs subscribe through this and never miss it."""
+        if self._alarms is not None:
+            callback(self._alarms)
+        else:
+            self._alarms_waiting.append(callback)
 
     # -- control from outside (signals, ops commands, tests) -------------------------
 
@@ -174,6 +183,9 @@ class Gateway:
         pipeline.add_listener(runtime.on_readings)
         self.add_state_listener(
             lambda device_id, status: runtime.on_device_state(device_id, status.state.value))
+        waiting, self._alarms_waiting = self._alarms_waiting, []
+        for callback in waiting:
+            callback(runtime)
 
     # -- devices and sinks -----------------------------------------------------------
 

@@ -141,3 +141,32 @@ async def test_a_flush_cancelled_mid_commit_is_accounted_and_not_written_twice(
     assert journal_rows(path) == [("raise", 1)]
     assert heard == ["raise"]
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_outputs_subscribed_before_the_first_rules_hear_of_the_engine(
+        tmp_path: Path) -> None:
+    from gateway.config.loader import load_config
+    from gateway.runtime import Gateway
+
+    config = tmp_path / "gw.yaml"
+    base = ("gateway: {id: gw, site: s, data_dir: data}\nhealth: {enabled: false}\n"
+            "devices: [{id: d1, driver: synthetic, interval: 0.1s, fields: 1}]\n")
+    config.write_text(base)
+    gateway = Gateway(load_config(config))
+    found: list[object] = []
+    gateway.on_alarms(found.append)
+    started = asyncio.Event()
+    gateway.add_state_listener(lambda device_id, status: started.set())
+    task = asyncio.create_task(gateway.run())
+    try:
+        await started.wait()  # (devices start after the pipeline and supervisor exist)
+        assert gateway.alarms is None and found == []
+        config.write_text(base + "rules: [{id: r, when: 'f0 > 1e9'}]\n")
+        assert await gateway.reload()
+        assert found == [gateway.alarms] and gateway.alarms is not None
+        later: list[object] = []
+        gateway.on_alarms(later.append)  # once it runs: called at once
+        assert later == [gateway.alarms]
+    finally:
+        gateway.request_stop()
+        await task
