@@ -158,6 +158,10 @@ def build_parser(with_driver_commands: bool = True,
     if with_plugin_commands:
         add_plugin_commands(sub)
 
+    from gateway.alarms.cli import add_parser as add_alarm_parsers
+
+    add_alarm_parsers(sub)
+
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
 
@@ -180,7 +184,7 @@ OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EFBIG})
 """Write errors that mean the output went nowhere (full disk, dead terminal)."""
 EXIT_IOERR = 74  # sysexits.h EX_IOERR
 
-CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status"})
+CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "rules", "alarms"})
 """Commands of the core: ``iotgw run`` must not import every driver to build its parser
 (only the config's), nor the plugin commands' packages; a driver's own commands
 (``iotgw modbus scan``) load the drivers."""
