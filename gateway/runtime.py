@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from typing import Any
 
+from gateway.alarms import services as _alarm_outputs  # noqa: F401 - registers alarm-actions
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
 from gateway.driver import DeviceConfigBase, DeviceContext, DeviceState, DeviceStatus, Driver
