@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.alarms.actions import ActionRunner, RuleActions, WriteAction
+from gateway.alarms.actions import ActionRunner
 from gateway.alarms.audit import AuditRecord, AuditTrail
 from gateway.alarms.model import AlarmKey, AlarmSnapshot, AlarmState, Transition
 from gateway.alarms.stats import FLOOD_LIMIT, AlarmStats
@@ -231,6 +232,15 @@ def test_flood_window_slides() -> None:
     assert stats.floods_total == 2
 
 
+@dataclass(frozen=True)
+class Action:
+    on: str
+    point: str
+    value: bool | int | float | str
+    device: str | None
+    min_interval: float
+
+
 async def test_actions_write_rate_limit_and_audit(tmp_path: Path) -> None:
     """A raise closes the valve through Gateway.write_point; a second raise within
     min_interval is skipped; a point that is not allow-listed fails at run time too; every
@@ -241,11 +251,9 @@ async def test_actions_write_rate_limit_and_audit(tmp_path: Path) -> None:
     trail = AuditTrail()
     trail.add_listener(records.append)
     now = [100.0]
-    actions = {"leak": RuleActions(
-        on_raise=WriteAction(device="valve-1", point="close_valve", value=1),
-        on_clear=WriteAction(device="valve-1", point="close_valve", value=0),
-        min_interval=60),
-        "bad": RuleActions(on_raise=WriteAction(device="valve-1", point="siren", value=1))}
+    actions = {"leak": [Action("raise", "close_valve", 1, "valve-1", 60),
+                        Action("clear", "close_valve", 0, "valve-1", 60)],
+               "bad": [Action("raise", "siren", 1, "valve-1", 60)]}
     async with running(config, attach(fake)) as gateway:
         runner = ActionRunner(gateway, lambda: actions, trail, clock=lambda: now[0])
         fake.add_transition_listener(runner.on_transition)

@@ -1,4 +1,4 @@
-"""Rule actions: on raise or clear, one allow-listed device write (close a water valve,
+"""Rule actions: on raise or clear, an allow-listed device write (close a water valve,
 hold a gate open), opt-in per rule.
 
 ```yaml
@@ -6,78 +6,67 @@ rules:
   - id: water-leak
     ...
     actions:
-      on_raise: {device: valve-b3, point: close_valve, value: 1}
-      on_clear: {device: valve-b3, point: close_valve, value: 0}
-      min_interval: 5m
+      - {on: raise, device: valve-b3, point: close_valve, value: 1, min_interval: 5m}
+      - {on: clear, device: valve-b3, point: close_valve, value: 0}
 ```
 
-Safety, in layers: the config is refused at load (exit 2, with the line) when an action
-names a device that does not exist or a point not in that device's ``allow_write``
-(:func:`action_findings`); at run time the write goes through ``Gateway.write_point``,
-which checks ``allow_write`` again (a reload may have changed it); a chattering alarm
-cannot hammer a valve: per (rule, device) and trigger, a write runs at most once per
-``min_interval`` and the ones in between are skipped. Every write, failed write and
-skipped write is an audit record (``alarms/events``, ``"type": "action"``). Writes run
-one at a time in a supervised task, in transition order.
+(the model is the engine's ``RuleAction``, gateway/alarms/config.py; ``device`` defaults
+to the alarm's own device). Safety, in layers: the config is refused at load (exit 2, with
+the line) when an action names a device that does not exist or a point not in the
+``allow_write`` of the device it would write (:func:`action_findings`); at run time the
+write goes through ``Gateway.write_point``, which checks ``allow_write`` again (a reload
+may have changed it); a chattering alarm cannot hammer a valve: per (rule, device) and
+action, a write runs at most once per ``min_interval`` and the ones in between are skipped.
+Every write, failed write and skipped write is an audit record (``alarms/events``,
+``"type": "action"``). Writes run one at a time in a supervised task, in transition order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from pydantic import Field, field_validator
+from typing import Any, Protocol
 
 from gateway.alarms.audit import AuditRecord, AuditTrail
 from gateway.alarms.model import AlarmKey, Transition
-from gateway.config.types import Duration, StrictModel
-from gateway.driver import ID_PATTERN
 
 log = logging.getLogger("iotgw.alarms.actions")
 
 QUEUE_MAX = 1000
 """Writes waiting at most; past it (a flood against a dead bus) they are skipped, audited."""
-TRIGGERS = {"raise": "on_raise", "clear": "on_clear"}
-"""Transition cause -> the RuleActions field that runs on it."""
+TRIGGERS = frozenset({"raise", "clear"})
+"""Transition causes an action can run on."""
 
 
-class WriteAction(StrictModel):
-    device: str = Field(pattern=ID_PATTERN, max_length=64, description="the device to write")
-    point: str = Field(min_length=1, max_length=128,
-                       description="a point in that device's allow_write")
-    value: bool | int | float | str = Field(description="the value written")
+class ActionSpec(Protocol):
+    """One action of a rule (the engine's ``RuleAction``)."""
 
-    @field_validator("value")
-    @classmethod
-    def _finite(cls, value: bool | int | float | str) -> bool | int | float | str:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError("value must be a finite number")
-        return value
-
-
-class RuleActions(StrictModel):
-    """``actions:`` of a rule."""
-
-    on_raise: WriteAction | None = None
-    on_clear: WriteAction | None = None
-    min_interval: Duration = Field(
-        default=60.0, ge=1, le=86400,
-        description="per alarm and trigger, at most one write this often (chatter guard)")
+    @property
+    def on(self) -> str: ...
+    @property
+    def point(self) -> str: ...
+    @property
+    def value(self) -> bool | int | float | str: ...
+    @property
+    def device(self) -> str | None: ...
+    @property
+    def min_interval(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
 class _Job:
     key: AlarmKey
-    trigger: str
-    write: WriteAction
+    index: int
+    """The action's position in the rule's list (rate limits are per action)."""
+    action: ActionSpec
+    device: str
+    """The device written: the action's, or the alarm's own."""
 
 
-RulesActions = Callable[[], Mapping[str, RuleActions]]
+RulesActions = Callable[[], Mapping[str, Sequence[ActionSpec]]]
 """The current ``rule id -> actions`` (read per transition, so a reload takes effect)."""
 
 
@@ -89,40 +78,40 @@ class ActionRunner:
         self._audit = audit
         self._clock = clock
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_MAX)
-        self._last: dict[tuple[AlarmKey, str], float] = {}
+        self._last: dict[tuple[AlarmKey, int], float] = {}
         self.counts: dict[str, int] = {}
 
     def on_transition(self, transition: Transition) -> None:
-        """A transition listener: queue the rule's write for this cause, if any."""
-        trigger = TRIGGERS.get(transition.cause)
-        if trigger is None:
+        """A transition listener: queue the rule's writes for this cause, if any."""
+        cause = transition.cause
+        if cause not in TRIGGERS:
             return
         key = transition.alarm.key
-        actions = self._actions().get(key.rule)
-        write = getattr(actions, trigger, None) if actions is not None else None
-        if actions is None or write is None:
-            return
+        for index, action in enumerate(self._actions().get(key.rule, ())):
+            if action.on == cause:
+                self._queue_write(_Job(key, index, action, action.device or key.device))
+
+    def _queue_write(self, job: _Job) -> None:
         now = self._clock()
-        last = self._last.get((key, trigger))
-        if last is not None and now - last < actions.min_interval:
-            self._done(_Job(key, trigger, write), False,
-                       f"rate limited: one {trigger} write per {actions.min_interval:g}s")
+        last = self._last.get((job.key, job.index))
+        interval = job.action.min_interval
+        if last is not None and now - last < interval:
+            self._done(job, False, f"rate limited: at most one write per {interval:g}s")
             return
         try:
-            self._queue.put_nowait(_Job(key, trigger, write))
+            self._queue.put_nowait(job)
         except asyncio.QueueFull:
-            self._done(_Job(key, trigger, write), False,
-                       f"skipped: {QUEUE_MAX} writes already waiting")
+            self._done(job, False, f"skipped: {QUEUE_MAX} writes already waiting")
             return
-        self._last[key, trigger] = now
+        self._last[job.key, job.index] = now
 
     async def run(self) -> None:
         """The supervised task: one write at a time, in order."""
         while True:
             job = await self._queue.get()
-            write = job.write
             try:
-                result = await self.gateway.write_point(write.device, write.point, write.value)
+                result = await self.gateway.write_point(job.device, job.action.point,
+                                                        job.action.value)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a failed write is an audit record, not a crash
@@ -136,9 +125,9 @@ class ActionRunner:
                                    else "failed")
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         detail: dict[str, Any] = {
-            "trigger": job.trigger, "client": f"rule {job.key.rule}",
-            "target": {"device": job.write.device, "point": job.write.point,
-                       "value": job.write.value}}
+            "trigger": f"on_{job.action.on}", "client": f"rule {job.key.rule}",
+            "target": {"device": job.device, "point": job.action.point,
+                       "value": job.action.value}}
         if error is not None:
             detail["error"] = error
         if result:
@@ -147,24 +136,27 @@ class ActionRunner:
                                        detail=detail))
 
 
-def action_findings(rules: Any, devices: Any, where: tuple[Any, ...] = ("rules",)
+def action_findings(rules: Iterable[Any], devices: Sequence[Any],
+                    selected: Callable[[Any], Iterable[Any]],
+                    where: tuple[Any, ...] = ("rules",)
                     ) -> Iterator[tuple[tuple[Any, ...], str]]:
     """Config findings for the ``actions`` of ``rules``: an unknown device, a point not in
-    its ``allow_write``. ``where`` is the YAML path of the rules list."""
+    the ``allow_write`` of a device it would write (the named one, or else every device the
+    rule selects: ``selected(rule)``). ``where`` is the YAML path of the rules list."""
     allowed = {d.id: frozenset(d.allow_write) for d in devices}
     for index, rule in enumerate(rules):
-        actions: RuleActions | None = getattr(rule, "actions", None)
-        if actions is None:
-            continue
-        for trigger in TRIGGERS.values():
-            write: WriteAction | None = getattr(actions, trigger)
-            if write is None:
+        for number, action in enumerate(getattr(rule, "actions", None) or ()):
+            path = (*where, index, "actions", number)
+            if action.device is not None and action.device not in allowed:
+                yield ((*path, "device"), f"unknown device {action.device!r}")
                 continue
-            path = (*where, index, "actions", trigger)
-            if write.device not in allowed:
-                yield ((*path, "device"), f"unknown device {write.device!r}")
-            elif write.point not in allowed[write.device]:
-                points = ", ".join(sorted(allowed[write.device])) or "none"
-                yield ((*path, "point"),
-                       f"point {write.point!r} is not in {write.device}'s allow_write "
-                       f"(allowed: {points}); an action may only write allow-listed points")
+            targets = [action.device] if action.device is not None else \
+                [d.id for d in selected(rule)]
+            for device in targets:
+                if action.point not in allowed[device]:
+                    points = ", ".join(sorted(allowed[device])) or "none"
+                    yield ((*path, "point"),
+                           f"point {action.point!r} is not in {device}'s allow_write "
+                           f"(allowed: {points}); an action may only write allow-listed "
+                           "points")
+                    break

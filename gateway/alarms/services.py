@@ -8,11 +8,11 @@ configured). The ops bus attaches itself (gateway/mqtt/ops.py).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.alarms import stats
-from gateway.alarms.actions import ActionRunner, RuleActions
+from gateway.alarms.actions import ActionRunner, ActionSpec
 from gateway.alarms.audit import audit_for
 from gateway.registry import register_service
 
@@ -33,14 +33,14 @@ class _ActionsOfConfig:
     def __init__(self, gateway: Any) -> None:
         self.gateway = gateway
         self._config: Any = None
-        self._actions: dict[str, RuleActions] = {}
+        self._actions: dict[str, Sequence[ActionSpec]] = {}
 
-    def __call__(self) -> Mapping[str, RuleActions]:
+    def __call__(self) -> Mapping[str, Sequence[ActionSpec]]:
         config = self.gateway.config
         if config is not self._config:
             self._config = config
             self._actions = {rule.id: rule.actions for rule in configured_rules(config)
-                             if getattr(rule, "actions", None) is not None}
+                             if getattr(rule, "actions", None)}
         return self._actions
 
 

@@ -40,8 +40,8 @@ class AlarmStats:
     def on_transition(self, transition: Transition) -> None:
         """A transition listener (``AlarmService.add_transition_listener``)."""
         self.transitions[transition.cause] += 1
-        if transition.cause == "chatter":
-            self.chatter_total += 1
+        if transition.cause == "chatter" and transition.alarm.chatter:
+            self.chatter_total += 1  # flagged (the same cause unflags it later)
         if transition.cause in RAISING_CAUSES:
             self._raised.append(transition.at)
         self.raised_within(transition.at)
