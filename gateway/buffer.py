@@ -841,6 +841,45 @@ class Buffer:
             self._log_dropped(done.dropped)
         return AppendResult(done.stored, done.dropped)
 
+    def commit_with(self, doing: str, lines: Sequence[bytes], oldest_ns: int, newest_ns: int,
+                    body: Callable[[sqlite3.Connection], _T]) -> tuple[AppendResult, _T]:
+        """Append ``lines`` and run ``body`` (more writes, e.g. the alarm journal) in ONE
+        transaction: after a crash both are there or neither is.
+
+        Unlike :meth:`append` there is no piecewise fallback on a full disk: the caller's
+        rows must not be split from their lines, so the error propagates and the caller
+        retries. ``when_full`` still applies to the lines."""
+        with self._lock:
+            low = self._short_of_space(self._require_open()) if lines else False
+
+            def work(conn: sqlite3.Connection, short: bool) -> tuple[_Appended | None, _T]:
+                done = (self._append_rows(conn, lines, oldest_ns, newest_ns, low or short)
+                        if lines else None)
+                return done, body(conn)
+
+            done, result = self._write(doing, work)
+            if done is not None:
+                self._meta = done.counters
+                self._newest_time_ns = done.newest_time
+        if done is None:
+            return AppendResult(0, 0), result
+        if done.dropped:
+            self._log_dropped(done.dropped)
+        return AppendResult(done.stored, done.dropped), result
+
+    def query(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``body`` (reads) on the buffer's connection, in one read transaction."""
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute("BEGIN")
+                try:
+                    return body(conn)
+                finally:
+                    conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _failure(exc, "query", self.path) from exc
+
     def _append_piecewise(
         self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int
     ) -> _Appended:
@@ -1224,6 +1263,15 @@ class AsyncBuffer:
 
     async def append(self, lines: Sequence[bytes], oldest_ns: int, newest_ns: int) -> AppendResult:
         return await self._run(self.buffer.append, lines, oldest_ns, newest_ns)
+
+    async def commit_with(self, doing: str, lines: Sequence[bytes], oldest_ns: int,
+                          newest_ns: int, body: Callable[[sqlite3.Connection], _T]
+                          ) -> tuple[AppendResult, _T]:
+        return await self._run(self.buffer.commit_with, doing, lines, oldest_ns, newest_ns,
+                               body)
+
+    async def query(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await self._run(self.buffer.query, body)
 
     async def read(self, sink: str, max_lines: int, after: int | None = None) -> Batch | None:
         return await self._run(self.buffer.read, sink, max_lines, after)

@@ -11,9 +11,9 @@ import abc
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -25,6 +25,9 @@ from gateway.shared import SharedResources
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 """Ids end up in MQTT topics and as tag values: no slashes, wildcards or spaces."""
+
+FieldKind = Literal["number", "bool", "string"]
+"""What a field holds, as a driver declares it (see DeviceConfigBase.emitted_fields)."""
 
 
 class DeviceConfigBase(StrictModel):
@@ -49,6 +52,20 @@ class DeviceConfigBase(StrictModel):
     def bus_address(self) -> tuple[str, object] | None:
         """(bus name, address) this device occupies, for the duplicate-address check."""
         return None
+
+    def emitted_fields(self) -> Mapping[str, FieldKind] | None:
+        """The fields this device's readings carry and what each holds, when the config
+        alone says so (a Modbus profile's registers, a meter's fixed set); None when only
+        the device knows (an MQTT payload). Alarm rules are checked against it at load:
+        an unknown field name or a string compared with a number is a config error.
+        A driver that answers must name every field it can emit."""
+        return None
+
+    def poll_interval(self) -> float | None:
+        """Seconds between readings when the device is polled on a schedule (for
+        ``stale: 3x`` rules); None when it reports on its own."""
+        interval = getattr(self, "interval", None)
+        return float(interval) if isinstance(interval, int | float) else None
 
 
 class DeviceState(enum.StrEnum):

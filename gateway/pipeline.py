@@ -90,6 +90,12 @@ class Pipeline:
         if event in self._subscribers:
             self._subscribers.remove(event)
 
+    def notify_committed(self) -> None:
+        """Something else committed lines to the buffer (the alarm journal's ``alarm``
+        series): wake the forwarders as after one of our own commits."""
+        for event in self._subscribers:
+            event.set()
+
     def add_listener(self, listener: Listener) -> None:
         """Called with every accepted, tagged batch (the ops bus publishes live values)."""
         self._listeners.append(listener)

@@ -15,7 +15,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from typing import Any
 
+from gateway.alarms import service as alarm_service
 from gateway.alarms import services as _alarm_outputs  # noqa: F401 - registers alarm-actions
+from gateway.alarms.model import AlarmService
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
 from gateway.driver import DeviceConfigBase, DeviceContext, DeviceState, DeviceStatus, Driver
@@ -60,6 +62,13 @@ class Gateway:
                                          min_free=buf.min_free))
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
+        self._alarms: alarm_service.AlarmRuntime | None = None
+
+    @property
+    def alarms(self) -> AlarmService | None:
+        """The alarm engine (docs/alarms.md); None when no rules are configured. Set
+        before any service starts, so outputs may subscribe in their factory."""
+        return self._alarms
 
     # -- control from outside (signals, ops commands, tests) -------------------------
 
@@ -84,10 +93,13 @@ class Gateway:
             gateway_id=cfg.model.gateway.id, flush_interval=cfg.model.buffer.flush_interval,
             max_pending=cfg.model.buffer.max_pending)
         self.pipeline.set_pseudonymizer(load_pseudonymizer(cfg))
+        await self._open_alarms(cfg)
         try:
             async with asyncio.TaskGroup() as group:
                 self.supervisor = Supervisor(group)
                 self.supervisor.start("pipeline", self.pipeline.run)
+                if self._alarms is not None:
+                    self.supervisor.start("alarms", self._alarms.run)
                 for sink in cfg.sinks:
                     self._start_sink(sink)
                 for device in cfg.devices:
@@ -135,11 +147,34 @@ class Gateway:
         except (TimeoutError, Exception) as exc:
             log.error("final commit failed, %d queued readings lost: %s",
                       self.pipeline.pending, exc)
+        if self._alarms is not None:
+            await self.supervisor.stop(["alarms"], timeout=0.5)
+            await self._alarms.close()
         await self.supervisor.stop(None, timeout=max(0.1, deadline - time.monotonic() - 0.2))
         log.info("stopped: %d readings received, %d committed this run",
                  self.stats.readings_in, self.stats.readings_committed,
                  extra={"readings_in": self.stats.readings_in,
                         "readings_committed": self.stats.readings_committed})
+
+    # -- alarms ----------------------------------------------------------------------
+
+    def _uplink_lost(self) -> bool:
+        """Every sink is failing or retrying: the ``uplink_lost`` name of rule conditions."""
+        sinks = self.stats.sinks
+        return bool(sinks) and all(s.state in ("retrying", "failed") for s in sinks.values())
+
+    async def _open_alarms(self, cfg: LoadedConfig) -> None:
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+        runtime = alarm_service.create(cfg, self.buffer, load_pseudonymizer(cfg),
+                                       self._uplink_lost, pipeline.notify_committed)
+        if runtime is None:
+            return
+        await runtime.open()
+        self._alarms = runtime
+        pipeline.add_listener(runtime.on_readings)
+        self.add_state_listener(
+            lambda device_id, status: runtime.on_device_state(device_id, status.state.value))
 
     # -- devices and sinks -----------------------------------------------------------
 
@@ -298,6 +333,12 @@ class Gateway:
         for name, sink in wanted_sinks.items():
             if name not in self._sink_configs:
                 self._start_sink(sink)
+        if self._alarms is not None:
+            await self._alarms.reload(new, load_pseudonymizer(new))
+        elif new.model.rules:
+            await self._open_alarms(new)
+            if self._alarms is not None and self.supervisor is not None:
+                self.supervisor.start("alarms", self._alarms.run)
         self.config = new
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
                  "removed", len(changed), len(stale))

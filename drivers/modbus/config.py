@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -9,7 +10,7 @@ from pydantic import Field, model_validator
 from drivers.modbus.planner import PROTOCOL_MAX_BITS, PROTOCOL_MAX_REGISTERS, TCP, Limits, WireCost
 from drivers.modbus.points import Point
 from gateway.config.types import Duration, StrictModel
-from gateway.driver import DeviceConfigBase
+from gateway.driver import DeviceConfigBase, FieldKind
 
 
 class PointOverride(StrictModel):
@@ -78,6 +79,22 @@ class ModbusConfig(DeviceConfigBase):
 
     def bus_address(self) -> tuple[str, object] | None:
         return (self.bus, self.unit)
+
+    def emitted_fields(self) -> Mapping[str, FieldKind] | None:
+        """Every point is a field: strings are strings, bool/bit/coils booleans, and the
+        rest numbers (scale and offset may make an integer register a float)."""
+        from drivers.modbus.profiles import resolve_points
+
+        try:
+            points, _measurement = resolve_points(self)
+        except Exception:  # an unknown profile is reported by its own check
+            return None
+        kinds: dict[str, FieldKind] = {}
+        for point in points:
+            kind = point.kind
+            kinds[point.name] = ("string" if kind == "string" else
+                                 "bool" if kind in ("bool", "bit") else "number")
+        return kinds
 
     def limits(self, cost: WireCost = TCP) -> Limits:
         """The device's own limits, priced by ``cost`` (its bus's transport)."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field
 
 from gateway.config.types import Duration
-from gateway.driver import DeviceConfigBase
+from gateway.driver import DeviceConfigBase, FieldKind
 
 
 class SyntheticConfig(DeviceConfigBase):
@@ -22,3 +23,11 @@ class SyntheticConfig(DeviceConfigBase):
     wake_interval: Duration = Field(
         default=0.1, gt=0, le=10,
         description="how often the task wakes; faster readings are emitted in bursts")
+
+    def emitted_fields(self) -> Mapping[str, FieldKind] | None:
+        """f0..fN (numbers), seq, and status when text_field is on."""
+        kinds: dict[str, FieldKind] = {f"f{i}": "number" for i in range(self.fields)}
+        kinds["seq"] = "number"
+        if self.text_field:
+            kinds["status"] = "string"
+        return kinds

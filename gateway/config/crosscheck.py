@@ -12,10 +12,11 @@ NAMES_SHOWN = 10
 
 
 def cross_check(config: Any) -> list[Finding]:
+    from gateway.alarms.checks import check_rules
     from gateway.registry import CROSS_CHECKS
 
     findings: list[Finding] = []
-    for rule in (*_RULES, *CROSS_CHECKS):
+    for rule in (*_RULES, check_rules, *CROSS_CHECKS):
         findings.extend(rule(config))
     return findings
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.alarms.checks import CONFIG_DIR
+from gateway.alarms.includes import merge_rules
 from gateway.config.crosscheck import cross_check
 from gateway.config.messages import describe
 from gateway.config.models import build_config_model
@@ -98,17 +100,35 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
     if not isinstance(doc.data, dict):
         raise ConfigError([f"{path}:1: (top): the config must be a mapping of sections"])
 
-    model_cls = build_config_model(*_plugin_names(doc.data))
+    merged = merge_rules(path, doc.data, environ)  # rules_files: included rules
+    problems += [_format(path if p.file is None else Path(p.file), p.problem)
+                 for p in merged.problems]
+    data = merged.data
+    view = YamlDocument(data, doc.lines)
+
+    def located(problem: SourceProblem) -> str:
+        found = merged.locate(problem.path)
+        if found is None:
+            return _format(path, problem)
+        file, local, line = found
+        return _format(path if file is None else Path(file),
+                       SourceProblem(line, local, problem.message))
+
+    model_cls = build_config_model(*_plugin_names(data))
     try:
-        model = model_cls.model_validate(doc.data)
+        model = model_cls.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors()
-        problems += [_format(path, _locate(doc, err)) for err in errors]
-        problems += [_format(path, SourceProblem(doc.line_of(p), p, message))
-                     for p, message in _cross_check_valid_items(model_cls, doc.data, errors)]
+        problems += [located(_locate(view, err)) for err in errors]
+        problems += [located(SourceProblem(doc.line_of(p), p, message))
+                     for p, message in _cross_check_valid_items(model_cls, data, errors)]
         raise ConfigError(_sorted(problems)) from None
-    problems += [_format(path, SourceProblem(doc.line_of(p), p, message))
-                 for p, message in cross_check(model)]
+    token = CONFIG_DIR.set(path.resolve().parent)
+    try:
+        problems += [located(SourceProblem(doc.line_of(p), p, message))
+                     for p, message in cross_check(model)]
+    finally:
+        CONFIG_DIR.reset(token)
     if problems:
         raise ConfigError(_sorted(problems))
     return _resolve(path, model, raw)

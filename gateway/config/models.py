@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, Field, SecretStr, create_model, field_validator
 
+from gateway.alarms.config import AlarmsSection, RuleConfig, RulesFiles
 from gateway.config.types import ByteSize, Duration, SecretsModel, StrictModel, read_bounded
 from gateway.driver import ID_PATTERN, DeviceConfigBase
 from gateway.mqtt.replies import check_filter
@@ -220,4 +221,11 @@ def _build(driver_names: tuple[str, ...], sink_names: tuple[str, ...]) -> type[S
         health=(HealthSection | None, None),
         buses=(dict[Annotated[str, Field(pattern=NAME_PATTERN)], Bus], Field(default_factory=dict)),
         devices=(list[device], Field(default_factory=list)),  # type: ignore[valid-type]
+        rules=(list[RuleConfig], Field(default_factory=list, max_length=100_000,
+                                       description="alarm rules (docs/alarms.md)")),
+        rules_files=(RulesFiles, Field(default_factory=list, max_length=256,
+                                       description="files, globs, folders or pack:NAME "
+                                       "with more rules")),
+        alarms=(AlarmsSection, Field(default_factory=AlarmsSection,
+                                     description="alarm engine settings")),
     )
