@@ -140,6 +140,13 @@ class FakeAlarms:
     def add_transition_listener(self, listener: TransitionListener) -> None:
         self.listeners.append(listener)
 
+    async def run(self) -> None:
+        """Supervised like the engine's runtime; nothing to do."""
+        await asyncio.Event().wait()
+
+    async def close(self) -> None:
+        pass
+
     def alarms(self) -> list[AlarmSnapshot]:
         return list(self.store.values())
 

@@ -160,3 +160,14 @@ def action_findings(rules: Iterable[Any], devices: Sequence[Any],
                            f"(allowed: {points}); an action may only write allow-listed "
                            "points")
                     break
+
+
+def check_actions(config: Any) -> Iterator[tuple[tuple[Any, ...], str]]:
+    """The cross-check (gateway/config/crosscheck.py): actions of the config's rules
+    (inline and included; an included rule's finding is reported at its own file and
+    line) may only write allow-listed points of configured, enabled devices."""
+    from gateway.alarms.checks import selected_devices
+
+    rules = getattr(config, "rules", None) or []
+    devices = [d for d in config.devices if d.enabled]
+    yield from action_findings(rules, devices, lambda rule: selected_devices(rule, devices))

@@ -18,12 +18,9 @@ from gateway.registry import register_service
 
 
 def configured_rules(config: Any) -> list[Any]:
-    """Every rule of a loaded config (inline, included files, packs), as the engine sees
-    them; [] without rules."""
-    rules = getattr(config, "rules", None)
-    if rules is None:
-        rules = getattr(config.model, "rules", None)
-    return list(rules or [])
+    """Every enabled rule of a loaded config (inline, included files and packs are merged
+    into ``rules`` by the loader); [] without rules."""
+    return [r for r in getattr(config.model, "rules", None) or [] if r.enabled]
 
 
 class _ActionsOfConfig:

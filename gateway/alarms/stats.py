@@ -3,7 +3,8 @@ chatter, and floods as EEMUA 191 defines them.
 
 EEMUA 191 puts a manageable rate at about one alarm per ten minutes per operator and calls
 more than 10 alarms raised within 10 minutes a flood: past that, operators stop reading
-them. The window slides over raise times (the engine's clock); entering a flood counts
+them (``alarms.flood_count`` / ``alarms.flood_window`` change the figures). The window
+slides over raise times (the engine's clock); entering a flood counts
 once, however long it lasts. Counts restart with the process like the other counters;
 the alarms themselves (and their ``seq``) are the engine's durable journal.
 """
@@ -28,7 +29,10 @@ RAISING_CAUSES = frozenset({"raise"})
 
 
 class AlarmStats:
-    def __init__(self) -> None:
+    def __init__(self, flood_limit: int = FLOOD_LIMIT, flood_window: float = FLOOD_WINDOW
+                 ) -> None:
+        self.flood_limit = flood_limit
+        self.flood_window = flood_window
         self.transitions: Counter[str] = Counter()
         self.chatter_total = 0
         self.floods_total = 0
@@ -49,15 +53,16 @@ class AlarmStats:
     def raised_within(self, now: float) -> int:
         """Raises in the flood window ending at ``now``; enters / leaves the flood state."""
         raised = self._raised
-        while raised and raised[0] <= now - FLOOD_WINDOW:
+        while raised and raised[0] <= now - self.flood_window:
             raised.popleft()
-        flooding = len(raised) > FLOOD_LIMIT
+        flooding = len(raised) > self.flood_limit
         if flooding and not self.in_flood:
             self.floods_total += 1
         self.in_flood = flooding
         return len(raised)
 
-    def snapshot(self, alarms: Iterable[AlarmSnapshot], now: float) -> dict[str, Any]:
+    def snapshot(self, alarms: Iterable[AlarmSnapshot], now: float,
+                 engine: Any = None) -> dict[str, Any]:
         """The ``alarms`` section of the status snapshot (a contract: add keys only)."""
         by_state: Counter[str] = Counter()
         active_by_severity: Counter[str] = Counter()
@@ -89,15 +94,30 @@ class AlarmStats:
             "chatter_total": self.chatter_total, "chattering": chattering,
             "floods_total": self.floods_total, "flood": self.in_flood,
             "raised_last_10min": raised,
+            "flood_limit": self.flood_limit, "flood_window_seconds": self.flood_window,
             "list": listed[:LISTED_MAX], "list_truncated": len(listed) > LISTED_MAX,
+            **_engine_counters(engine),
         }
+
+
+def _engine_counters(engine: Any) -> dict[str, Any]:
+    """What only the engine knows: readings it looked at, rule evaluations, rules that
+    failed at run time (missing field, wrong type) by rule id."""
+    counters = getattr(engine, "counters", None)
+    if counters is None:
+        return {"readings": 0, "evaluations": 0, "rule_errors": {}}
+    return {"readings": counters.readings, "evaluations": counters.evaluations,
+            "rule_errors": dict(sorted(counters.rule_errors.items()))}
 
 
 DISABLED: dict[str, Any] = {"enabled": False, "count": 0, "active": 0, "unacked": 0,
                             "active_by_severity": {}, "unacked_by_severity": {},
                             "by_state": {}, "transitions": {}, "chatter_total": 0,
                             "chattering": 0, "floods_total": 0, "flood": False,
-                            "raised_last_10min": 0, "list": [], "list_truncated": False}
+                            "raised_last_10min": 0, "flood_limit": FLOOD_LIMIT,
+                            "flood_window_seconds": FLOOD_WINDOW, "list": [],
+                            "list_truncated": False, "readings": 0, "evaluations": 0,
+                            "rule_errors": {}}
 """The section when no alarm engine runs (no rules)."""
 
 
@@ -115,7 +135,10 @@ def stats_for(gateway: Any) -> AlarmStats:
     """The one AlarmStats of ``gateway``; :func:`attach` feeds it."""
     stats = _STATS.get(gateway)
     if stats is None:
-        stats = _STATS[gateway] = AlarmStats()
+        settings = getattr(gateway.config.model, "alarms", None)
+        stats = _STATS[gateway] = AlarmStats(
+            getattr(settings, "flood_count", FLOOD_LIMIT),
+            getattr(settings, "flood_window", FLOOD_WINDOW))
     return stats
 
 
@@ -134,4 +157,5 @@ def status_section(gateway: Any, now: float) -> dict[str, Any]:
     service = getattr(gateway, "alarms", None)
     if service is None:
         return dict(DISABLED)
-    return stats_for(gateway).snapshot(service.alarms(), now)
+    attach(gateway)  # rules added by a reload to a gateway started without any
+    return stats_for(gateway).snapshot(service.alarms(), now, getattr(service, "engine", None))

@@ -206,10 +206,18 @@ class SnapshotCollector(Collector):
         yield CounterMetricFamily("iotgw_alarm_floods",
                                   "Alarm floods entered (EEMUA 191: more than 10 raised in "
                                   "10 minutes)", value=alarms["floods_total"])
-        yield _gauge("iotgw_alarm_flood", "1 while more than 10 alarms were raised in the last "
-                     "10 minutes", int(alarms["flood"]))
-        yield _gauge("iotgw_alarms_raised_last_10m", "Alarms raised in the last 10 minutes",
+        yield _gauge("iotgw_alarm_flood", "1 while more than alarms.flood_count (10) alarms were "
+                     "raised within alarms.flood_window (10 minutes)", int(alarms["flood"]))
+        yield _gauge("iotgw_alarms_raised_last_10m", "Alarms raised within alarms.flood_window",
                      alarms["raised_last_10min"])
+        errors = CounterMetricFamily("iotgw_alarm_rule_errors",
+                                     "Rule evaluations that failed at run time (missing field, "
+                                     "wrong type), by rule", labels=["rule"])
+        for rule, count in alarms.get("rule_errors", {}).items():
+            errors.add_metric([rule], count)
+        yield errors
+        yield CounterMetricFamily("iotgw_alarm_evaluations", "Rule evaluations by the engine",
+                                  value=alarms.get("evaluations", 0))
 
     def _loop_and_clock(self) -> Iterator[Metric]:
         loop, clock = self.snap["loop"], self.snap["clock"]

@@ -89,6 +89,7 @@ class OpsBus:
             if ha.enabled else None
         self.alarm_topics = AlarmTopics(self.base, self.connection.publish, self.discovery)
         self._scan_timer: asyncio.TimerHandle | None = None
+        self._alarms_attached: object | None = None
         events = settings.event_measurements
         self._is_event: Callable[[str], bool] = (
             (lambda m: m.endswith("_event")) if events is None else frozenset(events).__contains__)
@@ -99,10 +100,19 @@ class OpsBus:
         self.gateway.add_state_listener(self._state_changed)
         self.gateway.pipeline.add_listener(self._readings)
         self.gateway.add_dead_letter_listener(self._dead_letter)
+        self._attach_alarms()
+
+    def _attach_alarms(self) -> None:
+        """Listen to the alarm engine, once; called again at each stats tick because a
+        reload can start an engine in a gateway that started without rules."""
         alarms = getattr(self.gateway, "alarms", None)
-        if alarms is not None:
+        if alarms is not None and self._alarms_attached is not alarms:
+            if self._alarms_attached is None:
+                audit_for(self.gateway).add_listener(self._alarm_audit)
+            self._alarms_attached = alarms
             alarms.add_transition_listener(self._alarm_transition)
-            audit_for(self.gateway).add_listener(self._alarm_audit)
+            if self.connection.connected:
+                self._republish_alarms()
 
     async def run(self) -> None:
         """The connection and the stats loop share a fate: if the connection's task ends
@@ -169,6 +179,7 @@ class OpsBus:
             self.connection.unsubscribe(topic_filter)
 
     def _reconcile_alarms(self) -> None:
+        self._attach_alarms()
         alarms = getattr(self.gateway, "alarms", None)
         if alarms is not None:
             self.alarm_topics.reconcile(alarms.alarms())
