@@ -170,6 +170,14 @@ async def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(0.1)
         alarms = getattr(gateway, "alarms", None)
         assert alarms is not None, "the gateway runs no alarm engine"
+        announced: dict[int, int] = {}
+
+        def on_transition(transition: Any) -> None:  # after the journal commit
+            value = transition.alarm.value
+            if isinstance(value, float):
+                announced[decode(value)] = time.monotonic_ns()
+
+        alarms.add_transition_listener(on_transition)
         print(f"{args.rules} rules over {args.devices} devices ({fields} fields each), "
               f"{args.rate:g} readings/s for {args.seconds:g} s, about "
               f"{args.transitions:g} threshold crossings/s")
@@ -188,6 +196,7 @@ async def run(args: argparse.Namespace) -> int:
     broker.stop()
     warm = started + int(args.warmup * 1e9)
     latencies: list[float] = []
+    committed: list[float] = []
     wrong = 0
     arrived: set[int] = set()
     for at, cause, value in got:
@@ -202,6 +211,8 @@ async def run(args: argparse.Namespace) -> int:
         arrived.add(n)
         if entry[0] >= warm:
             latencies.append((at - entry[0]) / 1e6)
+            if n in announced:
+                committed.append((announced[n] - entry[0]) / 1e6)
     print(f"readings submitted: {in_count:,} in {fed:.1f} s ({in_count / fed:,.0f}/s); "
           f"crossings: {len(sent):,}; transitions received: {len(got):,} "
           f"({len(arrived):,} matched, {wrong} unmatched, {len(sent) - len(arrived)} missing)")
@@ -212,6 +223,9 @@ async def run(args: argparse.Namespace) -> int:
     print(f"latency submit -> transition on MQTT over {len(latencies):,} transitions "
           f"(after {args.warmup:g} s warm-up): p50 {pct(latencies, 50):.1f} ms, "
           f"p95 {pct(latencies, 95):.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
+    if committed:
+        print(f"  of which submit -> committed and handed to the outputs: p50 "
+              f"{pct(committed, 50):.1f} ms, p99 {pct(committed, 99):.1f} ms")
     verdict = "met" if p99 <= 50 else "NOT met"
     print(f"target p99 <= 50 ms: {verdict}")
     return 0 if p99 <= 50 and len(arrived) == len(sent) else 1
@@ -234,7 +248,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=12)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=logging.ERROR)  # not 1,000 "matches no device" warnings
     sys.exit(asyncio.run(run(args)))
 
 
