@@ -145,6 +145,10 @@ def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
 
     add_demo_parser(sub)
 
+    from gateway.alarms.cli import add_parser as add_alarm_parsers
+
+    add_alarm_parsers(sub)
+
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(func=cmd_schema)
 
@@ -163,7 +167,8 @@ def build_parser(with_driver_commands: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
-CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "demo"})
+CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "demo", "rules",
+                           "alarms"})
 """Commands of the core: ``iotgw run`` must not import every driver to build its parser
 (only the config's); a driver's own commands (``iotgw modbus scan``) load the drivers."""
 

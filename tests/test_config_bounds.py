@@ -107,6 +107,29 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
         "binary: {fields: [{name: f, offset: 0, length: 1, %s}]}}]",
         "devices[0].binary.fields[0]", HEADER, below)
        for field, below in (("offset", "-1"), ("length", "0"))},
+    **{f"RuleConfig.{field}": ("rules: [{id: r, when: 'v > 1', %s}]", "rules[0]", HEADER,
+                               below)
+       for field, below in (("for_", "-1"), ("off_delay", "-1"), ("severity", "0"),
+                            ("realarm", "0"))},
+    "RuleConfig.deadband": ("rules: [{id: r, when: 'v > 1', %s}]", "rules[0]", HEADER, "-1"),
+    **{f"CountSpec.{field}": ("rules: [{id: r, when: 'v > 1', count: {%s}}]",
+                              "rules[0].count", HEADER, below)
+       for field, below in (("n", "0"), ("within", "0"))},
+    **{f"WindowSpec.{field}": ("rules: [{id: r, when: 'min > 1', window: {field: v, %s}}]",
+                               "rules[0].window", HEADER, below)
+       for field, below in (("over", "0.5"), ("buckets", "1"))},
+    **{f"StaleSpec.{field}": ("rules: [{id: r, stale: {%s}}]", "rules[0].stale", HEADER,
+                              below)
+       for field, below in (("factor", "0.5"), ("seconds", "0.01"))},
+    **{f"ChatterSpec.{field}": ("rules: [{id: r, when: 'v > 1', chatter: {%s}}]",
+                                "rules[0].chatter", HEADER, below)
+       for field, below in (("transitions", "1"), ("within", "0.5"))},
+    "RuleAction.min_interval": (
+        "rules: [{id: r, when: 'v > 1', actions: [{on: raise, point: p, value: 1, %s}]}]",
+        "rules[0].actions[0]", HEADER, "-1"),
+    **{f"AlarmsSection.{field}": ("alarms: {%s}", "alarms", HEADER, below)
+       for field, below in (("checkpoint_interval", "0.1"), ("max_alarms", "9"),
+                            ("flood_count", "0"), ("flood_window", "0.5"))},
 }
 
 FINITE_ONLY = {
@@ -115,7 +138,9 @@ FINITE_ONLY = {
 }
 """Value transforms: any finite number is a legitimate setting (refused: .inf, .nan)."""
 
-OWN_PARSER = {"Point.address": "parse_address refuses anything outside 0..65535"}
+OWN_PARSER = {"Point.address": "parse_address refuses anything outside 0..65535",
+              "RuleAction.value": "a value written to a device point: the point's own "
+                                  "encoding (allow_write, register type) bounds it"}
 
 PROFILE_ONLY = {"Profile.max_registers", "Profile.max_gap"}
 """Shipped Modbus profile files, not the config: checked on the model below."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from gateway.alarms.config import RuleConfig
 from gateway.alarms.expr import ExpressionError, compile_expression
-from gateway.alarms.rules import glob_matcher, kinds_for, read_list
+from gateway.alarms.rules import BUILTIN_NAMES, glob_matcher, kinds_for, read_list
 from gateway.config.yamlsource import Path_
 
 Finding = tuple[Path_, str]
@@ -59,7 +59,12 @@ def check_rules(config: Any) -> Iterator[Finding]:
                    f"duplicate rule id {rule.id!r} (first at rules[{first[rule.id]}])")
         else:
             first[rule.id] = index
-        yield from _check_devices(index, rule, selected_devices(rule, devices))
+        chosen = selected_devices(rule, devices)
+        if not (rule.devices or rule.tags):
+            findings: list[Finding] = []
+            chosen = list(_by_fields(index, rule, chosen, findings))
+            yield from findings
+        yield from _check_devices(index, rule, chosen)
         for name, spec in rule.lists.items():
             path = spec.file if spec.file.is_absolute() else (
                 None if base is None else base / spec.file)
@@ -71,6 +76,33 @@ def check_rules(config: Any) -> Iterator[Finding]:
             if spec.field is not None and config.privacy is None and any(
                     spec.field in d.pseudonymize for d in selected_devices(rule, devices)):
                 yield (("rules", index, "lists", name), "needs privacy.key_file")
+
+
+def _by_fields(index: int, rule: RuleConfig, devices: list[Any],
+               findings: list[Finding]) -> Iterator[Any]:
+    """A rule without device selectors applies to every device whose readings carry its
+    fields: check it on those; if every device declares its fields and none has one the
+    rule reads, that is an unknown name."""
+    if rule.when is None:
+        return
+    names = set(compile_expression(rule.when).names) - set(BUILTIN_NAMES) - set(rule.lists)
+    if rule.window is not None:
+        names = {rule.window.field}
+    if not names:
+        return
+    unknowable = False
+    for device in devices:
+        fields = device.emitted_fields()
+        if fields is None:
+            unknowable = True
+        elif names & set(fields):
+            yield device
+        elif names <= set(device.tags):
+            yield device
+    if devices and not unknowable and not any(
+            names & set(d.emitted_fields() or ()) or names <= set(d.tags) for d in devices):
+        findings.append((("rules", index, "when"),
+                         f"no configured device emits {', '.join(sorted(names))}"))
 
 
 def _check_devices(index: int, rule: RuleConfig, devices: list[Any]) -> Iterator[Finding]:

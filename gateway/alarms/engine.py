@@ -369,6 +369,8 @@ class Engine:
                 alarm.pending_on = now
                 self._mark(alarm)
                 self._arm(now + delay, "on", alarm)
+                if rule.schedule is not None:
+                    self._arm(rule.schedule.next_change(now), "schedule", alarm)
         elif alarm.pending_on is not None:
             alarm.pending_on = None
             self._mark(alarm)
@@ -425,6 +427,8 @@ class Engine:
         previous = alarm.state
         if on:
             self._changed(alarm, rule, now)
+            if rule.schedule is not None:  # the end of the span clears it
+                self._arm(rule.schedule.next_change(now), "schedule", alarm)
             if self._hidden(alarm):
                 alarm.active = True
                 return
@@ -642,7 +646,7 @@ class Engine:
         return {"min": min(b[1] for b in buckets), "max": max(b[2] for b in buckets),
                 "sum": total, "count": n, "avg": total / n, "delta": last - first,
                 "rate": (last - first) / span if span > 0 else 0.0,
-                "full": now - extra["began"] >= spec.over - width}
+                "full": now - extra["began"] >= spec.over}
 
     # -- timers --------------------------------------------------------------------------
 
@@ -696,7 +700,12 @@ class Engine:
     def _fire_on(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         if alarm.pending_on is not None and not alarm.condition \
                 and alarm.pending_on + rule.config.for_ <= now + _EPS:
-            self._condition(alarm, rule, True, None, alarm.pending_on + rule.config.for_)
+            due = alarm.pending_on + rule.config.for_
+            if rule.schedule is not None and not rule.schedule.active(due):
+                alarm.pending_on = None  # the span ended first
+                self._mark(alarm)
+                return
+            self._condition(alarm, rule, True, None, due)
 
     def _fire_off(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         if alarm.pending_off is not None and alarm.condition \

@@ -101,7 +101,9 @@ def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> L
         raise ConfigError([f"{path}:1: (top): the config must be a mapping of sections"])
 
     merged = merge_rules(path, doc.data, environ)  # rules_files: included rules
-    problems += [_format(path if p.file is None else Path(p.file), p.problem)
+    problems += [_format(path, SourceProblem(doc.line_of(p.problem.path), p.problem.path,
+                                             p.problem.message))
+                 if p.file is None else _format(Path(p.file), p.problem)
                  for p in merged.problems]
     data = merged.data
     view = YamlDocument(data, doc.lines)

@@ -1,0 +1,166 @@
+"""Rules in the config and in included files: accepted forms, and errors with FILE:LINE."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.alarms.checks import rule_warnings
+from gateway.cli import main
+from gateway.config.loader import load_config
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEADER = """\
+gateway: {id: gw-t, site: s, data_dir: data}
+buses: {b: {type: tcp, host: 127.0.0.1}}
+devices:
+  - {id: meter-1, driver: modbus, bus: b, unit: 1, profile: eastron-sdm630}
+  - {id: gate-1, driver: synthetic, interval: 1s, fields: 2, text_field: true}
+"""
+
+ISSUE_EXAMPLE = """\
+rules:
+  - id: overvoltage
+    devices: ["meter-*"]            # device ids or globs; also by measurement or tags
+    when: "voltage_l1 > 220"
+    for: 2s                         # on-delay
+    clear: "voltage_l1 < 215"       # or deadband + off_delay
+    severity: 2                     # 1 (highest) .. 4
+    message: "L1 voltage {voltage_l1} V"
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "gw.yaml") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    return caught.value.problems
+
+
+def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, HEADER + ISSUE_EXAMPLE), environ={})
+    (rule,) = config.model.rules
+    assert (rule.id, rule.for_, rule.severity, rule.clear) == (
+        "overvoltage", 2.0, 2, "voltage_l1 < 215")
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ('when: "voltage_l1 >"', "rules[0].when: syntax error"),
+    ('when: "voltage_l9 > 220"', "rules[0].when: unknown name 'voltage_l9'"),
+    ('when: "voltage_l1 > \\"high\\""', "rules[0].when: data type mismatch"),
+    ('when: "voltage_l1 > 1"\n    clear: "voltage_l1 <"', "rules[0].clear: syntax error"),
+    ('when: "voltage_l1 > 1"\n    deadband: 2\n    clear: "voltage_l1 < 0"',
+     "rules[0]: give `clear` or `deadband`"),
+    ('when: "voltage_l1 > 1 and current_l1 > 2"\n    deadband: 1', "deadband needs"),
+    ('when: "voltage_l1 > 1"\n    severity: 5', "rules[0].severity"),
+    ('when: "voltage_l1 > 1"\n    active: "25:00-05:00"', "rules[0].active"),
+    ('when: "voltage_l1 > 1"\n    active: "01:00-05:00"\n    timezone: Mars/Base',
+     "unknown time zone"),
+    ('when: "voltage_l1 > 1"\n    message: "{voltage_l1.__class__}"', "rules[0].message"),
+    ('stale: 3x\n    devices: [gate-1]\n    for: 1s\n    when: "f0 > 1"', "a stale rule"),
+])
+def test_rule_errors_carry_the_line(tmp_path: Path, rule: str, message: str) -> None:
+    text = HEADER + "rules:\n  - id: r\n    devices: [meter-1]\n    " + rule + "\n"
+    found = problems(write(tmp_path, text))
+    assert any(message in p for p in found), found
+    first_rule_line = HEADER.count("\n") + 2
+    assert all(int(p.split(":")[1]) >= first_rule_line for p in found), found
+
+
+def test_errors_in_included_files_name_their_own_file_and_line(tmp_path: Path) -> None:
+    write(tmp_path, "rules:\n  - id: fine\n    when: 'f0 > 1'\n    devices: [gate-1]\n"
+                    "  - id: broken\n    devices: [gate-1]\n    when: 'f7 > 1'\n",
+          "rules.d/10-gate.yaml")
+    write(tmp_path, "rules:\n  - id: fine\n    when: 'f1 > 1'\n", "rules.d/20-dup.yaml")
+    path = write(tmp_path, HEADER + "rules_files: [rules.d]\n")
+    found = problems(path)
+    gate, dup = tmp_path / "rules.d/10-gate.yaml", tmp_path / "rules.d/20-dup.yaml"
+    assert any(p.startswith(f"{gate}:7: rules[1].when: unknown name 'f7'") for p in found), found
+    assert any(p.startswith(f"{dup}:2: rules[0].id: duplicate rule id 'fine'") for p in found), \
+        found
+
+
+def test_rules_files_paths_globs_folders_and_missing_ones(tmp_path: Path) -> None:
+    write(tmp_path, "rules:\n  - {id: a, when: 'f0 > 1'}\n", "more/a.yaml")
+    write(tmp_path, "rules:\n  - {id: b, when: 'f0 > 2'}\n", "more/b.yaml")
+    write(tmp_path, "rules:\n  - {id: c, when: 'f0 > 3'}\n", "c.yaml")
+    path = write(tmp_path, HEADER + ISSUE_EXAMPLE + "rules_files: [c.yaml, 'more/*.yaml']\n")
+    config = load_config(path, environ={})
+    assert [r.id for r in config.model.rules] == ["overvoltage", "c", "a", "b"]
+    path = write(tmp_path, HEADER + "rules_files: [nothing/*.yaml, gone.yaml]\n")
+    found = problems(path)
+    line = HEADER.count("\n") + 1
+    assert any(p.startswith(f"{path}:{line}: rules_files[0]: 'nothing/*.yaml' matches no")
+               for p in found), found
+    assert any("rules_files[1]: no rules file" in p for p in found), found
+
+
+def test_a_rules_file_must_hold_a_rules_list(tmp_path: Path) -> None:
+    bad = write(tmp_path, "- {id: a, when: 'f0 > 1'}\n", "bad.yaml")
+    found = problems(write(tmp_path, HEADER + "rules_files: [bad.yaml]\n"))
+    assert any(p.startswith(f"{bad}:1: (top): a rules file holds one key") for p in found)
+
+
+def test_shipped_packs_are_found_through_importlib_resources(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    package = tmp_path / "site" / "iotgw_test_packs"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "night.yaml").write_text(
+        "rules:\n  - id: night\n    devices: [gate-*]\n    when: 'f0 > 1'\n"
+        "    active: '01:00-05:00'\n    timezone: Asia/Shanghai\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setattr("gateway.alarms.includes.PACK_PACKAGE", "iotgw_test_packs")
+    config = load_config(write(tmp_path, HEADER + "rules_files: ['pack:night']\n"), environ={})
+    assert [r.id for r in config.model.rules] == ["night"]
+    found = problems(write(tmp_path, HEADER + "rules_files: ['pack:nope']\n"))
+    assert any("no shipped rule pack 'nope' (packs: night)" in p for p in found), found
+
+
+def test_selectors_matching_no_device_are_a_warning_not_an_error(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, HEADER + "rules:\n  - id: r\n    devices: [pump-*]\n"
+                               "    when: 'x > 1'\n"), environ={})
+    assert rule_warnings(config.model) == [
+        "rules[0] (r): its selectors match no configured device"]
+
+
+def test_stale_multiple_needs_a_polled_device(tmp_path: Path) -> None:
+    text = HEADER.replace(
+        "devices:\n", "mqtt: {host: 127.0.0.1, base_topic: t/gw}\ndevices:\n"
+        "  - {id: m-1, driver: mqtt, topic: t/x, measurement: m, fields: {v: $.v}}\n"
+    ) + "rules:\n  - id: s\n    devices: [m-1]\n    stale: 3x\n"
+    found = problems(write(tmp_path, text))
+    assert any("rules[0].stale: device 'm-1' has no polling interval" in p for p in found), found
+
+
+def test_list_files_are_read_relative_to_the_config(tmp_path: Path) -> None:
+    text = HEADER + ("rules:\n  - id: r\n    devices: [gate-1]\n    when: 'status in blocked'\n"
+                     "    lists: {blocked: {file: lists/blocked.txt}}\n")
+    found = problems(write(tmp_path, text))
+    assert any("rules[0].lists.blocked.file: cannot read" in p for p in found), found
+    write(tmp_path, "state-1\n", "lists/blocked.txt")
+    load_config(tmp_path / "gw.yaml", environ={})
+
+
+def test_rules_check_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = write(tmp_path, HEADER + ISSUE_EXAMPLE)
+    assert main(["rules", "check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "overvoltage: threshold, severity 2, for 2s, reads voltage_l1" in out
+    bad = write(tmp_path, HEADER + ISSUE_EXAMPLE.replace("voltage_l1 > 220", "voltage_l1 >"),
+                "bad.yaml")
+    done = subprocess.run([sys.executable, "-m", "gateway", "rules", "check", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert f"{bad}:{HEADER.count(chr(10)) + 4}: rules[0].when: syntax error" in done.stderr

@@ -1,0 +1,385 @@
+"""The alarm engine on a simulated clock: each rule feature and each ISA-18.2 transition."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.alarms.config import RuleConfig
+from gateway.alarms.engine import DeviceInfo, Engine
+from gateway.alarms.model import (
+    AlarmAction,
+    AlarmCommand,
+    AlarmCommandRefused,
+    AlarmState,
+    Transition,
+)
+from gateway.alarms.rules import compile_rule, load_lists
+from gateway.pseudonym import Pseudonymizer
+from gateway.reading import FieldValue, Reading
+
+
+class Sim:
+    """An engine, a simulated clock, and every transition it produced."""
+
+    def __init__(self, *rules: dict[str, Any], devices: dict[str, DeviceInfo] | None = None,
+                 start: float = 1_000_000.0) -> None:
+        self.rules = [compile_rule(RuleConfig.model_validate(r)) for r in rules]
+        self.engine = Engine(self.rules, devices=devices or {})
+        self.now = start
+        self.log: list[Transition] = []
+        self.engine.start(start)
+
+    def at(self, t: float) -> Sim:
+        """Move the clock to start + t, firing timers on the way."""
+        self.now = 1_000_000.0 + t
+        self.engine.advance(self.now)
+        self._collect()
+        return self
+
+    def feed(self, t: float, device: str = "meter-1", measurement: str = "m",
+             tags: dict[str, str] | None = None, **fields: FieldValue) -> Sim:
+        self.at(t)
+        reading = Reading(measurement, tags or {}, fields, int(self.now * 1e9))
+        self.engine.process(device, [reading], self.now)
+        self._collect()
+        return self
+
+    def cmd(self, action: str, rule: str, device: str = "meter-1",
+            duration: float | None = None) -> AlarmState:
+        alarm = self.engine.command(
+            AlarmCommand(AlarmAction(action), rule, device, "op", duration), self.now)
+        self._collect()
+        return alarm.state
+
+    def _collect(self) -> None:
+        self.log.extend(self.engine.take()[0])
+
+    def causes(self) -> list[str]:
+        return [t.cause for t in self.log]
+
+    def state(self, rule: str, device: str = "meter-1") -> AlarmState:
+        return self.engine.alarms[(rule, device)].state
+
+
+OVERVOLTAGE = {"id": "overvoltage", "devices": ["meter-*"], "when": "voltage_l1 > 220",
+               "for": "2s", "clear": "voltage_l1 < 215", "severity": 2,
+               "message": "L1 voltage {voltage_l1} V"}
+
+
+def test_on_delay_raises_only_after_the_condition_held_for_its_duration() -> None:
+    sim = Sim(OVERVOLTAGE)
+    sim.feed(0, voltage_l1=221.0).feed(1, voltage_l1=219.0)  # interrupted: no raise
+    sim.feed(2, voltage_l1=222.0).at(3.9)
+    assert sim.causes() == []
+    sim.at(4.0)  # 2 s after the condition began to hold, without a new reading
+    assert sim.causes() == ["raise"]
+    raised = sim.log[0]
+    assert raised.at == pytest.approx(1_000_004.0)
+    assert raised.alarm.state is AlarmState.ACTIVE_UNACKED
+    assert raised.alarm.message == "L1 voltage 222.0 V"
+    assert raised.alarm.severity == 2 and raised.alarm.seq == 1
+    # Between clear and when: stays active (hysteresis by a separate clear condition)
+    sim.feed(5, voltage_l1=217.0)
+    assert sim.causes() == ["raise"]
+    sim.feed(6, voltage_l1=214.0)
+    assert sim.causes() == ["raise", "clear"]
+    assert sim.state("overvoltage") is AlarmState.CLEARED_UNACKED
+    assert sim.log[-1].alarm.value == 214.0
+
+
+def test_rule_selects_devices_by_glob_measurement_and_tags() -> None:
+    sim = Sim({"id": "r", "devices": ["meter-*"], "measurement": ["power"],
+               "tags": {"building": "b*"}, "when": "v > 1"})
+    sim.feed(0, device="pump-1", measurement="power", tags={"building": "b1"}, v=5)
+    sim.feed(0, device="meter-1", measurement="water", tags={"building": "b1"}, v=5)
+    sim.feed(0, device="meter-1", measurement="power", tags={"building": "a1"}, v=5)
+    assert sim.causes() == []
+    sim.feed(0, device="meter-1", measurement="power", tags={"building": "b1"}, v=5)
+    assert sim.causes() == ["raise"]
+
+
+def test_chatter_around_the_threshold_with_a_deadband_raises_once_and_clears_once() -> None:
+    """The issue's test: ±0.5 around the threshold for one simulated hour, deadband 1."""
+    sim = Sim({"id": "level", "when": "level > 100", "deadband": 1})
+    for second in range(3600):
+        sim.feed(second, level=100 + (0.5 if second % 2 else -0.5))
+    sim.feed(3600, level=98.0)
+    assert sim.causes() == ["raise", "clear"]
+    assert [t.alarm.seq for t in sim.log] == [1, 2]
+
+
+def test_without_deadband_the_same_signal_chatters_and_is_flagged() -> None:
+    sim = Sim({"id": "level", "when": "level > 100", "chatter": {"transitions": 10,
+                                                                 "within": "10m"}})
+    for second in range(60):
+        sim.feed(second, level=100 + (0.5 if second % 2 else -0.5))
+    assert sim.causes().count("chatter") == 1
+    assert sim.engine.alarms[("level", "meter-1")].chatter
+    assert sim.engine.counters.chatter == 1
+    sim.feed(61, level=0.0)
+    sim.at(61 + 600)  # calm for a whole window: the flag goes
+    assert sim.causes()[-1] == "chatter"
+    assert not sim.engine.alarms[("level", "meter-1")].chatter
+
+
+def test_off_delay_keeps_the_alarm_until_the_clear_has_held() -> None:
+    sim = Sim({"id": "r", "when": "v > 10", "deadband": 2, "off_delay": "5s"})
+    sim.feed(0, v=11).feed(1, v=7).feed(3, v=9.5)  # clear interrupted at 3 s
+    sim.at(10)
+    assert sim.causes() == ["raise"]
+    sim.feed(11, v=1).at(15.9)
+    assert sim.causes() == ["raise"]
+    sim.at(16)
+    assert sim.causes() == ["raise", "clear"]
+
+
+def test_ack_shelve_unshelve_out_of_service_in_service() -> None:
+    sim = Sim({"id": "r", "when": "v > 10"})
+    sim.feed(0, v=11)
+    assert sim.cmd("ack", "r") is AlarmState.ACTIVE_ACKED
+    with pytest.raises(AlarmCommandRefused):
+        sim.cmd("ack", "r")
+    sim.feed(1, v=0)
+    assert sim.state("r") is AlarmState.NORMAL  # cleared after ack: straight to normal
+    sim.feed(2, v=11)
+    assert sim.state("r") is AlarmState.ACTIVE_UNACKED
+    assert sim.cmd("shelve", "r", duration=60) is AlarmState.SHELVED
+    sim.feed(3, v=0).feed(4, v=12)  # hidden while shelved (timed: stays shelved)
+    assert sim.state("r") is AlarmState.SHELVED
+    sim.at(63)  # timed shelve runs out: the condition holds, so active and unacked
+    assert sim.causes()[-1] == "unshelve"
+    assert sim.state("r") is AlarmState.ACTIVE_UNACKED
+    assert sim.cmd("out_of_service", "r") is AlarmState.OUT_OF_SERVICE
+    with pytest.raises(AlarmCommandRefused):
+        sim.cmd("shelve", "r")
+    sim.feed(70, v=0)
+    assert sim.cmd("in_service", "r") is AlarmState.NORMAL
+    seqs = [t.alarm.seq for t in sim.log]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert all(t.client == "op" for t in sim.log if t.cause in ("ack", "shelve"))
+
+
+def test_one_shot_shelve_ends_when_the_alarm_returns_to_normal() -> None:
+    sim = Sim({"id": "r", "when": "v > 10"})
+    sim.feed(0, v=11)
+    sim.cmd("shelve", "r")
+    sim.feed(1, v=0)
+    assert sim.causes() == ["raise", "shelve", "unshelve"]
+    assert sim.state("r") is AlarmState.NORMAL
+
+
+def test_latched_alarm_stays_active_until_reset_after_the_condition_cleared() -> None:
+    sim = Sim({"id": "tamper", "when": "tamper == true", "latched": True})
+    sim.feed(0, tamper=True).feed(1, tamper=False)
+    assert sim.state("tamper") is AlarmState.ACTIVE_UNACKED
+    sim.feed(2, tamper=True)
+    with pytest.raises(AlarmCommandRefused, match="still present"):
+        sim.cmd("reset", "tamper")
+    sim.feed(3, tamper=False)
+    assert sim.cmd("reset", "tamper") is AlarmState.NORMAL
+    assert sim.causes() == ["raise", "reset"]
+
+
+def test_reset_is_refused_for_a_rule_that_is_not_latched() -> None:
+    sim = Sim({"id": "r", "when": "v > 10"})
+    sim.feed(0, v=11)
+    with pytest.raises(AlarmCommandRefused, match="latched"):
+        sim.cmd("reset", "r")
+
+
+def test_realarm_repeats_while_active_and_unacknowledged() -> None:
+    sim = Sim({"id": "r", "when": "v > 10", "realarm": "10m"})
+    sim.feed(0, v=11).at(600).at(1200)
+    assert sim.causes() == ["raise", "realarm", "realarm"]
+    sim.cmd("ack", "r")
+    sim.at(3000)
+    assert sim.causes() == ["raise", "realarm", "realarm", "ack"]
+
+
+def test_count_per_key_within_a_window() -> None:
+    """Five denied cards at one reader within 2 minutes."""
+    sim = Sim({"id": "denied", "when": 'result == "denied"',
+               "count": {"n": 5, "within": "2m", "key": "reader"}})
+    for i in range(4):
+        sim.feed(i * 10, device="acs", tags={"reader": "r1"}, result="denied")
+    sim.feed(45, device="acs", tags={"reader": "r2"}, result="denied")
+    sim.feed(50, device="acs", tags={"reader": "r1"}, result="granted")
+    assert sim.causes() == []
+    sim.feed(60, device="acs", tags={"reader": "r1"}, result="denied")
+    assert sim.causes() == ["raise"]
+    assert sim.log[0].alarm.key.device == "r1"
+    sim.at(60 + 120)  # the early ones age out: fewer than 5 in the window
+    assert sim.causes() == ["raise", "clear"]
+
+
+def test_window_minimum_detects_flow_that_never_stops() -> None:
+    sim = Sim({"id": "leak", "window": {"field": "flow", "over": "3h"},
+               "when": "full and min > 0"})
+    for minute in range(0, 180):
+        sim.feed(minute * 60, flow=0.2 + (minute % 3) * 0.1)
+    assert sim.causes() == []
+    sim.feed(180 * 60, flow=0.3)
+    assert sim.causes() == ["raise"]
+    sim.feed(181 * 60, flow=0.0)
+    assert sim.causes() == ["raise", "clear"]
+
+
+def test_window_aggregates() -> None:
+    sim = Sim({"id": "rising", "window": {"field": "e", "over": "10m", "buckets": 10},
+               "when": "delta > 5 and rate > 0.01 and max == 6 and avg > 2"})
+    for i in range(7):
+        sim.feed(i * 60, e=float(i))
+    assert sim.causes() == ["raise"]
+
+
+def test_stale_device_raises_after_three_intervals_and_clears_on_the_next_reading() -> None:
+    sim = Sim({"id": "offline", "stale": "3x"},
+              devices={"meter-1": DeviceInfo(interval=10.0), "meter-2": DeviceInfo(
+                  interval=10.0)})
+    sim.feed(5, v=1)
+    sim.at(29.9)
+    assert sim.causes() == []
+    sim.at(30)  # meter-2 never sent anything: silent since start
+    assert [t.alarm.key.device for t in sim.log] == ["meter-2"]
+    sim.at(35)
+    assert [t.alarm.key.device for t in sim.log] == ["meter-2", "meter-1"]
+    sim.feed(40, v=1)
+    assert sim.log[-1].cause == "clear" and sim.log[-1].alarm.key.device == "meter-1"
+
+
+def test_stale_point_by_duration() -> None:
+    sim = Sim({"id": "no-flow", "stale": {"after": "90s", "field": "flow"}})
+    sim.feed(0, flow=1.0).feed(60, temp=3.0)  # readings without flow do not count
+    sim.at(91)
+    assert sim.causes() == ["raise"]
+
+
+def test_device_state_is_an_input() -> None:
+    sim = Sim({"id": "down", "when": 'device_state == "offline"', "for": "30s"})
+    sim.engine.device_state("meter-1", "offline", sim.now)
+    sim.at(30)
+    assert sim.causes() == ["raise"]
+    sim.engine.device_state("meter-1", "online", sim.now)
+    sim._collect()
+    assert sim.causes() == ["raise", "clear"]
+
+
+def test_schedule_in_a_time_zone() -> None:
+    # 1_000_000 s after the epoch is 1970-01-12 13:46:40 UTC = 21:46:40 in Shanghai.
+    sim = Sim({"id": "night-flow", "when": "flow > 0", "active": "22:00-05:00",
+               "timezone": "Asia/Shanghai"})
+    sim.feed(0, flow=1.0)
+    assert sim.causes() == []
+    sim.feed(14 * 60, flow=1.0)  # 22:00:40
+    assert sim.causes() == ["raise"]
+    sim.at(7 * 3600 + 14 * 60)  # 05:00:40: the span ended, the alarm clears by itself
+    assert sim.causes() == ["raise", "clear"]
+
+
+def test_suppression_by_expression_hides_and_reveals() -> None:
+    sim = Sim({"id": "r", "when": "v > 10", "suppress": "maintenance == true"})
+    sim.feed(0, v=11, maintenance=True)
+    assert sim.state("r") is AlarmState.SUPPRESSED
+    sim.feed(1, v=12, maintenance=False)
+    assert sim.state("r") is AlarmState.ACTIVE_UNACKED
+    assert sim.causes() == ["suppress", "unsuppress"]
+
+
+def test_list_matching_on_a_pseudonymised_field_keeps_only_hashes(tmp_path: Path) -> None:
+    (tmp_path / "plates.txt").write_text("# blocked\nAB123\nCD456  # stolen\n")
+    hide = Pseudonymizer(b"k" * 32)
+    config = RuleConfig.model_validate({
+        "id": "blocked", "when": "plate in blocked",
+        "lists": {"blocked": {"file": "plates.txt", "field": "plate"}}})
+    rule = compile_rule(config)
+    rule.lists = load_lists(config, tmp_path, [frozenset({"plate"})], hide)
+    assert rule.lists.raw == {}
+    assert rule.lists.hashed["blocked"] == {hide("AB123"), hide("CD456")}
+    engine = Engine([rule], devices={"gate": DeviceInfo(private=frozenset({"plate"}))})
+    # The pipeline hands the engine readings already pseudonymised
+    engine.process("gate", [Reading("plate", {}, {"plate": hide("XY999")}, 1)], 1.0)
+    engine.process("gate", [Reading("plate", {}, {"plate": hide("CD456")}, 2)], 2.0)
+    (raised,) = engine.take()[0]
+    assert raised.alarm.value == hide("CD456")
+
+
+def test_runtime_errors_are_counted_logged_once_and_do_not_stop_other_rules(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sim = Sim({"id": "bad", "when": "v > 10 and w > 1"}, {"id": "good", "when": "v > 10"})
+    with caplog.at_level(logging.WARNING, logger="iotgw.alarms"):
+        for t in range(5):
+            sim.feed(t, v=11 + t)  # no w
+        sim.feed(6, v="text", w=2)
+    assert sim.engine.counters.rule_errors["bad"] == 6
+    assert [t.alarm.key.rule for t in sim.log] == ["good"]
+    messages = [r.getMessage() for r in caplog.records if "rule bad" in r.getMessage()]
+    assert len(messages) == 2  # one per kind: missing w, then a type error
+    assert sim.engine.counters.rule_errors["good"] == 1
+
+
+def test_readings_are_evaluated_only_against_rules_that_read_their_fields() -> None:
+    rules = [{"id": f"r{i}", "devices": [f"d{i % 10}"], "when": f"f{i % 3} > 100"}
+             for i in range(30)]
+    sim = Sim(*rules)
+    sim.feed(0, device="d1", f0=1.0)
+    # d1 has rules r1, r11, r21 reading f1, f2, f0: only r21 reads f0
+    assert sim.engine.counters.evaluations == 1
+
+
+def test_commands_for_unknown_alarms_are_refused_but_out_of_service_may_come_first() -> None:
+    sim = Sim({"id": "r", "devices": ["meter-*"], "when": "v > 10"})
+    with pytest.raises(AlarmCommandRefused, match="unknown rule"):
+        sim.cmd("ack", "nope")
+    with pytest.raises(AlarmCommandRefused, match="no alarm"):
+        sim.cmd("ack", "r")
+    with pytest.raises(AlarmCommandRefused, match="does not select"):
+        sim.cmd("out_of_service", "r", device="pump-1")
+    assert sim.cmd("out_of_service", "r") is AlarmState.OUT_OF_SERVICE
+    sim.feed(1, v=11)
+    assert sim.causes() == ["out_of_service"]
+    assert sim.cmd("in_service", "r") is AlarmState.ACTIVE_UNACKED
+
+
+def test_reload_keeps_unchanged_rules_resets_changed_and_removes_dropped() -> None:
+    sim = Sim({"id": "keep", "when": "v > 10", "for": "10s"},
+              {"id": "change", "when": "v > 10", "for": "10s"},
+              {"id": "drop", "when": "v > 10"})
+    sim.feed(0, v=11)
+    assert sim.causes() == ["raise"]  # drop
+    new = [compile_rule(RuleConfig.model_validate(r)) for r in (
+        {"id": "keep", "when": "v > 10", "for": "10s"},
+        {"id": "change", "when": "v > 10", "for": "20s"})]
+    sim.at(5)
+    sim.engine.replace_rules(new, {}, sim.now)
+    sim._collect()
+    assert sim.causes() == ["raise", "removed"]
+    assert ("drop", "meter-1") not in sim.engine.alarms
+    sim.at(10)  # keep: its pending on-delay (from 0 s) survived the reload
+    assert [t.alarm.key.rule for t in sim.log][-1] == "keep"
+    sim.at(100)  # change: its timer was reset, and no new reading came
+    assert "change" not in [t.alarm.key.rule for t in sim.log]
+
+
+def test_message_templates_show_missing_names_as_question_marks() -> None:
+    sim = Sim({"id": "r", "when": "v > 10", "message": "v={v:.1f} other={other}"})
+    sim.feed(0, v=11.25)
+    assert sim.log[0].alarm.message == "v=11.2 other=?"
+
+
+def test_expression_fast_path_agrees_with_rule_engine() -> None:
+    from gateway.alarms.expr import compile_expression
+
+    cases = ["a > 1 and b < 2", "not (a >= 1) or b <= 2", 'c == "x"', "d == true",
+             "a != 1", "c in s", "a == 1.0"]
+    values: dict[str, Any] = {"a": 1, "b": 2.5, "c": "x", "d": True, "s": {"x", "y"}}
+    for text in cases:
+        expression = compile_expression(text)
+        assert expression._fast is not None, text
+        slow = expression._rule.evaluate(values)
+        assert expression(values) == slow, text
+    assert not math.isnan(compile_expression("a + 1 > 1")({"a": 1}) * 1.0)
