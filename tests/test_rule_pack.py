@@ -335,6 +335,43 @@ async def test_serial_controllers_doors_cards_and_tamper(pack: PackEngine) -> No
             await h.stop()
 
 
+KEY = bytes(range(16))
+ADDRESS = 101
+
+
+def new_reader(fd: int) -> Any:
+    """libosdp's own peripheral device on the far end of a pty (as in tests/test_osdp.py;
+    test modules do not import each other)."""
+    from osdp import (
+        Capability,
+        Channel,
+        LibFlag,
+        LogLevel,
+        PDCapabilities,
+        PDInfo,
+        PeripheralDevice,
+    )
+
+    class Line(Channel):
+        def read(self, max_bytes: int) -> bytes:
+            try:
+                return os.read(fd, max_bytes)
+            except (BlockingIOError, OSError):
+                return b""
+
+        def write(self, buf: bytes) -> int:
+            return os.write(fd, buf)
+
+        def flush(self) -> None:
+            pass
+
+    pd = PeripheralDevice(
+        PDInfo(ADDRESS, Line(), scbk=KEY, flags=[LibFlag.EnforceSecure]),
+        PDCapabilities([(Capability.LEDControl, 1, 1)]), log_level=LogLevel.Error)
+    pd.start()
+    return pd
+
+
 @pytest.fixture
 def osdp_pty() -> Iterator[tuple[int, str]]:
     master, slave = os.openpty()
@@ -353,8 +390,6 @@ async def test_osdp_reader_tamper_and_plate_blocklist(pack: PackEngine, tmp_path
     A plate camera message (the demo's simulator) decoded by the MQTT driver: a
     blocklisted plate raises, the next plate clears."""
     from osdp import Event, StatusReportType
-
-    from tests.test_osdp import ADDRESS, KEY, new_reader
 
     master, path = osdp_pty
     key_file = tmp_path / "scbk"
