@@ -24,7 +24,13 @@ from gateway.aio import wait_event
 from gateway.alarms import journal
 from gateway.alarms.checks import rule_warnings
 from gateway.alarms.engine import DeviceInfo, Engine
-from gateway.alarms.model import AlarmCommand, AlarmSnapshot, Transition, TransitionListener
+from gateway.alarms.model import (
+    ACTIVE_STATES,
+    AlarmCommand,
+    AlarmSnapshot,
+    Transition,
+    TransitionListener,
+)
 from gateway.alarms.rules import CompiledRule, compile_rule, load_lists
 from gateway.buffer import AsyncBuffer
 from gateway.problems import ProblemLog
@@ -131,7 +137,7 @@ class AlarmRuntime:
         self.engine.restore(rows, now)
         self.engine.start(now)
         self._wake.set()
-        active = sum(1 for a in self.engine.alarms.values() if a.active)
+        active = sum(1 for a in self.engine.alarms.values() if a.state in ACTIVE_STATES)
         log.info("alarms: %d rules, %d alarms restored (%d active)", len(self.engine.rules),
                  len(self.engine.alarms), active)
 
