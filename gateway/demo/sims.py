@@ -7,6 +7,10 @@
 * :class:`MeterBus` - one RS-485 line as a pseudo-terminal: DL/T 645-2007 electricity
   meters and CJ/T 188 water meters answer on the far end, framed with the drivers' codecs.
 * :class:`CardReader` - a pseudo-terminal where a reader prints ``CARD:...;DIR:IN`` lines.
+* :class:`LeakingWater` - a Modbus water meter's values: a household's bursts of use, then
+  a leak that never stops (for the alarm demo).
+* :class:`DoorController` - a pseudo-terminal where a door controller prints
+  ``EVT:door_open`` / ``EVT:door_closed``; once, the door is held open.
 * :func:`plate_camera` - publishes Vzicloud ``ivs_result`` messages to an MQTT broker.
 
 Product code: nothing here imports from the tests (their simulators stay independent of
@@ -111,6 +115,36 @@ class Load:
         return 0.0
 
 
+@dataclass
+class LeakingWater:
+    """Values for the ``water-meter-ultrasonic`` profile (a :class:`ModbusMeters` load):
+    short bursts of use with zero flow between them, until ``leak_after`` seconds after
+    the start; from then on the flow never drops to zero (a running cistern)."""
+
+    leak_after: float = 8.0
+    leak_m3h: float = 0.06
+    total_m3: float = field(default_factory=lambda: random.uniform(100, 900))
+    started: float = field(default_factory=time.monotonic)
+    _last: float = field(default_factory=time.monotonic)
+
+    def flow(self) -> float:
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.leak_after:
+            return self.leak_m3h + random.uniform(0, 0.01)
+        return 0.9 if elapsed % 10 < 2 else 0.0  # a tap opened for 2 s in every 10
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.total_m3 += self.flow() * (now - self._last) / 3600 * 60  # fast clock
+        self._last = now
+
+    def value(self, name: str, unit: str | None = None) -> float:
+        values = {"flow_rate": self.flow, "total": lambda: self.total_m3,
+                  "water_temperature": lambda: 14.5, "battery_voltage": lambda: 3.6}
+        getter = values.get(name)
+        return getter() if getter is not None else 0.0
+
+
 # -- Modbus TCP ---------------------------------------------------------------------------
 
 class ModbusMeters:
@@ -120,12 +154,12 @@ class ModbusMeters:
     ``units`` maps unit id -> list of the gateway's resolved points for that device."""
 
     def __init__(self, port: int, units: dict[int, list[Any]],
-                 loads: dict[int, Load] | None = None) -> None:
+                 loads: dict[int, Load | LeakingWater] | None = None) -> None:
         from drivers.modbus.client import TABLES, RegisterServer
 
         self.port = port
         self.points = units
-        self.loads = loads or {u: Load() for u in units}
+        self.loads: dict[int, Load | LeakingWater] = loads or {u: Load() for u in units}
         self.tables: dict[int, dict[str, dict[int, Any]]] = {
             u: {table: {} for table in TABLES} for u in units}
         self.requests = 0
@@ -321,6 +355,48 @@ class CardReader:
                 self.pty.write(f"CARD:{card};DIR:{direction}\r\n".encode())
                 self.swipes += 1
                 await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
+        finally:
+            loop.remove_reader(self.pty.master)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self.pty.master, 4096)
+
+    def close(self) -> None:
+        self.pty.close()
+
+
+class DoorController:
+    """A door controller on its own pty printing ``EVT:door_open`` / ``EVT:door_closed``:
+    brief openings every ``every`` seconds, and once, ``hold_at`` seconds after the
+    start, the door held open for ``hold_for`` seconds (someone wedged it)."""
+
+    def __init__(self, hold_at: float = 6.0, hold_for: float = 75.0,
+                 every: float = 15.0) -> None:
+        self.pty = Pty()
+        self.path = self.pty.path
+        self.hold_at = hold_at
+        self.hold_for = hold_for
+        self.every = every
+        self.events = 0
+
+    def _event(self, name: str) -> None:
+        self.pty.write(f"EVT:{name}\r\n".encode())
+        self.events += 1
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pty.master, self._drain)
+        try:
+            await asyncio.sleep(self.hold_at)
+            self._event("door_open")
+            await asyncio.sleep(self.hold_for)
+            self._event("door_closed")
+            while True:
+                await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
+                self._event("door_open")
+                await asyncio.sleep(3)
+                self._event("door_closed")
         finally:
             loop.remove_reader(self.pty.master)
 
