@@ -146,6 +146,44 @@ async def feed(gateway: Gateway, *, devices: int, fields: int, rate: float, seco
     return sent
 
 
+def time_journal_commits(gateway: Gateway) -> dict[str, list[float]]:
+    """Diagnostics: for each alarm journal commit, the time spent in SQLite on the buffer's
+    worker thread (``run``) and the whole await (``await``: queueing behind the pipeline's
+    own commits and the forwarder's reads, plus the thread hand-offs)."""
+    out: dict[str, list[float]] = {"run": [], "await": []}
+    worker = gateway.buffer.buffer
+    sync_commit = worker.commit_with
+    async_commit = gateway.buffer.commit_with
+
+    def timed_sync(doing: str, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return sync_commit(doing, *args, **kwargs)
+        finally:
+            if doing == "alarm journal":
+                out["run"].append((time.perf_counter() - start) * 1000)
+
+    async def timed_async(doing: str, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return await async_commit(doing, *args, **kwargs)
+        finally:
+            if doing == "alarm journal":
+                out["await"].append((time.perf_counter() - start) * 1000)
+
+    worker.commit_with = timed_sync  # type: ignore[method-assign]
+    gateway.buffer.commit_with = timed_async  # type: ignore[method-assign]
+    return out
+
+
+def report_commits(commits: dict[str, list[float]]) -> None:
+    run, waited = commits["run"], commits["await"]
+    if run and waited:
+        print(f"  alarm journal commits: {len(run):,}; in SQLite p50 {pct(run, 50):.1f} ms, "
+              f"p99 {pct(run, 99):.1f} ms; awaited (queue + hand-offs) p50 "
+              f"{pct(waited, 50):.1f} ms, p99 {pct(waited, 99):.1f} ms")
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
@@ -179,6 +217,7 @@ async def run(args: argparse.Namespace) -> int:
                 announced[decode(value)] = time.monotonic_ns()
 
         alarms.add_transition_listener(on_transition)
+        commits = time_journal_commits(gateway)
         print(f"{args.rules} rules over {args.devices} devices ({fields} fields each), "
               f"{args.rate:g} readings/s for {args.seconds:g} s, about "
               f"{args.transitions:g} threshold crossings/s")
@@ -226,6 +265,7 @@ async def run(args: argparse.Namespace) -> int:
     print(f"latency submit -> transition on MQTT over {len(latencies):,} transitions "
           f"(after {args.warmup:g} s warm-up): p50 {pct(latencies, 50):.1f} ms, "
           f"p95 {pct(latencies, 95):.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")
+    report_commits(commits)
     if committed:
         print(f"  of which submit -> committed and handed to the outputs: p50 "
               f"{pct(committed, 50):.1f} ms, p99 {pct(committed, 99):.1f} ms; then to the "

@@ -11,7 +11,9 @@ the broker or the stores.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -19,12 +21,13 @@ from typing import Any
 
 import pytest
 
+from gateway.health.statustable import fetch, format_status, status_url
 from gateway.reading import Reading
 from gateway.runtime import Gateway
 from tests.alarm_support import Watcher, ops_connected, running
 from tests.e2e import wait_drained
 from tests.gate_driver import WRITES
-from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics
+from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 
@@ -129,9 +132,11 @@ async def test_every_transition_and_command_stored_in_both_stores(
       - {{on: clear, device: valve-1, point: close_valve, value: 0, min_interval: 0}}
 """
     config = tmp_path / "gw.yaml"
+    health_port = free_port()
     config.write_text(config_text(
         base, broker.port, sinks, rules,
-        devices="[{id: valve-1, driver: test_gate, allow_write: [close_valve]}]"))
+        devices="[{id: valve-1, driver: test_gate, allow_write: [close_valve]}]",
+        extra=f"health: {{listen: '127.0.0.1:{health_port}'}}\n"))
     watcher = Watcher(broker.port, "ops", "ops-secret",
                       [f"{base}/alarms/#", f"{base}/cmd/+/result",
                        "homeassistant/binary_sensor/#"])
@@ -155,6 +160,20 @@ async def test_every_transition_and_command_stored_in_both_stores(
                                what="retained raise")
             ha = watcher.on(f"homeassistant/binary_sensor/gw-ae/alarm_{rule}_meter-1/config")
             assert ha and ha[-1]["device_class"] == "problem"
+
+            # what `iotgw status` and Prometheus see, from the running health endpoint
+            snap = await asyncio.to_thread(fetch, status_url("127.0.0.1", health_port))
+            assert snap["health"]["ready"] is True, "an alarm never makes a gateway unready"
+            assert snap["alarms"]["active_by_severity"] == {"2": 1}
+            assert snap["alarms"]["evaluations"] >= 1
+            table = format_status(snap)
+            assert "alarms: 1 active, 1 unacknowledged" in table
+            assert rule in table and "L1 voltage 230.5 V" in table
+            metrics = await asyncio.to_thread(
+                urllib.request.urlopen, f"http://127.0.0.1:{health_port}/metrics")
+            text = metrics.read().decode()
+            assert 'iotgw_alarms_active{severity="2"} 1.0' in text
+            assert 'iotgw_alarm_transitions_total{cause="raise"} 1.0' in text
 
             steps: list[tuple[str, Callable[[], Any], str, str]] = [
                 ("ack", lambda: ops.command("ack", rule, "meter-1"), "ack", "active_acked"),
