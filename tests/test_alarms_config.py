@@ -164,3 +164,14 @@ def test_rules_check_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtur
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert f"{bad}:{HEADER.count(chr(10)) + 4}: rules[0].when: syntax error" in done.stderr
+
+
+def test_meter_drivers_declare_their_fields(tmp_path: Path) -> None:
+    text = ("gateway: {id: gw-t, site: s, data_dir: data}\n"
+            "buses: {rs485: {type: serial, port: /dev/null}}\n"
+            "devices:\n"
+            "  - {id: em-1, driver: dlt645, bus: rs485, address: '1', points: [voltage_a]}\n"
+            "rules:\n  - id: v\n    devices: [em-1]\n    when: 'voltage_b > 250'\n")
+    found = problems(write(tmp_path, text))
+    assert any(":8: rules[0].when: unknown name 'voltage_b'" in p for p in found), found
+    load_config(write(tmp_path, text.replace("voltage_b", "voltage_a")), environ={})

@@ -372,7 +372,7 @@ def test_message_templates_show_missing_names_as_question_marks() -> None:
 
 
 def test_expression_fast_path_agrees_with_rule_engine() -> None:
-    from gateway.alarms.expr import compile_expression
+    from gateway.alarms.expr import compile_expression, reference_value
 
     cases = ["a > 1 and b < 2", "not (a >= 1) or b <= 2", 'c == "x"', "d == true",
              "a != 1", "c in s", "a == 1.0"]
@@ -380,6 +380,16 @@ def test_expression_fast_path_agrees_with_rule_engine() -> None:
     for text in cases:
         expression = compile_expression(text)
         assert expression._fast is not None, text
-        slow = expression._rule.evaluate(values)
+        slow = reference_value(text, values)
         assert expression(values) == slow, text
     assert not math.isnan(compile_expression("a + 1 > 1")({"a": 1}) * 1.0)
+
+
+def test_stale_alarms_exist_for_configured_devices_selected_by_installer_tags() -> None:
+    sim = Sim({"id": "silent", "tags": {"building": "b7"}, "measurement": ["water"],
+               "stale": "60s"},
+              devices={"w-1": DeviceInfo(tags={"building": "b7"}),
+                       "w-2": DeviceInfo(tags={"building": "b8"})})
+    sim.at(60)
+    assert [t.alarm.key.device for t in sim.log] == ["w-1"]
+    assert sim.log[0].alarm.tags == {"building": "b7"}

@@ -49,12 +49,12 @@ class ProbeDriver(Driver):
         self.ctx.set_state(DeviceState.ONLINE)
         while True:
             try:
-                value = json.loads((control / "value.json").read_text())["v"]
+                spec = json.loads((control / "value.json").read_text())
             except (OSError, ValueError):
-                value = None
-            if value is not None:
-                await self.ctx.emit([Reading("probe", {}, {"v": float(value)},
-                                             time.time_ns())])
+                spec = {}
+            fields = spec.get("fields") or ({"v": float(spec["v"])} if "v" in spec else None)
+            if fields:
+                await self.ctx.emit([Reading("probe", {}, fields, time.time_ns())])
             for path in sorted(control.glob("cmd-*.json")):
                 spec = json.loads(path.read_text())
                 service = self.ctx.gateway.alarms
@@ -65,8 +65,10 @@ class ProbeDriver(Driver):
                     result = {"state": snapshot.state.value, "seq": snapshot.seq}
                 except AlarmCommandRefused as exc:
                     result = {"refused": str(exc)}
-                path.with_suffix(".done").write_text(json.dumps(result))
+                # the test waits for .done: it must appear complete (written, then renamed)
+                path.with_suffix(".part").write_text(json.dumps(result))
                 path.unlink()
+                path.with_suffix(".part").replace(path.with_suffix(".done"))
             await asyncio.sleep(0.05)
 
 
@@ -283,3 +285,100 @@ def test_kill_9_rounds_fixed_seed(tmp_path: Path) -> None:
 @pytest.mark.soak
 def test_kill_9_rounds_soak(tmp_path: Path) -> None:
     kill_rounds(tmp_path, rounds=100, seed=2026)
+
+
+def test_sighup_reload_keeps_the_pending_on_delay_of_an_unchanged_rule(tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    config = write_config(tmp_path)
+    set_value(tmp_path, 1.0)
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        started(gw)
+        set_value(tmp_path, 20.0)
+        wait_until(lambda: read_db(tmp_path)[0].get("slow", {}).get("pending_on") is not None)
+        began = read_db(tmp_path)[0]["slow"]["pending_on"]
+        # another rule is added and hi's threshold changes; slow is untouched
+        config.write_text(config.read_text().replace('"v > 10"\n    clear', '"v > 12"\n    clear')
+                          + "  - id: extra\n    devices: [probe-1]\n    when: \"v > 100\"\n")
+        time.sleep(max(0.0, began + 1.5 - time.time()))  # a reset would end 1.5 s later
+        gw.signal(signal.SIGHUP)
+        gw.wait_for_log(lambda r: "config reloaded" in str(r.get("msg", "")))
+        fired = wait_until(lambda: any(r[2] == "slow" and r[3] == "raise"
+                                       for r in read_db(tmp_path)[1]))
+    finally:
+        assert gw.stop() == 0
+    assert fired - (began + 3.0) < 1.3  # not restarted by the reload (that would be +3 s)
+    _states, journal = read_db(tmp_path)
+    slow = [r for r in journal if r[2] == "slow"]
+    assert slow[0][5] == pytest.approx(began + 3.0)
+    assert [r[3] for r in journal if r[2] == "hi"] == ["raise"]  # changed: state kept
+
+
+def test_blocklisted_plate_matches_without_the_raw_plate_reaching_the_buffer(
+        tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    control = tmp_path / "control"
+    control.mkdir()
+    (tmp_path / "key").write_text("k" * 32)
+    (tmp_path / "blocked.txt").write_text("# stolen\nZZ999\nAB123\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw, site: s, data_dir: data}\n"
+        "buffer: {flush_interval: 50ms}\n"
+        "health: {enabled: false}\n"
+        f"privacy: {{key_file: {tmp_path / 'key'}}}\n"
+        "devices:\n"
+        f"  - {{id: barrier-1, driver: alarmprobe, control: {control}, "
+        "pseudonymize: [plate]}\n"
+        "rules:\n"
+        "  - id: blocked-plate\n"
+        "    devices: [barrier-*]\n"
+        "    when: plate in blocked\n"
+        "    message: 'blocked plate {plate}'\n"
+        "    lists: {blocked: {file: blocked.txt, field: plate}}\n")
+    tmp = control / "value.tmp"
+    tmp.write_text(json.dumps({"fields": {"plate": "CD456"}}))
+    tmp.replace(control / "value.json")
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        started(gw)
+        time.sleep(0.3)
+        tmp.write_text(json.dumps({"fields": {"plate": "AB123"}}))
+        tmp.replace(control / "value.json")
+        lines = tmp_path / "data" / "lines" / "current.lp"
+        wait_until(lambda: lines.exists() and b"rule=blocked-plate" in lines.read_bytes())
+    finally:
+        assert gw.stop() == 0
+    _states, journal = read_db(tmp_path)
+    assert [r[3] for r in journal] == ["raise"]
+    for stored in (lines, db(tmp_path)):
+        assert b"AB123" not in stored.read_bytes(), stored
+    from gateway.pseudonym import Pseudonymizer
+
+    token = Pseudonymizer(b"k" * 32)("AB123")
+    assert f"plate=\"{token}\"".encode() in lines.read_bytes()
+
+
+def test_rules_added_by_reload_start_the_engine_and_removed_rules_clear(tmp_path: Path) -> None:
+    env = install_probe(tmp_path)
+    config = write_config(tmp_path)
+    with_rules = config.read_text()
+    config.write_text(with_rules.split("rules:")[0])
+    set_value(tmp_path, 20.0)
+    gw = GatewayProcess(config, env=env).start()
+    try:
+        gw.wait_for_log(lambda r: "running" in str(r.get("msg", "")))
+        assert not any("alarms restored" in m for m in gw.messages())  # no engine at all
+        config.write_text(with_rules)
+        gw.signal(signal.SIGHUP)
+        started(gw)
+        wait_until(lambda: any(r[2] == "slow" for r in read_db(tmp_path)[1]))
+        config.write_text(with_rules.split("  - id: slow")[0])  # slow removed
+        gw.signal(signal.SIGHUP)
+        wait_until(lambda: any(r[2] == "slow" and r[3] == "removed"
+                               for r in read_db(tmp_path)[1]))
+    finally:
+        assert gw.stop() == 0
+    states, journal = read_db(tmp_path)
+    assert states["slow"]["state"] == "normal"
+    assert [r[3] for r in journal if r[2] == "slow"] == ["raise", "removed"]

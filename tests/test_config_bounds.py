@@ -129,7 +129,8 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
         "rules[0].actions[0]", HEADER, "-1"),
     **{f"AlarmsSection.{field}": ("alarms: {%s}", "alarms", HEADER, below)
        for field, below in (("checkpoint_interval", "0.1"), ("max_alarms", "9"),
-                            ("flood_count", "0"), ("flood_window", "0.5"))},
+                            ("flood_count", "0"), ("flood_window", "0.5"),
+                            ("journal_keep", "59m"))},
 }
 
 FINITE_ONLY = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -10,7 +11,7 @@ from drivers.dlt645.points import DEFAULT_POINTS
 from drivers.dlt645.protocol import DIALECTS
 from drivers.serialbus.bcd import BcdFormat
 from gateway.config.types import Duration, StrictModel
-from gateway.driver import DeviceConfigBase
+from gateway.driver import DeviceConfigBase, FieldKind
 
 
 class CustomPoint(StrictModel):
@@ -63,6 +64,10 @@ class Dlt645Config(DeviceConfigBase):
 
     def point_names(self) -> list[str]:
         return list(self.points if self.points is not None else DEFAULT_POINTS[self.protocol])
+
+    def emitted_fields(self) -> Mapping[str, FieldKind] | None:
+        """One number per point (every DL/T 645 value is BCD)."""
+        return {name: "number" for name in self.point_names()}
 
     @model_validator(mode="after")
     def _points_known(self) -> Dlt645Config:

@@ -242,6 +242,10 @@ class AlarmsSection(StrictModel):
     flood_count: int = Field(default=10, ge=1, le=100_000,
                              description="raises within flood_window that count as a flood")
     flood_window: Duration = Field(default=600.0, ge=1, le=86400)
+    journal_keep: Duration = Field(
+        default=90 * 86400.0, ge=3600, le=3650 * 86400.0,
+        description="journal entries older than this are deleted (the alarm series in the "
+        "store keeps the history); the saved alarm states are never pruned")
 
 
 RulesFiles = list[Annotated[str, Field(min_length=1, max_length=4096)]]

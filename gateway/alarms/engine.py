@@ -128,9 +128,11 @@ class Engine:
         for rule in self._rules.values():
             if rule.config.stale is None:
                 continue
-            for device_id in self.devices:
-                if rule.selects_device(device_id) and rule.selects("", self.devices[device_id].tags
-                                                                   if not rule.tag_match else {}):
+            for device_id, info in self.devices.items():
+                # installer tags only: a reading's own tags are not known before it comes
+                if rule.selects_device(device_id) and all(
+                        key in info.tags and match(info.tags[key])
+                        for key, match in rule.tag_match):
                     alarm = self._alarm(rule, device_id, device_id)
                     if alarm is not None and alarm.last_seen is None:
                         alarm.last_seen = now
@@ -163,7 +165,11 @@ class Engine:
         alarm.out_of_service = False
         alarm.acked = True
         alarm.pending_on = alarm.pending_off = alarm.realarm_at = None
-        self._emit(alarm, previous, "removed", now)
+        alarm.extra = None
+        if previous is AlarmState.NORMAL:
+            self._mark(alarm)  # saved without its timers; nothing to announce
+        else:
+            self._emit(alarm, previous, "removed", now)
         del self.alarms[alarm.pair]
         self._removed.append((alarm.rule, alarm.device))
 
@@ -211,8 +217,12 @@ class Engine:
         return bool(self._out or self._dirty)
 
     def checkpoint(self) -> list[Alarm]:
-        """Alarms with count/window state, saved periodically (not at every reading)."""
-        return [a for a in self.alarms.values() if a.extra is not None]
+        """Alarms whose count/window state changed since the last call: saved
+        periodically, not at every reading."""
+        changed = [a for a in self.alarms.values() if a.extra_changed]
+        for alarm in changed:
+            alarm.extra_changed = False
+        return changed
 
     # -- readings ----------------------------------------------------------------------
 
@@ -600,6 +610,7 @@ class Engine:
                 del events[: len(events) - spec.n]
             alarm.value = len(events)
         alarm.extra = extra
+        alarm.extra_changed = True
         if len(events) >= spec.n and not alarm.condition:
             alarm.message = _render(rule.config.message, {**values, "count": len(events)})
             self._condition(alarm, rule, True, values, now)
@@ -638,6 +649,7 @@ class Engine:
         while buckets and buckets[0][0] + width <= cutoff:
             buckets.pop(0)
         alarm.extra = extra
+        alarm.extra_changed = True
         n = sum(b[4] for b in buckets)
         total = sum(b[3] for b in buckets)
         first, first_t = buckets[0][5], buckets[0][6]

@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS alarm_journal (
     message TEXT NOT NULL,
     UNIQUE (alarm_id, seq)
 );
+CREATE INDEX IF NOT EXISTS alarm_journal_at ON alarm_journal (at);
 """
 
 MEASUREMENT = "alarm"
@@ -121,6 +122,11 @@ def write(conn: sqlite3.Connection, transitions: Sequence[Transition],
             "state=excluded.state, severity=excluded.severity, seq=excluded.seq, "
             "since=excluded.since, value=excluded.value, message=excluded.message, "
             "digest=excluded.digest, data=excluded.data", rows)
+
+
+def prune(conn: sqlite3.Connection, before: float) -> int:
+    """Delete journal entries older than ``before`` (epoch seconds); returns how many."""
+    return conn.execute("DELETE FROM alarm_journal WHERE at < ?", (before,)).rowcount
 
 
 def alarm_lines(transitions: Sequence[Transition], core_tags: Mapping[str, str]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -23,7 +24,8 @@ from typing import TYPE_CHECKING
 from gateway.aio import wait_event
 from gateway.alarms import journal
 from gateway.alarms.checks import rule_warnings
-from gateway.alarms.engine import DeviceInfo, Engine
+from gateway.alarms.config import RuleConfig
+from gateway.alarms.engine import DeviceInfo, Engine, EngineCounters
 from gateway.alarms.model import (
     ACTIVE_STATES,
     AlarmCommand,
@@ -40,6 +42,9 @@ if TYPE_CHECKING:
     from gateway.config.loader import LoadedConfig
 
 log = logging.getLogger("iotgw.alarms")
+
+PRUNE_EVERY = 3600.0
+"""Journal entries past ``alarms.journal_keep`` are deleted this often (with a commit)."""
 
 IDLE_WAKE = 1.0
 """Longest sleep without a due timer (the clock may jump; timers fire within this)."""
@@ -89,6 +94,7 @@ class AlarmRuntime:
         self._unsent_rows: dict[tuple[str, str], journal.StateRecord] = {}
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_checkpoint = clock()
+        self._last_prune = 0.0
         self._problems = ProblemLog(log)
         self.committed = 0
         """Transitions committed (and announced) since start."""
@@ -111,6 +117,28 @@ class AlarmRuntime:
         self._wake.set()
         await asyncio.shield(waiter)
         return alarm.snapshot()
+
+    # -- beyond the protocol: what metrics, status and actions read -----------------------
+
+    @property
+    def counters(self) -> EngineCounters:
+        """Readings, evaluations, transitions by cause, rule errors by rule, chatter."""
+        return self.engine.counters
+
+    def raises_within(self, seconds: float, now: float | None = None) -> int:
+        """Raises in the last ``seconds`` (EEMUA 191 flood: more than
+        ``alarms.flood_count`` within ``alarms.flood_window``)."""
+        cutoff = (self._clock() if now is None else now) - seconds
+        return sum(1 for t in self.engine.counters.raises if t > cutoff)
+
+    def flooding(self, now: float | None = None) -> bool:
+        settings = self.engine.settings
+        return self.raises_within(settings.flood_window, now) > settings.flood_count
+
+    def rule_config(self, rule_id: str) -> RuleConfig | None:
+        """The running config of a rule (its actions, description ...)."""
+        rule = self.engine.rules.get(rule_id)
+        return None if rule is None else rule.config
 
     # -- inputs (called on the event loop) ---------------------------------------------
 
@@ -169,13 +197,21 @@ class AlarmRuntime:
             return
         batch, rows = list(self._unsent), list(self._unsent_rows.values())
         lines, oldest, newest = journal.alarm_lines(batch, self._core_tags)
-        await self._buffer.commit_with(
-            "alarm journal", lines, oldest, newest,
-            lambda conn: journal.write(conn, batch, rows))
+        prune_before = None
+        if now - self._last_prune >= PRUNE_EVERY:
+            self._last_prune = now
+            prune_before = now - self.engine.settings.journal_keep
+
+        def write(conn: sqlite3.Connection) -> None:
+            journal.write(conn, batch, rows)
+            if prune_before is not None:
+                journal.prune(conn, prune_before)
+
+        await self._buffer.commit_with("alarm journal", lines, oldest, newest, write)
         del self._unsent[: len(batch)]
-        for key in [(r[0], r[1]) for r in rows]:
-            if self._unsent_rows.get(key) in rows:
-                del self._unsent_rows[key]
+        for record in rows:
+            if self._unsent_rows.get((record[0], record[1])) is record:
+                del self._unsent_rows[(record[0], record[1])]
         if lines and self._on_committed is not None:
             self._on_committed()
         self.committed += len(batch)

@@ -64,6 +64,8 @@ class Alarm:
     extra: dict[str, Any] | None = None
     """Count/window state (see engine), saved at checkpoints."""
     dirty: bool = False
+    extra_changed: bool = False
+    """``extra`` changed since the last checkpoint."""
 
     @property
     def key(self) -> AlarmKey:
