@@ -255,7 +255,8 @@ async def test_actions_write_rate_limit_and_audit(tmp_path: Path) -> None:
                         Action("clear", "close_valve", 0, "valve-1", 60)],
                "bad": [Action("raise", "siren", 1, "valve-1", 60)]}
     async with running(config, attach(fake)) as gateway:
-        runner = ActionRunner(gateway, lambda: actions, trail, clock=lambda: now[0])
+        runner = ActionRunner(gateway, lambda rule: actions.get(rule, []), trail,
+                              clock=lambda: now[0])
         fake.add_transition_listener(runner.on_transition)
         task = asyncio.create_task(runner.run())
         try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,15 +66,15 @@ class _Job:
     """The device written: the action's, or the alarm's own."""
 
 
-RulesActions = Callable[[], Mapping[str, Sequence[ActionSpec]]]
-"""The current ``rule id -> actions`` (read per transition, so a reload takes effect)."""
+ActionsOf = Callable[[str], Sequence[ActionSpec]]
+"""A rule's current actions by rule id (read per transition, so a reload takes effect)."""
 
 
 class ActionRunner:
-    def __init__(self, gateway: Any, actions: RulesActions, audit: AuditTrail,
+    def __init__(self, gateway: Any, actions_of: ActionsOf, audit: AuditTrail,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.gateway = gateway
-        self._actions = actions
+        self._actions_of = actions_of
         self._audit = audit
         self._clock = clock
         self._queue: asyncio.Queue[_Job] = asyncio.Queue(QUEUE_MAX)
@@ -87,7 +87,7 @@ class ActionRunner:
         if cause not in TRIGGERS:
             return
         key = transition.alarm.key
-        for index, action in enumerate(self._actions().get(key.rule, ())):
+        for index, action in enumerate(self._actions_of(key.rule)):
             if action.on == cause:
                 self._queue_write(_Job(key, index, action, action.device or key.device))
 

@@ -30,6 +30,8 @@ from gateway.mqtt.discovery import Discovery
 
 Publish = Callable[..., bool]
 """``MqttConnection.publish(topic, payload, qos, retain, queue=...)``."""
+GONE_CAUSES = frozenset({"removed"})
+"""Transitions after which the alarm no longer exists (the engine drops it)."""
 STALE_SCAN_SECONDS = 10.0
 """How long after a connect retained ``alarms/+/+`` messages are taken as left over."""
 
@@ -100,6 +102,10 @@ class AlarmTopics:
 
     def transition(self, transition: Transition) -> None:
         alarm = transition.alarm
+        if transition.cause in GONE_CAUSES:  # its rule was removed: the alarm is gone
+            self._publish(self.events_topic, _dumps(event_body(transition)), 1, False)
+            self._clear(alarm.key)
+            return
         if alarm.key not in self.published:
             self._announce(alarm)
         self._state(alarm)

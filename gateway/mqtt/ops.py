@@ -20,7 +20,7 @@ from typing import Any
 
 import gateway as gateway_pkg
 from gateway.alarms.audit import AuditRecord, audit_for
-from gateway.alarms.model import Transition
+from gateway.alarms.model import AlarmService, Transition
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
 from gateway.mqtt.alarmtopics import STALE_SCAN_SECONDS, AlarmTopics
@@ -100,19 +100,16 @@ class OpsBus:
         self.gateway.add_state_listener(self._state_changed)
         self.gateway.pipeline.add_listener(self._readings)
         self.gateway.add_dead_letter_listener(self._dead_letter)
-        self._attach_alarms()
+        self.gateway.add_alarms_listener(self._attach_alarms)
 
-    def _attach_alarms(self) -> None:
-        """Listen to the alarm engine, once; called again at each stats tick because a
-        reload can start an engine in a gateway that started without rules."""
-        alarms = getattr(self.gateway, "alarms", None)
-        if alarms is not None and self._alarms_attached is not alarms:
-            if self._alarms_attached is None:
-                audit_for(self.gateway).add_listener(self._alarm_audit)
-            self._alarms_attached = alarms
-            alarms.add_transition_listener(self._alarm_transition)
-            if self.connection.connected:
-                self._republish_alarms()
+    def _attach_alarms(self, alarms: AlarmService) -> None:
+        """Listen to the alarm engine: at start, or when a reload brings the first rules."""
+        if self._alarms_attached is None:
+            audit_for(self.gateway).add_listener(self._alarm_audit)
+        self._alarms_attached = alarms
+        alarms.add_transition_listener(self._alarm_transition)
+        if self.connection.connected:
+            self._republish_alarms()
 
     async def run(self) -> None:
         """The connection and the stats loop share a fate: if the connection's task ends
@@ -179,7 +176,6 @@ class OpsBus:
             self.connection.unsubscribe(topic_filter)
 
     def _reconcile_alarms(self) -> None:
-        self._attach_alarms()
         alarms = getattr(self.gateway, "alarms", None)
         if alarms is not None:
             self.alarm_topics.reconcile(alarms.alarms())
