@@ -306,3 +306,46 @@ def test_alarm_snapshot_contract_fields() -> None:
     event: dict[str, Any] = event_body(Transition(alarm, AlarmState.ACTIVE_UNACKED, "shelve",
                                                   0.0, "x"))
     assert json.loads(json.dumps(event))["previous"] == "active_unacked"
+
+
+def test_actions_refused_at_load_with_file_and_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An action may write only a point in the allow_write of the device it writes: the
+    named device, or each device the rule selects. `iotgw check` exits 2 with the line,
+    in the config or in an included rules file."""
+    from gateway.cli import main as cli_main
+
+    (tmp_path / "rules.d").mkdir()
+    (tmp_path / "rules.d" / "10-water.yaml").write_text(
+        "rules:\n"
+        "  - id: leak\n"
+        "    devices: [water-*]\n"
+        "    when: 'flow > 1'\n"
+        "    actions:\n"
+        "      - {on: raise, device: valve-1, point: close_valve, value: 1}\n"
+        "      - {on: clear, device: valve-1, point: open_all, value: 1}\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(
+        "gateway: {id: gw-t, site: s, data_dir: data}\n"
+        "sinks: [{type: file}]\n"
+        "rules_files: [rules.d]\n"
+        "devices:\n"
+        "  - {id: valve-1, driver: test_gate, allow_write: [close_valve]}\n"
+        "  - {id: gate-1, driver: test_gate, allow_write: [open_gate]}\n"
+        "rules:\n"
+        "  - id: gate-stuck\n"
+        "    devices: [gate-*, valve-*]\n"
+        "    when: 'stuck == 1'\n"
+        "    actions:\n"
+        "      - {on: raise, point: open_gate, value: 1}\n"
+        "      - {on: clear, device: nowhere, point: x, value: 0}\n")
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["check", str(config)])
+    assert exited.value.code == 2
+    out = capsys.readouterr().err
+    assert f"{config}:12: rules[0].actions[0].point: point 'open_gate' is not in valve-1's " \
+        "allow_write (allowed: close_valve)" in out
+    assert f"{config}:13: rules[0].actions[1].device: unknown device 'nowhere'" in out
+    assert "10-water.yaml:7: rules[0].actions[1].point: point 'open_all' is not in " \
+        "valve-1's allow_write" in out
+    assert out.count("\n") == 4, "the allowed actions are not reported"

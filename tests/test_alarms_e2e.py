@@ -382,3 +382,58 @@ async def test_reload_starts_and_removes_rules(
                                and watcher.cleared(ha), what="retained topics cleared")
     finally:
         watcher.close()
+
+
+async def test_suppress_realarm_and_chatter_on_the_bus(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """The transitions the engine makes by itself: suppressed by an expression
+    (maintenance mode) and back, re-alarm of an alarm left unacknowledged, chatter flagged;
+    each on alarms/events with its retained state, and counted in /status."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    rules = """\
+  - id: tank-high
+    devices: ["tank-*"]
+    when: "level > 5"
+    clear: "level < 4"
+    suppress: "maintenance == 1"
+    realarm: 1s
+    chatter: {transitions: 3, within: 1h}
+"""
+    config = tmp_path / "gw.yaml"
+    health_port = free_port()
+    config.write_text(config_text(base, broker.port, "  - {type: file, name: f}\n", rules,
+                                  extra=f"health: {{listen: '127.0.0.1:{health_port}'}}\n"))
+    watcher = Watcher(broker.port, "ops", "ops-secret",
+                      [f"{base}/alarms/#", f"{base}/cmd/+/result"])
+    ops = Ops(watcher, base)
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+
+            async def level(value: float, maintenance: int = 0) -> None:
+                await submit(gateway, "tank-1", "tank", level=value, maintenance=maintenance)
+
+            await level(7)
+            await ops.transitions("tank-high", 1, "raise")
+            await ops.transitions("tank-high", 2, "realarm")  # unacknowledged for 1 s
+            await level(7, maintenance=1)
+            await level(7, maintenance=0)
+            causes = [(e["cause"], e["state"]) for e in await ops.transitions("tank-high", 4)]
+            assert causes[:4] == [("raise", "active_unacked"), ("realarm", "active_unacked"),
+                                  ("suppress", "suppressed"), ("unsuppress", "active_unacked")]
+            assert (await ops.command("ack", "tank-high", "tank-1"))["ok"] is True
+            for value in (3, 7, 3, 7):  # clear, raise, clear, raise: more than 3 in 1 h
+                await level(value)
+            flagged = await watcher.wait(lambda: [e for e in ops.events("tank-high")
+                                                  if e["cause"] == "chatter"], what="chatter")
+            assert flagged[0]["chatter"] is True
+            await watcher.wait(lambda: ops.retained("tank-high", "tank-1").get("chatter"),
+                               what="retained chatter flag")
+            snap = await asyncio.to_thread(fetch, status_url("127.0.0.1", health_port))
+            alarms = snap["alarms"]
+            assert alarms["chatter_total"] == 1 and alarms["chattering"] == 1
+            assert alarms["transitions"]["suppress"] == 1
+            assert alarms["transitions"]["realarm"] >= 1
+    finally:
+        watcher.close()
