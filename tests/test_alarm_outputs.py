@@ -349,3 +349,31 @@ def test_actions_refused_at_load_with_file_and_line(
     assert "10-water.yaml:7: rules[0].actions[1].point: point 'open_all' is not in " \
         "valve-1's allow_write" in out
     assert out.count("\n") == 4, "the allowed actions are not reported"
+
+
+async def test_republish_in_slices_never_overwrites_a_newer_state() -> None:
+    """After a connect every alarm is published again, a slice at a time; a transition
+    that lands between slices wins over the older snapshot taken before."""
+    from gateway.mqtt.alarmtopics import REPUBLISH_SLICE, AlarmTopics
+
+    sent: list[tuple[str, bytes]] = []
+
+    def publish(topic: str, payload: bytes, qos: int, retain: bool, **_: Any) -> bool:
+        if retain:
+            sent.append((topic, payload))
+        return True
+
+    topics = AlarmTopics("b", publish, None)
+    fake = FakeAlarms()
+    for i in range(2 * REPUBLISH_SLICE + 10):
+        fake.set("r", f"d{i}", AlarmState.ACTIVE_UNACKED, "raise", at=1.0)
+    last = f"d{2 * REPUBLISH_SLICE + 5}"
+    snapshot = fake.alarms()  # taken at connect
+    task = asyncio.create_task(topics.republish(snapshot))
+    await asyncio.sleep(0)  # the first slice is out
+    assert len(sent) == REPUBLISH_SLICE
+    topics.transition(fake.set("r", last, AlarmState.ACTIVE_ACKED, "ack", at=2.0))
+    await task
+    mine = [json.loads(p) for t, p in sent if t == f"b/alarms/r/{last}"]
+    assert [m["state"] for m in mine] == ["active_acked"], mine
+    assert len(topics.published) == 2 * REPUBLISH_SLICE + 10

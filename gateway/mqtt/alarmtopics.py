@@ -18,6 +18,7 @@ alarm the engine does not have.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ Publish = Callable[..., bool]
 """``MqttConnection.publish(topic, payload, qos, retain, queue=...)``."""
 GONE_CAUSES = frozenset({"removed"})
 """Transitions after which the alarm no longer exists (the engine drops it)."""
+REPUBLISH_SLICE = 500
 STALE_SCAN_SECONDS = 10.0
 """How long after a connect retained ``alarms/+/+`` messages are taken as left over."""
 
@@ -74,6 +76,8 @@ class AlarmTopics:
         self.published: set[AlarmKey] = set()
         """Alarms with a retained state topic (as far as this process knows)."""
         self._scan_until = 0.0
+        self._fresh: set[AlarmKey] | None = None
+        """While :meth:`republish` runs: alarms that had a transition since it began."""
         self.cleared = 0
         """Retained alarm topics removed because their alarm no longer exists."""
 
@@ -90,18 +94,31 @@ class AlarmTopics:
 
     # -- the engine's side ---------------------------------------------------------------
 
-    def republish(self, alarms: Iterable[AlarmSnapshot]) -> None:
-        """After a connect: every alarm's state (and HA config) again, stale ones cleared;
-        retained leftovers arriving in the next STALE_SCAN_SECONDS are judged too."""
-        self._scan_until = time.monotonic() + STALE_SCAN_SECONDS
+    async def republish(self, alarms: Iterable[AlarmSnapshot]) -> None:
+        """After a connect: every alarm's state (and HA config) again, stale ones cleared.
+        In slices of REPUBLISH_SLICE with the loop let through between them (100,000
+        alarms are seconds of JSON); an alarm that changes meanwhile is published by its
+        transition and skipped here, so an older snapshot never overwrites a newer one.
+        Retained leftovers arriving in the next STALE_SCAN_SECONDS are judged too."""
         current = list(alarms)
-        for alarm in current:
-            self._announce(alarm)
-            self._state(alarm)
+        self._fresh = set()
+        try:
+            for start in range(0, len(current), REPUBLISH_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for alarm in current[start:start + REPUBLISH_SLICE]:
+                    if alarm.key not in self._fresh:
+                        self._announce(alarm)
+                        self._state(alarm)
+        finally:
+            self._fresh = None
         self.reconcile(current)
+        self._scan_until = time.monotonic() + STALE_SCAN_SECONDS
 
     def transition(self, transition: Transition) -> None:
         alarm = transition.alarm
+        if self._fresh is not None:
+            self._fresh.add(alarm.key)
         if transition.cause in GONE_CAUSES:  # its rule was removed: the alarm is gone
             self._publish(self.events_topic, _dumps(event_body(transition)), 1, False)
             self._clear(alarm.key)

@@ -109,7 +109,9 @@ class OpsBus:
         self._alarms_attached = alarms
         alarms.add_transition_listener(self._alarm_transition)
         if self.connection.connected:
-            self._republish_alarms()
+            task = asyncio.get_running_loop().create_task(self._republish_alarms())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         """The connection and the stats loop share a fate: if the connection's task ends
@@ -152,17 +154,17 @@ class OpsBus:
             for topic, payload in self.discovery.configs.items():
                 conn.publish(topic, payload, 1, True, queue=False)
         conn.subscribe(f"{self.base}/cmd/+", 1)
-        self._republish_alarms()
+        await self._republish_alarms()
 
     # -- alarms ------------------------------------------------------------------------
 
-    def _republish_alarms(self) -> None:
-        """After a connect: every alarm again, and a look at what the broker retained from
+    async def _republish_alarms(self) -> None:
+        """After a connect: every alarm again, then a look at what the broker retained from
         earlier runs (alarms/+/+ and their HA configs) to clear alarms that are gone."""
         alarms = getattr(self.gateway, "alarms", None)
         if alarms is None:
             return
-        self.alarm_topics.republish(alarms.alarms())
+        await self.alarm_topics.republish(alarms.alarms())
         for topic_filter in self.alarm_topics.scan_filters:
             self.connection.subscribe(topic_filter, 1)
         if self._scan_timer is not None:
