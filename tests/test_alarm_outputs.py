@@ -164,7 +164,8 @@ async def test_alarm_topics_commands_and_home_assistant(
             assert acked[0]["client"] == "guard Li" and acked[0]["state"] == "active_acked"
 
             # a rule removed by a reload: its retained state is cleared on the next tick
-            del fake.store[AlarmKey("leak", "water-1")]
+            del fake.store[AlarmKey("leak", "water-1")]  # dropped by the engine at a reload
+            assert await gateway.reload()
             await ops.wait(lambda: ops.cleared(f"{BASE}/alarms/leak/water-1"),
                            what="removed alarm cleared")
             assert ops.cleared(

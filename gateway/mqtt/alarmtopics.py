@@ -9,8 +9,9 @@ trail on ``alarms/events``, and the removal of alarms that no longer exist.
 
 A retained topic outlives the alarm: a rule removed from the config (reload, or a restart
 with another config) would leave a panel showing its last state for ever. So the alarms
-with a retained topic are compared with the engine's at each stats tick
-(``mqtt.stats_interval``) and after each connect; and for STALE_SCAN_SECONDS after a
+with a retained topic are compared with the engine's at the stats tick after a reload
+and after each connect (a removed rule's active alarm is cleared at its ``removed``
+transition); and for STALE_SCAN_SECONDS after a
 connect the gateway subscribes to ``alarms/+/+`` (and its Home Assistant alarm configs) to
 read what the broker retained from earlier runs, clearing (empty retained message) every
 alarm the engine does not have.

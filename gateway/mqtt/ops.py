@@ -90,6 +90,7 @@ class OpsBus:
         self.alarm_topics = AlarmTopics(self.base, self.connection.publish, self.discovery)
         self._scan_timer: asyncio.TimerHandle | None = None
         self._alarms_attached: object | None = None
+        self._reconciled_config: object | None = gateway.config
         events = settings.event_measurements
         self._is_event: Callable[[str], bool] = (
             (lambda m: m.endswith("_event")) if events is None else frozenset(events).__contains__)
@@ -178,7 +179,13 @@ class OpsBus:
             self.connection.unsubscribe(topic_filter)
 
     def _reconcile_alarms(self) -> None:
+        """After a reload (a new config object): clear the topics of alarms the engine
+        dropped without a transition (normal alarms of removed rules). Only then: a
+        snapshot of every alarm is not free with 100,000 of them."""
         alarms = getattr(self.gateway, "alarms", None)
+        if self.gateway.config is self._reconciled_config:
+            return
+        self._reconciled_config = self.gateway.config
         if alarms is not None:
             self.alarm_topics.reconcile(alarms.alarms())
 
