@@ -118,3 +118,26 @@ async def test_journal_entries_past_journal_keep_are_pruned(tmp_path: Path) -> N
     await runtime.close()
     await buffer.close()
     assert journal_rows(path) == [("clear", 4)]
+
+
+async def test_a_flush_cancelled_mid_commit_is_accounted_and_not_written_twice(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "buffer.db"
+    buffer = AsyncBuffer(Buffer(path, max_bytes=8 * 1024**2, when_full="drop_oldest"))
+    await buffer.open()
+    rule = compile_rule(RuleConfig.model_validate({"id": "r", "when": "v > 10"}))
+    runtime = AlarmRuntime(Engine([rule]), buffer, {})
+    heard: list[str] = []
+    runtime.add_transition_listener(lambda t: heard.append(t.cause))
+    await runtime.open()
+    runtime.on_readings("d", [Reading("m", {}, {"v": 11}, 1)])
+    flush = asyncio.create_task(runtime.flush())
+    await asyncio.sleep(0)  # the commit is under way on the buffer's thread
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    await runtime.close()  # the shutdown's final flush
+    await buffer.close()
+    assert journal_rows(path) == [("raise", 1)]
+    assert heard == ["raise"]
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

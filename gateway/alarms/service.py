@@ -207,7 +207,22 @@ class AlarmRuntime:
             if prune_before is not None:
                 journal.prune(conn, prune_before)
 
-        await self._buffer.commit_with("alarm journal", lines, oldest, newest, write)
+        commit = asyncio.ensure_future(
+            self._buffer.commit_with("alarm journal", lines, oldest, newest, write))
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            # The commit runs on the buffer's thread and cannot stop half way: let it
+            # finish and account for it, or the final flush at shutdown would write the
+            # same (alarm_id, seq) again.
+            await asyncio.wait({commit})
+            if not commit.cancelled() and commit.exception() is None:
+                self._committed(batch, rows, bool(lines))
+            raise
+        self._committed(batch, rows, bool(lines))
+
+    def _committed(self, batch: list[Transition], rows: list[journal.StateRecord],
+                   lines: bool) -> None:
         del self._unsent[: len(batch)]
         for record in rows:
             if self._unsent_rows.get((record[0], record[1])) is record:
