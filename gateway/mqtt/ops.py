@@ -368,7 +368,8 @@ class OpsBus:
         shelved what is a record an operator can be asked for (ISA-18.2)."""
         if verb not in AUDITED_VERBS:
             return
-        detail: dict[str, Any] = {k: body[k] for k in ("action", "for", "id") if k in body}
+        detail: dict[str, Any] = {k: body[k] for k in ("action", "for", "id")
+                                  if isinstance(body.get(k), str | int | float)}
         detail["client"] = client
         if answer["ok"]:
             result = answer["result"]
