@@ -102,18 +102,21 @@ class AlarmTopics:
         transition and skipped here, so an older snapshot never overwrites a newer one.
         Retained leftovers arriving in the next STALE_SCAN_SECONDS are judged too."""
         current = list(alarms)
-        self._fresh = set()
+        fresh: set[AlarmKey] = set()
+        self._fresh = fresh
         try:
             for start in range(0, len(current), REPUBLISH_SLICE):
                 if start:
                     await asyncio.sleep(0)
                 for alarm in current[start:start + REPUBLISH_SLICE]:
-                    if alarm.key not in self._fresh:
+                    if alarm.key not in fresh:
                         self._announce(alarm)
                         self._state(alarm)
         finally:
             self._fresh = None
-        self.reconcile(current)
+        keep = {a.key for a in current} | (fresh & self.published)  # new ones meanwhile
+        for key in self.published - keep:
+            self._clear(key)
         self._scan_until = time.monotonic() + STALE_SCAN_SECONDS
 
     def transition(self, transition: Transition) -> None:
