@@ -69,6 +69,9 @@ def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
      "unknown time zone"),
     ('when: "voltage_l1 > 1"\n    message: "{voltage_l1.__class__}"', "rules[0].message"),
     ('stale: 3x\n    devices: [gate-1]\n    for: 1s\n    when: "f0 > 1"', "a stale rule"),
+    ('stale: 90s\n    for: 1s', "do not apply to count and stale rules"),
+    ('when: "voltage_l1 > 1"\n    count: {n: 2, within: 1m}\n    off_delay: 5s',
+     "do not apply to count and stale rules"),
 ])
 def test_rule_errors_carry_the_line(tmp_path: Path, rule: str, message: str) -> None:
     text = HEADER + "rules:\n  - id: r\n    devices: [meter-1]\n    " + rule + "\n"

@@ -222,6 +222,13 @@ class RuleConfig(StrictModel):
         if self.count is not None and (self.clear is not None or self.deadband is not None):
             raise ValueError("a count rule clears when fewer than n remain in the window; "
                              "`clear`/`deadband` do not apply")
+        if (self.count is not None or self.stale is not None) and (
+                self.for_ or self.off_delay):
+            raise ValueError("`for`/`off_delay` do not apply to count and stale rules (their "
+                             "window or silence is the delay)")
+        if self.stale is not None and (self.clear is not None or self.deadband is not None):
+            raise ValueError("a stale rule clears with the next reading; `clear`/`deadband` "
+                             "do not apply")
         if self.timezone is not None and self.active is None:
             raise ValueError("timezone applies to `active`; give `active` too")
         return self
