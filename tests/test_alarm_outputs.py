@@ -24,6 +24,7 @@ from gateway.alarms.audit import AuditRecord, AuditTrail
 from gateway.alarms.model import AlarmKey, AlarmSnapshot, AlarmState, Transition
 from gateway.alarms.stats import FLOOD_LIMIT, AlarmStats
 from gateway.health.metrics import render
+from gateway.health.selfreport import readings_from
 from gateway.health.snapshot import collect
 from gateway.health.statustable import format_status
 from gateway.runtime import Gateway
@@ -201,6 +202,11 @@ async def test_status_metrics_and_floods(tmp_path: Path) -> None:
         assert "iotgw_alarm_flood 0.0" in text
         table = format_status(snap)
         assert "alarms: 2 active, 1 unacknowledged" in table
+        stats_reading = readings_from(snap, 0)["gw-al"][0]  # the self-report to the store
+        assert stats_reading.measurement == "gateway_stats"
+        assert {k: stats_reading.fields[k] for k in ("alarms_active", "alarms_unacked",
+                                                     "alarm_flood")} == \
+            {"alarms_active": 2, "alarms_unacked": 1, "alarm_flood": 0}
         assert "door-held" in table and "gate open 75 s" in table and "meter-3" in table
 
         for i in range(FLOOD_LIMIT + 1):
