@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from demo.meters import Load, MeterBus, ModbusMeters, WaterMeter
-from drivers.mqtt.sim import PlateCamera
-from drivers.serial_line.sim import CardReader
+from demo.meters import LeakingWater, Load, MeterBus, ModbusMeters, WaterMeter
+from drivers.mqtt.sim import PLATES, PlateCamera
+from drivers.serial_line.sim import CardReader, DoorController
 
 log = logging.getLogger("iotgw.demo")
 
@@ -37,6 +37,21 @@ MODBUS_DEVICES = [
     ("b1", 2, "b1-flat-101", "chint-ddsu666", {"building": "1", "unit": "101"}),
     ("b1", 3, "b1-flat-102", "chint-ddsu666", {"building": "1", "unit": "102"}),
     ("b2", 1, "b2-main-meter", "eastron-sdm630", {"building": "2"}),
+    ("b2", 2, "b2-water-101", "water-meter-ultrasonic", {"building": "2", "unit": "101"}),
+]
+LEAKING = "b2-water-101"
+DOOR = "b1-door-east"
+BLOCKED_PLATE = PLATES[2]
+"""On the demo's blocklist: the camera shows it now and then (with --mqtt-host)."""
+DEMO_RULES: list[dict[str, Any]] = [
+    # The pack's leak rule waits 3 hours; these two show the same alarms within a minute.
+    {"id": "demo-water-leak", "devices": [LEAKING],
+     "window": {"field": "flow_rate", "over": "15s", "buckets": 15},
+     "when": "full and min > 0", "clear": "min <= 0", "severity": 2,
+     "message": "water has not stopped for 15 s (demo timing; pack:compound waits 3 h)"},
+    {"id": "demo-door-held-open", "devices": [DOOR], "when": 'event == "door_open"',
+     "for": "15s", "clear": 'event == "door_closed"', "severity": 2,
+     "message": "door held open for more than 15 s (demo timing; pack:compound: 60 s)"},
 ]
 DLT645_METERS = [("b3-meter-0301", "000012340301", {"building": "3", "unit": "0301"}),
                  ("b3-meter-0302", "000012340302", {"building": "3", "unit": "0302"})]
@@ -57,6 +72,7 @@ class Compound:
     modbus_ports: dict[str, int] = field(default_factory=dict)
     bus: MeterBus | None = None
     reader: CardReader | None = None
+    door: DoorController | None = None
     camera: PlateCamera | None = None
     modbus: list[ModbusMeters] = field(default_factory=list)
 
@@ -88,6 +104,12 @@ def build_config(args: argparse.Namespace, compound: Compound, data_dir: Path,
         "pattern": r"^CARD:(?P<card>\d+);DIR:(?P<direction>IN|OUT)$",
         "tag_groups": ["direction"], "types": {"card": "str"}, "measurement": "access_event",
         "pseudonymize": ["card"], "tags": {"gate": "north"}})
+    if compound.door is not None:
+        devices.append({
+            "id": DOOR, "driver": "serial_line", "port": compound.door.path,
+            "framing": {"mode": "delimiter", "delimiter": "0D0A"},
+            "pattern": r"^EVT:(?P<event>[a-z_]+)$", "measurement": "access_event",
+            "tags": {"building": "1", "door": "east"}})
     config: dict[str, Any] = {
         "gateway": {"id": "gw-demo", "site": SITE, "data_dir": str(data_dir),
                     "shutdown_timeout": "5s"},
@@ -96,6 +118,8 @@ def build_config(args: argparse.Namespace, compound: Compound, data_dir: Path,
         "health": {"listen": args.health_listen},
         "buses": buses,
         "devices": devices,
+        "rules_files": ["pack:compound"],
+        "rules": DEMO_RULES,
     }
     if args.influx_url:
         sink: dict[str, Any] = {"type": "influxdb", "name": "influx", "url": args.influx_url,
@@ -133,6 +157,10 @@ def write_config(args: argparse.Namespace, compound: Compound, data_dir: Path) -
 
     key_file = data_dir / "pseudonym.key"
     ensure_key(key_file)
+    # the pack's plate rule reads blocklists/plates.txt next to the config
+    (data_dir / "blocklists").mkdir(exist_ok=True)
+    (data_dir / "blocklists" / "plates.txt").write_text(
+        f"# demo blocklist\n{BLOCKED_PLATE}\n", encoding="utf-8")
     config = build_config(args, compound, data_dir, key_file)
     path = data_dir / "demo-gateway.yaml"
     # JSON is YAML: no dumper needed, and the loader reports problems by line.
@@ -155,6 +183,7 @@ async def run_compound(args: argparse.Namespace) -> int:
     compound.bus = MeterBus({a: Load(phases=1, nominal_current=8) for _, a, _ in DLT645_METERS},
                             [WaterMeter(a) for _, a, _ in CJT188_METERS])
     compound.reader = CardReader(CARDS, every=args.swipe_every)
+    compound.door = DoorController()
     try:
         try:
             config = write_config(args, compound, data_dir)
@@ -166,6 +195,7 @@ async def run_compound(args: argparse.Namespace) -> int:
     finally:
         await compound.bus.stop()
         compound.reader.close()
+        compound.door.close()
 
 
 async def _run(args: argparse.Namespace, compound: Compound, config: Any) -> int:
@@ -175,12 +205,17 @@ async def _run(args: argparse.Namespace, compound: Compound, config: Any) -> int
 
     assert compound.bus is not None and compound.reader is not None
     for server, port in compound.modbus_ports.items():
-        units = {d.unit: resolve_points(d)[0] for d in config.devices
-                 if d.driver == "modbus" and d.bus == f"modbus-{server}"}
-        compound.modbus.append(await ModbusMeters(port, units).start())
+        mine = [d for d in config.devices
+                if d.driver == "modbus" and d.bus == f"modbus-{server}"]
+        units = {d.unit: resolve_points(d)[0] for d in mine}
+        loads: dict[int, Load | LeakingWater] = {
+            d.unit: LeakingWater() if d.id == LEAKING else Load() for d in mine}
+        compound.modbus.append(await ModbusMeters(port, units, loads).start())
     await compound.bus.start()
     sim_tasks = [asyncio.create_task(m.run(), name="demo:modbus") for m in compound.modbus]
     sim_tasks.append(asyncio.create_task(compound.reader.run(), name="demo:reader"))
+    if compound.door is not None:
+        sim_tasks.append(asyncio.create_task(compound.door.run(), name="demo:door"))
     if args.mqtt_host:
         compound.camera = PlateCamera(args.mqtt_host, args.mqtt_port,
                                       PLATE_TOPIC.replace("+sn", "e5f1a0c3"),

@@ -123,6 +123,36 @@ def bcd_encode(value: float, fmt: BcdFormat) -> bytes:
 
 # -- Modbus TCP ---------------------------------------------------------------------------
 
+@dataclass
+class LeakingWater:
+    """Values for the ``water-meter-ultrasonic`` profile (a :class:`ModbusMeters` load):
+    short bursts of use with zero flow between them, until ``leak_after`` seconds after
+    the start; from then on the flow never drops to zero (a running cistern)."""
+
+    leak_after: float = 8.0
+    leak_m3h: float = 0.06
+    total_m3: float = field(default_factory=lambda: random.uniform(100, 900))
+    started: float = field(default_factory=time.monotonic)
+    _last: float = field(default_factory=time.monotonic)
+
+    def flow(self) -> float:
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.leak_after:
+            return self.leak_m3h + random.uniform(0, 0.01)
+        return 0.9 if elapsed % 10 < 2 else 0.0  # a tap opened for 2 s in every 10
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.total_m3 += self.flow() * (now - self._last) / 3600 * 60  # fast clock
+        self._last = now
+
+    def value(self, name: str, unit: str | None = None) -> float:
+        values = {"flow_rate": self.flow, "total": lambda: self.total_m3,
+                  "water_temperature": lambda: 14.5, "battery_voltage": lambda: 3.6}
+        getter = values.get(name)
+        return getter() if getter is not None else 0.0
+
+
 class ModbusMeters:
     """Simulated meters behind one Modbus TCP server on ``127.0.0.1:port`` (the Modbus
     driver's :class:`~drivers.modbus.sim.TcpSim`); units keyed by unit id.
@@ -130,10 +160,10 @@ class ModbusMeters:
     ``units`` maps unit id -> list of the gateway's resolved points for that device."""
 
     def __init__(self, port: int, units: dict[int, list[Any]],
-                 loads: dict[int, Load] | None = None) -> None:
+                 loads: dict[int, Load | LeakingWater] | None = None) -> None:
         self.port = port
         self.points = units
-        self.loads = loads or {u: Load() for u in units}
+        self.loads: dict[int, Load | LeakingWater] = loads or {u: Load() for u in units}
         self.devices = {u: Device() for u in units}
         self.units = Units(self.devices, keep_requests=False)
         self.server = TcpSim(self.units, port)

@@ -2,20 +2,32 @@
 
 Last values come from ``Gateway.pipeline.add_listener`` (the readings as the pipeline
 accepted them: tagged, card numbers already pseudonymised); states and counters from the
-device contexts; buffer depth and per-sink lag from ``gateway.buffer.stats()``.
+device contexts; buffer depth and per-sink lag from ``gateway.buffer.stats()``; alarms from
+``Gateway.alarms``. Pressing ``a`` acknowledges every unacknowledged alarm (as the operator
+"demo view", the same command ``cmd/alarm`` runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import shutil
 import sys
+import termios
 import time
-from collections.abc import Sequence
+import tty
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.alarms.model import (
+    UNACKED_STATES,
+    AlarmAction,
+    AlarmCommand,
+    AlarmCommandRefused,
+)
 from gateway.reading import Reading
 
 log = logging.getLogger("iotgw.demo")
@@ -23,6 +35,9 @@ log = logging.getLogger("iotgw.demo")
 CLEAR = "\x1b[H\x1b[2J"
 BOLD, DIM, RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 STATE_COLOUR = {"online": "\x1b[32m", "offline": "\x1b[31m", "degraded": "\x1b[33m"}
+ALARM_COLOUR = {"active_unacked": "\x1b[1;31m", "active_acked": "\x1b[31m",
+                "cleared_unacked": "\x1b[33m"}
+OPERATOR = "demo view"
 
 
 @dataclass
@@ -41,6 +56,7 @@ class View:
         self.seen: dict[str, Seen] = {}
         self.started = time.monotonic()
         self._listening = False
+        self._acks: set[asyncio.Task[int]] = set()
 
     def attach(self) -> bool:
         """Listen to the pipeline once it exists (it is created by ``Gateway.run``)."""
@@ -57,7 +73,40 @@ class View:
             seen.last.update(reading.fields)
             seen.at = time.time()
 
+    async def acknowledge_all(self) -> int:
+        """Acknowledge every unacknowledged alarm; returns how many were."""
+        service = getattr(self.gateway, "alarms", None)
+        if service is None:
+            return 0
+        done = 0
+        for alarm in list(service.alarms()):
+            if alarm.state in UNACKED_STATES:
+                try:
+                    await service.command(AlarmCommand(AlarmAction.ACK, alarm.key.rule,
+                                                       alarm.key.device, OPERATOR))
+                    done += 1
+                except AlarmCommandRefused:  # changed meanwhile: nothing to do
+                    pass
+        return done
+
+    def _keys(self) -> None:
+        try:
+            pressed = os.read(sys.stdin.fileno(), 64)
+        except OSError:
+            return
+        if b"a" in pressed.lower():
+            task = asyncio.create_task(self.acknowledge_all(), name="demo:ack")
+            self._acks.add(task)
+            task.add_done_callback(self._acks.discard)
+
     async def run(self, draw: bool = True) -> None:
+        if draw and sys.stdin.isatty():
+            with _cbreak(self._keys):
+                await self._run(draw)
+        else:
+            await self._run(draw)
+
+    async def _run(self, draw: bool) -> None:
         while True:
             if self.attach() and draw:
                 try:
@@ -120,7 +169,26 @@ class View:
             sims.append(f"plates published {camera.published}"
                         + (f" ({camera.error})" if camera.error else ""))
         out += ["", f"{DIM}simulators: {', '.join(sims)}{RESET}"]
+        out += self._alarms(width)
         return "\n".join(out)
+
+    def _alarms(self, width: int) -> list[str]:
+        service = getattr(self.gateway, "alarms", None)
+        if service is None:
+            return []
+        shown = sorted((a for a in service.alarms() if str(a.state) != "normal"),
+                       key=lambda a: (a.severity, -a.since))
+        unacked = sum(1 for a in shown if a.state in UNACKED_STATES)
+        out = ["", f"{BOLD}alarms{RESET}    {len(shown)} not normal, {unacked} "
+               f"unacknowledged  {DIM}(press a to acknowledge all; or cmd/alarm on the "
+               f"ops bus){RESET}"]
+        for alarm in shown[:12]:
+            colour = ALARM_COLOUR.get(str(alarm.state), "")
+            age = max(0.0, time.time() - alarm.since)
+            line = (f"  {alarm.severity} {alarm.key.rule:<24} {alarm.key.device:<16} "
+                    f"{colour}{alarm.state!s:<16}{RESET} {age:5.0f}s  {alarm.message}")
+            out.append(_clip(line, width + len(colour) + len(RESET)))
+        return out
 
     def summary(self) -> str:
         total = sum(s.readings for s in self.seen.values())
@@ -132,6 +200,21 @@ class View:
         return (f"demo stopped: {total} readings from {len(self.seen)} devices ({parts}); "
                 f"committed {self.gateway.stats.readings_committed}; data in "
                 f"{self.config.data_dir}")
+
+
+@contextlib.contextmanager
+def _cbreak(on_key: Callable[[], None]) -> Iterator[None]:
+    """Keys without Enter while the view runs; the terminal is restored afterwards."""
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    loop = asyncio.get_running_loop()
+    try:
+        tty.setcbreak(fd)
+        loop.add_reader(fd, on_key)
+        yield
+    finally:
+        loop.remove_reader(fd)
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
 def _fmt(value: Any) -> str:

@@ -16,6 +16,7 @@ from importlib import import_module
 from typing import Any
 
 from gateway.alarms import service as alarm_service
+from gateway.alarms import services as _alarm_outputs  # noqa: F401 - registers alarm-actions
 from gateway.alarms.model import AlarmService
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.config.loader import LoadedConfig, load_config
@@ -48,6 +49,7 @@ class Gateway:
         self.resources = SharedResources()
         self._state_listeners: list[Callable[[str, DeviceStatus], None]] = []
         self._dead_letter_listeners: list[Callable[[DeadLetter], None]] = []
+        self._alarms_listeners: list[Callable[[AlarmService], None]] = []
         self.service_runners: dict[str, Callable[[], Awaitable[None]]] = {}
         """The running services by name (the ops bus...), for tests and diagnostics."""
         self._device_configs: dict[str, DeviceConfigBase] = {}
@@ -180,6 +182,8 @@ class Gateway:
             return
         await runtime.open()
         self._alarms = runtime
+        for listener in self._alarms_listeners:  # before its first transition is announced
+            listener(runtime)
         pipeline.add_listener(runtime.on_readings)
         self.add_state_listener(
             lambda device_id, status: runtime.on_device_state(device_id, status.state.value))
@@ -302,6 +306,14 @@ class Gateway:
     def dead_letter(self, letter: DeadLetter) -> None:
         for listener in self._dead_letter_listeners:
             listener(letter)
+
+    def add_alarms_listener(self, listener: Callable[[AlarmService], None]) -> None:
+        """``listener(engine)`` when an alarm engine starts: now if one runs, else when a
+        reload brings the first rules, before that engine announces anything (outputs
+        subscribe to its transitions there and miss none)."""
+        self._alarms_listeners.append(listener)
+        if self._alarms is not None:
+            listener(self._alarms)
 
     def add_dead_letter_listener(self, listener: Callable[[DeadLetter], None]) -> None:
         """The ops bus publishes each refused input on its ``errors`` topic."""

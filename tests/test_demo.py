@@ -48,7 +48,7 @@ def assert_no_raw_cards(data_dir: Path) -> None:
 
 def test_demo_runs_every_device_type_into_the_file_sink(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
-    proc = subprocess.run(demo(data_dir, "--duration", "20", "--swipe-every", "2"),
+    proc = subprocess.run(demo(data_dir, "--duration", "32", "--swipe-every", "2"),
                           capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "demo stopped" in proc.stdout
@@ -60,14 +60,24 @@ def test_demo_runs_every_device_type_into_the_file_sink(tmp_path: Path) -> None:
     assert {"b1-main-meter", "b1-flat-101", "b1-flat-102", "b2-main-meter"} <= energy
     assert {"b3-meter-0301", "b3-meter-0302"} <= energy
     assert {d for (m, d) in by_driver if m == "water_meter"} == {"b3-water-0301",
-                                                                 "b3-water-0302"}
-    access = [(t, f) for m, t, f in lines if m == "access_event"]
+                                                                 "b3-water-0302",
+                                                                 "b2-water-101"}
+    access = [(t, f) for m, t, f in lines if m == "access_event"
+              and t["device"] == "gate-north-reader"]
     assert len(access) >= 3
     for tags, fields in access:
         assert tags["device"] == "gate-north-reader" and tags["direction"] in ("IN", "OUT")
         card = fields.split("card=", 1)[1].split(",", 1)[0].strip('"')
         assert len(card) == 16 and all(c in "0123456789abcdef" for c in card), fields
     assert_no_raw_cards(data_dir)
+
+    # alarms: the Modbus water meter starts leaking, the east door is held open
+    alarms = {(t["rule"], t["device"]): f for m, t, f in lines if m == "alarm"}
+    assert set(alarms) == {("demo-water-leak", "b2-water-101"),
+                           ("demo-door-held-open", "b1-door-east")}, alarms
+    assert all('state="active_unacked"' in f and "seq=1i" in f for f in alarms.values())
+    doors = [f for m, t, f in lines if m == "access_event" and t["device"] == "b1-door-east"]
+    assert doors[0] == 'event="door_open"'
 
     # plausible values; energy counters never run backwards
     sdm = [f for m, t, f in lines if t["device"] == "b1-main-meter"]
@@ -131,3 +141,26 @@ def test_demo_with_broker_and_store(tmp_path: Path, mosquitto: Mosquitto,
         '{__name__=~"vehicle_event_confidence|water_meter_total",site="demo-compound"}')},
         until=lambda names: names == {"vehicle_event_confidence", "water_meter_total"},
         within=20, every=0.5, what="every measurement in VictoriaMetrics")
+
+
+async def test_live_view_lists_and_acknowledges_alarms() -> None:
+    """The view's alarm block and its `a` key (acknowledge all), on the AlarmService
+    contract (the subprocess test above shows the real engine raising them)."""
+    from types import SimpleNamespace
+
+    from demo.view import OPERATOR, View
+    from gateway.alarms.model import AlarmState
+    from tests.support.alarms import FakeAlarms
+
+    fake = FakeAlarms()
+    fake.set("demo-water-leak", "b2-water-101", AlarmState.ACTIVE_UNACKED, "raise",
+             message="water has not stopped")
+    fake.set("demo-door-held-open", "b1-door-east", AlarmState.CLEARED_UNACKED, "clear")
+    fake.set("mains-loss", "b1-flat-101", AlarmState.ACTIVE_ACKED, "raise")
+    view = View(SimpleNamespace(alarms=fake), None, None)
+    block = "\n".join(view._alarms(160))
+    assert "3 not normal, 2 unacknowledged" in block and "water has not stopped" in block
+    assert await view.acknowledge_all() == 2
+    assert {(c.rule, c.client) for c in fake.commands} == {
+        ("demo-water-leak", OPERATOR), ("demo-door-held-open", OPERATOR)}
+    assert [str(a.state) for a in fake.alarms()] == ["active_acked", "normal", "active_acked"]

@@ -194,3 +194,18 @@ async def test_qos_2_goes_through_paho_and_is_completed_by_ack_all(
     async with _session(mosquitto, "acks-qos2", inbox, subscribe_qos=2):
         await asyncio.to_thread(_publish, mosquitto, [b"after-qos2"])
         assert [m.payload for m in await _take(inbox, b"after-qos2")] == [b"after-qos2"]
+
+
+def test_broker_connections_send_small_packets_at_once() -> None:
+    """TCP_NODELAY on the broker socket (an alarm's two publishes would otherwise wait for
+    a delayed ACK: bench/bench_alarm_latency.py)."""
+    import socket
+
+    from gateway.mqtt.client import set_no_delay
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as sock:
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        set_no_delay(None, None, sock)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    set_no_delay(None, None, object())  # a transport without socket options: left alone

@@ -113,6 +113,9 @@ async def test_card_keypad_tamper_commands_and_reconnect(pty_pair: tuple[int, st
         pd.submit_event({"event": Event.Status, "type": StatusReportType.Local,
                          "report": bytes([0, 0])})
         await h.wait_for(lambda: ctx.status.state is DeviceState.ONLINE)
+        status = [r for r in h.readings["door-1"] if r.measurement == "reader_status"]
+        assert [dict(r.fields) for r in status] == [{"tamper": 1, "power_failure": 0},
+                                                   {"tamper": 0, "power_failure": 0}]
 
         assert await driver.write("led", {"color": "red", "seconds": 3}) == {"submitted": "led"}
         command = pd.get_command(timeout=3)

@@ -18,7 +18,7 @@ from typing import Any
 
 from drivers.osdp.commands import COMMANDS
 from drivers.osdp.config import OsdpConfig, read_scbk
-from drivers.osdp.events import READINGS, local_problems
+from drivers.osdp.events import READINGS, STATUS_MEASUREMENT, local_problems, local_status
 from drivers.osdp.libosdp import OsdpPanel, ReaderSpec
 from drivers.osdp.line import OsdpLine
 from drivers.osdp.session import Cause, SessionDiagnosis
@@ -148,6 +148,10 @@ class OsdpDriver(Driver):
                 tags, fields = to_reading(event)
                 readings.append(Reading(self.config.measurement, tags, fields, time.time_ns()))
                 continue
+            status = local_status(event)
+            if status is not None:
+                readings.append(Reading(STATUS_MEASUREMENT, {"kind": "status"}, status,
+                                        time.time_ns()))
             problems = local_problems(event)
             if problems:
                 for problem in problems:

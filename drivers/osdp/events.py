@@ -46,6 +46,20 @@ LOCAL_STATUS = (  # (byte index in the local status report, problem when non-zer
 )
 
 
+STATUS_MEASUREMENT = "reader_status"
+"""Each local status report is also a reading, so alarm rules see a tamper (the state
+alone says only "error"): fields ``tamper`` and ``power_failure``, 0 or 1."""
+
+
+def local_status(event: Mapping[str, Any]) -> dict[str, FieldValue] | None:
+    """The fields of a local status report; None when the event is not one."""
+    if event.get("event") != Event.Status or event.get("type") != StatusReportType.Local:
+        return None
+    report: bytes = event.get("report", b"")
+    return {name.replace(" ", "_"): int(index < len(report) and bool(report[index]))
+            for index, name in LOCAL_STATUS}
+
+
 def local_problems(event: Mapping[str, Any]) -> list[str] | None:
     """Problems in a local status report; None when the event is not one."""
     if event.get("event") != Event.Status or event.get("type") != StatusReportType.Local:

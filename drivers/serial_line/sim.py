@@ -49,3 +49,45 @@ class CardReader:
 
     def close(self) -> None:
         self.pty.close()
+
+
+class DoorController:
+    """A door controller on its own pty printing ``EVT:door_open`` / ``EVT:door_closed``:
+    brief openings every ``every`` seconds, and once, ``hold_at`` seconds after the
+    start, the door held open for ``hold_for`` seconds (someone wedged it)."""
+
+    def __init__(self, hold_at: float = 6.0, hold_for: float = 75.0,
+                 every: float = 15.0) -> None:
+        self.pty = Pty()
+        self.path = self.pty.path
+        self.hold_at = hold_at
+        self.hold_for = hold_for
+        self.every = every
+        self.events = 0
+
+    def _event(self, name: str) -> None:
+        self.pty.write(f"EVT:{name}\r\n".encode())
+        self.events += 1
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self.pty.master, self._drain)
+        try:
+            await asyncio.sleep(self.hold_at)
+            self._event("door_open")
+            await asyncio.sleep(self.hold_for)
+            self._event("door_closed")
+            while True:
+                await asyncio.sleep(self.every * random.uniform(0.5, 1.5))
+                self._event("door_open")
+                await asyncio.sleep(3)
+                self._event("door_closed")
+        finally:
+            loop.remove_reader(self.pty.master)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.read(self.pty.master, 4096)
+
+    def close(self) -> None:
+        self.pty.close()

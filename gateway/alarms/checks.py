@@ -99,7 +99,7 @@ def _by_fields(index: int, rule: RuleConfig, devices: list[Any],
             yield device
         elif names <= set(device.tags):
             yield device
-    if devices and not unknowable and not any(
+    if devices and not unknowable and not rule.optional and not any(
             names & set(d.emitted_fields() or ()) or names <= set(d.tags) for d in devices):
         findings.append((("rules", index, "when"),
                          f"no configured device emits {', '.join(sorted(names))}"))

@@ -156,6 +156,9 @@ class RuleConfig(StrictModel):
                                      description="annunciate again when active and unacked "
                                      "this long")
     latched: bool = Field(default=False, description="stays active until `reset`")
+    optional: bool = Field(default=False, description="applies where devices send its "
+                           "fields; no error when no configured device declares them "
+                           "(rule packs cover device kinds a compound may not have)")
     chatter: ChatterSpec = Field(default_factory=ChatterSpec)
     suppress: Condition | None = Field(default=None, description="while true the alarm is "
                                        "suppressed (maintenance mode, uplink lost)")

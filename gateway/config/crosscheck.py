@@ -12,11 +12,12 @@ NAMES_SHOWN = 10
 
 
 def cross_check(config: Any) -> list[Finding]:
+    from gateway.alarms.actions import check_actions
     from gateway.alarms.checks import check_rules
     from gateway.registry import CROSS_CHECKS
 
     findings: list[Finding] = []
-    for rule in (*_RULES, check_rules, *CROSS_CHECKS):
+    for rule in (*_RULES, check_rules, check_actions, *CROSS_CHECKS):
         findings.extend(rule(config))
     return findings
 

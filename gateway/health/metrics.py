@@ -18,9 +18,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.alarms.model import AlarmState
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 SINK_STATES = ("starting", "ok", "retrying", "failed")
 DEVICE_STATES = ("starting", "online", "offline", "error")
+ALARM_SEVERITIES = ("1", "2", "3", "4")
+ALARM_STATES = tuple(str(s) for s in AlarmState)
 
 
 def render(snap: dict[str, Any]) -> bytes:
@@ -48,6 +52,7 @@ class SnapshotCollector(Collector):
         yield from self._sinks()
         yield from self._devices()
         yield from self._loop_and_clock()
+        yield from self._alarms()
 
     def _gateway(self) -> Iterator[Metric]:
         gw, health = self.snap["gateway"], self.snap["health"]
@@ -168,6 +173,51 @@ class SnapshotCollector(Collector):
             for kind, count in device["counters"].items():
                 problems.add_metric([device_id, kind], count)
         yield from (state, seen, since, latency, problems)
+
+    def _alarms(self) -> Iterator[Metric]:
+        """Alarm counts (not health: readiness never depends on alarms). A snapshot from an
+        older gateway has no ``alarms`` key and yields nothing."""
+        alarms = self.snap.get("alarms")
+        if alarms is None or not alarms["enabled"]:
+            return
+        active = GaugeMetricFamily("iotgw_alarms_active",
+                                   "Active alarms (acknowledged or not) by severity, 1 highest",
+                                   labels=["severity"])
+        unacked = GaugeMetricFamily("iotgw_alarms_unacknowledged",
+                                    "Alarms waiting for an acknowledge (active or cleared) by "
+                                    "severity", labels=["severity"])
+        for severity in ALARM_SEVERITIES:
+            active.add_metric([severity], alarms["active_by_severity"].get(severity, 0))
+            unacked.add_metric([severity], alarms["unacked_by_severity"].get(severity, 0))
+        states = GaugeMetricFamily("iotgw_alarms", "Alarms by state", labels=["state"])
+        for state in ALARM_STATES:
+            states.add_metric([state], alarms["by_state"].get(state, 0))
+        transitions = CounterMetricFamily("iotgw_alarm_transitions",
+                                          "Alarm transitions by cause (raise, clear, ack ...)",
+                                          labels=["cause"])
+        for cause, count in alarms["transitions"].items():
+            transitions.add_metric([cause], count)
+        yield from (active, unacked, states, transitions)
+        yield CounterMetricFamily("iotgw_alarm_chatter",
+                                  "Times an alarm was flagged as chattering",
+                                  value=alarms["chatter_total"])
+        yield _gauge("iotgw_alarms_chattering", "Alarms flagged as chattering now",
+                     alarms["chattering"])
+        yield CounterMetricFamily("iotgw_alarm_floods",
+                                  "Alarm floods entered (EEMUA 191: more than 10 raised in "
+                                  "10 minutes)", value=alarms["floods_total"])
+        yield _gauge("iotgw_alarm_flood", "1 while more than alarms.flood_count (10) alarms were "
+                     "raised within alarms.flood_window (10 minutes)", int(alarms["flood"]))
+        yield _gauge("iotgw_alarms_raised_last_10m", "Alarms raised within alarms.flood_window",
+                     alarms["raised_last_10min"])
+        errors = CounterMetricFamily("iotgw_alarm_rule_errors",
+                                     "Rule evaluations that failed at run time (missing field, "
+                                     "wrong type), by rule", labels=["rule"])
+        for rule, count in alarms.get("rule_errors", {}).items():
+            errors.add_metric([rule], count)
+        yield errors
+        yield CounterMetricFamily("iotgw_alarm_evaluations", "Rule evaluations by the engine",
+                                  value=alarms.get("evaluations", 0))
 
     def _loop_and_clock(self) -> Iterator[Metric]:
         loop, clock = self.snap["loop"], self.snap["clock"]

@@ -7,7 +7,8 @@ buffered, tagged with site/gateway and forwarded like any reading):
 
 * ``gateway_stats`` (device = the gateway id): readings_in, readings_committed,
   readings_dropped, readings_pending, buffer_lines, buffer_bytes, buffer_dropped_full,
-  disk_free_bytes, loop_lag_seconds, loop_stalls, uptime_seconds, clock_before_build;
+  disk_free_bytes, loop_lag_seconds, loop_stalls, uptime_seconds, clock_before_build,
+  and with alarm rules alarms_active, alarms_unacked, alarm_flood (1/0);
 * ``gateway_sink`` (tag sink): lag_lines, lag_seconds, sent_lines, rejected_lines,
   errors, state, ok (1 while the sink delivers);
 * ``device_status`` (device = each device, with its installer tags): state, online
@@ -27,7 +28,8 @@ from gateway.reading import Reading
 
 GATEWAY_FIELDS = ("readings_in", "readings_committed", "readings_dropped", "readings_pending",
                   "buffer_lines", "buffer_bytes", "buffer_dropped_full", "disk_free_bytes",
-                  "loop_lag_seconds", "loop_stalls", "uptime_seconds", "clock_before_build")
+                  "loop_lag_seconds", "loop_stalls", "uptime_seconds", "clock_before_build",
+                  "alarms_active", "alarms_unacked", "alarm_flood")
 SINK_FIELDS = ("lag_lines", "lag_seconds", "sent_lines", "rejected_lines", "errors", "state",
                "ok")
 DEVICE_FIELDS = ("state", "online", "last_seen_age_seconds", "problems")
@@ -51,6 +53,10 @@ def readings_from(snap: dict[str, Any], time_ns: int) -> dict[str, list[Reading]
                       buffer_dropped_full=buf["dropped_full_total"])
     if buf.get("disk_free_bytes") is not None:
         fields["disk_free_bytes"] = buf["disk_free_bytes"]
+    alarms = snap.get("alarms")
+    if alarms is not None and alarms["enabled"]:  # a fleet panel: who has alarms standing
+        fields.update(alarms_active=alarms["active"], alarms_unacked=alarms["unacked"],
+                      alarm_flood=int(alarms["flood"]))
     out: dict[str, list[Reading]] = {gw["id"]: [Reading("gateway_stats", {}, fields, time_ns)]}
     for name, sink in snap["sinks"].items():
         sink_fields: dict[str, Any] = {

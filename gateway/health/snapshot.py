@@ -19,6 +19,7 @@ from dataclasses import asdict
 from typing import Any
 
 from gateway import __version__
+from gateway.alarms.stats import status_section as alarm_section
 from gateway.health.checks import evaluate
 from gateway.health.monitor import monitor_for
 
@@ -57,6 +58,7 @@ async def collect(gateway: Any) -> dict[str, Any]:
         "buffer": buffer,
         "sinks": _sinks(gateway, lags),
         "devices": _devices(gateway),
+        "alarms": alarm_section(gateway, now),
     }
     try:
         snap["buffer"]["disk_free_bytes"] = shutil.disk_usage(gateway.config.data_dir).free

@@ -112,6 +112,7 @@ def format_status(snap: dict[str, Any]) -> str:
                     (d["last_error"] or "")[:60]]
                    for device_id, d in snap["devices"].items()]
     out.extend(_table(["device", "state", "last seen", "counters", "last error"], device_rows))
+    out.extend(_alarm_lines(snap.get("alarms"), now))
     restarts = snap["tasks"]["restarts"]
     if restarts:
         out.append("")
@@ -119,6 +120,25 @@ def format_status(snap: dict[str, Any]) -> str:
     for name, failure in snap["tasks"].get("failing", {}).items():
         out.append(f"task {name} FAILING ({failure['failures']}x): {failure['error'][:100]}")
     return "\n".join(out)
+
+
+def _alarm_lines(alarms: dict[str, Any] | None, now: float) -> list[str]:
+    """The alarm summary and every alarm not in ``normal``, most severe first."""
+    if not alarms or not alarms["enabled"]:
+        return []
+    flood = ", FLOOD (more than 10 raised in 10 minutes)" if alarms["flood"] else ""
+    out = ["", f"alarms: {alarms['active']} active, {alarms['unacked']} unacknowledged, "
+           f"{alarms['raised_last_10min']} raised in the last 10 minutes{flood}"]
+    rows = [[a["rule"], a["device"], a["state"] + (" (chatter)" if a["chatter"] else ""),
+             str(a["severity"]), _age(a["since"], now), "-" if a["value"] is None
+             else str(a["value"])[:20], (a["message"] or "")[:60]]
+            for a in alarms["list"]]
+    if rows:
+        out.extend(_table(["rule", "device", "state", "sev", "since", "value", "message"],
+                          rows))
+    if alarms["list_truncated"]:
+        out.append(f"(first {len(rows)} shown; `iotgw alarms CONFIG` lists every one)")
+    return out
 
 
 def run_status(config: Any, as_json: bool = False) -> int:

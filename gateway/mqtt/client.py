@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -361,6 +363,7 @@ class MqttConnection:
         client.on_message = self._paho_message  # QoS 2 only
         client.on_publish = self._paho_published
         client.on_unsubscribe = self._paho_unsubscribed
+        client.on_socket_open = set_no_delay
         return client
 
     def _send_subscribe(self, client: paho.Client, items: list[tuple[str, int]]) -> None:
@@ -472,6 +475,19 @@ class MqttConnection:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # loop shutting down
                 pass
+
+
+def set_no_delay(client: Any, userdata: Any, sock: Any) -> None:
+    """paho's ``on_socket_open``: TCP_NODELAY on the broker connection (paho leaves Nagle
+    on). With Nagle, a small publish sent right after another waits for the broker's ACK
+    of the first, which Linux may delay by up to 40 ms: an alarm's retained state and its
+    event are two such publishes, and bench/bench_alarm_latency.py showed the second
+    arriving 40-45 ms late at p99 (docs/benchmarks.md). Every publish here is a whole
+    MQTT packet already, so nothing is gained by coalescing them in the kernel."""
+    setsockopt = getattr(sock, "setsockopt", None)  # a websocket wrapper has none
+    if setsockopt is not None:
+        with contextlib.suppress(OSError):
+            setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def topic_matches(subscription: str, topic: str) -> bool:

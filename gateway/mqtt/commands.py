@@ -17,9 +17,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmCommandRefused
+from gateway.config.types import parse_duration
 from gateway.errors import CommandRefused
 
 MAX_BODY = 16 * 1024
+SHELVE_MAX = 30 * 86400.0
+"""The longest timed shelve (``for``): an alarm hidden longer is one nobody remembers."""
 
 
 @dataclass(frozen=True)
@@ -48,10 +52,49 @@ async def _write(gateway: Any, body: dict[str, Any]) -> Any:
     return {"device": body["device"], "point": body["point"], "value": value, **(result or {})}
 
 
+async def _alarm(gateway: Any, body: dict[str, Any]) -> Any:
+    service = getattr(gateway, "alarms", None)
+    if service is None:
+        raise CommandRefused("this gateway has no alarm rules")
+    command = alarm_command(body)
+    try:
+        alarm = await service.command(command)
+    except AlarmCommandRefused as exc:
+        raise CommandRefused(str(exc)) from None
+    return {"action": str(command.action), "rule": command.rule, "device": command.device,
+            "state": str(alarm.state), "seq": alarm.seq, "alarm_id": alarm.alarm_id,
+            "shelved_until": alarm.shelved_until}
+
+
+def alarm_command(body: dict[str, Any]) -> AlarmCommand:
+    """``cmd/alarm``'s body as an AlarmCommand; anything else is refused with the reason."""
+    text = body["action"]
+    try:
+        action = AlarmAction(text)
+    except ValueError:
+        raise CommandRefused(f"unknown action {text!r}; known: "
+                             f"{', '.join(a.value for a in AlarmAction)}") from None
+    duration: float | None = None
+    if body.get("for") is not None:
+        if action is not AlarmAction.SHELVE:
+            raise CommandRefused("'for' is only for shelve (a timed shelve)")
+        try:
+            duration = parse_duration(body["for"])
+        except ValueError as exc:
+            raise CommandRefused(f"for: {exc}") from None
+        if not 0 < duration <= SHELVE_MAX:
+            raise CommandRefused(f"for must be more than 0 and at most {SHELVE_MAX / 86400:g} "
+                                 "days")
+    return AlarmCommand(action, _text(body, "rule"), _text(body, "device"),
+                        _text(body, "client"), duration)
+
+
 VERBS: dict[str, Verb] = {
     "reload": Verb((), _reload, "re-read the config file; answers the new config hash"),
     "poll": Verb(("device",), _poll, "read a device now"),
     "write": Verb(("device", "point", "value"), _write, "write an allow-listed point"),
+    "alarm": Verb(("action", "rule", "device", "client"), _alarm,
+                  "ack / shelve / unshelve / reset / out_of_service / in_service an alarm"),
 }
 
 

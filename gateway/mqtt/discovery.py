@@ -8,6 +8,12 @@ the JSON (the values topic carries every measurement of a device, so a message o
 measurement keeps the sensor's current state). Availability follows the gateway's retained
 ``status`` (birth / last will). Configs are re-published after every reconnect.
 
+Each alarm of the alarm engine becomes a ``binary_sensor`` (device_class ``problem``):
+``<prefix>/binary_sensor/<gateway>/alarm_<rule>_<device>/config`` with the retained
+``alarms/<rule>/<device>`` topic as state topic, ``ON`` while the alarm is active (a
+``value_template`` over its ``state``) and the whole alarm JSON as attributes; an alarm
+that no longer exists has its config cleared.
+
 Settings: ``mqtt.homeassistant: {enabled: false, prefix: homeassistant}``. Until that field
 exists in ``MqttSection`` (gateway/config/models.py) :func:`settings_for` reads it when
 present and otherwise returns "disabled".
@@ -20,9 +26,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.alarms.model import ACTIVE_STATES, AlarmKey, AlarmSnapshot
 from gateway.reading import Reading
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+ALARM_ON = ("{{ 'ON' if value_json.state in " + json.dumps(sorted(str(s) for s in ACTIVE_STATES))
+            + " else 'OFF' }}")
+"""An alarm is a problem while active (acknowledged or not); cleared-unacknowledged,
+shelved, suppressed and out of service are OFF, their state is in the attributes."""
 
 
 @dataclass(frozen=True)
@@ -105,3 +116,51 @@ class Discovery:
         }
         topic = f"{self.settings.prefix}/sensor/{node}/{object_id}/config"
         return topic, json.dumps(body, separators=(",", ":")).encode()
+
+    # -- alarms -------------------------------------------------------------------------
+
+    def _alarm_topic(self, key: AlarmKey) -> str:
+        object_id = _safe(f"alarm_{key.rule}_{key.device}")
+        return f"{self.settings.prefix}/binary_sensor/{_safe(self.gateway_id)}/{object_id}/config"
+
+    @property
+    def alarm_config_filter(self) -> str:
+        """Every alarm config of this gateway (to find leftovers after a connect)."""
+        return f"{self.settings.prefix}/binary_sensor/{_safe(self.gateway_id)}/+/config"
+
+    def is_alarm_config(self, topic: str) -> bool:
+        prefix = f"{self.settings.prefix}/binary_sensor/{_safe(self.gateway_id)}/alarm_"
+        return topic.startswith(prefix) and topic.endswith("/config")
+
+    def alarm_config(self, alarm: AlarmSnapshot, state_topic: str) -> tuple[str, bytes]:
+        """The retained ``binary_sensor`` config of one alarm (re-sent after a connect)."""
+        node = _safe(self.gateway_id)
+        key = alarm.key
+        unique = f"iotgw_{node}_{_safe(f'alarm_{key.rule}_{key.device}')}"
+        body = {
+            "name": f"alarm {key.rule}",
+            "unique_id": unique,
+            "object_id": unique,
+            "device_class": "problem",
+            "state_topic": state_topic,
+            "value_template": ALARM_ON,
+            "json_attributes_topic": state_topic,
+            "availability_topic": f"{self.base}/status",
+            "availability_template": "{{ value_json.state }}",
+            "payload_available": "online",
+            "payload_not_available": "offline",
+            "device": {
+                "identifiers": [f"iotgw_{node}_{_safe(key.device)}"],
+                "name": key.device,
+                "manufacturer": "iotgw",
+                "model": self.drivers.get(key.device, "device"),
+                "via_device": f"iotgw_{node}",
+            },
+            "origin": {"name": "iotgw"},
+        }
+        topic = self._alarm_topic(key)
+        return topic, json.dumps(body, separators=(",", ":")).encode()
+
+    def alarm_forget(self, key: AlarmKey) -> str:
+        """The config topic to clear (empty retained) when an alarm no longer exists."""
+        return self._alarm_topic(key)

@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import gateway as gateway_pkg
+from gateway.alarms.audit import AuditRecord, audit_for
+from gateway.alarms.model import AlarmService, Transition
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
+from gateway.mqtt.alarmtopics import STALE_SCAN_SECONDS, AlarmTopics
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import CommandMemory, execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
@@ -44,6 +47,14 @@ messages/s in bench/bench_mqtt.py: paho wakes its network thread on every publis
 
 def _iso(epoch: float | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, UTC).isoformat()
+
+
+AUDITED_VERBS = frozenset({"alarm"})
+
+
+def _field(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _dumps(obj: Any) -> bytes:
@@ -76,6 +87,10 @@ class OpsBus:
             ha, base=self.base, gateway_id=gateway.config.model.gateway.id,
             drivers={d.id: d.driver for d in gateway.config.model.devices}) \
             if ha.enabled else None
+        self.alarm_topics = AlarmTopics(self.base, self.connection.publish, self.discovery)
+        self._scan_timer: asyncio.TimerHandle | None = None
+        self._alarms_attached: object | None = None
+        self._reconciled_config: object | None = gateway.config
         events = settings.event_measurements
         self._is_event: Callable[[str], bool] = (
             (lambda m: m.endswith("_event")) if events is None else frozenset(events).__contains__)
@@ -86,6 +101,18 @@ class OpsBus:
         self.gateway.add_state_listener(self._state_changed)
         self.gateway.pipeline.add_listener(self._readings)
         self.gateway.add_dead_letter_listener(self._dead_letter)
+        self.gateway.add_alarms_listener(self._attach_alarms)
+
+    def _attach_alarms(self, alarms: AlarmService) -> None:
+        """Listen to the alarm engine: at start, or when a reload brings the first rules."""
+        if self._alarms_attached is None:
+            audit_for(self.gateway).add_listener(self._alarm_audit)
+        self._alarms_attached = alarms
+        alarms.add_transition_listener(self._alarm_transition)
+        if self.connection.connected:
+            task = asyncio.get_running_loop().create_task(self._republish_alarms())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         """The connection and the stats loop share a fate: if the connection's task ends
@@ -100,6 +127,7 @@ class OpsBus:
                     runner.result()  # the connection's own failure, with its traceback
                     raise RuntimeError("the ops-bus connection task ended")
                 await self._publish_stats()
+                self._reconcile_alarms()
         finally:
             if self.connection.connected:  # a clean stop says so; the will is for crashes
                 self.connection.publish(f"{self.base}/status", self._status("offline"), 1, True)
@@ -127,6 +155,45 @@ class OpsBus:
             for topic, payload in self.discovery.configs.items():
                 conn.publish(topic, payload, 1, True, queue=False)
         conn.subscribe(f"{self.base}/cmd/+", 1)
+        await self._republish_alarms()
+
+    # -- alarms ------------------------------------------------------------------------
+
+    async def _republish_alarms(self) -> None:
+        """After a connect: every alarm again, then a look at what the broker retained from
+        earlier runs (alarms/+/+ and their HA configs) to clear alarms that are gone."""
+        alarms = getattr(self.gateway, "alarms", None)
+        if alarms is None:
+            return
+        await self.alarm_topics.republish(alarms.alarms())
+        for topic_filter in self.alarm_topics.scan_filters:
+            self.connection.subscribe(topic_filter, 1)
+        if self._scan_timer is not None:
+            self._scan_timer.cancel()
+        self._scan_timer = asyncio.get_running_loop().call_later(
+            STALE_SCAN_SECONDS, self._end_scan)
+
+    def _end_scan(self) -> None:
+        self._scan_timer = None
+        for topic_filter in self.alarm_topics.scan_filters:
+            self.connection.unsubscribe(topic_filter)
+
+    def _reconcile_alarms(self) -> None:
+        """After a reload (a new config object): clear the topics of alarms the engine
+        dropped without a transition (normal alarms of removed rules). Only then: a
+        snapshot of every alarm is not free with 100,000 of them."""
+        alarms = getattr(self.gateway, "alarms", None)
+        if self.gateway.config is self._reconciled_config:
+            return
+        self._reconciled_config = self.gateway.config
+        if alarms is not None:
+            self.alarm_topics.reconcile(alarms.alarms())
+
+    def _alarm_transition(self, transition: Transition) -> None:
+        self.alarm_topics.transition(transition)
+
+    def _alarm_audit(self, record: AuditRecord) -> None:
+        self.alarm_topics.audit(record)
 
     def _state_changed(self, device_id: str, status: DeviceStatus) -> None:
         self.states[device_id] = status
@@ -227,6 +294,9 @@ class OpsBus:
     def _on_messages(self, batch: list[Message]) -> None:
         prefix = f"{self.base}/cmd/"
         for message in batch:
+            if message.retain and self.alarm_topics.scanning() and \
+                    self.alarm_topics.retained_seen(message.topic, bytes(message.payload)):
+                continue
             if message.topic.startswith(prefix) and "/" not in message.topic[len(prefix):]:
                 task = asyncio.create_task(self._command(message.topic[len(prefix):], message))
                 self._tasks.add(task)
@@ -259,7 +329,7 @@ class OpsBus:
                 else (verb, "sha256:" + digest)
             earlier = self._memory.first(key) if "id" in body or message.dup else None
             if earlier is not None:
-                await self._duplicate(verb, client, message, topic, await earlier)
+                await self._duplicate(verb, body, client, message, topic, await earlier)
                 return
             answer: dict[str, Any] = {"ok": True, "result": await execute(self.gateway, verb,
                                                                          body)}
@@ -273,6 +343,7 @@ class OpsBus:
         if key is not None:
             self._memory.remember(key, answer)
         self._count("commands_ok" if answer["ok"] else "commands_refused")
+        self._audit(verb, body, client, answer)
         log.info("command %s from %s: %s", verb, client,
                  "ok" if answer["ok"] else f"refused: {answer['error']}",
                  extra={"client": client, "topic": message.topic, "body_sha256": digest,
@@ -280,15 +351,36 @@ class OpsBus:
         self.connection.publish(topic, _dumps(answer), 1, queue=False,
                                 correlation_data=message.correlation_data)
 
-    async def _duplicate(self, verb: str, client: str, message: Message, topic: str,
-                         first: dict[str, Any]) -> None:
+    async def _duplicate(self, verb: str, body: dict[str, Any], client: str, message: Message,
+                         topic: str, first: dict[str, Any]) -> None:
         """A command seen before (same id, or a DUP redelivery): answered, not run again."""
         self._count("commands_duplicate")
+        self._audit(verb, body, client, {**first, "duplicate": True})
         log.info("command %s from %s: duplicate, not run again (first answer: %s)", verb,
                  client, "ok" if first.get("ok") else "refused",
                  extra={"client": client, "topic": message.topic, "result": "duplicate"})
         self.connection.publish(topic, _dumps({**first, "duplicate": True}), 1, queue=False,
                                 correlation_data=message.correlation_data)
+
+    def _audit(self, verb: str, body: dict[str, Any], client: str,
+               answer: dict[str, Any]) -> None:
+        """Alarm commands are audited (ok or refused, duplicates too): who acknowledged or
+        shelved what is a record an operator can be asked for (ISA-18.2)."""
+        if verb not in AUDITED_VERBS:
+            return
+        detail: dict[str, Any] = {k: body[k] for k in ("action", "for", "id")
+                                  if isinstance(body.get(k), str | int | float)}
+        detail["client"] = client
+        if answer["ok"]:
+            result = answer["result"]
+            detail.update(state=result.get("state"), seq=result.get("seq"))
+        else:
+            detail["error"] = answer["error"]
+        if answer.get("duplicate"):
+            detail["duplicate"] = True
+        audit_for(self.gateway).record(AuditRecord(
+            "command", _field(body, "rule"), _field(body, "device"), bool(answer["ok"]),
+            detail=detail))
 
     def _reply_topic(self, requested: str | None) -> str | None:
         """The requester's response topic, when the policy allows it; a refused one
