@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from gateway.buffer import AsyncBuffer, Buffer
@@ -228,6 +229,10 @@ class Gateway:
     @property
     def gateway_id(self) -> str:
         return self.config.model.gateway.id
+
+    @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
 
     @property
     def tasks(self) -> TaskStarter:

@@ -107,6 +107,15 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
         "binary: {fields: [{name: f, offset: 0, length: 1, %s}]}}]",
         "devices[0].binary.fields[0]", HEADER, below)
        for field, below in (("offset", "-1"), ("length", "0"))},
+    **{f"EventStreamConfig.{field}": (
+        "devices: [{id: d, driver: event_stream, profile: dahua, host: h, username: u, %s}]",
+        "devices[0]", HEADER, below)
+       for field, below in (("port", "0"), ("heartbeat", "0"), ("silence", "0.5"),
+                            ("clear_after", "1"), ("connect_timeout", "0"),
+                            ("reconnect_max", "0.5"), ("auth_retry", "0.5"),
+                            ("max_part", "1000"), ("backfill_max", "59"),
+                            ("backfill_page", "0"), ("backfill_major", "-1"),
+                            ("backfill_minor", "-1"))},
 }
 
 FINITE_ONLY = {
@@ -115,7 +124,8 @@ FINITE_ONLY = {
 }
 """Value transforms: any finite number is a legitimate setting (refused: .inf, .nan)."""
 
-OWN_PARSER = {"Point.address": "parse_address refuses anything outside 0..65535"}
+OWN_PARSER = {"Point.address": "parse_address refuses anything outside 0..65535",
+              "EventStreamConfig.channels": "each item Annotated ge=1 le=4096 (a list)"}
 
 PROFILE_ONLY = {"Profile.max_registers", "Profile.max_gap"}
 """Shipped Modbus profile files, not the config: checked on the model below."""
