@@ -50,7 +50,7 @@ async def backfill_loop(stream: HostStream) -> None:
         await stream.connected.wait()
         stream.connected.clear()
         for att in list(stream.attachments):
-            if not att.config.backfill or att.position is None:
+            if not att.config.backfill:
                 continue
             try:
                 count = await backfill(stream, att)
@@ -73,7 +73,7 @@ async def backfill(stream: HostStream, att: Attachment) -> int:
     """Fetch and store everything after the position; returns the events stored."""
     cfg = att.config
     position = att.position
-    assert position is not None and stream.profile.backfill_path is not None
+    assert position.path is not None and stream.profile.backfill_path is not None
     if position.load_error is not None:
         stream.problems.report(f"position:{att.ctx.device_id}",
                                f"backfill position unreadable, reading back "
@@ -128,7 +128,6 @@ async def backfill(stream: HostStream, att: Attachment) -> int:
 async def _store(stream: HostStream, att: Attachment, events: list[StreamEvent]) -> int:
     """New events of one page: submitted, committed, then the position advances."""
     position = att.position
-    assert position is not None
     new = [e for e in events if att.wants(e) and position.is_new(e)]
     duplicates = len(events) - len(new)
     if duplicates:

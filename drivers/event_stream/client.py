@@ -16,6 +16,7 @@ timeout per read instead (``StreamBody.read``), which is also how silence is det
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -76,13 +77,15 @@ class DeviceHttp:
         self.base_url = base_url.rstrip("/")
         self.connect_timeout = connect_timeout
         middlewares: tuple[aiohttp.DigestAuthMiddleware, ...] = ()
-        basic = None
+        headers: dict[str, str] = {}
         if auth == "digest" and username is not None:
             middlewares = (aiohttp.DigestAuthMiddleware(username, password or ""),)
         elif auth == "basic" and username is not None:
-            basic = aiohttp.BasicAuth(username, password or "")
+            # A header of our own: aiohttp deprecates BasicAuth/auth= for 4.0.
+            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {token}"
         self._session = aiohttp.ClientSession(
-            middlewares=middlewares, auth=basic,
+            middlewares=middlewares, headers=headers,
             connector=aiohttp.TCPConnector(ssl=verify_tls, limit=8),
             timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout,
                                           sock_connect=connect_timeout))

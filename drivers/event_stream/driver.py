@@ -18,6 +18,8 @@ from gateway.errors import DeviceError
 
 class EventStreamDriver(Driver):
     config: EventStreamConfig
+    stream: HostStream | None = None
+    """The host's shared stream while this device is attached (diagnostics, tests)."""
 
     async def run(self) -> None:
         gateway = self.ctx.gateway
@@ -25,7 +27,7 @@ class EventStreamDriver(Driver):
             raise DeviceError("the event_stream driver runs only inside a gateway")
         cfg = self.config
         position = Position.load(gateway.data_dir, self.ctx.device_id) if cfg.backfill \
-            else None
+            else Position(None)
         attachment = Attachment(cfg, self.ctx, position)
 
         async def make() -> HostStream:
@@ -33,7 +35,9 @@ class EventStreamDriver(Driver):
 
         async with self.ctx.resources.use(("event_stream", cfg.host, cfg.port), make) as stream:
             stream.attach(attachment)
+            self.stream = stream
             try:
                 await asyncio.Event().wait()  # the stream does the work until we are stopped
             finally:
+                self.stream = None
                 stream.detach(attachment)

@@ -28,7 +28,8 @@ RECENT = 4096
 
 @dataclass
 class Position:
-    path: Path
+    path: Path | None
+    """None: in memory only (a device without backfill still drops repeated event ids)."""
     time_ns: int | None = None
     """Device time of the newest committed access event (None: never read)."""
     utc_offset: int | None = None
@@ -100,6 +101,8 @@ class Position:
         self.save()
 
     def save(self) -> None:
+        if self.path is None:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         doc = {"time_ns": self.time_ns, "utc_offset": self.utc_offset,

@@ -61,7 +61,7 @@ class Attachment:
     """A device as its host's stream sees it."""
 
     def __init__(self, config: EventStreamConfig, ctx: DeviceContext,
-                 position: Position | None) -> None:
+                 position: Position) -> None:
         self.config = config
         self.ctx = ctx
         self.position = position
@@ -123,7 +123,7 @@ class HostStream:
         self.attachments.append(attachment)
         if self.condition != "starting":
             self._apply(attachment)
-        if attachment.position is not None and attachment.config.backfill:
+        if attachment.config.backfill:
             self.connected.set()  # a device added while connected backfills at once
 
     def detach(self, attachment: Attachment) -> None:
@@ -286,8 +286,7 @@ class HostStream:
             for event in events:
                 if not att.wants(event):
                     continue
-                if event.access and att.position is not None and \
-                        not att.position.is_new(event):
+                if event.access and not att.position.is_new(event):
                     att.ctx.count("duplicate")
                     continue
                 readings.append(self.reading(att, event))
@@ -311,7 +310,7 @@ class HostStream:
                     await self.gateway.submit(device_id, (reading,))
                 except Exception as exc:
                     att.ctx.count("poison")
-                    if event is not None and att.position is not None:
+                    if event is not None:
                         att.position.forget(event)
                     self.gateway.dead_letter(DeadLetter(
                         device_id, f"poison: {type(exc).__name__}: {exc}"[:300],
@@ -319,7 +318,7 @@ class HostStream:
                     continue
                 if event is not None and event.access:
                     accepted.append(event)
-        if accepted and att.position is not None:
+        if accepted:
             self._spawn(self._advance_after_commit(att.position, accepted))
 
     async def _advance_after_commit(self, position: Position, events: list[StreamEvent]
