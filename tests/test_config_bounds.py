@@ -116,6 +116,10 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
                             ("max_part", "1000"), ("backfill_max", "59"),
                             ("backfill_page", "0"), ("backfill_major", "-1"),
                             ("backfill_minor", "-1"))},
+    **{f"CameraHealthConfig.{field}": (
+        "devices: [{id: d, driver: camera_health, host: h, %s}]", "devices[0]", HEADER, below)
+       for field, below in (("rtsp_port", "0"), ("onvif_port", "0"), ("interval", "0.5"),
+                            ("timeout", "0"), ("max_skew", "0.5"))},
 }
 
 FINITE_ONLY = {

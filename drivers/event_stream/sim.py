@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
 import json
 import secrets
@@ -31,11 +30,9 @@ from typing import Any
 
 from aiohttp import web
 
+from drivers.event_stream.digest import digest_response, parse_auth_params
+
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8 + b"\xff\xd9"
-
-
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()  # RFC 7616 digest with MD5
 
 
 class DigestGuard:
@@ -76,41 +73,13 @@ class DigestGuard:
         nonce = params.get("nonce", "")
         if params.get("username") != self.username or nonce not in self.nonces:
             return self.challenge()
-        ha1 = _md5(f"{self.username}:{self.realm}:{self.password}")
-        ha2 = _md5(f"{request.method}:{params.get('uri', '')}")
-        if params.get("qop"):
-            expected = _md5(f"{ha1}:{nonce}:{params.get('nc', '')}:{params.get('cnonce', '')}:"
-                            f"{params['qop']}:{ha2}")
-        else:
-            expected = _md5(f"{ha1}:{nonce}:{ha2}")
+        expected = digest_response(self.username, self.password, request.method,
+                                   params.get("uri", ""), {**params, "realm": self.realm},
+                                   params.get("nc", ""), params.get("cnonce", ""))
         if params.get("response") != expected:
             return self.challenge()
         self.accepted += 1
         return None
-
-
-def parse_auth_params(text: str) -> dict[str, str]:
-    """``a="b", c=d`` -> {a: b, c: d} (quoted values may hold commas)."""
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(text):
-        eq = text.find("=", i)
-        if eq < 0:
-            break
-        key = text[i:eq].strip().strip(",").strip()
-        i = eq + 1
-        if i < len(text) and text[i] == '"':
-            end = text.find('"', i + 1)
-            end = len(text) if end < 0 else end
-            out[key] = text[i + 1:end]
-            i = end + 1
-        else:
-            end = text.find(",", i)
-            end = len(text) if end < 0 else end
-            out[key] = text[i:end].strip()
-            i = end
-        i += 1 if i < len(text) and text[i] == "," else 0
-    return out
 
 
 def part(body: bytes, content_type: str, boundary: str, length: bool = True) -> bytes:
