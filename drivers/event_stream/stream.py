@@ -51,10 +51,11 @@ log = logging.getLogger("iotgw.event_stream")
 SWEEP = 0.5
 """Longest single wait on the stream: active events are expired this often."""
 HEALTH_MEASUREMENT = "camera_health"
-SERIAL_SLOTS = 1_000_000
-"""An access event's timestamp is its device second plus ``serialNo % SERIAL_SLOTS``
-microseconds: two swipes in one second stay two points, and the same event seen on the
-stream and again by the backfill is the same point."""
+SERIAL_SLOTS = 1000
+"""An access event's timestamp is its device second plus ``serialNo % 1000``
+milliseconds: two swipes in one second stay two points, and the same event seen on the
+stream and again by the backfill is the same point. Milliseconds, not finer: stores such
+as VictoriaMetrics keep millisecond timestamps and would merge finer slots."""
 
 
 class Attachment:
@@ -256,9 +257,10 @@ class HostStream:
     # -- readings ----------------------------------------------------------------------
 
     def _arrival(self) -> int:
-        """Strictly increasing ns per stream: a store keeps one point per series and
-        time, so two events in one clock tick must not share one."""
-        self._last_arrival = max(time.time_ns(), self._last_arrival + 1)
+        """Arrival time, at least a millisecond after the previous one of this stream: a
+        store keeps one point per series and time, and some keep milliseconds only
+        (VictoriaMetrics), so a Start and its Stop in one burst must not share one."""
+        self._last_arrival = max(time.time_ns(), self._last_arrival + 1_000_000)
         return self._last_arrival
 
     def reading(self, att: Attachment, event: StreamEvent) -> Reading:
@@ -270,7 +272,7 @@ class HostStream:
             time_ns = event.time_ns if event.time_ns is not None else self._arrival()
             if event.serial is not None and event.time_ns is not None:
                 time_ns = (time_ns // 1_000_000_000) * 1_000_000_000 + \
-                    (event.serial % SERIAL_SLOTS) * 1000
+                    (event.serial % SERIAL_SLOTS) * 1_000_000
             return Reading(att.config.access_measurement, tags, fields, time_ns)
         if event.channel is not None:
             tags["channel"] = str(event.channel)

@@ -94,9 +94,9 @@ async def test_access_events_on_the_stream_and_pictures_not_stored(tmp_path: Pat
         assert [p.fields["serial"] for p in points] == [r["serialNo"] for r in records]
         assert [p.fields["card"] for p in points] == [r["cardNo"] for r in records]
         assert all(p.tags["major"] == "5" and p.tags["minor"] == "1" for p in points)
-        # device time, whole second, plus the serial as microseconds: unique, repeatable
+        # device time, whole second, plus the serial as milliseconds: unique, repeatable
         assert [p.time_ns % 1_000_000_000 for p in points] == [
-            r["serialNo"] * 1000 for r in records]
+            r["serialNo"] % 1000 * 1_000_000 for r in records]
         stream = host_stream(gw, "lobby")
         assert stream.counters["pictures"] == 5
         assert stream.counters["picture_bytes"] == 5 * len(JPEG)
