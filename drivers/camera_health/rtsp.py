@@ -64,11 +64,18 @@ class RtspProbe:
                               f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
         rtt = self.rtt = time.monotonic() - started
         try:
-            answer = await self._request(reader, writer, "OPTIONS", self.base + "/")
+            # Some cameras want credentials for OPTIONS too: the same 401 handling.
+            answer = await self._authorised(reader, writer, "OPTIONS", self.base + "/", {})
             if answer.status != 200:
                 raise BadAnswer(f"{self.base}: OPTIONS answered {answer.status}")
             if self.path is not None:
-                await self._describe(reader, writer, self.base + self.path)
+                url = self.base + self.path
+                answer = await self._authorised(reader, writer, "DESCRIBE", url,
+                                                {"Accept": "application/sdp"})
+                if answer.status == 404:
+                    raise BadAnswer(f"{url}: 404, wrong stream path")
+                if answer.status != 200:
+                    raise BadAnswer(f"{url}: DESCRIBE answered {answer.status}")
         finally:
             writer.close()
             with contextlib.suppress(OSError, TimeoutError):
@@ -76,24 +83,21 @@ class RtspProbe:
                     await writer.wait_closed()
         return rtt
 
-    async def _describe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        url: str) -> None:
-        answer = await self._request(reader, writer, "DESCRIBE", url,
-                                     {"Accept": "application/sdp"})
+    async def _authorised(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                          method: str, url: str, headers: dict[str, str]) -> RtspAnswer:
+        """The answer to ``method``, answering a 401 challenge once with our credentials;
+        a second 401 is ``auth_failed`` (the camera is alive, the password is wrong)."""
+        answer = await self._request(reader, writer, method, url, headers)
+        if answer.status != 401:
+            return answer
+        if not self.username:
+            raise DeviceAuthError(f"{url}: 401, and no credentials are configured")
+        header = self._authorization(method, url, answer.headers.get("www-authenticate", ""))
+        answer = await self._request(reader, writer, method, url,
+                                     {**headers, "Authorization": header})
         if answer.status == 401:
-            if not self.username:
-                raise DeviceAuthError(f"{url}: 401, and no credentials are configured")
-            header = self._authorization("DESCRIBE", url, answer.headers.get(
-                "www-authenticate", ""))
-            answer = await self._request(reader, writer, "DESCRIBE", url,
-                                         {"Accept": "application/sdp",
-                                          "Authorization": header})
-            if answer.status == 401:
-                raise DeviceAuthError(f"{url}: 401, credentials refused")
-        if answer.status == 404:
-            raise BadAnswer(f"{url}: 404, wrong stream path")
-        if answer.status != 200:
-            raise BadAnswer(f"{url}: DESCRIBE answered {answer.status}")
+            raise DeviceAuthError(f"{url}: 401, credentials refused")
+        return answer
 
     def _authorization(self, method: str, url: str, challenge: str) -> str:
         scheme, _, rest = challenge.strip().partition(" ")

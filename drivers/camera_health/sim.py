@@ -26,8 +26,10 @@ SDP = (b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Media Presentation\r\nc=IN IP4 0.0
 class RtspSim:
     def __init__(self, username: str | None = "admin", password: str = "cam-pass", *,
                  paths: tuple[str, ...] = ("/Streaming/Channels/101",),
-                 scheme: str = "digest") -> None:
+                 scheme: str = "digest", options_auth: bool = False) -> None:
         self.username, self.password, self.paths, self.scheme = username, password, paths, scheme
+        self.options_auth = options_auth
+        """Credentials needed for OPTIONS too (some firmware)."""
         self.realm = "IP Camera(iotgw-sim)"
         self.port = 0
         self.hang = False
@@ -74,6 +76,10 @@ class RtspSim:
 
     def _answer(self, method: str, url: str, headers: dict[str, str]) -> bytes:
         cseq = headers.get("cseq", "0")
+        if method == "OPTIONS" and self.options_auth and self.username is not None and \
+                not self._authorised(method, url, headers):
+            return self._reply(401, "Unauthorized", cseq,
+                               {"WWW-Authenticate": self._challenge()})
         if method == "OPTIONS":
             return self._reply(200, "OK", cseq, {"Public": "OPTIONS, DESCRIBE, SETUP, PLAY, "
                                                             "TEARDOWN, GET_PARAMETER"})

@@ -31,18 +31,20 @@ from gateway.errors import DeviceAuthError, DeviceError
 MAX_ANSWER = 4 * 1024 * 1024
 """Largest non-stream answer read (an AcsEvent page of 30 records is ~20 kB)."""
 READ_CHUNK = 64 * 1024
-AUTH_STATUSES = frozenset({401, 403})
+STATUS_ERRORS: dict[int, tuple[type[DeviceError], str]] = {
+    401: (DeviceAuthError, "credentials refused"),
+    403: (DeviceAuthError, "credentials refused (forbidden)"),
+    404: (BadAnswer, "wrong path, or not supported by this device"),
+}
+"""Statuses with a meaning of their own; any other non-2xx is ``BadAnswer``."""
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
 
 
 def _status_error(status: int, what: str) -> DeviceError:
-    if status in AUTH_STATUSES:
-        return DeviceAuthError(f"{status} from {what}: credentials refused")
-    if status == 404:
-        return BadAnswer(f"404 from {what}: wrong path, or not supported by this device")
-    return BadAnswer(f"{status} from {what}")
+    kind, meaning = STATUS_ERRORS.get(status, (BadAnswer, "unexpected status"))
+    return kind(f"{status} from {what}: {meaning}")
 
 
 @dataclass

@@ -34,7 +34,7 @@ def latest(gw: Running, device_id: str) -> dict[str, object]:
 async def test_conditions_are_told_apart(tmp_path: Path,
                                          caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    digest, basic = RtspSim(), RtspSim(scheme="basic")
+    digest, basic = RtspSim(), RtspSim(scheme="basic", options_auth=True)
     onvif = OnvifSim(skew=123.0)
     for server in (digest, basic, onvif):
         await server.start()
