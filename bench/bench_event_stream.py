@@ -98,7 +98,9 @@ async def bench_streams(hosts: int, seconds: float, rate: float) -> None:
             sys.executable, "-m", "gateway", "run", str(config), cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         try:
-            while sum(s.open_streams for s in sims) < hosts:
+            for _ in range(600):  # at most a minute for every stream to open
+                if sum(s.open_streams for s in sims) >= hosts:
+                    break
                 await asyncio.sleep(0.1)
             sent = 0
 
