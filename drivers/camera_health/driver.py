@@ -83,6 +83,8 @@ class CameraHealthDriver(Driver):
             ctx.count(condition)
             self.problems.report("probe", f"camera {ctx.device_id}: {condition}: {detail}",
                                  level=logging.WARNING, kind=condition)
+        # last_seen before the state: the state message carries it (ops bus, retained)
+        ctx.status.last_seen = self.last_answer
         ctx.set_state(STATES[condition], None if condition == UP else f"{condition}: {detail}")
         fields.update({"up": int(condition == UP), "condition": condition})
         await ctx.emit([Reading(cfg.measurement, {"probe": "rtsp"}, fields, time.time_ns())])

@@ -27,6 +27,7 @@ from drivers.event_stream.active import ActiveTracker
 from drivers.event_stream.client import DeviceHttp
 from drivers.event_stream.conditions import (
     AUTH_FAILED,
+    BAD_ANSWER,
     STATES,
     UP,
     StreamSilent,
@@ -51,6 +52,8 @@ log = logging.getLogger("iotgw.event_stream")
 SWEEP = 0.5
 """Longest single wait on the stream: active events are expired this often."""
 HEALTH_MEASUREMENT = "camera_health"
+ANSWERED = frozenset({AUTH_FAILED, BAD_ANSWER})
+"""Conditions in which the device did answer (so it is alive)."""
 SERIAL_SLOTS = 1000
 """An access event's timestamp is its device second plus ``serialNo % 1000``
 milliseconds: two swipes in one second stay two points, and the same event seen on the
@@ -158,6 +161,13 @@ class HostStream:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _seen(self) -> None:
+        """The device answered: every attached device's last-seen is now (set before a
+        state change, whose message carries it)."""
+        seen = time.time()
+        for att in self.attachments:
+            att.ctx.status.last_seen = seen
+
     # -- the reader --------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -172,6 +182,8 @@ class HostStream:
                 failure = exc
             condition = condition_of(failure)
             self.counters[condition] += 1
+            if condition in ANSWERED:
+                self._seen()  # it answered (a 401 is an answer): alive, last-seen moves
             self._set_condition(condition, str(failure))
             self.problems.report("stream", f"{self.name}: {condition}: {failure}",
                                  level=logging.WARNING, kind=condition)
@@ -186,6 +198,7 @@ class HostStream:
         async with self.http.stream(self.profile.path(cfg)) as body:
             splitter = MultipartSplitter(boundary_of(body.content_type), cfg.max_part)
             self.connects += 1
+            self._seen()
             self._set_condition(UP, None)
             self.problems.recovered("stream", f"{self.name}: stream connected")
             self.connected.set()
@@ -205,9 +218,7 @@ class HostStream:
                         if not got_part:
                             got_part = True
                             backoff.reset()  # only once the device really talks
-                        seen = time.time()
-                        for att in self.attachments:
-                            att.ctx.status.last_seen = seen
+                        self._seen()
                     await self._handle(items)
                     if splitter.finished:
                         return

@@ -5,16 +5,22 @@ skewed clock, real servers on loopback."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import time
 from pathlib import Path
+from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from drivers.camera_health.onvif import parse_utc
 from drivers.camera_health.sim import OnvifSim, RtspSim
 from drivers.event_stream.conditions import BadAnswer
 from drivers.event_stream.tests.harness import Running, running, write_config
-from tests.servers import free_port
+from tests.servers import Mosquitto, free_port
+from tests.test_mqtt_faults import retained
 
 PATH = "/Streaming/Channels/101"
 
@@ -115,3 +121,59 @@ def test_onvif_answers_are_parsed_without_trusting_them() -> None:
                 b'<!DOCTYPE x [<!ENTITY e "e">]><Envelope>&e;</Envelope>'):
         with pytest.raises(BadAnswer):
             parse_utc(bad)
+
+
+async def test_conditions_on_the_ops_bus_state_topic(tmp_path: Path,
+                                                     mosquitto: Mosquitto) -> None:
+    """The same retained ``devices/<id>/state`` every device has, condition first in
+    ``last_error``, and the reading on the live values topic."""
+    sim = RtspSim()
+    await sim.start()
+    dead = free_port()
+    mqtt = (f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, username: gw, "
+            f"password: {mosquitto.users['gw']}, base_topic: compound/cams/gw}}\n")
+    config = write_config(tmp_path / "gw.yaml",
+                          camera("cam-up", sim.port) + camera("cam-refused", sim.port,
+                                                              password="nope-nope")
+                          + camera("cam-gone", dead), extra=mqtt)
+    async with running(config) as gw:
+        await gw.until(lambda: all(gw.points("camera_health", d) for d in
+                                   ("cam-up", "cam-refused", "cam-gone")), what="probes")
+        states = {}
+        for device in ("cam-up", "cam-refused", "cam-gone"):
+            body = await asyncio.to_thread(retained, mosquitto,
+                                           f"compound/cams/gw/devices/{device}/state")
+            states[device] = json.loads(body)
+        values = await asyncio.to_thread(retained_or_live, mosquitto,
+                                         "compound/cams/gw/devices/cam-gone/values")
+    assert states["cam-up"]["state"] == "online" and states["cam-up"]["last_error"] is None
+    assert states["cam-refused"]["state"] == "error"
+    assert states["cam-refused"]["last_error"].startswith("auth_failed: ")
+    assert states["cam-refused"]["last_seen"] is not None  # it answered
+    assert states["cam-gone"]["state"] == "offline"
+    assert states["cam-gone"]["last_error"].startswith("unreachable: ")
+    assert states["cam-gone"]["last_seen"] is None
+    assert "nope-nope" not in json.dumps(states)
+    assert values["measurement"] == "camera_health" and values["fields"]["up"] == 0
+    await sim.stop()
+
+
+def retained_or_live(broker: Mosquitto, topic: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The first message on ``topic`` (live values are not retained)."""
+    got: list[bytes] = []
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.username_pw_set("ops", broker.users["ops"])
+    client.on_message = lambda c, u, m: got.append(bytes(m.payload))
+    client.connect("127.0.0.1", broker.port)
+    client.subscribe(topic, 0)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    assert got, f"nothing on {topic}"
+    body: dict[str, Any] = json.loads(got[0])
+    return body
