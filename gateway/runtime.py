@@ -285,6 +285,10 @@ class Gateway:
         self.pipeline.set_pseudonymizer(load_pseudonymizer(new))
         if new.model.gateway != old.model.gateway:
             self.pipeline.set_site(new.model.gateway.site, new.model.gateway.id)
+        # Before any device or sink starts: their tasks read the config through the
+        # plugin handle (section(), data_dir) on their first await, and a device added
+        # with its mqtt: section in the same reload failed "needs the mqtt: section".
+        self.config = new
 
         wanted_devices = {d.id: d for d in new.devices}
         changed = [i for i, d in self._device_configs.items() if wanted_devices.get(i) != d]
@@ -302,7 +306,6 @@ class Gateway:
         for name, sink in wanted_sinks.items():
             if name not in self._sink_configs:
                 self._start_sink(sink)
-        self.config = new
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
                  "removed", len(changed), len(stale))
         return True
