@@ -189,6 +189,9 @@ class HikvisionSim(_Server):
         self.clock_offset = 0.0
         self.log: list[dict[str, Any]] = []
         self.searches: list[dict[str, Any]] = []
+        self.login_page = False
+        """Answer the stream with an HTML page (a device behind a captive portal, or a
+        firmware that wants its web login first)."""
         self._serial = itertools.count(1001)
         self.app.router.add_get("/ISAPI/Event/notification/alertStream", self._alert_stream)
         self.app.router.add_post("/ISAPI/AccessControl/AcsEvent", self._acs_event)
@@ -264,6 +267,9 @@ class HikvisionSim(_Server):
         refused = self.guard.check(request)
         if refused is not None:
             return refused
+        if self.login_page:
+            return web.Response(text="<html><body>Please log in</body></html>",
+                                content_type="text/html")
         return await self._serve_stream(
             request, f"multipart/mixed; boundary={self.BOUNDARY}", self._keepalive,
             self.keepalive)

@@ -30,6 +30,7 @@ from drivers.event_stream.conditions import (
     BAD_ANSWER,
     STATES,
     UP,
+    BadAnswer,
     StreamSilent,
     Unreachable,
     condition_of,
@@ -70,10 +71,12 @@ class Attachment:
         self.ctx = ctx
         self.position = position
         self.channels = frozenset(config.channels)
-        self.events = frozenset(config.events)
+        self.events = frozenset(e.lower() for e in config.events)
+        """Case-insensitive: Hikvision firmware says VMD or vmd, linedetection or
+        LineDetection, depending on its age."""
 
     def wants(self, event: StreamEvent) -> bool:
-        if self.events and event.code not in self.events:
+        if self.events and event.code.lower() not in self.events:
             return False
         return not self.channels or event.channel is None or event.channel in self.channels
 
@@ -114,7 +117,7 @@ class HostStream:
 
     def _task_failed(self, exc: BaseException) -> None:
         self.counters["task_failures"] += 1
-        self._set_condition("bad_answer", f"reader failed: {type(exc).__name__}: {exc}")
+        self._set_condition(BAD_ANSWER, f"reader failed: {type(exc).__name__}: {exc}")
 
     async def close(self) -> None:
         await self.gateway.tasks.stop([self.name, f"{self.name}:backfill"])
@@ -145,7 +148,7 @@ class HostStream:
 
     def _apply(self, att: Attachment) -> None:
         error = None if self.condition == UP else f"{self.condition}: {self.detail}"
-        att.ctx.set_state(STATES.get(self.condition, STATES["bad_answer"]), error)
+        att.ctx.set_state(STATES.get(self.condition, STATES[BAD_ANSWER]), error)
 
     async def _health_readings(self, condition: str) -> None:
         """A ``camera_health`` reading per device on each change: a rule input (an
@@ -196,6 +199,10 @@ class HostStream:
         cfg = self.config
         silence = cfg.silence_seconds()
         async with self.http.stream(self.profile.path(cfg)) as body:
+            kind = (body.content_type or "").split(";", 1)[0].strip().lower()
+            if kind and not kind.startswith("multipart/"):
+                # a login page, an error page, a proxy: not an event stream
+                raise BadAnswer(f"{self.name}: answered {kind[:40]}, not a multipart stream")
             splitter = MultipartSplitter(boundary_of(body.content_type), cfg.max_part)
             self.connects += 1
             self._seen()

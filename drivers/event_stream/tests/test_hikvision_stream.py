@@ -103,3 +103,25 @@ async def test_access_events_on_the_stream_and_pictures_not_stored(tmp_path: Pat
         assert gw.counters("lobby") == {"duplicate": 1}  # the repeated post, by serialNo
         assert sim.guard.accepted >= 1
     await sim.stop()
+
+
+async def test_an_html_answer_is_a_bad_answer_and_codes_match_any_case(tmp_path: Path) -> None:
+    portal, cam = HikvisionSim(), HikvisionSim()
+    portal.login_page = True
+    await portal.start()
+    await cam.start()
+    config = write_config(tmp_path / "gw.yaml", hik("portal", portal.port)
+                          + hik("cam", cam.port, "events: [vmd]"))
+    async with running(config) as gw:
+        status = gw.status("portal")
+        await gw.until(lambda: status.state == "error", what="bad answer")
+        assert (status.last_error or "").startswith("bad_answer: ")
+        assert "not a multipart stream" in (status.last_error or "")
+        await gw.until(lambda: cam.open_streams == 1, what="stream")
+        cam.alert("VMD")  # older firmware's spelling of vmd
+        cam.alert("linedetection")  # not listed: not stored
+        await gw.until(lambda: gw.points("camera_event", "cam"), what="the vmd event")
+        await asyncio.sleep(0.3)
+        assert [p.tags["event"] for p in gw.points("camera_event", "cam")] == ["VMD"]
+    await portal.stop()
+    await cam.stop()
