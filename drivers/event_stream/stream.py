@@ -130,7 +130,7 @@ class HostStream:
         self.attachments.append(attachment)
         if self.condition != "starting":
             self._apply(attachment)
-        if attachment.config.backfill:
+        if attachment.config.backfill and self.condition == UP:
             self.connected.set()  # a device added while connected backfills at once
 
     def detach(self, attachment: Attachment) -> None:
