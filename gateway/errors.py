@@ -65,6 +65,16 @@ class DeviceError(GatewayError):
     retryable = True
 
 
+class DeviceAuthError(DeviceError):
+    """The device answered but refused our credentials (HTTP 401/403, RTSP 401).
+
+    Alive, so not "unreachable", and not fixed by retrying at once: a wrong password
+    retried every second also locks the account on many cameras. Not retryable, so a
+    supervised task that raises it waits the long restart pause."""
+
+    retryable = False
+
+
 class CommandRefused(GatewayError):
     """An ops command was not carried out: unknown device, point not allow-listed,
     unsupported by the driver, bad value. The reason goes back to the requester."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -48,6 +49,12 @@ class DeadLetter:
 class GatewayHandle(Protocol):
     @property
     def gateway_id(self) -> str: ...
+
+    @property
+    def data_dir(self) -> Path:
+        """The gateway's resolved data directory: where a plugin keeps small durable state
+        of its own (a backfill position), beside the buffer."""
+        ...
 
     @property
     def resources(self) -> SharedResources:

@@ -13,6 +13,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from gateway.alarms import service as alarm_service
@@ -281,6 +282,10 @@ class Gateway:
         return self.config.model.gateway.id
 
     @property
+    def data_dir(self) -> Path:
+        return self.config.data_dir
+
+    @property
     def tasks(self) -> TaskStarter:
         if self.supervisor is None:
             raise RuntimeError("the gateway is not running")
@@ -339,6 +344,10 @@ class Gateway:
         self.pipeline.set_pseudonymizer(load_pseudonymizer(new))
         if new.model.gateway != old.model.gateway:
             self.pipeline.set_site(new.model.gateway.site, new.model.gateway.id)
+        # Before any device or sink starts: their tasks read the config through the
+        # plugin handle (section(), data_dir) on their first await, and a device added
+        # with its mqtt: section in the same reload failed "needs the mqtt: section".
+        self.config = new
 
         wanted_devices = {d.id: d for d in new.devices}
         changed = [i for i, d in self._device_configs.items() if wanted_devices.get(i) != d]
@@ -362,7 +371,6 @@ class Gateway:
             await self._open_alarms(new)
             if self._alarms is not None and self.supervisor is not None:
                 self.supervisor.start("alarms", self._alarms.run)
-        self.config = new
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
                  "removed", len(changed), len(stale))
         return True

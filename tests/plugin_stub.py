@@ -7,6 +7,7 @@ Pipeline when given one."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -22,7 +23,9 @@ class StubGateway:
     gateway_id = "gw"
 
     def __init__(self, pipeline: Pipeline | None = None,
-                 refuse: Callable[[Sequence[Reading]], bool] | None = None) -> None:
+                 refuse: Callable[[Sequence[Reading]], bool] | None = None,
+                 data_dir: Path = Path("/nonexistent/stub-data-dir")) -> None:
+        self.data_dir = data_dir
         self.pipeline = pipeline
         self.refuse = refuse
         self.resources = SharedResources()

@@ -141,6 +141,19 @@ BOUNDED: dict[str, tuple[str, str, str, str]] = {
        for field, below in (("checkpoint_interval", "0.1"), ("max_alarms", "9"),
                             ("flood_count", "0"), ("flood_window", "0.5"),
                             ("journal_keep", "59m"))},
+    **{f"EventStreamConfig.{field}": (
+        "devices: [{id: d, driver: event_stream, profile: dahua, host: h, username: u, %s}]",
+        "devices[0]", HEADER, below)
+       for field, below in (("port", "0"), ("heartbeat", "0"), ("silence", "0.5"),
+                            ("clear_after", "1"), ("connect_timeout", "0"),
+                            ("reconnect_max", "0.5"), ("auth_retry", "0.5"),
+                            ("max_part", "1000"), ("backfill_max", "59"),
+                            ("backfill_page", "0"), ("backfill_major", "-1"),
+                            ("backfill_minor", "-1"))},
+    **{f"CameraHealthConfig.{field}": (
+        "devices: [{id: d, driver: camera_health, host: h, %s}]", "devices[0]", HEADER, below)
+       for field, below in (("rtsp_port", "0"), ("onvif_port", "0"), ("interval", "0.5"),
+                            ("timeout", "0"), ("max_skew", "0.5"))},
 }
 
 FINITE_ONLY = {
@@ -151,7 +164,8 @@ FINITE_ONLY = {
 
 OWN_PARSER = {"Point.address": "parse_address refuses anything outside 0..65535",
               "RuleAction.value": "a value written to a device point: the point's own "
-                                  "encoding (allow_write, register type) bounds it"}
+                                  "encoding (allow_write, register type) bounds it",
+              "EventStreamConfig.channels": "each item Annotated ge=1 le=4096 (a list)"}
 
 PROFILE_ONLY = {"Profile.max_registers", "Profile.max_gap"}
 """Shipped Modbus profile files, not the config: checked on the model below."""

@@ -1,5 +1,5 @@
 """Hikvision ISAPI push ("listening host"): ``EventNotificationAlert`` as XML, JSON or
-``multipart/form-data``. The only module that imports ``defusedxml``.
+``multipart/form-data``. XML goes through gateway/xmlsafe.py (defusedxml).
 
 * ANPR cameras post three parts: ``anpr.xml`` plus ``licensePlatePicture.jpg`` and
   ``detectionPicture.jpg`` -> ``vehicle_event`` (plate, confidence, plate_color_name,
@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from xml.etree.ElementTree import Element
-
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, fromstring
 
 from drivers.camera_push import multipart
 from drivers.camera_push.payload import Answer, Image, Parsed, Refused, clean_fields, malformed
 from drivers.camera_push.payload import media_type as _media_type
 from drivers.camera_push.values import as_float, as_int, as_text, iso_ns, parse_json
+from gateway import xmlsafe
 from gateway.reading import FieldValue, Reading
 
 XML_TYPES = frozenset({"application/xml", "text/xml"})
@@ -79,18 +76,18 @@ def parse_xml(body: bytes) -> Any:
     """XML -> nested dicts of element text (namespaces dropped; a repeated element
     becomes a list). Entities, DTDs and external references are refused by defusedxml."""
     try:
-        root = fromstring(body, forbid_dtd=True)
-    except (ParseError, DefusedXmlException, ValueError) as exc:
+        root = xmlsafe.parse(body)
+    except xmlsafe.XmlRefused as exc:
         raise malformed("invalid_xml", str(exc)[:80]) from None
     counter = [0]
     return {_local(root.tag): _element(root, 0, counter)}
 
 
 def _local(tag: Any) -> str:
-    return str(tag).rsplit("}", 1)[-1]
+    return xmlsafe.local(str(tag))
 
 
-def _element(element: Element, depth: int, counter: list[int]) -> Any:
+def _element(element: xmlsafe.Element, depth: int, counter: list[int]) -> Any:
     counter[0] += 1
     if depth > MAX_DEPTH or counter[0] > MAX_ELEMENTS:
         raise malformed("invalid_xml", "too deep or too many elements")
