@@ -82,6 +82,10 @@ class DeviceStatus:
     state: DeviceState = DeviceState.STARTING
     last_seen: float | None = None
     last_error: str | None = None
+    condition: str | None = None
+    """A driver's one-word reason beside the state, for dashboards and rules to key on
+    without parsing ``last_error`` (a camera: up, auth_failed, unreachable,
+    stream_silent); None for drivers that have nothing finer than the state."""
     since: float = field(default_factory=time.time)
     poll_seconds: float | None = None
     """How long the last successful poll took, waiting for the bus included."""
@@ -125,11 +129,14 @@ class DeviceContext:
             self.status.last_seen = time.time()
             await self._emit(self.device_id, readings)
 
-    def set_state(self, state: DeviceState, error: str | None = None) -> None:
+    def set_state(self, state: DeviceState, error: str | None = None, *,
+                  condition: str | None = None) -> None:
         status = self.status
-        if state is status.state and error == status.last_error:
+        if (state is status.state and error == status.last_error
+                and condition == status.condition):
             return
         status.state = state
+        status.condition = condition
         status.last_error = error if error is not None else (
             status.last_error if state is not DeviceState.ONLINE else None)
         status.since = time.time()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.gwproc import GatewayProcess
 from tests.servers import Mosquitto, VictoriaMetrics
-from tests.support.mqtt import TestClient, connect, mqtt_config
+from tests.support.mqtt import TestClient, connect, mqtt_config, retained
 from tests.support.wait import eventually_sync
 
 DEVICE = """\
@@ -103,19 +103,6 @@ def test_broker_restart_under_load(tmp_path: Path, mosquitto_factory: Callable[.
         assert gw.stop() == 0
     assert len(got) == count, "duplicates in the store"
     assert sum("connected" in m and "-dev" in m for m in gw.messages()) >= 2
-
-
-def retained(broker: Mosquitto, topic: str, user: str = "ops", timeout: float = 20.0) -> bytes:
-    """The retained message on ``topic`` (the broker may still be coming back)."""
-    client = eventually_sync(lambda: connect(broker, user), within=timeout,
-                             ignore=(OSError,), what=f"connected to {broker}")
-    try:
-        client.subscribe(topic, 1)
-        got = eventually_sync(lambda: [p for t, p, kept in client.messages if kept],
-                              within=timeout, what=f"retained message on {topic}")
-    finally:
-        client.close()
-    return got[-1]
 
 
 def test_last_will_on_kill_and_birth_on_return(tmp_path: Path, mosquitto_factory: Callable[...,

@@ -85,7 +85,8 @@ class CameraHealthDriver(Driver):
                                  level=logging.WARNING, kind=condition)
         # last_seen before the state: the state message carries it (ops bus, retained)
         ctx.status.last_seen = self.last_answer
-        ctx.set_state(STATES[condition], None if condition == UP else f"{condition}: {detail}")
+        ctx.set_state(STATES[condition], None if condition == UP else f"{condition}: {detail}",
+                      condition=condition)
         fields.update({"up": int(condition == UP), "condition": condition})
         await ctx.emit([Reading(cfg.measurement, {"probe": "rtsp"}, fields, time.time_ns())])
         ctx.status.last_seen = self.last_answer  # emit stamps "now"; we mean "answered"

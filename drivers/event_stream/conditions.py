@@ -5,8 +5,10 @@ credentials (``auth_failed``: someone changed the password, or it is locking us 
 it does not answer at all (``unreachable``); or the connection is open but nothing comes
 (``stream_silent``: a half-open TCP connection after a reboot, a hung firmware). The
 ops bus and metrics keep the one state enum every device has (online / offline / error);
-the condition is the first word of ``last_error`` ("auth_failed: 401 from ...") and a
-field of the ``camera_health`` reading, so a rule or a dashboard can key on it.
+the condition is ``DeviceStatus.condition`` (``condition`` on ``devices/<id>/state``,
+``iotgw_device_condition`` in the metrics, shown in ``iotgw status``), the first word of
+``last_error`` ("auth_failed: 401 from ...") and a field of the ``camera_health``
+reading, so a rule or a dashboard can key on it.
 
 The exceptions are the project's own (gateway/errors.py) so the supervisor and callers
 decide from ``retryable`` without knowing aiohttp: the client module converts to them.

@@ -148,7 +148,8 @@ class HostStream:
 
     def _apply(self, att: Attachment) -> None:
         error = None if self.condition == UP else f"{self.condition}: {self.detail}"
-        att.ctx.set_state(STATES.get(self.condition, STATES[BAD_ANSWER]), error)
+        att.ctx.set_state(STATES.get(self.condition, STATES[BAD_ANSWER]), error,
+                          condition=self.condition if self.condition in STATES else None)
 
     async def _health_readings(self, condition: str) -> None:
         """A ``camera_health`` reading per device on each change: a rule input (an

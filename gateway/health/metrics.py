@@ -159,6 +159,10 @@ class SnapshotCollector(Collector):
         latency = GaugeMetricFamily("iotgw_device_poll_seconds",
                                     "Duration of the device's last successful poll, waiting "
                                     "for the bus included (polled drivers)", labels=["device"])
+        condition = GaugeMetricFamily(
+            "iotgw_device_condition", "1 for the device's current condition, the driver's "
+            "word beside the state (cameras: up, auth_failed, unreachable, stream_silent)",
+            labels=["device", "condition"])
         problems = CounterMetricFamily("iotgw_device_events",
                                        "Per-device counters kept by its driver (timeouts, bad "
                                        "frames, writes...)", labels=["device", "kind"])
@@ -168,11 +172,13 @@ class SnapshotCollector(Collector):
             if device["last_seen"] is not None:
                 seen.add_metric([device_id], device["last_seen"])
             since.add_metric([device_id], device["since"])
+            if device.get("condition") is not None:
+                condition.add_metric([device_id, device["condition"]], 1)
             if device.get("poll_seconds") is not None:
                 latency.add_metric([device_id], device["poll_seconds"])
             for kind, count in device["counters"].items():
                 problems.add_metric([device_id, kind], count)
-        yield from (state, seen, since, latency, problems)
+        yield from (state, seen, since, latency, condition, problems)
 
     def _alarms(self) -> Iterator[Metric]:
         """Alarm counts (not health: readiness never depends on alarms). A snapshot from an

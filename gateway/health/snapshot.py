@@ -112,7 +112,8 @@ def _devices(gateway: Any) -> dict[str, Any]:
         status = ctx.status
         out[device_id] = {
             "state": str(status.state), "since": status.since, "last_seen": status.last_seen,
-            "last_error": status.last_error, "counters": dict(sorted(status.counters.items())),
+            "last_error": status.last_error, "condition": status.condition,
+            "counters": dict(sorted(status.counters.items())),
             "poll_seconds": status.poll_seconds,
         }
     return out

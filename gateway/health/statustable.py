@@ -64,6 +64,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _state_with_condition(device: dict[str, Any]) -> str:
+    """``offline (unreachable)``: the driver's word says what to do about it."""
+    condition = device.get("condition")
+    if condition is None or condition == "up":
+        return str(device["state"])
+    return f"{device['state']} ({condition})"
+
+
 def format_status(snap: dict[str, Any]) -> str:
     gw, health, loop, clock = snap["gateway"], snap["health"], snap["loop"], snap["clock"]
     readings, buf = snap["readings"], snap["buffer"]
@@ -107,7 +115,7 @@ def format_status(snap: dict[str, Any]) -> str:
     out.extend(_table(["sink", "state", "lag lines", "sent", "rejected", "errors",
                        "last error"], sink_rows))
     out.append("")
-    device_rows = [[device_id, d["state"], _age(d["last_seen"], now),
+    device_rows = [[device_id, _state_with_condition(d), _age(d["last_seen"], now),
                     ", ".join(f"{k} {v}" for k, v in d["counters"].items()) or "-",
                     (d["last_error"] or "")[:60]]
                    for device_id, d in snap["devices"].items()]

@@ -202,6 +202,8 @@ class OpsBus:
     def _publish_state(self, device_id: str, status: DeviceStatus) -> None:
         body = {"state": str(status.state), "since": _iso(status.since),
                 "last_seen": _iso(status.last_seen), "last_error": status.last_error}
+        if status.condition is not None:
+            body["condition"] = status.condition
         self.connection.publish(f"{self.base}/devices/{device_id}/state", _dumps(body), 1, True,
                                 queue=False)
 

@@ -30,6 +30,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from tests.support.servers.common import LOOPBACK
 from tests.support.servers.mosquitto import Mosquitto
+from tests.support.wait import eventually_sync
 
 WAIT = 15.0
 """Hang guard (seconds) for the CONNACK and each SUBACK."""
@@ -191,3 +192,16 @@ def mqtt_config(path: Path, broker: Mosquitto, *, base: str, devices: str, sinks
         "  username: gw\n  password: gw-secret\n"
         f"  base_topic: {base}\n  client_id: {base.replace('/', '-')}\n{extra_mqtt}"
         f"devices:\n{devices}")
+
+
+def retained(broker: Mosquitto, topic: str, user: str = "ops", timeout: float = 20.0) -> bytes:
+    """The retained message on ``topic`` (the broker may still be coming back)."""
+    client = eventually_sync(lambda: connect(broker, user), within=timeout,
+                             ignore=(OSError,), what=f"connected to {broker}")
+    try:
+        client.subscribe(topic, 1)
+        got = eventually_sync(lambda: [p for t, p, kept in client.messages if kept],
+                              within=timeout, what=f"retained message on {topic}")
+    finally:
+        client.close()
+    return got[-1]

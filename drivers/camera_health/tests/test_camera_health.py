@@ -19,8 +19,11 @@ from drivers.camera_health.onvif import parse_utc
 from drivers.camera_health.sim import OnvifSim, RtspSim
 from drivers.event_stream.conditions import BadAnswer
 from drivers.event_stream.tests.harness import Running, running, write_config
+from gateway.health.metrics import render
+from gateway.health.snapshot import collect
+from gateway.health.statustable import format_status
 from tests.servers import Mosquitto, free_port
-from tests.test_mqtt_faults import retained
+from tests.support.mqtt import retained
 
 PATH = "/Streaming/Channels/101"
 
@@ -63,6 +66,17 @@ async def test_conditions_are_told_apart(tmp_path: Path,
                           "wrong-path": ("error", "bad_answer"),
                           "gone": ("offline", "unreachable")}
         assert "404" in (gw.status("wrong-path").last_error or "")
+        assert {d: gw.status(d).condition for d in ids} == {
+            "up": "up", "basic": "up", "wrong-pass": "auth_failed",
+            "wrong-path": "bad_answer", "gone": "unreachable"}
+        # The same word in /status, the metrics and the `iotgw status` table.
+        snap = await collect(gw.gateway)
+        assert snap["devices"]["wrong-pass"]["condition"] == "auth_failed"
+        metrics = render(snap).decode()
+        assert 'iotgw_device_condition{condition="auth_failed",device="wrong-pass"} 1.0' in metrics
+        assert 'iotgw_device_condition{condition="unreachable",device="gone"} 1.0' in metrics
+        table = format_status(snap)
+        assert "offline (unreachable)" in table and "error (auth_failed)" in table
         up = latest(gw, "up")
         assert up["up"] == 1 and up["condition"] == "up"
         assert isinstance(up["rtt_ms"], float) and up["rtt_ms"] >= 0
@@ -153,6 +167,8 @@ async def test_conditions_on_the_ops_bus_state_topic(tmp_path: Path,
     assert states["cam-gone"]["state"] == "offline"
     assert states["cam-gone"]["last_error"].startswith("unreachable: ")
     assert states["cam-gone"]["last_seen"] is None
+    assert {d: s["condition"] for d, s in states.items()} == {
+        "cam-up": "up", "cam-refused": "auth_failed", "cam-gone": "unreachable"}
     assert "nope-nope" not in json.dumps(states)
     assert values["measurement"] == "camera_health" and values["fields"]["up"] == 0
     await sim.stop()

@@ -75,6 +75,7 @@ async def test_silent_stream_is_detected_within_three_heartbeats(tmp_path: Path)
         status = gw.status("cam")
         await gw.until(lambda: status.state == "offline", what="stream_silent")
         assert status.last_error is not None and status.last_error.startswith("stream_silent:")
+        assert status.condition == "stream_silent"
         assert status.last_seen is not None
         # Silence is measured from the last part to the moment the state changed.
         ratio = (status.since - status.last_seen) / interval
