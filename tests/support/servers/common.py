@@ -85,6 +85,15 @@ def http_request(
         return err.code, err.read()
 
 
+def _all_threads_stopped(pid: int) -> bool:
+    """Every thread of ``pid`` in state T (stopped), from /proc/<pid>/task/*/stat."""
+    states = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        with contextlib.suppress(OSError):  # a thread that exited meanwhile
+            states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+    return bool(states) and all(state in ("T", "t") for state in states)
+
+
 def check_ok(status: int, body: bytes, what: str) -> bytes:
     if status >= 300:
         raise ServerError(f"{what}: HTTP {status}: {body.decode(errors='replace')[:2000]}")
@@ -242,10 +251,19 @@ class ServerProcess:
         self._close_log()
 
     def pause(self) -> None:
-        """SIGSTOP: the server keeps its sockets but answers nothing (a hung server)."""
+        """SIGSTOP: the server keeps its sockets but answers nothing (a hung server).
+
+        Returns once every thread of the server is stopped: the kernel stops each thread
+        when it next runs, and on a loaded machine a thread of a multi-threaded server
+        (VictoriaMetrics is Go) answered one more request after kill() had returned."""
         if self.running:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGSTOP)
+            deadline = time.monotonic() + 10
+            while not _all_threads_stopped(self.proc.pid):
+                if time.monotonic() > deadline:
+                    raise ServerError(f"{self.name}: threads still running 10 s after SIGSTOP")
+                time.sleep(0.005)
 
     def resume(self) -> None:
         """SIGCONT after pause()."""
