@@ -452,3 +452,21 @@ def test_pack_loads_with_every_kind_of_device_and_none(tmp_path: Path) -> None:
     loaded = load_config(config, environ={})
     assert len(loaded.model.rules) == 18
     assert all(rule.optional for rule in loaded.model.rules)
+
+
+def test_the_pack_is_also_config_rules_compound_yaml(tmp_path: Path) -> None:
+    """config/rules/compound.yaml (where issue 12 and installers look for it) is the
+    shipped pack itself, not a copy that could drift: included by path, it gives the
+    same rules as ``pack:compound``."""
+    root = Path(__file__).resolve().parents[1]
+    shipped = root / "config" / "rules" / "compound.yaml"
+    assert shipped.resolve() == (root / "gateway" / "alarms" / "packs" / "compound.yaml")
+    (tmp_path / "blocklists").mkdir()
+    (tmp_path / "blocklists" / "plates.txt").write_text("")
+    by_pack, by_path = tmp_path / "pack.yaml", tmp_path / "path.yaml"
+    head = "gateway: {id: gw-p, site: s, data_dir: data}\nsinks: [{type: file}]\ndevices: []\n"
+    by_pack.write_text(head + "rules_files: ['pack:compound']\n")
+    by_path.write_text(head + f"rules_files: ['{shipped}']\n")
+    from_pack = load_config(by_pack, environ={}).model.rules
+    from_path = load_config(by_path, environ={}).model.rules
+    assert [r.id for r in from_path] == [r.id for r in from_pack] and len(from_pack) == 18
