@@ -268,9 +268,19 @@ class HostStream:
         for att in self.attachments:
             att.ctx.count(kind)
         if payload and self.attachments:
+            # The part may be any attached device's: withheld if one of them pseudonymises
+            # (a raw card number or plate must not leave the process).
+            private = self._private()
+            note = " (payload withheld: a device on this stream pseudonymises fields)" \
+                if private else ""
             self.gateway.dead_letter(DeadLetter(
-                self.attachments[0].ctx.device_id, f"{kind}: {detail[:200]}",
-                payload[:65536], self.name))
+                self.attachments[0].ctx.device_id, f"{kind}: {detail[:200]}{note}",
+                b"" if private else payload[:65536], self.name))
+
+    def _private(self, att: Attachment | None = None) -> bool:
+        """Does ``att`` (or any device on this stream) pseudonymise fields?"""
+        return any(a.config.pseudonymize for a in
+                   ([att] if att is not None else self.attachments))
 
     # -- readings ----------------------------------------------------------------------
 
@@ -332,9 +342,13 @@ class HostStream:
                     att.ctx.count("poison")
                     if event is not None:
                         att.position.forget(event)
+                    private = self._private(att)
                     self.gateway.dead_letter(DeadLetter(
-                        device_id, f"poison: {type(exc).__name__}: {exc}"[:300],
-                        payload or repr(reading.fields).encode()[:65536], self.name))
+                        device_id, f"poison: {type(exc).__name__}: {exc}"[:300]
+                        + (" (payload withheld: the device pseudonymises fields)"
+                           if private else ""),
+                        b"" if private else
+                        (payload or repr(reading.fields).encode())[:65536], self.name))
                     continue
                 if event is not None and event.access:
                     accepted.append(event)
