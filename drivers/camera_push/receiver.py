@@ -258,10 +258,13 @@ class PushReceiver:
         await self.gateway.submit(endpoint.device_id, (reading,))
         try:
             async with asyncio.timeout(self.settings.commit_timeout):
-                await self.gateway.wait_committed()
+                stored = await self.gateway.wait_stored()
         except TimeoutError:
             raise Refused(503, "commit_timeout", f"not committed within "
                           f"{self.settings.commit_timeout:g}s (buffer stalled?)") from None
+        if not stored:  # dropped in its own commit: the device must keep it and retry
+            raise Refused(503, "buffer_full", "the buffer is full or short of disk space "
+                          "and dropped this event's commit")
         return answer
 
     async def _save_images(self, endpoint: Endpoint, time_ns: int, parsed: Parsed) -> None:
