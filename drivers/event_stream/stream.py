@@ -107,6 +107,11 @@ class HostStream:
     @classmethod
     async def create(cls, gateway: GatewayHandle, config: EventStreamConfig) -> HostStream:
         stream = cls(gateway, config)
+        if config.auth == "basic" and config.scheme == "http":
+            # Said once per host at start (found missing by the outside probe): Basic over
+            # plain HTTP puts the password on the LAN in clear with every connect.
+            log.warning("%s: auth: basic over plain http sends the password in clear on "
+                        "every connect; prefer digest, or scheme: https", stream.name)
         gateway.tasks.start(stream.name, stream.run, on_failure=stream._task_failed)
         if stream.profile.backfill_path is not None:
             from drivers.event_stream.backfill import backfill_loop

@@ -6,6 +6,7 @@ the project's Hikvision simulator as the "other host" and a real aiohttp redirec
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,24 @@ async def test_a_redirected_request_sends_nothing_to_the_other_host(auth: str) -
         await http.close()
         await redirector.stop()
         await elsewhere.stop()
+
+
+async def test_basic_auth_over_plain_http_is_warned_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the outside probe: ``auth: basic`` on ``scheme: http`` ran without a
+    word, the password crossing the LAN in clear on every reconnect."""
+    caplog.set_level(logging.INFO)
+    sim = HikvisionSim(basic=True, keepalive=0.2)
+    await sim.start()
+    config = write_config(tmp_path / "gw.yaml", "".join(
+        f"- {{id: {name}, driver: event_stream, profile: hikvision, host: 127.0.0.1, "
+        f"port: {sim.port}, auth: basic, username: admin, password: hik-pass, "
+        f"channels: [{n}]}}\n" for n, name in ((1, "ch1"), (2, "ch2"))))
+    try:
+        async with running(config) as gw:
+            await gw.until(lambda: sim.guard.accepted >= 1, what="the stream")
+    finally:
+        await sim.stop()
+    warned = [r for r in caplog.records if "in clear" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].levelno == logging.WARNING
+    assert "hik-pass" not in caplog.text
