@@ -212,10 +212,14 @@ class HostStream:
             self.connects += 1
             self._seen()
             self._set_condition(UP, None)
-            self.problems.recovered("stream", f"{self.name}: stream connected")
             self.connected.set()
             got_part = False
             deadline = time.monotonic() + silence
+            # "Recovered" is logged once parts have kept coming for a silence period, not
+            # on connect: a stream that connects and goes silent (or drips bytes that are
+            # never a part) again and again would log two lines per cycle, forever (found
+            # by the outside probe); now its trouble is logged once.
+            healthy_at: float | None = deadline
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -230,6 +234,9 @@ class HostStream:
                         if not got_part:
                             got_part = True
                             backoff.reset()  # only once the device really talks
+                        if healthy_at is not None and time.monotonic() >= healthy_at:
+                            healthy_at = None
+                            self.problems.recovered("stream", f"{self.name}: stream connected")
                         self._seen()
                     await self._handle(items)
                     if splitter.finished:
