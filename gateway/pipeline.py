@@ -49,7 +49,7 @@ class Pipeline:
         self._lines: list[bytes] = []
         self._oldest = 0
         self._newest = 0
-        self._batch_done: asyncio.Future[None] | None = None
+        self._batch_done: asyncio.Future[bool] | None = None
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -131,6 +131,17 @@ class Pipeline:
         """Returns once everything queued so far is committed."""
         if self._batch_done is not None:
             await asyncio.shield(self._batch_done)
+
+    async def wait_stored(self) -> bool:
+        """Like :meth:`wait_committed`; False when the commit of what was queued did not
+        keep all of it: the buffer was full (``when_full``, or short of disk space below
+        ``min_free``) and dropped some of these new lines at once. A source that answers
+        its sender after the commit (an HTTP push) must then not say "stored": the sender
+        keeps the event and retries. (Found by the outside probe: on a full disk every
+        answered camera post was dropped in the same commit.)"""
+        if self._batch_done is None:
+            return True
+        return await asyncio.shield(self._batch_done)
 
     def _accept(self, device_id: str, readings: Sequence[Reading]) -> list[Reading]:
         base = self._device_tags.get(device_id)
@@ -284,27 +295,28 @@ class Pipeline:
             if append.cancelled() or append.exception() is not None:
                 self._requeue(lines, oldest, newest, done)
             else:
-                self._committed(append.result(), done)
+                self._committed(append.result(), done, len(lines))
             raise
         except Exception:
             self._requeue(lines, oldest, newest, done)
             raise
-        self._committed(result, done)
+        self._committed(result, done, len(lines))
 
     def _requeue(self, lines: list[bytes], oldest: int, newest: int,
-                 done: asyncio.Future[None] | None) -> None:
+                 done: asyncio.Future[bool] | None) -> None:
         self._lines[:0] = lines
         self._oldest = min(filter(None, (oldest, self._oldest)), default=0)
         self._newest = max(newest, self._newest)
         if done is not None:
             self._batch_done = self._batch_done or done
 
-    def _committed(self, result: AppendResult, done: asyncio.Future[None] | None) -> None:
+    def _committed(self, result: AppendResult, done: asyncio.Future[bool] | None,
+                   queued: int) -> None:
         self._stats.readings_committed += result.stored
         if result.dropped:
             self._stats.dropped["buffer_full"] += result.dropped
         if done is not None and not done.done():
-            done.set_result(None)
+            done.set_result(result.stored >= queued)
         self._space.set()
         for event in self._subscribers:
             event.set()

@@ -79,4 +79,10 @@ class GatewayHandle(Protocol):
         """Return once everything submitted so far is committed to the buffer."""
         ...
 
+    async def wait_stored(self) -> bool:
+        """As ``wait_committed``; False when that commit dropped some of the new readings
+        at once (the buffer is full or short of disk space): do not tell a sender that
+        retries ("answer after commit") that its event is safe."""
+        ...
+
     def dead_letter(self, letter: DeadLetter) -> None: ...

@@ -308,6 +308,10 @@ class Gateway:
         assert self.pipeline is not None
         await self.pipeline.wait_committed()
 
+    async def wait_stored(self) -> bool:
+        assert self.pipeline is not None
+        return await self.pipeline.wait_stored()
+
     def dead_letter(self, letter: DeadLetter) -> None:
         for listener in self._dead_letter_listeners:
             listener(letter)

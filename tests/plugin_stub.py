@@ -54,5 +54,10 @@ class StubGateway:
         if self.pipeline is not None:
             await self.pipeline.wait_committed()
 
+    async def wait_stored(self) -> bool:
+        if self.pipeline is not None:
+            return await self.pipeline.wait_stored()
+        return True
+
     def dead_letter(self, letter: DeadLetter) -> None:
         self.dead.append(letter)

@@ -26,6 +26,9 @@ class CameraHealthConfig(DeviceConfigBase, SecretsModel):
         "/Streaming/Channels/101, /cam/realmonitor?channel=1&subtype=0); OPTIONS only "
         "when unset")
     username: str | None = Field(default=None, max_length=64)
+    rtsp_auth: Literal["digest", "basic"] = Field(
+        default="digest", description="digest: a Basic challenge is refused (auth_failed) "
+        "and the password never sent in clear; basic: only for a camera set to Basic")
     password: SecretStr | None = None
     password_file: Path | None = None
     onvif: bool = Field(default=False, description="ask ONVIF GetSystemDateAndTime (no "

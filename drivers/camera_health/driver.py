@@ -36,7 +36,8 @@ class CameraHealthDriver(Driver):
         super().__init__(config, ctx)
         cfg = config
         self.probe = RtspProbe(cfg.host, cfg.rtsp_port, cfg.rtsp_path, cfg.username,
-                               secret_value(cfg.password), cfg.timeout)
+                               secret_value(cfg.password), cfg.timeout,
+                               allow_basic=cfg.rtsp_auth == "basic")
         self.problems = ProblemLog(ctx.log)
         self.last_answer: float | None = None
         self._http: DeviceHttp | None = None

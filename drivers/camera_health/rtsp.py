@@ -40,8 +40,13 @@ class ProbeResult:
 
 class RtspProbe:
     def __init__(self, host: str, port: int, path: str | None, username: str | None,
-                 password: str | None, timeout: float) -> None:
+                 password: str | None, timeout: float, allow_basic: bool = False) -> None:
         self.host, self.port, self.path = host, port, path
+        self.allow_basic = allow_basic
+        """Answer a Basic challenge (the password in clear over plain RTSP). Off by
+        default: the server picks the scheme, so anything answering on the camera's
+        address could otherwise ask for Basic and read the password (found by the
+        outside probe)."""
         self.username, self.password, self.timeout = username, password, timeout
         authority = f"[{host}]" if ":" in host else host
         self.base = f"rtsp://{authority}:{port}"
@@ -103,6 +108,9 @@ class RtspProbe:
         scheme, _, rest = challenge.strip().partition(" ")
         user, password = self.username or "", self.password or ""
         if scheme.lower() == "basic":
+            if not self.allow_basic:
+                raise DeviceAuthError(f"{url}: the camera asks for Basic auth (password in "
+                                      "clear); not sent: set rtsp_auth: basic if it must be")
             token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
             return f"Basic {token}"
         if scheme.lower() != "digest":

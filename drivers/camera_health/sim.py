@@ -31,6 +31,8 @@ class RtspSim:
         self.options_auth = options_auth
         """Credentials needed for OPTIONS too (some firmware)."""
         self.realm = "IP Camera(iotgw-sim)"
+        self.authorizations: list[str] = []
+        """Every Authorization header received (what a hostile server would learn)."""
         self.port = 0
         self.hang = False
         """Accept connections but never answer."""
@@ -64,6 +66,8 @@ class RtspSim:
                 headers = {k.strip().lower(): v.strip() for k, _, v in
                            (line.partition(":") for line in lines[1:] if line)}
                 self.requests.append(method)
+                if "authorization" in headers:
+                    self.authorizations.append(headers["authorization"])
                 writer.write(self._answer(method, url, headers))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):

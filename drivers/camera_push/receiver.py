@@ -143,7 +143,13 @@ class PushReceiver:
         allow = None
         if config.allow_list is not None:
             allow = AllowList(config.allow_list, self._hash, self._keyed)
-        endpoint = Endpoint(config, ctx, make_profile(config), Dedup(self.settings.dedup_size),
+        dedup = Dedup(self.settings.dedup_size,
+                      self.gateway.data_dir / "camera_push" / f"{ctx.device_id}.ids")
+        if dedup.load_error is not None:
+            self.problems.report(f"dedup:{ctx.device_id}", f"device {ctx.device_id}: "
+                                 f"event ids of the last run not read ({dedup.load_error}); a "
+                                 "retry of one of them is stored again", level=logging.WARNING)
+        endpoint = Endpoint(config, ctx, make_profile(config), dedup,
                             config.token_value().encode("utf-8"), allow,
                             networks=list(config.sources))
         self.endpoints[ctx.device_id] = endpoint
@@ -211,6 +217,8 @@ class PushReceiver:
             endpoint.dedup.begin(key)
         try:
             answer = await self._commit(endpoint, parsed)
+            if key is not None:
+                await self._journal(endpoint, key, answer)
         except BaseException as exc:
             if key is not None:
                 endpoint.dedup.finish(key, None, exc)
@@ -218,6 +226,19 @@ class PushReceiver:
         if key is not None:
             endpoint.dedup.finish(key, answer, None)
         return answer
+
+    async def _journal(self, endpoint: Endpoint, key: str, answer: Answer) -> None:
+        """The committed id, durably, before the answer: a retry after a restart (the
+        gateway killed between commit and answer) is then recognised."""
+        try:
+            await endpoint.dedup.persist(key, answer)
+        except OSError as exc:  # the event is committed: answer it all the same
+            endpoint.ctx.count("dedup_journal_failed")
+            self.problems.report(f"dedup_journal:{endpoint.device_id}",
+                                 f"device {endpoint.device_id}: cannot journal event ids in "
+                                 f"{endpoint.dedup.journal}: {exc}; a retry after a restart "
+                                 "would be stored again", level=logging.WARNING,
+                                 summary_every=SUMMARY_EVERY)
 
     async def _commit(self, endpoint: Endpoint, parsed: Parsed) -> Answer:
         opens = endpoint.opens(parsed.plate)
@@ -237,10 +258,13 @@ class PushReceiver:
         await self.gateway.submit(endpoint.device_id, (reading,))
         try:
             async with asyncio.timeout(self.settings.commit_timeout):
-                await self.gateway.wait_committed()
+                stored = await self.gateway.wait_stored()
         except TimeoutError:
             raise Refused(503, "commit_timeout", f"not committed within "
                           f"{self.settings.commit_timeout:g}s (buffer stalled?)") from None
+        if not stored:  # dropped in its own commit: the device must keep it and retry
+            raise Refused(503, "buffer_full", "the buffer is full or short of disk space "
+                          "and dropped this event's commit")
         return answer
 
     async def _save_images(self, endpoint: Endpoint, time_ns: int, parsed: Parsed) -> None:

@@ -35,8 +35,14 @@ STATUS_ERRORS: dict[int, tuple[type[DeviceError], str]] = {
     401: (DeviceAuthError, "credentials refused"),
     403: (DeviceAuthError, "credentials refused (forbidden)"),
     404: (BadAnswer, "wrong path, or not supported by this device"),
+    **{status: (BadAnswer, "a redirect, not followed (check the host and port, or a proxy "
+                "in between)") for status in (301, 302, 303, 307, 308)},
 }
-"""Statuses with a meaning of their own; any other non-2xx is ``BadAnswer``."""
+"""Statuses with a meaning of their own; any other non-2xx is ``BadAnswer``.
+
+Redirects are never followed: a camera (or whatever answers on its address) that points
+elsewhere would get our Digest answer or Basic password sent to a host nobody
+configured, and its events taken for the camera's."""
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
@@ -106,7 +112,8 @@ class DeviceHttp:
         try:
             async with asyncio.timeout(self.connect_timeout * 2):
                 response = await self._session.get(
-                    self.base_url + path, headers={"Accept": "multipart/x-mixed-replace, */*"})
+                    self.base_url + path, headers={"Accept": "multipart/x-mixed-replace, */*"},
+                    allow_redirects=False)
         except TimeoutError:
             raise Unreachable(f"{what}: no answer within {self.connect_timeout * 2:g}s") \
                 from None
@@ -131,7 +138,8 @@ class DeviceHttp:
         try:
             async with asyncio.timeout(timeout):
                 async with self._session.request(method, self.base_url + path, data=data,
-                                           headers=headers) as resp:
+                                                 headers=headers, allow_redirects=False
+                                                 ) as resp:
                     return await self._body(resp, what)
         except DeviceError:
             raise

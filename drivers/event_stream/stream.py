@@ -107,6 +107,11 @@ class HostStream:
     @classmethod
     async def create(cls, gateway: GatewayHandle, config: EventStreamConfig) -> HostStream:
         stream = cls(gateway, config)
+        if config.auth == "basic" and config.scheme == "http":
+            # Said once per host at start (found missing by the outside probe): Basic over
+            # plain HTTP puts the password on the LAN in clear with every connect.
+            log.warning("%s: auth: basic over plain http sends the password in clear on "
+                        "every connect; prefer digest, or scheme: https", stream.name)
         gateway.tasks.start(stream.name, stream.run, on_failure=stream._task_failed)
         if stream.profile.backfill_path is not None:
             from drivers.event_stream.backfill import backfill_loop
@@ -208,10 +213,14 @@ class HostStream:
             self.connects += 1
             self._seen()
             self._set_condition(UP, None)
-            self.problems.recovered("stream", f"{self.name}: stream connected")
             self.connected.set()
             got_part = False
             deadline = time.monotonic() + silence
+            # "Recovered" is logged once parts have kept coming for a silence period, not
+            # on connect: a stream that connects and goes silent (or drips bytes that are
+            # never a part) again and again would log two lines per cycle, forever (found
+            # by the outside probe); now its trouble is logged once.
+            healthy_at: float | None = deadline
             while True:
                 now = time.monotonic()
                 if now >= deadline:
@@ -226,6 +235,9 @@ class HostStream:
                         if not got_part:
                             got_part = True
                             backoff.reset()  # only once the device really talks
+                        if healthy_at is not None and time.monotonic() >= healthy_at:
+                            healthy_at = None
+                            self.problems.recovered("stream", f"{self.name}: stream connected")
                         self._seen()
                     await self._handle(items)
                     if splitter.finished:
@@ -269,9 +281,19 @@ class HostStream:
         for att in self.attachments:
             att.ctx.count(kind)
         if payload and self.attachments:
+            # The part may be any attached device's: withheld if one of them pseudonymises
+            # (a raw card number or plate must not leave the process).
+            private = self._private()
+            note = " (payload withheld: a device on this stream pseudonymises fields)" \
+                if private else ""
             self.gateway.dead_letter(DeadLetter(
-                self.attachments[0].ctx.device_id, f"{kind}: {detail[:200]}",
-                payload[:65536], self.name))
+                self.attachments[0].ctx.device_id, f"{kind}: {detail[:200]}{note}",
+                b"" if private else payload[:65536], self.name))
+
+    def _private(self, att: Attachment | None = None) -> bool:
+        """Does ``att`` (or any device on this stream) pseudonymise fields?"""
+        return any(a.config.pseudonymize for a in
+                   ([att] if att is not None else self.attachments))
 
     # -- readings ----------------------------------------------------------------------
 
@@ -333,9 +355,13 @@ class HostStream:
                     att.ctx.count("poison")
                     if event is not None:
                         att.position.forget(event)
+                    private = self._private(att)
                     self.gateway.dead_letter(DeadLetter(
-                        device_id, f"poison: {type(exc).__name__}: {exc}"[:300],
-                        payload or repr(reading.fields).encode()[:65536], self.name))
+                        device_id, f"poison: {type(exc).__name__}: {exc}"[:300]
+                        + (" (payload withheld: the device pseudonymises fields)"
+                           if private else ""),
+                        b"" if private else
+                        (payload or repr(reading.fields).encode())[:65536], self.name))
                     continue
                 if event is not None and event.access:
                     accepted.append(event)

@@ -51,7 +51,7 @@ async def test_conditions_are_told_apart(tmp_path: Path,
     config = write_config(tmp_path / "gw.yaml",
                           camera("up", digest.port, f"onvif: true, onvif_port: {onvif.port}, "
                                  "max_skew: 60s")
-                          + camera("basic", basic.port)
+                          + camera("basic", basic.port, "rtsp_auth: basic")
                           + camera("wrong-pass", digest.port, password="Not-The-Pass-99")
                           + camera("wrong-path", digest.port).replace(PATH, "/live/ch9")
                           + camera("gone", dead))
@@ -193,3 +193,21 @@ def retained_or_live(broker: Mosquitto, topic: str, timeout: float = 20.0) -> di
     assert got, f"nothing on {topic}"
     body: dict[str, Any] = json.loads(got[0])
     return body
+
+
+async def test_a_basic_challenge_gets_no_password_unless_configured(tmp_path: Path) -> None:
+    """Found by the outside probe: whatever answers on the camera's RTSP port chooses the
+    scheme; asking for Basic got the password in clear (base64) over plain RTSP. Now a
+    Basic challenge is auth_failed and nothing is sent, unless ``rtsp_auth: basic``."""
+    hostile = RtspSim(scheme="basic", options_auth=True)
+    await hostile.start()
+    config = write_config(tmp_path / "gw.yaml", camera("cam", hostile.port))
+    async with running(config) as gw:
+        await gw.until(lambda: len(gw.points("camera_health", "cam")) >= 2,
+                       what="two probes")
+        assert str(gw.status("cam").state) == "error"
+        assert (gw.status("cam").last_error or "").startswith("auth_failed")
+        assert "rtsp_auth: basic" in (gw.status("cam").last_error or "")
+        assert latest(gw, "cam")["condition"] == "auth_failed"
+    assert hostile.requests and hostile.authorizations == []
+    await hostile.stop()

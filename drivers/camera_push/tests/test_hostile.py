@@ -6,6 +6,7 @@ refused, and keep serving the well-behaved devices meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import Iterator
@@ -210,7 +211,7 @@ def test_slow_clients_do_not_block_other_devices(hostile_gateway: GatewayThread)
     assert "survived" not in endings, "a slow client kept its connection"
     after = receiver.counters
     assert after["slow_client"] > before.get("slow_client", 0)
-    assert after["source_connection_limit"] > before.get("source_connection_limit", 0)
+    assert after["evicted_idle"] > before.get("evicted_idle", 0)
     wait_until(lambda: len(receiver.server._guards) <= 2, "slow connections released")
 
 
@@ -256,3 +257,63 @@ devices:
         terminal = sim.HikvisionTerminal(port, "term", "tk")
         assert gw.run(terminal.access_json(5)).status == 200
         assert server.buffered == 0
+
+
+def test_slow_clients_from_many_addresses_do_not_lock_cameras_out(tmp_path: Path) -> None:
+    """Found by the outside probe: slow connections from many LAN addresses, each under
+    the per-source limit, filled ``max_connections``; every new connection, a camera's
+    too, was then closed at once until ``header_timeout`` cut the slow ones, and the slow
+    clients simply reconnected. Now the oldest connection that is not handling a
+    request makes room for the newcomer."""
+    path, port = config_text(tmp_path, """\
+http: {listen: '127.0.0.1:PORT', header_timeout: 30s, max_connections: 16,
+       max_connections_per_source: 4}
+devices:
+  - {id: cam, driver: camera_push, profile: vzenith-plate, token: tc, sources: [127.0.0.1]}
+""")
+    with GatewayThread(path, port) as gw:
+        camera = sim.PlateCamera(port, "cam", "tc", retries=0)
+        stop = asyncio.Event()
+
+        async def slow(source: str) -> int:
+            """Hold a half-sent request open; reconnect whenever closed."""
+            opened = 0
+            while not stop.is_set():
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, local_addr=(source, 0))
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                opened += 1
+                writer.write(b"POST /push/cam/tc HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+                try:
+                    while not stop.is_set() and not reader.at_eof():
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(0.1):
+                                await reader.read(1)
+                except OSError:
+                    pass  # closed by the server (aborted): reconnect
+                finally:
+                    writer.close()
+                await asyncio.sleep(0.05)
+            return opened
+
+        async def scenario() -> tuple[list[int], list[int]]:
+            holders = [asyncio.ensure_future(slow(f"127.0.0.{10 + n // 4}"))
+                       for n in range(40)]
+            await asyncio.sleep(0.5)  # every slot taken
+            statuses = []
+            for n in range(10):
+                try:
+                    statuses.append((await camera.push(camera.event(f"粤C{n:05d}"))).status)
+                except OSError:
+                    statuses.append(0)
+                await asyncio.sleep(0.05)
+            stop.set()
+            return statuses, await asyncio.gather(*holders)
+
+        statuses, opened = gw.run(scenario())
+        assert statuses == [200] * 10, "a camera was locked out by slow clients"
+        assert sum(opened) > 16  # the slow clients did fill the table
+        assert receiver_of(gw).counters["evicted_idle"] >= 10
