@@ -307,8 +307,18 @@ class Pipeline:
         self._lines[:0] = lines
         self._oldest = min(filter(None, (oldest, self._oldest)), default=0)
         self._newest = max(newest, self._newest)
-        if done is not None:
-            self._batch_done = self._batch_done or done
+        if done is None:
+            return
+        later = self._batch_done
+        if later is None or later is done:
+            self._batch_done = done
+        else:
+            # Readings came in while the failed commit ran and got a future of their
+            # own: the requeued lines now commit with them, so whoever waits on the
+            # older future learns that batch's outcome (dropping it hung them forever;
+            # found by reading, in the HTTP probe).
+            later.add_done_callback(lambda finished: _follow(finished, done))
+
 
     def _committed(self, result: AppendResult, done: asyncio.Future[bool] | None,
                    queued: int) -> None:
@@ -355,3 +365,14 @@ def _field_problem(value: object) -> str | None:
     if type(value) is bool or type(value) is str:
         return None
     return "invalid_type"
+
+
+def _follow(source: asyncio.Future[bool], target: asyncio.Future[bool]) -> None:
+    if target.done():
+        return
+    if source.cancelled():
+        target.cancel()
+    elif (error := source.exception()) is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(source.result())

@@ -126,3 +126,39 @@ def test_pseudonym_key_is_the_tokens_first_48_bits() -> None:
     assert pseudonym_key("00000000ff01ffff") == 0xFF01
     assert pseudonym_key("ffffffffffff") == 2 ** 48 - 1
     assert pseudonym_key("not-hex-token") is None and pseudonym_key("") is None
+
+
+async def test_a_waiter_of_a_failed_commit_is_answered_when_its_lines_commit_later(
+        tmp_path: Path) -> None:
+    """A commit fails while new readings arrive (they get a batch future of their own);
+    the failed batch's lines are requeued in front of them. Whoever waited on the
+    failed batch must be answered when the retry commits them: the requeue used to drop
+    that future and its waiters hung forever (an MQTT ack, an HTTP answer)."""
+    pipeline, buffer, _stats = await make_pipeline(tmp_path)
+    real_append = buffer.append
+    gate = asyncio.Event()
+    calls = 0
+
+    async def append_failing_once(*args: object, **kwargs: object) -> AppendResult:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()  # the second batch arrives while this commit is running
+            raise OSError("disk I/O error (once)")
+        return await real_append(*args, **kwargs)  # type: ignore[arg-type]
+
+    buffer.append = append_failing_once  # type: ignore[method-assign]
+    await pipeline.submit("d1", [Reading("m", {}, {"v": 1}, 1_000)])
+    first_waiter = asyncio.create_task(pipeline.wait_stored())
+    failing = asyncio.create_task(pipeline.flush())
+    await asyncio.sleep(0)
+    await pipeline.submit("d1", [Reading("m", {}, {"v": 2}, 2_000)])
+    second_waiter = asyncio.create_task(pipeline.wait_stored())
+    gate.set()
+    with pytest.raises(OSError):
+        await failing
+    await pipeline.flush()  # the supervisor's retry
+    assert await asyncio.wait_for(first_waiter, 10) is True
+    assert await asyncio.wait_for(second_waiter, 10) is True
+    assert len([line for line in await committed_lines(buffer) if line]) == 2
+    await buffer.close()
