@@ -21,6 +21,7 @@ everything submitted so far is committed, which is when a source may be acknowle
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,3 +87,10 @@ class GatewayHandle(Protocol):
         ...
 
     def dead_letter(self, letter: DeadLetter) -> None: ...
+
+    def counters(self, connection: str) -> Counter[str]:
+        """The counters of a shared connection, by kind, for what belongs to no one
+        device (a post for an unknown device, a slow client, a stream the host closed):
+        shown in ``/status`` and as ``iotgw_connection_events``. The same Counter for
+        the same name, so a connection rebuilt after a failure keeps counting."""
+        ...

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from pathlib import Path
@@ -311,6 +312,9 @@ class Gateway:
     async def wait_stored(self) -> bool:
         assert self.pipeline is not None
         return await self.pipeline.wait_stored()
+
+    def counters(self, connection: str) -> Counter[str]:
+        return self.stats.connections.setdefault(connection, Counter())
 
     def dead_letter(self, letter: DeadLetter) -> None:
         for listener in self._dead_letter_listeners:

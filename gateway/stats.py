@@ -24,6 +24,9 @@ class GatewayStats:
     dropped: Counter[str] = field(default_factory=Counter)
     """Readings (or parts of them) refused, by reason: invalid_value, no_fields, buffer_full..."""
     sinks: dict[str, SinkStats] = field(default_factory=dict)
+    connections: dict[str, Counter[str]] = field(default_factory=dict)
+    """Counters of shared connections (the HTTP receiver, a camera host's stream) for
+    problems that belong to no one device: an unknown device id, a slow client."""
 
     def sink(self, name: str) -> SinkStats:
         return self.sinks.setdefault(name, SinkStats())

@@ -6,6 +6,7 @@ Pipeline when given one."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class StubGateway:
         self.resources = SharedResources()
         self.submitted: list[tuple[str, list[Reading]]] = []
         self.dead: list[DeadLetter] = []
+        self.connection_counters: dict[str, Counter[str]] = {}
         self.sections: dict[str, BaseModel] = {
             "mqtt": MqttSection(host="127.0.0.1", port=1, base_topic="stub/gw")}
 
@@ -58,6 +60,9 @@ class StubGateway:
         if self.pipeline is not None:
             return await self.pipeline.wait_stored()
         return True
+
+    def counters(self, connection: str) -> Counter[str]:
+        return self.connection_counters.setdefault(connection, Counter())
 
     def dead_letter(self, letter: DeadLetter) -> None:
         self.dead.append(letter)

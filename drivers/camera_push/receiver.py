@@ -17,7 +17,6 @@ pseudonymises fields (the raw plate or card must not leave the process).
 from __future__ import annotations
 
 import asyncio
-import collections
 import hmac
 import ipaddress
 import logging
@@ -101,7 +100,7 @@ class PushReceiver:
         self.gateway = gateway
         self.settings = settings
         self.endpoints: dict[str, Endpoint] = {}
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters = gateway.counters("http-receiver")
         self.problems = ProblemLog(log)
         self.failure: str | None = None
         self.images = (ImageStore(settings.images.dir, settings.images.max_bytes)

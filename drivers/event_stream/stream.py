@@ -17,7 +17,6 @@ per kind and dead-lettered; it never ends the stream.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 from collections.abc import Coroutine, Sequence
@@ -95,7 +94,7 @@ class HostStream:
         self.condition = "starting"
         self.detail: str | None = None
         self.tracker = ActiveTracker(config.clear_after)
-        self.counters: collections.Counter[str] = collections.Counter()
+        self.counters = gateway.counters(self.name)
         self.connects = 0
         """Successful connections so far: a healthy stream is connected once."""
         self.connected = asyncio.Event()

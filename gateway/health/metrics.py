@@ -89,6 +89,14 @@ class SnapshotCollector(Collector):
         for reason, count in readings["dropped"].items():
             dropped.add_metric([reason], count)
         yield dropped
+        connections = CounterMetricFamily(
+            "iotgw_connection_events", "Problems of shared connections (HTTP receiver, "
+            "camera streams) that belong to no one device, by kind",
+            labels=["connection", "kind"])
+        for name, counts in self.snap.get("connections", {}).items():
+            for kind, count in counts.items():
+                connections.add_metric([name, kind], count)
+        yield connections
 
     def _buffer(self) -> Iterator[Metric]:
         buf = self.snap["buffer"]

@@ -50,6 +50,8 @@ async def collect(gateway: Any) -> dict[str, Any]:
             "pending": pipeline.pending if pipeline is not None else 0,
             "dropped": dict(sorted(stats.dropped.items())),
         },
+        "connections": {name: dict(sorted(counts.items()))
+                        for name, counts in sorted(stats.connections.items())},
         "pipeline_running": supervisor is not None and "pipeline" in supervisor.names(),
         "tasks": {"running": sorted(supervisor.names()) if supervisor else [],
                   "restarts": dict(sorted(supervisor.restarts.items())) if supervisor else {},

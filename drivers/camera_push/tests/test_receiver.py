@@ -20,6 +20,8 @@ from drivers.camera_push.tests.harness import (
     config_text,
     wait_until,
 )
+from gateway.health.metrics import render
+from gateway.health.snapshot import collect
 from gateway.pseudonym import Pseudonymizer
 
 
@@ -196,6 +198,12 @@ def test_refused_posts_never_reach_the_buffer(
         wait_until(lambda: gw.counters(device).get(counter) == 3, f"3 counted {counter}")
     receiver = gw.gateway.resources._items[("http", "receiver")][0]
     assert sum(receiver.counters.values()) == 3
+    # Counted where operators look, also when no device owns the refusal (unknown id).
+    snap = gw.run(collect(gw.gateway))
+    assert snap["connections"]["http-receiver"] == dict(receiver.counters)
+    metrics = render(snap).decode()
+    assert all(f'iotgw_connection_events_total{{connection="http-receiver",kind="{kind}"}} '
+               f'{float(n)}' in metrics for kind, n in receiver.counters.items()), metrics
     # still serving, and nothing refused was stored
     terminal = sim.HikvisionTerminal(gw.port, "lobby-terminal", "t2")
     assert gw.run(terminal.access_json(77)).status == 200
