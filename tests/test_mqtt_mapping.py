@@ -50,6 +50,7 @@ def test_kv_and_number_formats() -> None:
 def make_broker() -> tuple[DeviceBroker, StubGateway, DeviceContext]:
     gateway = StubGateway()
     broker = DeviceBroker(gateway)
+    # [arg-type]: MQTT devices never emit through their context (the broker submits)
     ctx = DeviceContext("d1", emit=None)  # type: ignore[arg-type]
     broker.attach(Attachment(Mapper(config(
         fields={"v": {"path": "$.v", "type": "float"}}, max_payload=4096)), ctx))

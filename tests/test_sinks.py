@@ -605,7 +605,8 @@ async def test_file_sink_resumes_size_and_sequence_after_restart(tmp_path: Path)
     await second.close()
     names_after = [p.name for p in rotated(second)]
     assert names_after[: len(names_before)] == names_before
-    assert [int(ROTATED.match(n).group(1)) for n in names_after] == [1, 2]  # type: ignore[union-attr]
+    matches = [ROTATED.match(n) for n in names_after]
+    assert [int(m.group(1)) if m else None for m in matches] == [1, 2]
     assert [p.read_bytes() for p in rotated(second)] == [
         b"a" * 9 + b"\n" + b"b" * 9 + b"\n",
         b"c" * 9 + b"\n" + b"d" * 9 + b"\n",
