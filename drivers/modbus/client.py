@@ -447,6 +447,8 @@ class ModbusLink:
         try:
             if self._tcp is not None:
                 reply = await self._tcp.execute(request, timeout)
+                if reply is None:  # what pymodbus reports as ModbusIOException, below
+                    raise ModbusIOException("no reply")
             else:
                 self._client.ctx.comm_params.timeout_connect = timeout
                 reply = await self._client.execute(False, request)
