@@ -17,12 +17,12 @@ Workloads:
 
 ``python -m gateway run`` writes into the default file sink (no ``sinks`` configured) or
 a private VictoriaMetrics through an ``influxdb`` sink (``--sink vm``). The gateway runs
-with the deploy unit's environment (``deploy/iotgw.service``: ``Environment=`` lines,
-e.g. ``MALLOC_ARENA_MAX``), so the figure is what a deployed gateway uses; ``--bare-env``
-runs without them. gateway/ and drivers/ are compiled to bytecode first (``python -m
-compileall``), as pip does when it installs the gateway; ``--no-compile`` skips that. After ``--warmup`` seconds it samples VmRSS (/proc/PID/status) and
-CPU (utime + stime of all threads, /proc/PID/stat) once a second for ``--seconds``, and
-checks the readings were committed.
+with the deploy unit's environment (``deploy/iotgw.service``: its ``Environment=``
+lines), so the figure is what a deployed gateway uses; ``--bare-env`` runs without them.
+gateway/ and drivers/ are compiled to bytecode first (``python -m compileall``), as pip
+does when it installs the gateway; ``--no-compile`` skips that. After ``--warmup``
+seconds it samples VmRSS (/proc/PID/status) and CPU (utime + stime of all threads,
+/proc/PID/stat) once a second for ``--seconds``, and checks the readings were committed.
 
 ``--breakdown`` then explains the memory, each measurement in a fresh interpreter:
 
