@@ -26,9 +26,9 @@ seconds it samples VmRSS (/proc/PID/status) and CPU (utime + stime of all thread
 
 ``--breakdown`` then explains the memory, each measurement in a fresh interpreter:
 
-* RSS after importing, in order, the big third-party packages and then the gateway
-  (increments depend on the order: a package's shared dependencies count for the first
-  one that imports them);
+* RSS after importing, in the order the gateway does, what it loads (increments depend
+  on the order: a package's shared dependencies count for the first one that imports
+  them);
 * the slowest imports of ``load_config`` (``python -X importtime``), by top-level package;
 * the modules loaded by the time the gateway runs, counted per top-level package;
 * RssAnon vs RssFile of the running gateway (heap vs mapped libraries and code).
@@ -139,27 +139,26 @@ def write_modbus_config(path: Path, *, sink_url: str | None, devices: int, port:
               for u in range(1, devices + 1)]
     path.write_text("\n".join(lines) + "\n")
 
-# Imported one after the other in a fresh interpreter; RSS is read after each step.
+# Imported one after the other in a fresh interpreter, in the order the gateway meets
+# them; RSS is read after each step (a package's shared dependencies count for the first
+# step that imports them).
 IMPORT_LADDER = [
-    ("python + asyncio, ssl, sqlite3, json, logging",
-     "import asyncio, ssl, sqlite3, json, logging"),
-    ("pydantic", "import pydantic"),
+    ("asyncio (with ssl, socket, selectors, concurrent.futures)", "import asyncio"),
+    ("sqlite3, logging, json, zlib", "import sqlite3, logging, json, zlib"),
+    ("pydantic + pydantic_core (and importlib.metadata, which its plugin loader imports)",
+     "import pydantic, pydantic.main, pydantic.types, importlib.metadata"),
     ("ruamel.yaml", "import ruamel.yaml"),
-    ("aiohttp", "import aiohttp"),
-    ("influxdb_client (async client)",
-     "import influxdb_client.client.influxdb_client_async, "
-     "influxdb_client.client.write_api_async"),
-    ("pymodbus", "import pymodbus.client"),
-    ("paho.mqtt + aiomqtt", "import paho.mqtt.client, aiomqtt"),
-    ("pyserial", "import serial"),
-    ("gateway core (config types, buffer, pipeline)",
-     "import gateway.config.types, gateway.buffer, gateway.pipeline, gateway.forwarder"),
-    ("drivers (every package under drivers/)",
-     "from gateway.registry import load_drivers; load_drivers()"),
-    ("sink modules", "from gateway.sinks import load_sink_types; load_sink_types()"),
-    ("load_config (builds the config model)",
-     "from gateway.config.loader import load_config; load_config(CONFIG)"),
-    ("gateway.runtime and what it imports", "import gateway.runtime"),
+    ("gateway config loader (config models, registry, sink base)",
+     "import gateway.config.loader"),
+    ("load_config: the configured drivers' packages (modbus: pymodbus framer and PDUs) and "
+     "the validated config", "from gateway.config.loader import load_config; "
+     "LOADED = load_config(CONFIG)"),
+    ("gateway.runtime, gateway.cli (buffer, pipeline, forwarder, health)",
+     "import gateway.runtime, gateway.cli"),
+    ("influxdb sink's client (aiohttp + influxdb-client's write path; --sink vm only)",
+     "if any(s.type == 'influxdb' for s in LOADED.sinks):\n"
+     "    from gateway.sinks.influxdb import _client_library\n"
+     "    _client_library()"),
 ]
 
 _LADDER_SCRIPT = r"""
@@ -184,7 +183,10 @@ _MODULES_SCRIPT = r"""
 import collections, json, sys
 from gateway.config.loader import load_config
 import gateway.runtime
-load_config(sys.argv[1])
+loaded = load_config(sys.argv[1])
+if any(s.type == "influxdb" for s in loaded.sinks):
+    from gateway.sinks.influxdb import _client_library
+    _client_library()
 count = collections.Counter(name.split(".")[0] for name in sys.modules)
 print(json.dumps(count.most_common()))
 """
