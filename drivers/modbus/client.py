@@ -201,8 +201,8 @@ class _TcpChannel(asyncio.Protocol):
     unit id and transaction id match the request (others, e.g. a late reply to a request
     that timed out, are skipped as pymodbus skips them); register replies decode through
     the fast response classes, anything else through pymodbus's ``DecodePDU``. No reply
-    within the timeout, or the connection lost meanwhile, resolves to ``None``; bytes
-    that never made our frame are left in ``received`` for the caller to classify."""
+    within the timeout, or the connection lost meanwhile, resolves to ``None``; what was
+    received meanwhile went to ``trace``, for the caller to classify."""
 
     def __init__(self, trace: Callable[[bool, bytes], bytes]) -> None:
         self._trace = trace
@@ -274,8 +274,10 @@ class _TcpChannel(asyncio.Protocol):
                 continue  # empty, or not ours (pymodbus's handleFrame skips these too)
             try:
                 pdu = self._decode(pdu_bytes)
-            except ModbusException as exc:
-                waiter.set_exception(exc)
+            except (ModbusException, ValueError, IndexError, struct.error) as exc:
+                # What pymodbus's decoder turns into "Unable to decode" (a truncated PDU
+                # raises IndexError): a bad frame, not a crash of this protocol.
+                waiter.set_exception(ModbusIOException(f"Unable to decode response: {exc}"))
                 return
             pdu.dev_id, pdu.transaction_id = unit, tid
             self._buffer = b""

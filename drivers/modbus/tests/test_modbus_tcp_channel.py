@@ -103,7 +103,11 @@ async def test_stale_reply_is_skipped_and_the_right_one_taken() -> None:
     (lambda tid, unit: [frame(tid, unit, b"\x84\x02")], ModbusExceptionReply,
      "exception 2 (illegal data address)"),
     (lambda tid, unit: [frame(tid, unit, b"\x63\x00")], ModbusFrameError, "bad frame, 9 bytes"),
-], ids=["garbage", "other-unit", "silent", "exception", "unknown-function"])
+    (lambda tid, unit: [frame(tid, unit, b"\x04")], ModbusFrameError, "bad frame, 8 bytes"),
+    (lambda tid, unit: [frame(tid, unit, b"\x84")], ModbusFrameError, "bad frame, 8 bytes"),
+    (lambda tid, unit: [frame(tid, unit, b"\x04\x09\x00")], ModbusFrameError, "bad frame"),
+], ids=["garbage", "other-unit", "silent", "exception", "unknown-function", "truncated",
+        "truncated-exception", "short-count"])
 async def test_bad_replies_are_classified(
         answer: Callable[[int, int], list[bytes]], error: type[Exception], text: str) -> None:
     async with scripted(lambda tid, unit, pdu: answer(tid, unit)) as (port, _):
