@@ -27,7 +27,6 @@ from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import TCP, ReadPlan, Request, WireCost
 from drivers.modbus.points import Point, PointReader, changed, reader
 from drivers.modbus.profiles import limits_for, resolve_points
-from gateway.aio import wait_event
 from gateway.driver import DeviceContext, DeviceState, Driver
 from gateway.errors import CommandRefused, DeviceError
 from gateway.reading import Reading
@@ -89,7 +88,6 @@ class ModbusDriver(Driver):
         self._last: dict[str, Any] = {}
         self._reader_cache: dict[int, tuple[Request, list[tuple[str, int, int, PointReader]]]] = {}
         self._cycle_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
 
     # -- running ---------------------------------------------------------------------
 
@@ -113,8 +111,7 @@ class ModbusDriver(Driver):
         while True:
             delay = self.timer.due - time.monotonic()
             if delay > 0:
-                self._wake.clear()
-                await wait_event(self._wake, delay)  # not wait_for: see gateway/aio.py
+                await asyncio.sleep(delay)
             async with self._cycle_lock:
                 ok = await self._cycle()
             if ok:
