@@ -159,7 +159,9 @@ def write_config(path: Path, *, sink_url: str | None, devices: int, interval: st
 class Gateway:
     """``python -m gateway run CONFIG`` as a child process, optionally pinned."""
 
-    def __init__(self, config: Path, *, cpu: int | None, log: Path) -> None:
+    def __init__(self, config: Path, *, cpu: int | None, log: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: variables added to this process's environment for the gateway."""
         self.config = config
         self.log_path = log
         cmd = [sys.executable, "-m", "gateway", "run", str(config)]
@@ -168,7 +170,8 @@ class Gateway:
         self._log = open(log, "ab")  # closed in stop()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=self._log,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env={**os.environ, **env} if env else None)
         self.pid = self.proc.pid  # taskset execs the gateway: same pid
 
     def alive(self) -> bool:

@@ -27,6 +27,7 @@ from gateway.errors import CommandRefused, ConfigError
 from gateway.forwarder import Forwarder
 from gateway.health import services as _health  # noqa: F401 - registers health services
 from gateway.instancelock import instance_lock
+from gateway.memory import release_free_heap
 from gateway.pipeline import Pipeline
 from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
@@ -126,6 +127,7 @@ class Gateway:
                 log.info("gateway %s (site %s) running: %d devices, sinks: %s",
                          cfg.model.gateway.id, cfg.model.gateway.site, len(cfg.devices),
                          ", ".join(s.sink_name for s in cfg.sinks))
+                release_free_heap()  # start-up's freed memory back to the system
                 await self._serve_control()
                 await self._shutdown()
         finally:
@@ -381,6 +383,7 @@ class Gateway:
                 self.supervisor.start("alarms", self._alarms.run)
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
                  "removed", len(changed), len(stale))
+        release_free_heap()
         return True
 
 

@@ -134,6 +134,7 @@ async def _run_profile(tmp_path: Path, name: str, messages: list[tuple[bytes, bo
         link = StubGateway(pipeline)
         broker = DeviceBroker(link)
         config = MqttDeviceConfig.model_validate({"id": "cam", "driver": "mqtt", "profile": name})
+        # [arg-type]: MQTT devices never emit through their context (the broker submits)
         ctx = DeviceContext("cam", emit=None)  # type: ignore[arg-type]
         mapper = Mapper(config)
         broker.attach(Attachment(mapper, ctx))

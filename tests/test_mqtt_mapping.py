@@ -66,6 +66,7 @@ def test_plate_camera_simulator_messages_map_through_its_profile() -> None:
 def make_broker() -> tuple[DeviceBroker, StubGateway, DeviceContext]:
     gateway = StubGateway()
     broker = DeviceBroker(gateway)
+    # [arg-type]: MQTT devices never emit through their context (the broker submits)
     ctx = DeviceContext("d1", emit=None)  # type: ignore[arg-type]
     broker.attach(Attachment(Mapper(config(
         fields={"v": {"path": "$.v", "type": "float"}}, max_payload=4096)), ctx))

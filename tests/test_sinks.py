@@ -97,6 +97,49 @@ async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: 
     assert all(set(r["metric"]) == {"__name__", "site", "meter"} for r in rows)
 
 
+_WRITE_PATH_ONLY = r"""
+import asyncio, json, sys
+from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+async def main():
+    sink = InfluxDBSink(InfluxDBSinkConfig(type="influxdb", url=sys.argv[1], bucket="b",
+                                           token="t"))
+    await sink.open()
+    try:
+        await sink.write(sys.argv[2].encode())
+    finally:
+        await sink.close()
+asyncio.run(main())
+print(json.dumps(sorted(m for m in sys.modules if m.startswith("influxdb_client"))))
+"""
+
+
+async def test_influxdb_write_path_is_small(victoria: Any) -> None:
+    """In a fresh interpreter (pytest's may hold all of influxdb_client already) the sink
+    loads only the client's write path and still writes: the lazily registered packages
+    (gateway/sinks/influxdb.py, _write_path_packages) resolve everything it uses."""
+    import json
+    import subprocess
+    import sys
+
+    m = unique("sinkpath")
+    t = (int(time.time()) - 60) * 1_000_000_000
+    proc = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _WRITE_PATH_ONLY, victoria.url,
+                         f"{m},meter=m1 v=2.5 {t}"],
+        capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout)
+    assert "influxdb_client.service.write_service" in modules
+    assert "influxdb_client.service.query_service" not in modules
+    assert len(modules) < 20, modules  # the whole package is ~400
+
+    async def probe() -> list[dict]:
+        return await asyncio.to_thread(victoria.export, f'{{__name__="{m}_v"}}')
+
+    rows = await eventually(probe)
+    assert [r["values"] for r in rows] == [[2.5]]
+
+
 async def test_line_break_in_a_string_field_loses_nothing_in_victoriametrics(
         victoria: Any) -> None:
     """A raw newline inside a quoted string field is legal line protocol, but
@@ -553,7 +596,8 @@ async def test_file_sink_resumes_size_and_sequence_after_restart(tmp_path: Path)
     await second.close()
     names_after = [p.name for p in rotated(second)]
     assert names_after[: len(names_before)] == names_before
-    assert [int(ROTATED.match(n).group(1)) for n in names_after] == [1, 2]  # type: ignore[union-attr]
+    matches = [ROTATED.match(n) for n in names_after]
+    assert [int(m.group(1)) if m else None for m in matches] == [1, 2]
     assert [p.read_bytes() for p in rotated(second)] == [
         b"a" * 9 + b"\n" + b"b" * 9 + b"\n",
         b"c" * 9 + b"\n" + b"d" * 9 + b"\n",

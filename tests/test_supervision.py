@@ -106,6 +106,7 @@ async def test_mqtt_intake_isolates_a_poison_message() -> None:
     broker = DeviceBroker(gateway)
     config = MqttDeviceConfig(id="cam", driver="mqtt", topic="a/+/ev", measurement="ev",
                               fields={"seq": "$.seq"})
+    # [arg-type]: MQTT devices never emit through their context (the broker submits)
     ctx = DeviceContext("cam", emit=None)  # type: ignore[arg-type]
     broker.attach(Attachment(Mapper(config), ctx))
     batch = [Message(f"a/{n}/ev", f'{{"seq": {n}}}'.encode(), 1, False, False, n, 0)
@@ -140,6 +141,7 @@ async def test_a_time_no_store_can_take_is_dropped_alone(tmp_path: Path) -> None
     pipeline, buffer, stats = await make_pipeline(tmp_path)
     await pipeline.submit("d1", [Reading("m", {}, {"n": 1}, 1), Reading("m", {}, {"n": 2}, 2**63),
                                  Reading("m", {}, {"n": 3}, -(2**64)),
+                                 # [arg-type]: a float time, a driver's bug on purpose
                                  Reading("m", {}, {"n": 4}, 1.5),  # type: ignore[arg-type]
                                  Reading("m", {}, {"n": 5}, 5)])
     await pipeline.flush()

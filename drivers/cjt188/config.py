@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field
 
@@ -12,7 +12,7 @@ from gateway.driver import DeviceConfigBase
 
 MeterType = Literal["cold_water", "hot_water", "drinking_water", "reclaimed_water", "heat",
                     "cooling", "heat_cooling", "gas", "custom"]
-assert set(MeterType.__args__) == set(METER_TYPES)  # type: ignore[attr-defined]
+assert set(get_args(MeterType)) == set(METER_TYPES)
 
 
 class Cjt188Config(DeviceConfigBase):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from drivers.serialbus.bcd import BadValue, BcdFormat
+from gateway.reading import FieldValue
 
 DI_READ_DATA = 0x901F
 DI_READ_ADDRESS = 0x810A
@@ -47,13 +48,13 @@ class DataError(ValueError):
 class Item:
     name: str
     size: int
-    decode: Callable[[bytes], dict[str, object]]
+    decode: Callable[[bytes], dict[str, FieldValue]]
 
 
 def _quantity(name: str, fmt: str) -> Item:
     bcd = BcdFormat.parse(fmt)
 
-    def decode(raw: bytes) -> dict[str, object]:
+    def decode(raw: bytes) -> dict[str, FieldValue]:
         unit = UNITS.get(raw[bcd.size])
         if unit is None:
             raise DataError(f"{name}: unknown unit code 0x{raw[bcd.size]:02X}")
@@ -68,7 +69,7 @@ def _plain(name: str, fmt: str) -> Item:
     return Item(name, bcd.size, lambda raw: {name: bcd.decode(raw)})
 
 
-def _meter_time(raw: bytes) -> dict[str, object]:
+def _meter_time(raw: bytes) -> dict[str, FieldValue]:
     """ss mm hh DD MM YYlow YYhigh, BCD -> ISO text (the meter's own clock)."""
     text = raw[::-1].hex()  # YYYYMMDDhhmmss
     if not text.isdigit():
@@ -77,7 +78,7 @@ def _meter_time(raw: bytes) -> dict[str, object]:
     return {"meter_time": iso}
 
 
-def _status(raw: bytes) -> dict[str, object]:
+def _status(raw: bytes) -> dict[str, FieldValue]:
     st1 = raw[0]
     return {"valve": VALVE[st1 & 0b11], "battery_low": bool(st1 & 0b100),
             "status": int.from_bytes(raw[:2], "little")}
@@ -112,13 +113,13 @@ MEASUREMENT: dict[int, str] = {0x10: "water_meter", 0x11: "water_meter", 0x12: "
                                0x22: "heat_meter", 0x30: "gas_meter", 0x40: "meter"}
 
 
-def decode_read_data(meter_type: int, body: bytes) -> dict[str, object]:
+def decode_read_data(meter_type: int, body: bytes) -> dict[str, FieldValue]:
     """Body after DI and SER -> fields."""
     layout = LAYOUTS[FAMILY.get(meter_type, "volume")]
     need = sum(item.size for item in layout)
     if len(body) < need:
         raise DataError(f"reply body has {len(body)} bytes, the layout needs {need}")
-    fields: dict[str, object] = {}
+    fields: dict[str, FieldValue] = {}
     pos = 0
     for item in layout:
         try:

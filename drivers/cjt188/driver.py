@@ -34,6 +34,6 @@ class Cjt188Driver(PolledMeter):
         reply = await client.read_data(line, self.type_code, cfg.address, order=cfg.di_order,
                                        reply_timeout=cfg.timeout, count=self.count)
         try:
-            return decode_read_data(reply.meter_type, reply.data[3:])  # type: ignore[return-value]
+            return decode_read_data(reply.meter_type, reply.data[3:])
         except DataError as exc:
             raise ReadFailed("bad_value", str(exc)) from None

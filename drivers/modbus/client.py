@@ -15,6 +15,13 @@ pymodbus's behaviour into the project's terms:
 * pymodbus closes the connection after ``retries + 3`` unanswered requests; on a shared
   RS-485 line that would cut off every healthy meter because one is dead, so it is
   disabled, and retries are done by the driver, one scheduled turn at a time;
+* Modbus TCP does not go through pymodbus's client at all but through :class:`_TcpChannel`:
+  an asyncio protocol that frames with pymodbus's ``FramerSocket`` and decodes with its
+  PDU classes. The high-level client's transaction layer (a lock, a future and
+  ``wait_for`` per request, eager debug formatting, packet tracing) was about 2/3 of the
+  gateway's CPU per request, and importing ``pymodbus.client`` (every client, pyserial)
+  ~1.7 MiB of a TCP-only gateway's memory (docs/benchmarks.md). RTU, on a serial port or
+  tunnelled over TCP, keeps pymodbus's client, imported when such a bus is used;
 * timeouts are per request (per device), not per client;
 * the RTU silence between frames (3.5 characters) is kept here, counted from the last
   byte received (or the end of our own request when nothing came back), not from when
@@ -35,12 +42,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerType
+from pymodbus.framer import FramerSocket, FramerType
+from pymodbus.pdu import DecodePDU, ExceptionResponse, ModbusPDU
+from pymodbus.pdu.bit_message import (
+    ReadCoilsRequest,
+    ReadDiscreteInputsRequest,
+    WriteMultipleCoilsRequest,
+    WriteSingleCoilRequest,
+)
 from pymodbus.pdu.register_message import (
+    ReadHoldingRegistersRequest,
     ReadHoldingRegistersResponse,
+    ReadInputRegistersRequest,
     ReadInputRegistersResponse,
+    WriteMultipleRegistersRequest,
 )
 
 from gateway.errors import DeviceError
@@ -165,14 +181,128 @@ class _InputReply(ReadInputRegistersResponse):
 
 _FAST_RESPONSES = (_HoldingReply, _InputReply)
 
-_READS = {
-    "coil": "read_coils", "discrete": "read_discrete_inputs",
-    "holding": "read_holding_registers", "input": "read_input_registers",
+_READS: dict[str, type[ModbusPDU]] = {
+    "coil": ReadCoilsRequest, "discrete": ReadDiscreteInputsRequest,
+    "holding": ReadHoldingRegistersRequest, "input": ReadInputRegistersRequest,
 }
+"""Request PDU per table (FC 1-4), as pymodbus's ``read_*`` client methods build them."""
+
+
+def _no_reply(waiter: asyncio.Future[ModbusPDU | None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _TcpChannel(asyncio.Protocol):
+    """One Modbus TCP connection, one transaction at a time (the bus scheduler's turn).
+
+    Frames are built and split by pymodbus's ``FramerSocket``; a reply is the frame whose
+    unit id and transaction id match the request (others, e.g. a late reply to a request
+    that timed out, are skipped as pymodbus skips them); register replies decode through
+    the fast response classes, anything else through pymodbus's ``DecodePDU``. No reply
+    within the timeout, or the connection lost meanwhile, resolves to ``None``; what was
+    received meanwhile went to ``trace``, for the caller to classify."""
+
+    def __init__(self, trace: Callable[[bool, bytes], bytes]) -> None:
+        self._trace = trace
+        decoder = DecodePDU(is_server=False)
+        for response in _FAST_RESPONSES:
+            decoder.register(response)
+        self._decoder = decoder
+        self._framer = FramerSocket(decoder)
+        self._fast = {r.function_code: r for r in _FAST_RESPONSES}
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[ModbusPDU | None] | None = None
+        self._unit = self._tid = 0
+        self._buffer = b""
+
+    @property
+    def connected(self) -> bool:
+        return self._transport is not None and not self._transport.is_closing()
+
+    async def connect(self, host: str, port: int, within: float) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(within):
+            await loop.create_connection(lambda: self, host, port)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a TCP stream
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._waiter is not None:
+            _no_reply(self._waiter)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    async def execute(self, request: ModbusPDU, reply_timeout: float) -> ModbusPDU | None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ConnectionException("not connected")
+        self._tid = self._tid % 0xFFFF + 1  # 1..65535: 0 would match any reply
+        request.transaction_id = self._tid
+        self._unit = request.dev_id
+        self._buffer = b""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        transport.write(self._trace(True, self._framer.buildFrame(request)))
+        expiry = loop.call_later(reply_timeout, _no_reply, waiter)
+        try:
+            return await waiter
+        finally:
+            expiry.cancel()
+            self._waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # nobody asked: a reply after its timeout
+        # What came since the request, whole: the caller's evidence if no reply comes.
+        buffer = self._buffer = self._trace(False, self._buffer + data)
+        framer = self._framer
+        while buffer:
+            used, unit, tid, pdu_bytes = framer.decode(buffer)
+            if not used:
+                break  # wait for the rest of the frame
+            buffer = self._buffer = buffer[used:]
+            if not pdu_bytes or unit != self._unit or (tid and tid != self._tid):
+                continue  # empty, or not ours (pymodbus's handleFrame skips these too)
+            try:
+                pdu = self._decode(pdu_bytes)
+            except (ModbusException, ValueError, IndexError, struct.error) as exc:
+                # What pymodbus's decoder turns into "Unable to decode" (a truncated PDU
+                # raises IndexError): a bad frame, not a crash of this protocol.
+                waiter.set_exception(ModbusIOException(f"Unable to decode response: {exc}"))
+                return
+            pdu.dev_id, pdu.transaction_id = unit, tid
+            self._buffer = b""
+            waiter.set_result(pdu)
+            return
+
+    def _decode(self, frame: bytes) -> ModbusPDU:
+        function_code = frame[0]
+        fast = self._fast.get(function_code)
+        if fast is not None:
+            pdu: ModbusPDU = fast()
+            pdu.decode(frame[1:])
+            return pdu
+        if function_code > 0x80:
+            pdu = ExceptionResponse(function_code & 0x7F)
+            pdu.decode(frame[1:])
+            return pdu
+        decoded = self._decoder.decode(frame)
+        if decoded is None:
+            raise ModbusIOException("Unable to decode response")
+        return decoded
 
 
 class ModbusLink:
-    """One pymodbus async client for one bus. Callers serialize use (BusScheduler).
+    """One bus: a :class:`_TcpChannel` for Modbus TCP, pymodbus's async client for RTU.
+    Callers serialize use (BusScheduler).
 
     ``silence``: the quiet time kept before each request (default: the endpoint's
     3.5-character gap on RTU, none on TCP)."""
@@ -187,12 +317,20 @@ class ModbusLink:
         """Requests that had to wait for the line to be quiet long enough."""
         self._rx = b""
         self._quiet_since = -math.inf
-        self._client = self._make_client(endpoint, timeout)
-        self._client.set_max_no_responses(1 << 30)
-        for response in _FAST_RESPONSES:
-            self._client.register(response)
+        self._tcp: _TcpChannel | None = None
+        self._client: Any = None
+        if endpoint.transport == "tcp":
+            self._tcp = _TcpChannel(self._trace)
+        else:
+            self._client = self._make_client(endpoint, timeout)
+            self._client.set_max_no_responses(1 << 30)
+            for response in _FAST_RESPONSES:
+                self._client.register(response)
 
     def _make_client(self, ep: Endpoint, timeout: float) -> Any:
+        """pymodbus's client, for RTU (serial, or tunnelled over TCP)."""
+        from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+
         common: dict[str, Any] = dict(timeout=timeout, retries=0, reconnect_delay=0.5,
                                       reconnect_delay_max=10.0, trace_packet=self._trace)
         if ep.transport == "rtu":
@@ -233,10 +371,19 @@ class ModbusLink:
 
     @property
     def connected(self) -> bool:
+        if self._tcp is not None:
+            return self._tcp.connected
         return bool(self._client.connected)
 
     async def connect(self) -> None:
-        if self._client.connected:
+        if self.connected:
+            return
+        if self._tcp is not None:
+            try:
+                await self._tcp.connect(self.endpoint.target, self.endpoint.port, self.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ModbusConnectionError(
+                    f"cannot connect to {self.describe()}: {exc or 'timed out'}") from None
             return
         try:
             ok = await self._client.connect()
@@ -265,10 +412,9 @@ class ModbusLink:
     async def read(self, table: str, address: int, count: int, unit: int,
                    reply_timeout: float | None = None) -> list[int] | list[bool]:
         """``count`` registers (ints) or bits (bools) from ``address``."""
-        method = getattr(self._client, _READS[table])
         what = f"read {table}[{address}..{address + count - 1}] unit {unit}"
-        reply = await self._call(what, unit, reply_timeout, method, address, count=count,
-                                 device_id=unit)
+        reply = await self._call(what, unit, reply_timeout,
+                                 _READS[table](address=address, count=count, dev_id=unit))
         values = list(reply.bits[:count]) if table in ("coil", "discrete") else (
             reply.registers)
         if len(values) != count:
@@ -279,29 +425,34 @@ class ModbusLink:
                     unit: int, reply_timeout: float | None = None) -> None:
         """Write coils (FC 5/15) or holding registers (FC 6/16)."""
         what = f"write {table}[{address}..{address + len(values) - 1}] unit {unit}"
-        client, timeout = self._client, reply_timeout
+        request: ModbusPDU
         if table == "coil":
-            if len(values) == 1:
-                await self._call(what, unit, timeout, client.write_coil, address,
-                                 bool(values[0]), device_id=unit)
-            else:
-                await self._call(what, unit, timeout, client.write_coils, address,
-                                 [bool(v) for v in values], device_id=unit)
+            bits = [bool(v) for v in values]
+            request = (WriteSingleCoilRequest(address=address, bits=bits, dev_id=unit)
+                       if len(bits) == 1 else
+                       WriteMultipleCoilsRequest(address=address, bits=bits, dev_id=unit))
         elif table == "holding":
             # FC 16 even for one register: FC 6 is not implemented by every meter,
             # FC 16 is by all that accept writes at all.
-            await self._call(what, unit, timeout, client.write_registers, address,
-                             [int(v) for v in values], device_id=unit)
+            request = WriteMultipleRegistersRequest(
+                address=address, registers=[int(v) for v in values], dev_id=unit)
         else:
             raise ValueError(f"{table} is read-only")
+        await self._call(what, unit, reply_timeout, request)
 
-    async def _call(self, what: str, unit: int, reply_timeout: float | None, method: Any,
-                    *args: Any, **kwargs: Any) -> Any:
+    async def _call(self, what: str, unit: int, reply_timeout: float | None,
+                    request: ModbusPDU) -> Any:
         await self.connect()
         await self.quiet()
-        self._client.ctx.comm_params.timeout_connect = reply_timeout or self.timeout
+        timeout = reply_timeout or self.timeout
         try:
-            reply = await method(*args, **kwargs)
+            if self._tcp is not None:
+                reply = await self._tcp.execute(request, timeout)
+                if reply is None:  # what pymodbus reports as ModbusIOException, below
+                    raise ModbusIOException("no reply")
+            else:
+                self._client.ctx.comm_params.timeout_connect = timeout
+                reply = await self._client.execute(False, request)
         except ModbusIOException as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
@@ -326,7 +477,7 @@ class ModbusLink:
     def _silence_error(self, what: str, unit: int, exc: Exception) -> ModbusError:
         received = self._rx
         if not received:
-            if not self._client.connected:
+            if not self.connected:
                 return ModbusConnectionError(f"{what}: connection lost")
             return ModbusTimeout(f"{what}: no reply")
         head = received[:24].hex(" ")
@@ -336,7 +487,10 @@ class ModbusLink:
         return ModbusFrameError(f"{what}: bad frame, {len(received)} bytes ({head})")
 
     async def close(self) -> None:
-        self._client.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        else:
+            self._client.close()
 
 
 def _serial_problem(port: str) -> str:

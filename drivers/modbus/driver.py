@@ -25,9 +25,8 @@ from drivers.modbus.client import (
 )
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import TCP, ReadPlan, Request, WireCost
-from drivers.modbus.points import Point, changed
+from drivers.modbus.points import Point, PointReader, changed, reader
 from drivers.modbus.profiles import limits_for, resolve_points
-from gateway.aio import wait_event
 from gateway.driver import DeviceContext, DeviceState, Driver
 from gateway.errors import CommandRefused, DeviceError
 from gateway.reading import Reading
@@ -87,8 +86,8 @@ class ModbusDriver(Driver):
         """Good cycles between re-reads of bad points (one single-point read each)."""
         self._cycles_since_reprobe = 0
         self._last: dict[str, Any] = {}
+        self._reader_cache: dict[int, tuple[Request, list[tuple[str, int, int, PointReader]]]] = {}
         self._cycle_lock = asyncio.Lock()
-        self._wake = asyncio.Event()
 
     # -- running ---------------------------------------------------------------------
 
@@ -112,8 +111,7 @@ class ModbusDriver(Driver):
         while True:
             delay = self.timer.due - time.monotonic()
             if delay > 0:
-                self._wake.clear()
-                await wait_event(self._wake, delay)  # not wait_for: see gateway/aio.py
+                await asyncio.sleep(delay)
             async with self._cycle_lock:
                 ok = await self._cycle()
             if ok:
@@ -175,18 +173,30 @@ class ModbusDriver(Driver):
                 self.health.partial("bad_point", f"point {point.name} ({request}) rejected: "
                                     f"exception {exc.code}; no longer polled")
             return replacement
-        for point in request.points:
-            offset = point.address - request.start
+        for name, start, end, read in self._readers(request):
             try:
-                value = point.decode(words[offset:offset + point.count])
+                value = read(words[start:end])
             except (ValueError, UnicodeDecodeError) as exc:
-                self.health.partial("decode_error", f"point {point.name}: {exc}")
+                self.health.partial("decode_error", f"point {name}: {exc}")
                 continue
             if isinstance(value, float) and not math.isfinite(value):
-                self.health.partial("not_finite", f"point {point.name} read {value}")
+                self.health.partial("not_finite", f"point {name} read {value}")
                 continue
-            values[point.name] = value
+            values[name] = value
         return []
+
+    def _readers(self, request: Request) -> list[tuple[str, int, int, PointReader]]:
+        """(name, first word, end word, reader) per point of ``request``, built once per
+        request of the plan: the poll path then does no per-point lookups."""
+        cached = self._reader_cache.get(id(request))
+        if cached is not None and cached[0] is request:
+            return cached[1]
+        readers = [(p.name, p.address - request.start, p.address - request.start + p.count,
+                    reader(p)) for p in request.points]
+        if len(self._reader_cache) > 4 * len(self.points) + 16:  # plans that were replaced
+            self._reader_cache.clear()
+        self._reader_cache[id(request)] = (request, readers)
+        return readers
 
     async def _reprobe(self, values: dict[str, Any]) -> None:
         """Read each bad point alone, once; put back those the device answers again.

@@ -223,7 +223,8 @@ class _Builder:
         top = self._stack[-1] if self._stack else None
         is_key = top is not None and isinstance(top.value, dict) and top.key is _NO_KEY
         if is_key and tag == _MERGE:
-            top.merging, top.key, top.key_line = True, "<<", _line(event)  # type: ignore[union-attr]
+            assert top is not None  # is_key says so; mypy does not carry it over
+            top.merging, top.key, top.key_line = True, "<<", _line(event)
             return
         construct = _SCALARS.get(tag)
         if construct is None:

@@ -206,22 +206,22 @@ class MqttConnection:
         (DUP) on the new one, and its old packet id there could name another message."""
         if not self.manual_ack:
             return 0
-        client = self._client
-        generation = self.generation if client is not None and self.connected else None
+        client = self._client if self.connected else None
+        generation = self.generation if client is not None else None
         mids: list[int] = []
         completed = 0
         for message in messages:
             if not message.qos:
                 continue
-            if message.generation != generation:
+            if client is None or message.generation != generation:
                 self.stats.acks_skipped += 1
             elif message.qos == 1:
                 mids.append(message.mid)
             else:
-                client.ack(message.mid, 2)  # type: ignore[union-attr]  # PUBCOMP
+                client.ack(message.mid, 2)  # PUBCOMP
                 completed += 1
-        if mids:
-            client.ack_many(mids)  # type: ignore[union-attr]
+        if mids and client is not None:
+            client.ack_many(mids)
         return len(mids) + completed
 
     # -- connection loop -----------------------------------------------------------
@@ -248,7 +248,8 @@ class MqttConnection:
         s = self.settings
         client = self._make_client()
         self._lost.clear()
-        self._connack = self._loop.create_future()  # type: ignore[union-attr]
+        assert self._loop is not None  # set by run(), the only caller
+        self._connack = self._loop.create_future()
         props: Properties | None = None
         clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
         if self.protocol == MQTTProtocolVersion.MQTTv5:

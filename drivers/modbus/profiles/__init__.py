@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from functools import cache
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -73,9 +72,11 @@ def find_profile(name: str) -> Traversable:
 
 def load_profile(name: str) -> Profile:
     path = find_profile(name)
-    # typeshed's Traversable protocol declares no __hash__; every implementation
-    # (Path, zipfile.Path, MultiplexedPath) is hashable, so @cache can key on it.
-    return _load_file(path, _mtime(path))  # type: ignore[arg-type]
+    key = (str(path), _mtime(path))
+    profile = _LOADED.get(key)
+    if profile is None:
+        profile = _LOADED[key] = _load_file(path)
+    return profile
 
 
 def _mtime(path: Traversable) -> int:
@@ -84,8 +85,11 @@ def _mtime(path: Traversable) -> int:
     return path.stat().st_mtime_ns if isinstance(path, Path) else 0
 
 
-@cache
-def _load_file(path: Traversable, _mtime: int) -> Profile:
+_LOADED: dict[tuple[str, int], Profile] = {}
+"""Parsed profiles by (location, mtime): a file is parsed once per version."""
+
+
+def _load_file(path: Traversable) -> Profile:
     doc, problems = parse_yaml(path.read_text(encoding="utf-8"), environ={})
     if problems or doc is None:
         raise ConfigError([f"{path}:{p.line or '?'}: {p.message}" for p in problems])
