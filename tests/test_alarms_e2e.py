@@ -437,3 +437,48 @@ async def test_suppress_realarm_and_chatter_on_the_bus(
             assert alarms["transitions"]["realarm"] >= 1
     finally:
         watcher.close()
+
+
+async def test_alarm_names_that_are_not_topic_levels(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Found by probing cmd/alarm as a careless operator: ``out_of_service`` for a device
+    named ``meter-/#`` (the rule's glob ``meter-*`` matches it) created an alarm for a device
+    that does not exist, whose retained topic ``alarms/r/meter-/#`` paho refuses to publish:
+    the ops bus crashed on every restart and the poisoned alarm stayed in the buffer.
+    Commands may create alarms only for configured devices; an alarm named by a count key
+    (a value from a reading, which may hold ``/``, ``+`` or ``#``) is published under its
+    name with those characters percent-encoded."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    devices = "[{id: meter-1, driver: test_gate}]"
+    rules = """\
+  - id: r
+    devices: ["meter-*"]
+    when: "v > 10"
+  - id: denied
+    when: "not granted"
+    count: {n: 1, within: 1m, key: reader}
+"""
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules, devices=devices))
+    watcher = Watcher(broker.port, "ops", "ops-secret", [f"{base}/alarms/#", f"{base}/cmd/#"])
+    ops = Ops(watcher, base)
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+            for device in ("meter-/#", "meter-+", "meter-9"):
+                answer = await ops.command("out_of_service", "r", device)
+                assert answer["ok"] is False and "unknown device" in answer["error"]
+            assert (await ops.command("out_of_service", "r", "meter-1"))["ok"] is True
+            await submit(gateway, "meter-1", "access_event", granted=False,
+                         reader="gate/east#1+%")
+            raised = (await ops.transitions("denied", 1, "raise by a count key"))[0]
+            assert raised["device"] == "gate/east#1+%"
+            topic = f"{base}/alarms/denied/gate%2Feast%231%2B%25"
+            state = await watcher.wait(lambda: watcher.on(topic), what="encoded topic")
+            assert state[-1]["device"] == "gate/east#1+%"
+            assert gateway.supervisor is not None
+            assert gateway.supervisor.restarts == {}
+    finally:
+        watcher.close()

@@ -332,13 +332,16 @@ def test_readings_are_evaluated_only_against_rules_that_read_their_fields() -> N
 
 
 def test_commands_for_unknown_alarms_are_refused_but_out_of_service_may_come_first() -> None:
-    sim = Sim({"id": "r", "devices": ["meter-*"], "when": "v > 10"})
+    sim = Sim({"id": "r", "devices": ["meter-*"], "when": "v > 10"},
+              devices={"meter-1": DeviceInfo()})
     with pytest.raises(AlarmCommandRefused, match="unknown rule"):
         sim.cmd("ack", "nope")
     with pytest.raises(AlarmCommandRefused, match="no alarm"):
         sim.cmd("ack", "r")
     with pytest.raises(AlarmCommandRefused, match="does not select"):
         sim.cmd("out_of_service", "r", device="pump-1")
+    with pytest.raises(AlarmCommandRefused, match="unknown device"):
+        sim.cmd("out_of_service", "r", device="meter-/#")  # the glob matches; no device
     assert sim.cmd("out_of_service", "r") is AlarmState.OUT_OF_SERVICE
     sim.feed(1, v=11)
     assert sim.causes() == ["out_of_service"]

@@ -507,6 +507,14 @@ class Engine:
             if not rule.selects_device(command.device):
                 raise AlarmCommandRefused(
                     f"rule {command.rule!r} does not select device {command.device!r}")
+            # Only a configured device: a glob also matches names no device has (a typo,
+            # or "meter-/#", which is no MQTT topic level), and each would be an alarm
+            # kept for ever. Alarms named by a count key come from readings alone.
+            keyed = rule.config.count is not None and rule.config.count.key != "device"
+            if keyed or command.device not in self.devices:
+                raise AlarmCommandRefused(
+                    f"unknown device {command.device!r}: no alarm to take out of service "
+                    "or shelve before it raised")
             alarm = self._alarm(rule, command.device, command.device)
             if alarm is None:
                 raise AlarmCommandRefused("too many alarms (alarms.max_alarms)")
