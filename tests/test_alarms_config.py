@@ -178,6 +178,18 @@ def test_list_files_without_end_are_refused_not_read(tmp_path: Path) -> None:
                for p in found), found
 
 
+def test_an_expression_too_deep_to_compile_is_an_error_of_one_short_line(
+        tmp_path: Path) -> None:
+    """Found by probing ``iotgw rules check`` with a generated condition of 20,000 ``or``
+    clauses: it is refused (rule-engine's RecursionError, exit 2), but the error line
+    quoted all 330 KB of it. Expressions are quoted cut to 120 characters."""
+    when = " or ".join(["status > 1"] * 20_000)
+    text = HEADER + f"rules:\n  - id: r\n    devices: [gate-1]\n    when: '{when}'\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "rules[0].when: cannot compile" in found[0], found[0][:300]
+    assert "RecursionError" in found[0] and len(found[0]) < 400, found[0][:300]
+
+
 def test_rules_check_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, HEADER + ISSUE_EXAMPLE)
     assert main(["rules", "check", str(good)]) == 0
