@@ -56,7 +56,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         delay = f", for {d['for']:g}s" if d["for"] else ""
         print(f"{d['id']}: {d['kind']}, severity {d['severity']}{delay}"
               + (f", reads {', '.join(d['trigger'])}" if d["trigger"] else ""))
-    warnings = rule_warnings(config.model)
+    warnings = rule_warnings(config.model, config.path.resolve().parent)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{len(rules)} rule(s) OK" + (f", {len(warnings)} warning(s)" if warnings else ""))

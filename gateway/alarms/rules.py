@@ -148,7 +148,12 @@ def load_lists(config: RuleConfig, base: Path, private_fields: list[frozenset[st
     lists = RuleLists()
     for name, spec in config.lists.items():
         path = spec.file if spec.file.is_absolute() else base / spec.file
-        values = read_list(path)
+        try:
+            values = read_list(path)
+        except FileNotFoundError:
+            if not config.optional:
+                raise
+            values = []  # a pack's list the compound has not made yet (a warning)
         hashed_somewhere = spec.field is not None and any(spec.field in p for p in private_fields)
         raw_somewhere = spec.field is None or not private_fields or \
             any(spec.field not in p for p in private_fields)
