@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from gateway.cli import main
 from gateway.health.statustable import fetch, format_status, status_url
 from gateway.reading import Reading
 from gateway.runtime import Gateway
@@ -482,3 +483,35 @@ async def test_alarm_names_that_are_not_topic_levels(
             assert gateway.supervisor.restarts == {}
     finally:
         watcher.close()
+
+
+async def test_an_alarm_that_never_changed_state_has_no_since(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by reading the retained topics after ``iotgw demo``: alarms with a pending
+    on-delay (or an offline timer) that never raised were republished at connect with
+    ``"since": "1970-01-01T00:00:00+00:00"`` (and ``iotgw alarms`` printed that date):
+    ``since`` is null until the alarm's first transition."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = "  - {id: slow, devices: ['meter-*'], when: 'v > 10', for: 1h}\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: meter-1, driver: test_gate}]"))
+    async with running(config) as gateway:
+        await submit(gateway, "meter-1", "m", v=11.0)  # pending for an hour: seq 0
+        assert gateway.alarms is not None and [a.seq for a in gateway.alarms.alarms()] == [0]
+    watcher = Watcher(broker.port, "ops", "ops-secret", [f"{base}/alarms/#"])
+    try:
+        async with running(config) as gateway:  # restored; every alarm republished
+            states = await watcher.wait(lambda: watcher.on(f"{base}/alarms/slow/meter-1"),
+                                        what="republished pending alarm")
+            assert states[-1]["seq"] == 0 and states[-1]["state"] == "normal"
+            assert states[-1]["since"] is None, states[-1]
+    finally:
+        watcher.close()
+    capsys.readouterr()
+    assert main(["alarms", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "slow/meter-1: normal" in out and "1970" not in out, out

@@ -132,7 +132,8 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         print("no alarms recorded")
     for a in alarms:
         print(f"{a['rule']}/{a['device']}: {a['state']}  sev {a['severity']}  seq {a['seq']}  "
-              f"since {_when(a['since'])}" + (f"  {a['message']}" if a["message"] else ""))
+              f"since {_when(a['since']) if a['seq'] else '-'}"  # seq 0: never changed
+              + (f"  {a['message']}" if a["message"] else ""))
     if journal:
         print("\njournal (oldest first):")
     for e in journal:

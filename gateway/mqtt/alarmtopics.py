@@ -52,7 +52,9 @@ def state_body(alarm: AlarmSnapshot) -> dict[str, Any]:
     """The retained payload (docs/topics.md lists the keys)."""
     return {"rule": alarm.key.rule, "device": alarm.key.device, "alarm_id": alarm.alarm_id,
             "state": str(alarm.state), "active": alarm.active, "acked": alarm.acked,
-            "severity": alarm.severity, "since": _iso(alarm.since), "value": alarm.value,
+            "severity": alarm.severity,
+            # seq 0: no transition yet (a pending on-delay), so no state change to date
+            "since": _iso(alarm.since) if alarm.seq else None, "value": alarm.value,
             "message": alarm.message, "seq": alarm.seq, "latched": alarm.latched,
             "chatter": alarm.chatter, "shelved_until": _iso(alarm.shelved_until),
             "tags": dict(alarm.tags)}
