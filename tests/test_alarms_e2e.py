@@ -515,3 +515,38 @@ async def test_an_alarm_that_never_changed_state_has_no_since(
     assert main(["alarms", str(config)]) == 0
     out = capsys.readouterr().out
     assert "slow/meter-1: normal" in out and "1970" not in out, out
+
+
+async def test_home_assistant_alarms_named_by_count_keys_do_not_collide(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Found by probing with unicode names: a count-key alarm is named by a reading's
+    value (``key: reader``), and the Home Assistant object id kept only [A-Za-z0-9_-] of
+    it, so readers "东门" and "西门" (east and west gate) both became
+    ``alarm_denied`` (one entity, the second config overwriting the first, and forgetting
+    one removed the other). Such names now carry a short hash of the exact name."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = ("  - {id: denied, when: 'not granted', count: {n: 1, within: 1m, key: reader}}\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: ctl-1, driver: test_gate}]"))
+    watcher = Watcher(broker.port, "ops", "ops-secret", ["homeassistant/binary_sensor/#"])
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+            for reader in ("东门", "西门"):
+                await submit(gateway, "ctl-1", "access_event", granted=False, reader=reader)
+
+            def configs() -> dict[str, dict[str, Any]]:
+                found = {}
+                for topic in {t for t, _, _ in list(watcher.messages)}:
+                    states = watcher.on(topic)
+                    if topic.startswith("homeassistant/binary_sensor/") and states:
+                        found[states[-1]["state_topic"]] = states[-1]
+                return found if len(found) == 2 else {}
+
+            found = await watcher.wait(configs, what="two HA alarm configs")
+            assert len({c["unique_id"] for c in found.values()}) == 2, found
+    finally:
+        watcher.close()
