@@ -12,6 +12,7 @@ the broker or the stores.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import urllib.request
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmState
 from gateway.cli import main
 from gateway.health.statustable import fetch, format_status, status_url
 from gateway.reading import Reading
@@ -550,3 +552,54 @@ async def test_home_assistant_alarms_named_by_count_keys_do_not_collide(
             assert len({c["unique_id"] for c in found.values()}) == 2, found
     finally:
         watcher.close()
+
+
+async def until(check: Callable[[], Any], what: str) -> None:
+    """Hang guard: poll ``check`` until it holds."""
+    for _ in range(300):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_corrupt_saved_alarm_row_does_not_stop_the_gateway(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by probing ``iotgw run`` and ``iotgw alarms`` on a damaged buffer: one
+    ``alarm_state`` row whose JSON column was unreadable made the gateway exit with a
+    traceback at start (no readings either), and ``iotgw alarms`` crashed on a ``since``
+    that was not a number. The row is restored from its ``state`` and ``seq`` columns
+    (without timers), the damage is logged, and seq still only grows."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = "  - {id: hot, devices: ['meter-*'], when: 'v > 10'}\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: meter-1, driver: test_gate}]"))
+    async with running(config) as gateway:
+        assert gateway.alarms is not None
+        await submit(gateway, "meter-1", "m", v=11.0)
+        await until(lambda: gateway.alarms is not None and gateway.alarms.alarms()
+                    and gateway.alarms.alarms()[0].seq == 1, "raised")
+        await gateway.alarms.command(AlarmCommand(AlarmAction.ACK, "hot", "meter-1", "op"))
+    db = sqlite3.connect(tmp_path / "data" / "buffer.db")
+    with db:
+        db.execute("UPDATE alarm_state SET data = '{not json', since = 'abc'")
+    db.close()
+
+    async with running(config) as gateway:  # starts; the alarm is back in its state
+        assert gateway.alarms is not None
+        (alarm,) = gateway.alarms.alarms()
+        assert (alarm.state, alarm.seq) == (AlarmState.ACTIVE_ACKED, 2)
+        await submit(gateway, "meter-1", "m", v=1.0)
+        await until(lambda: gateway.alarms is not None
+                    and gateway.alarms.alarms()[0].seq == 3, "clear with the next seq")
+    capsys.readouterr()
+    db = sqlite3.connect(tmp_path / "data" / "buffer.db")
+    with db:
+        db.execute("UPDATE alarm_state SET since = 'abc'")
+    db.close()
+    assert main(["alarms", str(config)]) == 0
+    assert "hot/meter-1: normal" in capsys.readouterr().out

@@ -14,6 +14,8 @@ from gateway.alarms.model import Transition
 
 
 def _when(at: float) -> str:
+    if not isinstance(at, (int, float)):  # a damaged row: shown, not a traceback
+        return repr(at)
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
