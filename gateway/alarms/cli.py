@@ -96,16 +96,20 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         lines = read_file(args.replay)
     errors: list[str] = []
     count = 0
-    for t in replay(engine, lines, errors):
-        count += 1
-        if args.json:
-            print(json.dumps(_transition_dict(t), default=str))
-        else:
-            a = t.alarm
-            print(f"{_when(t.at)}  {a.key.rule}/{a.key.device}  {t.cause:<9} "
-                  f"{t.previous.value} -> {a.state.value}  sev {a.severity}  seq {a.seq}"
-                  + (f"  value {a.value}" if a.value is not None else "")
-                  + (f"  {a.message}" if a.message else ""))
+    try:
+        for t in replay(engine, lines, errors):
+            count += 1
+            if args.json:
+                print(json.dumps(_transition_dict(t), default=str))
+            else:
+                a = t.alarm
+                print(f"{_when(t.at)}  {a.key.rule}/{a.key.device}  {t.cause:<9} "
+                      f"{t.previous.value} -> {a.state.value}  sev {a.severity}  seq {a.seq}"
+                      + (f"  value {a.value}" if a.value is not None else "")
+                      + (f"  {a.message}" if a.message else ""))
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     for error in errors[:10]:
         print(f"skipped {error}", file=sys.stderr)
     if len(errors) > 10:
