@@ -110,3 +110,21 @@ def test_line_protocol_parser_refuses_garbage() -> None:
     for bad in ("m", "m f 1", "m f=x 1", "m f=1 soon"):
         with pytest.raises(LineError):
             parse_line(bad)
+
+
+def test_rules_test_from_a_file_that_is_not_a_buffer(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by probing ``iotgw rules test --from-buffer`` with a data_dir holding some
+    other SQLite file (or a damaged buffer): a traceback (no such table: chunks). Now
+    exit 1 with what could not be read."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG)
+    (tmp_path / "data").mkdir()
+    conn = sqlite3.connect(tmp_path / "data" / "buffer.db")
+    conn.execute("CREATE TABLE x (a)")
+    conn.close()
+    assert main(["rules", "test", str(config), "--from-buffer"]) == 1
+    assert "cannot read" in capsys.readouterr().err
+    (tmp_path / "data" / "buffer.db").write_bytes(b"SQLite format 3\0" + b"\xff" * 200)
+    assert main(["rules", "test", str(config), "--from-buffer"]) == 1
+    assert "cannot read" in capsys.readouterr().err

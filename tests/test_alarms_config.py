@@ -156,6 +156,40 @@ def test_list_files_are_read_relative_to_the_config(tmp_path: Path) -> None:
     load_config(tmp_path / "gw.yaml", environ={})
 
 
+def test_list_files_without_end_are_refused_not_read(tmp_path: Path) -> None:
+    """Found by probing ``iotgw rules check`` with a list at ``/dev/zero``: the reader
+    stopped only after a million entries, and a file without line breaks is one entry,
+    so it grew to 23 GB and was OOM-killed (a gateway rereads lists on every SIGHUP).
+    Now a list must be a regular file of at most 64 MiB."""
+    text = HEADER + ("rules:\n  - id: r\n    devices: [gate-1]\n    when: 'status in blocked'\n"
+                     "    lists: {blocked: {file: lists/blocked.txt}}\n")
+    write(tmp_path, text)
+    big = tmp_path / "lists" / "blocked.txt"
+    big.parent.mkdir(exist_ok=True)
+    with big.open("wb") as f:  # sparse: one line of NULs, 64 MiB + 1 byte
+        f.truncate(64 * 1024 * 1024 + 1)
+    found = problems(tmp_path / "gw.yaml")
+    assert any("rules[0].lists.blocked.file: cannot read" in p and "larger than 64 MiB" in p
+               for p in found), found
+    big.unlink()
+    big.symlink_to("/dev/zero")
+    found = problems(tmp_path / "gw.yaml")
+    assert any("blocked.file: cannot read" in p and "not a regular file" in p
+               for p in found), found
+
+
+def test_an_expression_too_deep_to_compile_is_an_error_of_one_short_line(
+        tmp_path: Path) -> None:
+    """Found by probing ``iotgw rules check`` with a generated condition of 20,000 ``or``
+    clauses: it is refused (rule-engine's RecursionError, exit 2), but the error line
+    quoted all 330 KB of it. Expressions are quoted cut to 120 characters."""
+    when = " or ".join(["status > 1"] * 20_000)
+    text = HEADER + f"rules:\n  - id: r\n    devices: [gate-1]\n    when: '{when}'\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "rules[0].when: cannot compile" in found[0], found[0][:300]
+    assert "RecursionError" in found[0] and len(found[0]) < 400, found[0][:300]
+
+
 def test_rules_check_and_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write(tmp_path, HEADER + ISSUE_EXAMPLE)
     assert main(["rules", "check", str(good)]) == 0

@@ -12,6 +12,7 @@ the broker or the stores.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import urllib.request
 import uuid
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmState
+from gateway.cli import main
 from gateway.health.statustable import fetch, format_status, status_url
 from gateway.reading import Reading
 from gateway.runtime import Gateway
@@ -437,3 +440,166 @@ async def test_suppress_realarm_and_chatter_on_the_bus(
             assert alarms["transitions"]["realarm"] >= 1
     finally:
         watcher.close()
+
+
+async def test_alarm_names_that_are_not_topic_levels(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Found by probing cmd/alarm as a careless operator: ``out_of_service`` for a device
+    named ``meter-/#`` (the rule's glob ``meter-*`` matches it) created an alarm for a device
+    that does not exist, whose retained topic ``alarms/r/meter-/#`` paho refuses to publish:
+    the ops bus crashed on every restart and the poisoned alarm stayed in the buffer.
+    Commands may create alarms only for configured devices; an alarm named by a count key
+    (a value from a reading, which may hold ``/``, ``+`` or ``#``) is published under its
+    name with those characters percent-encoded."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    devices = "[{id: meter-1, driver: test_gate}]"
+    rules = """\
+  - id: r
+    devices: ["meter-*"]
+    when: "v > 10"
+  - id: denied
+    when: "not granted"
+    count: {n: 1, within: 1m, key: reader}
+"""
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules, devices=devices))
+    watcher = Watcher(broker.port, "ops", "ops-secret", [f"{base}/alarms/#", f"{base}/cmd/#"])
+    ops = Ops(watcher, base)
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+            for device in ("meter-/#", "meter-+", "meter-9"):
+                answer = await ops.command("out_of_service", "r", device)
+                assert answer["ok"] is False and "unknown device" in answer["error"]
+            assert (await ops.command("out_of_service", "r", "meter-1"))["ok"] is True
+            await submit(gateway, "meter-1", "access_event", granted=False,
+                         reader="gate/east#1+%")
+            raised = (await ops.transitions("denied", 1, "raise by a count key"))[0]
+            assert raised["device"] == "gate/east#1+%"
+            topic = f"{base}/alarms/denied/gate%2Feast%231%2B%25"
+            state = await watcher.wait(lambda: watcher.on(topic), what="encoded topic")
+            assert state[-1]["device"] == "gate/east#1+%"
+            assert gateway.supervisor is not None
+            assert gateway.supervisor.restarts == {}
+    finally:
+        watcher.close()
+
+
+async def test_an_alarm_that_never_changed_state_has_no_since(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by reading the retained topics after ``iotgw demo``: alarms with a pending
+    on-delay (or an offline timer) that never raised were republished at connect with
+    ``"since": "1970-01-01T00:00:00+00:00"`` (and ``iotgw alarms`` printed that date):
+    ``since`` is null until the alarm's first transition."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = "  - {id: slow, devices: ['meter-*'], when: 'v > 10', for: 1h}\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: meter-1, driver: test_gate}]"))
+    async with running(config) as gateway:
+        await submit(gateway, "meter-1", "m", v=11.0)  # pending for an hour: seq 0
+        assert gateway.alarms is not None and [a.seq for a in gateway.alarms.alarms()] == [0]
+    watcher = Watcher(broker.port, "ops", "ops-secret", [f"{base}/alarms/#"])
+    try:
+        async with running(config) as gateway:  # restored; every alarm republished
+            states = await watcher.wait(lambda: watcher.on(f"{base}/alarms/slow/meter-1"),
+                                        what="republished pending alarm")
+            assert states[-1]["seq"] == 0 and states[-1]["state"] == "normal"
+            assert states[-1]["since"] is None, states[-1]
+    finally:
+        watcher.close()
+    capsys.readouterr()
+    assert main(["alarms", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "slow/meter-1: normal" in out and "1970" not in out, out
+
+
+async def test_home_assistant_alarms_named_by_count_keys_do_not_collide(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Found by probing with unicode names: a count-key alarm is named by a reading's
+    value (``key: reader``), and the Home Assistant object id kept only [A-Za-z0-9_-] of
+    it, so readers "东门" and "西门" (east and west gate) both became
+    ``alarm_denied`` (one entity, the second config overwriting the first, and forgetting
+    one removed the other). Such names now carry a short hash of the exact name."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = ("  - {id: denied, when: 'not granted', count: {n: 1, within: 1m, key: reader}}\n")
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: ctl-1, driver: test_gate}]"))
+    watcher = Watcher(broker.port, "ops", "ops-secret", ["homeassistant/binary_sensor/#"])
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+            for reader in ("东门", "西门"):
+                await submit(gateway, "ctl-1", "access_event", granted=False, reader=reader)
+
+            def configs() -> dict[str, dict[str, Any]]:
+                found = {}
+                for topic in {t for t, _, _ in list(watcher.messages)}:
+                    states = watcher.on(topic)
+                    if topic.startswith("homeassistant/binary_sensor/") and states:
+                        found[states[-1]["state_topic"]] = states[-1]
+                return found if len(found) == 2 else {}
+
+            found = await watcher.wait(configs, what="two HA alarm configs")
+            assert len({c["unique_id"] for c in found.values()}) == 2, found
+    finally:
+        watcher.close()
+
+
+async def until(check: Callable[[], Any], what: str) -> None:
+    """Hang guard: poll ``check`` until it holds."""
+    for _ in range(300):
+        if check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_corrupt_saved_alarm_row_does_not_stop_the_gateway(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by probing ``iotgw run`` and ``iotgw alarms`` on a damaged buffer: one
+    ``alarm_state`` row whose JSON column was unreadable made the gateway exit with a
+    traceback at start (no readings either), and ``iotgw alarms`` crashed on a ``since``
+    that was not a number. The row is restored from its ``state`` and ``seq`` columns
+    (without timers), the damage is logged, and seq still only grows."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = "  - {id: hot, devices: ['meter-*'], when: 'v > 10'}\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: meter-1, driver: test_gate}]"))
+    async with running(config) as gateway:
+        assert gateway.alarms is not None
+        await submit(gateway, "meter-1", "m", v=11.0)
+        await until(lambda: gateway.alarms is not None and gateway.alarms.alarms()
+                    and gateway.alarms.alarms()[0].seq == 1, "raised")
+        await gateway.alarms.command(AlarmCommand(AlarmAction.ACK, "hot", "meter-1", "op"))
+    db = sqlite3.connect(tmp_path / "data" / "buffer.db")
+    with db:
+        db.execute("UPDATE alarm_state SET data = '{not json', since = 'abc'")
+    db.close()
+
+    async with running(config) as gateway:  # starts; the alarm is back in its state
+        assert gateway.alarms is not None
+        (alarm,) = gateway.alarms.alarms()
+        assert (alarm.state, alarm.seq) == (AlarmState.ACTIVE_ACKED, 2)
+        await submit(gateway, "meter-1", "m", v=1.0)
+        await until(lambda: gateway.alarms is not None
+                    and gateway.alarms.alarms()[0].seq == 3, "clear with the next seq")
+    capsys.readouterr()
+    db = sqlite3.connect(tmp_path / "data" / "buffer.db")
+    with db:
+        db.execute("UPDATE alarm_state SET since = 'abc'")
+    db.close()
+    assert main(["alarms", str(config)]) == 0
+    assert "hot/meter-1: normal" in capsys.readouterr().out

@@ -332,13 +332,16 @@ def test_readings_are_evaluated_only_against_rules_that_read_their_fields() -> N
 
 
 def test_commands_for_unknown_alarms_are_refused_but_out_of_service_may_come_first() -> None:
-    sim = Sim({"id": "r", "devices": ["meter-*"], "when": "v > 10"})
+    sim = Sim({"id": "r", "devices": ["meter-*"], "when": "v > 10"},
+              devices={"meter-1": DeviceInfo()})
     with pytest.raises(AlarmCommandRefused, match="unknown rule"):
         sim.cmd("ack", "nope")
     with pytest.raises(AlarmCommandRefused, match="no alarm"):
         sim.cmd("ack", "r")
     with pytest.raises(AlarmCommandRefused, match="does not select"):
         sim.cmd("out_of_service", "r", device="pump-1")
+    with pytest.raises(AlarmCommandRefused, match="unknown device"):
+        sim.cmd("out_of_service", "r", device="meter-/#")  # the glob matches; no device
     assert sim.cmd("out_of_service", "r") is AlarmState.OUT_OF_SERVICE
     sim.feed(1, v=11)
     assert sim.causes() == ["out_of_service"]
@@ -393,3 +396,25 @@ def test_stale_alarms_exist_for_configured_devices_selected_by_installer_tags() 
     sim.at(60)
     assert [t.alarm.key.device for t in sim.log] == ["w-1"]
     assert sim.log[0].alarm.tags == {"building": "b7"}
+
+
+def test_count_key_alarms_that_never_raised_do_not_fill_max_alarms() -> None:
+    """Found by probing with a card-number count key (``key: card``: the same card denied
+    5 times): every card ever seen became an alarm kept for ever though it never raised,
+    so once alarms.max_alarms was reached every new alarm, a leak included, was ignored.
+    At the limit, alarms that never raised and hold nothing (no count left in the window,
+    no timer, no operator state) make room."""
+    sim = Sim({"id": "d", "when": "not granted", "count": {"n": 3, "within": "2m", "key": "card"}},
+              {"id": "leak", "devices": ["wm-*"], "when": "flow > 0"})
+    sim.engine.settings = sim.engine.settings.model_copy(update={"max_alarms": 50})
+    sim.feed(0, device="rd-1", measurement="access_event", granted=False, card="held")
+    for i in range(200):  # cards seen once each, a few seconds apart
+        sim.feed(1 + i * 5, device="rd-1", measurement="access_event", granted=False,
+                 card=f"c{i}")
+    assert len(sim.engine.alarms) <= 50
+    sim.feed(2000, device="wm-1", measurement="water_meter", flow=0.4)
+    assert sim.state("leak", "wm-1") is AlarmState.ACTIVE_UNACKED
+    for t in (2001, 2002):  # a card denied 3 times within the window still raises
+        sim.feed(t, device="rd-1", measurement="access_event", granted=False, card="bad")
+    sim.feed(2003, device="rd-1", measurement="access_event", granted=False, card="bad")
+    assert sim.state("d", "bad") is AlarmState.ACTIVE_UNACKED

@@ -470,3 +470,37 @@ def test_the_pack_is_also_config_rules_compound_yaml(tmp_path: Path) -> None:
     from_pack = load_config(by_pack, environ={}).model.rules
     from_path = load_config(by_path, environ={}).model.rules
     assert [r.id for r in from_path] == [r.id for r in from_pack] and len(from_pack) == 18
+
+
+def test_the_pack_on_a_config_without_a_blocklist_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by adding ``rules_files: ["pack:compound"]`` to every shipped sample config as
+    README suggests: each was refused (exit 2) because ``blocklists/plates.txt`` did not
+    exist, though the pack's rules are all optional and the docs say the list "may be
+    empty". A missing list of an optional rule is now a warning and an empty list until a
+    reload finds the file; a non-optional rule still needs its file."""
+    from gateway.cli import main
+
+    config = tmp_path / "gw.yaml"
+    config.write_text("gateway: {id: gw-pack, site: s, data_dir: data}\n"
+                      "sinks: [{type: file}]\n"
+                      "rules_files: ['pack:compound']\n"
+                      "devices:\n"
+                      "  - {id: m-1, driver: synthetic, interval: 1s, fields: 2}\n")
+    assert main(["rules", "check", str(config)]) == 0
+    err = capsys.readouterr().err
+    assert "plate-blocklisted" in err and "blocklists/plates.txt" in err and "missing" in err
+    loaded = load_config(config, environ={})
+    (rule,) = [r for r in build_rules(loaded, None) if r.id == "plate-blocklisted"]
+    assert rule.lists.raw == {"blocked": frozenset()}
+    (tmp_path / "blocklists").mkdir()
+    (tmp_path / "blocklists" / "plates.txt").write_text("AB123\n")
+    (rule,) = [r for r in build_rules(loaded, None) if r.id == "plate-blocklisted"]
+    assert rule.lists.raw == {"blocked": frozenset({"AB123"})}
+
+    config.write_text(config.read_text() + "rules:\n  - {id: own, devices: [m-1], "
+                      "when: 'f0 in bl', lists: {bl: {file: nope.txt}}}\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["rules", "check", str(config)])
+    assert exited.value.code == 2
+    assert "lists.bl.file: cannot read" in capsys.readouterr().err

@@ -71,6 +71,9 @@ def check_rules(config: Any) -> Iterator[Finding]:
             if path is not None:
                 try:
                     read_list(path)
+                except FileNotFoundError as exc:
+                    if not rule.optional:  # optional: a warning (rule_warnings)
+                        yield (("rules", index, "lists", name, "file"), f"cannot read: {exc}")
                 except (OSError, ValueError, UnicodeDecodeError) as exc:
                     yield (("rules", index, "lists", name, "file"), f"cannot read: {exc}")
             if spec.field is not None and config.privacy is None and any(
@@ -140,11 +143,18 @@ def _check_devices(index: int, rule: RuleConfig, devices: list[Any]) -> Iterator
             return
 
 
-def rule_warnings(config: Any) -> list[str]:
-    """Findings that do not stop the gateway (see the module docstring)."""
+def rule_warnings(config: Any, base: Path | None = None) -> list[str]:
+    """Findings that do not stop the gateway (see the module docstring). ``base``: the
+    config's folder, for the list files of optional rules (a shipped pack's blocklist the
+    compound may not have made: an empty list until a reload finds it)."""
     out = []
     devices = [d for d in config.devices if d.enabled]
     for index, rule in enumerate(getattr(config, "rules", []) or []):
         if rule.enabled and (rule.devices or rule.tags) and not selected_devices(rule, devices):
             out.append(f"rules[{index}] ({rule.id}): its selectors match no configured device")
+        for name, spec in rule.lists.items() if rule.enabled and rule.optional else ():
+            path = spec.file if spec.file.is_absolute() or base is None else base / spec.file
+            if not path.exists():
+                out.append(f"rules[{index}] ({rule.id}): list {name} file {spec.file} is "
+                           "missing: an empty list until a reload finds it")
     return out

@@ -14,6 +14,8 @@ from gateway.alarms.model import Transition
 
 
 def _when(at: float) -> str:
+    if not isinstance(at, (int, float)):  # a damaged row: shown, not a traceback
+        return repr(at)
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
@@ -56,7 +58,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
         delay = f", for {d['for']:g}s" if d["for"] else ""
         print(f"{d['id']}: {d['kind']}, severity {d['severity']}{delay}"
               + (f", reads {', '.join(d['trigger'])}" if d["trigger"] else ""))
-    warnings = rule_warnings(config.model)
+    warnings = rule_warnings(config.model, config.path.resolve().parent)
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{len(rules)} rule(s) OK" + (f", {len(warnings)} warning(s)" if warnings else ""))
@@ -94,16 +96,20 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         lines = read_file(args.replay)
     errors: list[str] = []
     count = 0
-    for t in replay(engine, lines, errors):
-        count += 1
-        if args.json:
-            print(json.dumps(_transition_dict(t), default=str))
-        else:
-            a = t.alarm
-            print(f"{_when(t.at)}  {a.key.rule}/{a.key.device}  {t.cause:<9} "
-                  f"{t.previous.value} -> {a.state.value}  sev {a.severity}  seq {a.seq}"
-                  + (f"  value {a.value}" if a.value is not None else "")
-                  + (f"  {a.message}" if a.message else ""))
+    try:
+        for t in replay(engine, lines, errors):
+            count += 1
+            if args.json:
+                print(json.dumps(_transition_dict(t), default=str))
+            else:
+                a = t.alarm
+                print(f"{_when(t.at)}  {a.key.rule}/{a.key.device}  {t.cause:<9} "
+                      f"{t.previous.value} -> {a.state.value}  sev {a.severity}  seq {a.seq}"
+                      + (f"  value {a.value}" if a.value is not None else "")
+                      + (f"  {a.message}" if a.message else ""))
+    except OSError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     for error in errors[:10]:
         print(f"skipped {error}", file=sys.stderr)
     if len(errors) > 10:
@@ -132,7 +138,8 @@ def cmd_alarms(args: argparse.Namespace) -> int:
         print("no alarms recorded")
     for a in alarms:
         print(f"{a['rule']}/{a['device']}: {a['state']}  sev {a['severity']}  seq {a['seq']}  "
-              f"since {_when(a['since'])}" + (f"  {a['message']}" if a["message"] else ""))
+              f"since {_when(a['since']) if a['seq'] else '-'}"  # seq 0: never changed
+              + (f"  {a['message']}" if a["message"] else ""))
     if journal:
         print("\njournal (oldest first):")
     for e in journal:

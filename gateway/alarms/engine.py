@@ -105,6 +105,7 @@ class Engine:
         self._timer_seq = itertools.count()
         self._out: list[Transition] = []
         self._dirty: dict[Key, Alarm] = {}
+        self._no_idle_until = float("-inf")
         self._removed: list[Key] = []
         self._problems = ProblemLog(log)
         self.produced = 0
@@ -297,10 +298,13 @@ class Engine:
         info = self.devices.get(device_id)
         return info.tags if info is not None else {}
 
-    def _alarm(self, rule: CompiledRule, device: str, source: str) -> Alarm | None:
+    def _alarm(self, rule: CompiledRule, device: str, source: str,
+               now: float | None = None) -> Alarm | None:
         key = (rule.id, device)
         alarm = self.alarms.get(key)
         if alarm is None:
+            if len(self.alarms) >= self.settings.max_alarms and now is not None:
+                self._evict_idle(now)
             if len(self.alarms) >= self.settings.max_alarms:
                 self._problems.report("max_alarms", f"more than alarms.max_alarms "
                                       f"({self.settings.max_alarms}) alarms: new ones ignored")
@@ -309,6 +313,34 @@ class Engine:
                           dict(self._tags_of(source)), latched=rule.config.latched)
             self.alarms[key] = alarm
         return alarm
+
+    def _evict_idle(self, now: float) -> None:
+        """At alarms.max_alarms: drop the alarms that never raised and hold nothing. A
+        count keyed by a reading's value (``key: card``) makes one alarm per value ever
+        seen; kept for ever, they filled the limit and every new alarm (a leak) was
+        ignored. Only seq 0 ones go: nothing of theirs was journaled, so one made again
+        later cannot repeat a seq."""
+        if now < self._no_idle_until:  # the last scan found none: not at every reading
+            return
+        idle = [key for key, alarm in self.alarms.items() if self._idle(alarm, now)]
+        if not idle:
+            self._no_idle_until = now + 10.0
+        for key in idle:
+            del self.alarms[key]
+            self._dirty.pop(key, None)
+
+    def _idle(self, alarm: Alarm, now: float) -> bool:
+        if alarm.seq or alarm.condition or alarm.out_of_service or alarm.shelved or \
+                alarm.suppressed or alarm.pending_on is not None or \
+                alarm.pending_off is not None or alarm.realarm_at is not None:
+            return False
+        if alarm.extra is None:
+            return True
+        rule = self._rules.get(alarm.rule)
+        events = alarm.extra.get("events")
+        if rule is None or rule.config.count is None or not isinstance(events, list):
+            return False  # a window's history, a stale timer: device alarms, bounded
+        return not events or events[-1] <= now - rule.config.count.within
 
     def _evaluate(self, rule: CompiledRule, device_id: str, values: dict[str, Any],
                   now: float) -> None:
@@ -321,9 +353,9 @@ class Engine:
             if key_value is None:
                 raise RuleRuntimeError(f"missing:{cfg.count.key}",
                                        f"no value named {cfg.count.key!r} (count key)")
-            alarm = self._alarm(rule, str(key_value), device_id)
+            alarm = self._alarm(rule, str(key_value), device_id, now)
         else:
-            alarm = self._alarm(rule, device_id, device_id)
+            alarm = self._alarm(rule, device_id, device_id, now)
         if alarm is None:
             return
         if rule.lists.raw or rule.lists.hashed:
@@ -507,6 +539,14 @@ class Engine:
             if not rule.selects_device(command.device):
                 raise AlarmCommandRefused(
                     f"rule {command.rule!r} does not select device {command.device!r}")
+            # Only a configured device: a glob also matches names no device has (a typo,
+            # or "meter-/#", which is no MQTT topic level), and each would be an alarm
+            # kept for ever. Alarms named by a count key come from readings alone.
+            keyed = rule.config.count is not None and rule.config.count.key != "device"
+            if keyed or command.device not in self.devices:
+                raise AlarmCommandRefused(
+                    f"unknown device {command.device!r}: no alarm to take out of service "
+                    "or shelve before it raised")
             alarm = self._alarm(rule, command.device, command.device)
             if alarm is None:
                 raise AlarmCommandRefused("too many alarms (alarms.max_alarms)")

@@ -43,6 +43,12 @@ _KIND_TYPES: dict[str, Any] = {
 Values = Mapping[str, Any]
 
 
+
+def _shown(text: str, limit: int = 120) -> str:
+    """An expression as quoted in an error or log line: a generated 300 KB condition was
+    echoed whole into every message (and every log line of a rule that fails at run time)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} chars)"
+
 class ExpressionError(GatewayError):
     """An expression that cannot be compiled (syntax, unknown name, type mismatch)."""
 
@@ -95,14 +101,14 @@ class Expression:
                                        f"no value named {exc.args[0]!r}") from None
             except TypeError:
                 raise RuleRuntimeError("type", "values of mismatched types compared "
-                                       f"in {self.text!r}") from None
+                                       f"in {_shown(self.text)}") from None
         try:
             result = self._rule.evaluate(values)
         except rerrors.SymbolResolutionError as exc:
             raise RuleRuntimeError(f"missing:{exc.symbol_name}",
                                    f"no value named {exc.symbol_name!r}") from None
         except rerrors.EngineError as exc:
-            raise RuleRuntimeError("type", f"{exc.message} in {self.text!r}") from None
+            raise RuleRuntimeError("type", f"{exc.message} in {_shown(self.text)}") from None
         if isinstance(result, Decimal):
             return float(result)
         return result
@@ -112,7 +118,7 @@ class Expression:
         result = self(values)
         if result is True or result is False:
             return result
-        raise RuleRuntimeError("not_bool", f"{self.text!r} gave {type(result).__name__}, "
+        raise RuleRuntimeError("not_bool", f"{_shown(self.text)} gave {type(result).__name__}, "
                                "not true/false")
 
 
@@ -130,15 +136,15 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
         rule = rule_engine.Rule(text, context=context)
     except rerrors.RuleSyntaxError as exc:
         where = f" at {exc.token.value!r}" if exc.token is not None else " at the end"
-        raise ExpressionError(f"syntax error{where}: {text!r}") from None
+        raise ExpressionError(f"syntax error{where}: {_shown(text)}") from None
     except rerrors.SymbolResolutionError as exc:
         known = ", ".join(sorted(kinds or ())[:20])
         raise ExpressionError(f"unknown name {exc.symbol_name!r}"
                               + (f" (known here: {known})" if known else "")) from None
     except rerrors.EngineError as exc:
-        raise ExpressionError(f"{exc.message}: {text!r}") from None
+        raise ExpressionError(f"{exc.message}: {_shown(text)}") from None
     except (RecursionError, ValueError, TypeError) as exc:  # absurd nesting, bad literal
-        raise ExpressionError(f"cannot compile {text!r}: {type(exc).__name__}") from None
+        raise ExpressionError(f"cannot compile {_shown(text)}: {type(exc).__name__}") from None
     if kinds is None:
         # Compiled without a context the rule resolves missing names to None silently;
         # recompile with the strict default so run-time misses raise.

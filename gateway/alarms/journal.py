@@ -21,13 +21,14 @@ Tables (created on first use; the buffer ignores tables it does not own):
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.alarms.model import AlarmState, Transition
+from gateway.alarms.model import ACTIVE_STATES, UNACKED_STATES, AlarmState, Transition
 from gateway.alarms.state import Alarm
 from gateway.lineprotocol import encode_many
 from gateway.reading import FieldValue, Reading
@@ -68,6 +69,8 @@ CREATE INDEX IF NOT EXISTS alarm_journal_at ON alarm_journal (at);
 
 MEASUREMENT = "alarm"
 
+log = logging.getLogger("iotgw.alarms")
+
 StateRow = tuple[str, str, int, str, dict[str, Any], float, FieldValue | None, str]
 """(rule, device, seq, digest, data, since, value, message): what Engine.restore takes."""
 
@@ -82,10 +85,53 @@ def load_state(conn: sqlite3.Connection) -> list[StateRow]:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     if "alarm_state" not in tables:
         return []
-    rows = conn.execute("SELECT rule, device, seq, digest, data, since, value, message "
-                        "FROM alarm_state").fetchall()
-    return [(r[0], r[1], int(r[2]), r[3], json.loads(r[4]), float(r[5]), r[6], r[7])
-            for r in rows]
+    rows = conn.execute("SELECT rule, device, seq, digest, data, since, value, message, "
+                        "state FROM alarm_state").fetchall()
+    out: list[StateRow] = []
+    damaged: list[str] = []
+    for r in rows:
+        try:
+            row = json.loads(r[4])
+            if not isinstance(row, dict) or not _timers_ok(row):
+                raise ValueError("not a state object")
+            out.append((r[0], r[1], int(r[2]), r[3], row, float(r[5]), r[6], r[7]))
+        except (TypeError, ValueError):
+            damaged.append(f"{r[0]}/{r[1]}")
+            out.append(_rebuilt(conn, r))
+    if damaged:
+        log.warning("alarms: %d saved alarm row(s) unreadable (%s%s): restored from their "
+                    "state and seq columns, without timers", len(damaged),
+                    ", ".join(damaged[:5]), " ..." if len(damaged) > 5 else "")
+    return out
+
+
+_TIMER_KEYS = ("shelved_until", "pending_on", "pending_off", "realarm_at")
+
+
+def _timers_ok(row: dict[str, Any]) -> bool:
+    changes = row.get("changes") or []
+    return all(row.get(k) is None or isinstance(row.get(k), (int, float))
+               for k in _TIMER_KEYS) and isinstance(changes, list) and all(
+        isinstance(c, (int, float)) for c in changes)
+
+
+def _rebuilt(conn: sqlite3.Connection, r: Sequence[Any]) -> StateRow:
+    """A damaged alarm_state row (a bad sector, a hand edit): the operator-visible state
+    from its ``state`` column, seq never below what the journal already used, no timers
+    (the next reading decides again)."""
+    try:
+        state = AlarmState(r[8])
+    except ValueError:
+        state = AlarmState.NORMAL
+    (journal_seq,) = conn.execute("SELECT MAX(seq) FROM alarm_journal WHERE rule = ? AND "
+                                  "device = ?", (r[0], r[1])).fetchone()
+    seqs = [s for s in (r[2], journal_seq) if isinstance(s, int)]
+    since = r[5] if isinstance(r[5], (int, float)) else 0.0
+    row = {"active": state in ACTIVE_STATES, "acked": state not in UNACKED_STATES,
+           "oos": state is AlarmState.OUT_OF_SERVICE, "shelved": state is AlarmState.SHELVED,
+           "suppressed": state is AlarmState.SUPPRESSED}
+    return (r[0], r[1], max(seqs, default=0), "", row, float(since), r[6],
+            r[7] if isinstance(r[7], str) else "")
 
 
 def _stored(value: FieldValue | None) -> Any:

@@ -107,14 +107,20 @@ def read_file(path: Path) -> Iterator[tuple[int, str]]:
 
 
 def read_buffer(path: Path) -> Iterator[tuple[int, str]]:
-    """Every line still held in the buffer at ``path`` (opened read-only)."""
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    """Every line still held in the buffer at ``path`` (opened read-only). OSError when
+    it is no buffer or damaged (a SQLite error would end ``rules test`` in a traceback)."""
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot read {path}: {exc}") from None
     try:
         number = 0
         for (payload,) in conn.execute("SELECT payload FROM chunks ORDER BY id"):
             for raw in bytes(payload).split(b"\n"):
                 number += 1
                 yield number, raw.decode("utf-8", errors="replace")
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot read {path}: {exc}") from None
     finally:
         conn.close()
 

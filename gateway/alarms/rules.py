@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import io
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -35,6 +37,9 @@ WINDOW_NAMES: dict[str, FieldKind] = {
 """Names a rule with ``window:`` may use: aggregates of the window's field."""
 
 MAX_LIST_ENTRIES = 1_000_000
+MAX_LIST_BYTES = 64 * 1024 * 1024
+"""A list file larger than this is refused before it is read: the entry limit alone let
+one endless line (``/dev/zero``, a mistyped path to a disk image) fill the memory."""
 
 
 def glob_matcher(patterns: list[str] | None) -> Callable[[str], bool] | None:
@@ -98,7 +103,13 @@ class Schedule:
 def read_list(path: Path) -> list[str]:
     """One value per line; blank lines and ``#`` comments skipped."""
     values: list[str] = []
-    with path.open("r", encoding="utf-8") as f:
+    if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block, a device never end
+        raise ValueError(f"{path}: not a regular file")
+    with path.open("rb") as raw:
+        data = raw.read(MAX_LIST_BYTES + 1)
+    if len(data) > MAX_LIST_BYTES:
+        raise ValueError(f"{path}: larger than {MAX_LIST_BYTES // (1024 * 1024)} MiB")
+    with io.StringIO(data.decode("utf-8")) as f:
         for line in f:
             value = line.split("#", 1)[0].strip()
             if value:
@@ -137,7 +148,12 @@ def load_lists(config: RuleConfig, base: Path, private_fields: list[frozenset[st
     lists = RuleLists()
     for name, spec in config.lists.items():
         path = spec.file if spec.file.is_absolute() else base / spec.file
-        values = read_list(path)
+        try:
+            values = read_list(path)
+        except FileNotFoundError:
+            if not config.optional:
+                raise
+            values = []  # a pack's list the compound has not made yet (a warning)
         hashed_somewhere = spec.field is not None and any(spec.field in p for p in private_fields)
         raw_somewhere = spec.field is None or not private_fields or \
             any(spec.field not in p for p in private_fields)

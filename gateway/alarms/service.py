@@ -264,7 +264,7 @@ class AlarmRuntime:
                      pseudonymize: Callable[[object], str] | None) -> None:
         rules = build_rules(config, pseudonymize)
         self.engine.replace_rules(rules, device_infos(config), self._clock())
-        for warning in rule_warnings(config.model):
+        for warning in rule_warnings(config.model, config.path.resolve().parent):
             log.warning("alarms: %s", warning)
         self._wake.set()
 
@@ -278,7 +278,7 @@ def create(config: LoadedConfig, buffer: AsyncBuffer,
     if not config.model.rules:
         return None
     rules = build_rules(config, pseudonymize)
-    for warning in rule_warnings(config.model):
+    for warning in rule_warnings(config.model, config.path.resolve().parent):
         log.warning("alarms: %s", warning)
     model = config.model
     engine = Engine(rules, devices=device_infos(config), settings=model.alarms,

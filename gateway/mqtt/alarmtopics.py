@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 from gateway.alarms.audit import AuditRecord
 from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition
@@ -51,7 +52,9 @@ def state_body(alarm: AlarmSnapshot) -> dict[str, Any]:
     """The retained payload (docs/topics.md lists the keys)."""
     return {"rule": alarm.key.rule, "device": alarm.key.device, "alarm_id": alarm.alarm_id,
             "state": str(alarm.state), "active": alarm.active, "acked": alarm.acked,
-            "severity": alarm.severity, "since": _iso(alarm.since), "value": alarm.value,
+            "severity": alarm.severity,
+            # seq 0: no transition yet (a pending on-delay), so no state change to date
+            "since": _iso(alarm.since) if alarm.seq else None, "value": alarm.value,
             "message": alarm.message, "seq": alarm.seq, "latched": alarm.latched,
             "chatter": alarm.chatter, "shelved_until": _iso(alarm.shelved_until),
             "tags": dict(alarm.tags)}
@@ -66,6 +69,17 @@ def event_body(transition: Transition) -> dict[str, Any]:
 
 def audit_body(record: AuditRecord) -> dict[str, Any]:
     return {**record.as_json(), "at": _iso(record.at)}
+
+
+_LEVEL_ESCAPES = str.maketrans({"%": "%25", "/": "%2F", "+": "%2B", "#": "%23", "\0": "%00"})
+
+
+def topic_level(name: str) -> str:
+    """An alarm's rule or device name as one topic level. Rule and device ids cannot hold
+    ``/``, ``+``, ``#`` or NUL, but an alarm named by a count key (``key: reader``) is
+    named by a value from a reading, which can: those (and ``%``) are percent-encoded, so
+    the name stays one level and paho does not refuse the topic."""
+    return name.translate(_LEVEL_ESCAPES)
 
 
 class AlarmTopics:
@@ -83,7 +97,7 @@ class AlarmTopics:
         """Retained alarm topics removed because their alarm no longer exists."""
 
     def topic(self, key: AlarmKey) -> str:
-        return f"{self.base}/alarms/{key.rule}/{key.device}"
+        return f"{self.base}/alarms/{topic_level(key.rule)}/{topic_level(key.device)}"
 
     @property
     def scan_filters(self) -> list[str]:
@@ -171,7 +185,7 @@ class AlarmTopics:
         if topic.startswith(prefix):
             rest = topic[len(prefix):].split("/")
             if len(rest) == 2 and rest[0] and rest[1]:
-                return AlarmKey(rest[0], rest[1])
+                return AlarmKey(unquote(rest[0]), unquote(rest[1]))
         return None
 
     # -- publishing ----------------------------------------------------------------------

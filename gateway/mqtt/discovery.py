@@ -21,6 +21,7 @@ present and otherwise returns "disabled".
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from gateway.alarms.model import ACTIVE_STATES, AlarmKey, AlarmSnapshot
 from gateway.reading import Reading
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_ID_LIKE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+"""What a configured rule or device id may be: anything else (a count key's value from a
+reading: "东门", "gate east") loses characters in :func:`_safe`, so it gets a hash."""
 ALARM_ON = ("{{ 'ON' if value_json.state in " + json.dumps(sorted(str(s) for s in ACTIVE_STATES))
             + " else 'OFF' }}")
 """An alarm is a problem while active (acknowledged or not); cleared-unacknowledged,
@@ -56,6 +60,18 @@ def settings_for(mqtt: Any) -> HomeAssistant:
 
 def _safe(text: str) -> str:
     return _UNSAFE.sub("_", text).strip("_") or "x"
+
+
+def _named(name: str) -> str:
+    """``name`` as an id part; names that are not ids get a short hash of the exact name,
+    so "东门" and "西门" do not both become "" (one entity for two alarms)."""
+    if _ID_LIKE.fullmatch(name):
+        return _safe(name)
+    return f"{_safe(name)}_{hashlib.sha256(name.encode()).hexdigest()[:10]}".lstrip("_")
+
+
+def _alarm_object_id(key: AlarmKey) -> str:
+    return _safe(f"alarm_{key.rule}_{_named(key.device)}")
 
 
 class Discovery:
@@ -120,7 +136,7 @@ class Discovery:
     # -- alarms -------------------------------------------------------------------------
 
     def _alarm_topic(self, key: AlarmKey) -> str:
-        object_id = _safe(f"alarm_{key.rule}_{key.device}")
+        object_id = _alarm_object_id(key)
         return f"{self.settings.prefix}/binary_sensor/{_safe(self.gateway_id)}/{object_id}/config"
 
     @property
@@ -136,7 +152,7 @@ class Discovery:
         """The retained ``binary_sensor`` config of one alarm (re-sent after a connect)."""
         node = _safe(self.gateway_id)
         key = alarm.key
-        unique = f"iotgw_{node}_{_safe(f'alarm_{key.rule}_{key.device}')}"
+        unique = f"iotgw_{node}_{_alarm_object_id(key)}"
         body = {
             "name": f"alarm {key.rule}",
             "unique_id": unique,
@@ -150,7 +166,7 @@ class Discovery:
             "payload_available": "online",
             "payload_not_available": "offline",
             "device": {
-                "identifiers": [f"iotgw_{node}_{_safe(key.device)}"],
+                "identifiers": [f"iotgw_{node}_{_named(key.device)}"],
                 "name": key.device,
                 "manufacturer": "iotgw",
                 "model": self.drivers.get(key.device, "device"),
