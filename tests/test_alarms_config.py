@@ -212,3 +212,25 @@ def test_meter_drivers_declare_their_fields(tmp_path: Path) -> None:
     found = problems(write(tmp_path, text))
     assert any(":8: rules[0].when: unknown name 'voltage_b'" in p for p in found), found
     load_config(write(tmp_path, text.replace("voltage_b", "voltage_a")), environ={})
+
+
+@pytest.mark.parametrize("pattern", ["(a+)+$", "^(\\\\w+\\\\s?)*$", "(x{1,3})*y"])
+def test_a_regex_that_backtracks_for_ever_is_refused_at_load(tmp_path: Path,
+                                                             pattern: str) -> None:
+    """Found by the outside probe of issue 12: ``status =~ "(a+)+$"`` took 0.93 s on a
+    24-character value, doubling per character, on the event loop. A repeat inside a
+    repeat is refused when the rule is loaded, with its line."""
+    text = HEADER + (f"rules:\n  - id: r\n    devices: [gate-1]\n"
+                     f"    when: 'status =~ \"{pattern}\"'\n")
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "rules[0].when: regex" in found[0], found
+    assert "repeats a repeat" in found[0] and "gw.yaml:9:" in found[0], found[0]
+
+
+def test_safe_regexes_still_load(tmp_path: Path) -> None:
+    """Plate and card patterns as installers write them are not refused."""
+    for pattern in ("^[A-Z]{2}\\\\d+$", "^(京|沪)[A-Z][0-9A-Z]{5}$", "(ab)+", "a+b+"):
+        text = HEADER + (f"rules:\n  - id: r\n    devices: [gate-1]\n"
+                         f"    when: 'status =~ \"{pattern}\"'\n")
+        config = load_config(write(tmp_path, text), environ={})
+        assert [rule.id for rule in config.model.rules] == ["r"], pattern

@@ -27,6 +27,7 @@ import rule_engine
 import rule_engine.ast as ast
 import rule_engine.errors as rerrors
 
+from gateway.alarms.regexcheck import nested_repeat
 from gateway.errors import GatewayError
 
 FieldKind = Literal["number", "bool", "string", "list", "any"]
@@ -150,6 +151,12 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
         # recompile with the strict default so run-time misses raise.
         rule = rule_engine.Rule(text)
     tree = rule.statement.expression
+    for pattern in _regex_literals(tree):
+        if nested_repeat(pattern):
+            raise ExpressionError(
+                f"regex {_shown(pattern, 60)} repeats a repeat (like (a+)+): on some device "
+                "values it backtracks for seconds and stops the gateway; write it without "
+                "the nesting (e.g. a+ instead of (a+)+)")
     names = frozenset(_symbols(tree))
     fast = _fast(tree)
     # Where the closures cover the whole expression the rule-engine object (about 14 KiB
@@ -170,25 +177,36 @@ def check_kinds(expression: Expression, kinds: Mapping[str, FieldKind]) -> None:
     compile_expression(expression.text, kinds)
 
 
-def _symbols(node: Any) -> list[str]:
-    out: list[str] = []
+def _regex_literals(node: Any) -> list[str]:
+    """The constant patterns of ``=~``, ``=~~``, ``!~``, ``!~~`` anywhere in the tree."""
+    return [child.right.value for child in _nodes(node)
+            if isinstance(child, ast.FuzzyComparisonExpression)
+            and isinstance(child.right, ast.StringExpression)]
+
+
+def _nodes(node: Any) -> list[Any]:
+    out: list[Any] = []
     stack = [node]
     while stack:
         current = stack.pop()
-        if isinstance(current, ast.SymbolExpression):
-            if current.scope is None:
-                out.append(current.name)
-            continue
-        for attr in ("left", "right", "expression", "container", "member", "condition",
-                     "case_true", "case_false", "object", "item", "start", "stop"):
+        out.append(current)
+        for attr in _CHILDREN:
             child = getattr(current, attr, None)
             if isinstance(child, ast.ExpressionBase):
                 stack.append(child)
-        for attr in ("value",):
-            items = getattr(current, attr, None)
-            if isinstance(items, tuple | list):
-                stack.extend(i for i in items if isinstance(i, ast.ExpressionBase))
+        items = getattr(current, "value", None)
+        if isinstance(items, tuple | list):
+            stack.extend(i for i in items if isinstance(i, ast.ExpressionBase))
     return out
+
+
+_CHILDREN = ("left", "right", "expression", "container", "member", "condition",
+             "case_true", "case_false", "object", "item", "start", "stop")
+
+
+def _symbols(node: Any) -> list[str]:
+    return [n.name for n in _nodes(node)
+            if isinstance(n, ast.SymbolExpression) and n.scope is None]
 
 
 _COMPARE: dict[str, Callable[[Any, Any], bool]] = {
