@@ -22,11 +22,20 @@ class _Active:
     logged_at: float = field(default_factory=time.monotonic)
 
 
+MAX_KEYS = 1024
+"""Distinct problems remembered per log. Keys often carry a peer or a value (a source
+address, a device id from a request): without a bound, an attacker with many addresses
+(an IPv6 prefix) grows memory and logs a line per address. Past it, new keys are one."""
+
+OVERFLOW_KEY = "(other problems)"
+
+
 class ProblemLog:
-    def __init__(self, logger: logging.Logger) -> None:
+    def __init__(self, logger: logging.Logger, *, max_keys: int = MAX_KEYS) -> None:
         self._log = logger
         self._active: dict[str, _Active] = {}
         self.totals: dict[str, int] = {}
+        self._max_keys = max_keys
 
     def report(self, key: str, message: str, *, level: int = logging.ERROR,
                exc_info: BaseException | None = None, detail: str = "",
@@ -39,6 +48,11 @@ class ProblemLog:
         instead of the message (a server's message with numbers that vary). With
         ``summary_every`` a repeat more than that many seconds after the last line logs
         how many came since."""
+        if key not in self.totals and len(self.totals) >= self._max_keys:
+            key, kind = OVERFLOW_KEY, OVERFLOW_KEY
+            message = (f"more than {self._max_keys} distinct problems; further ones are "
+                       f"counted together (e.g. {message})")
+            summary_every = 300.0 if summary_every is None else summary_every
         self.totals[key] = self.totals.get(key, 0) + 1
         kind = message if kind is None else kind
         active = self._active.get(key)
