@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,7 +70,9 @@ def attach(fake: FakeAlarms) -> Callable[[Gateway], None]:
 
 
 async def test_alarm_topics_commands_and_home_assistant(
-        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="iotgw")
     broker = mosquitto_factory(acl=ACL, users=USERS)
     ops = Watcher(broker.port, "ops", "ops-secret",
                   [f"{BASE}/alarms/#", f"{BASE}/cmd/+/result", "ops/replies/#",
@@ -125,6 +128,10 @@ async def test_alarm_topics_commands_and_home_assistant(
             result = (await ops.wait(lambda: ops.on(f"{cmd}/result"), what="ack result"))[0]
             assert result["ok"] is True and result["id"] == "c1", result
             assert result["result"]["state"] == "active_acked" and result["result"]["seq"] == 2
+            # one INFO line per command, the audit's (the ops log wrote a second one)
+            lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO
+                     and ("guard Li" in r.getMessage() or "command alarm" in r.getMessage())]
+            assert lines == ["alarm command ack leak/water-1 by guard Li: ok"], lines
             ops.send(cmd, {"action": "shelve", "rule": "overvoltage", "device": "meter-1",
                            "for": "1h", "client": "guard Li"}, reply_to="ops/replies/li",
                      correlation=b"k1")

@@ -346,10 +346,11 @@ class OpsBus:
             self._memory.remember(key, answer)
         self._count("commands_ok" if answer["ok"] else "commands_refused")
         self._audit(verb, body, client, answer)
-        log.info("command %s from %s: %s", verb, client,
-                 "ok" if answer["ok"] else f"refused: {answer['error']}",
-                 extra={"client": client, "topic": message.topic, "body_sha256": digest,
-                        "result": "ok" if answer["ok"] else answer["error"]})
+        if verb not in AUDITED_VERBS:  # those have their audit line: one line a command
+            log.info("command %s from %s: %s", verb, client,
+                     "ok" if answer["ok"] else f"refused: {answer['error']}",
+                     extra={"client": client, "topic": message.topic, "body_sha256": digest,
+                            "result": "ok" if answer["ok"] else answer["error"]})
         self.connection.publish(topic, _dumps(answer), 1, queue=False,
                                 correlation_data=message.correlation_data)
 
@@ -358,9 +359,10 @@ class OpsBus:
         """A command seen before (same id, or a DUP redelivery): answered, not run again."""
         self._count("commands_duplicate")
         self._audit(verb, body, client, {**first, "duplicate": True})
-        log.info("command %s from %s: duplicate, not run again (first answer: %s)", verb,
-                 client, "ok" if first.get("ok") else "refused",
-                 extra={"client": client, "topic": message.topic, "result": "duplicate"})
+        if verb not in AUDITED_VERBS:
+            log.info("command %s from %s: duplicate, not run again (first answer: %s)", verb,
+                     client, "ok" if first.get("ok") else "refused",
+                     extra={"client": client, "topic": message.topic, "result": "duplicate"})
         self.connection.publish(topic, _dumps({**first, "duplicate": True}), 1, queue=False,
                                 correlation_data=message.correlation_data)
 
