@@ -2,78 +2,33 @@
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import select
 import threading
-import tty
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from osdp import (
-    Capability,
     CardFormat,
     Channel,
     Command,
     Event,
-    LibFlag,
-    LogLevel,
-    PDCapabilities,
-    PDInfo,
     PeripheralDevice,
     StatusReportType,
 )
 
 from drivers.osdp.driver import OsdpDriver
+from drivers.osdp.sim import ADDRESS, KEY, new_reader, raw_pty, reader
 from gateway.driver import DeviceState
 from tests.serial_harness import Harness
-
-KEY = bytes(range(16))
-ADDRESS = 101
-
-
-class MasterChannel(Channel):
-    """The PD's end of the pty (the reader's RS-485 transceiver)."""
-
-    def __init__(self, fd: int) -> None:
-        super().__init__()
-        self.fd = fd
-
-    def read(self, max_bytes: int) -> bytes:
-        try:
-            return os.read(self.fd, max_bytes)
-        except (BlockingIOError, OSError):
-            return b""
-
-    def write(self, buf: bytes) -> int:
-        return os.write(self.fd, buf)
-
-    def flush(self) -> None:
-        pass
-
-
-def new_reader(fd: int, key: bytes = KEY) -> PeripheralDevice:
-    """A freshly booted reader (new state, same key unless told)."""
-    pd = PeripheralDevice(
-        PDInfo(ADDRESS, MasterChannel(fd), scbk=key, flags=[LibFlag.EnforceSecure]),
-        PDCapabilities([(Capability.LEDControl, 1, 1), (Capability.AudibleControl, 1, 1)]),
-        log_level=LogLevel.Error)
-    pd.start()
-    return pd
 
 
 @pytest.fixture
 def pty_pair() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    flags = fcntl.fcntl(master, fcntl.F_GETFL)
-    fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
+    with raw_pty() as pair:
+        yield pair
 
 
 async def test_card_keypad_tamper_commands_and_reconnect(pty_pair: tuple[int, str],
@@ -266,12 +221,7 @@ class _LineChannel(Channel):
 
 
 def reader_on(line: SharedLine, address: int, key: bytes) -> PeripheralDevice:
-    pd = PeripheralDevice(
-        PDInfo(address, line.channel(), scbk=key, flags=[LibFlag.EnforceSecure]),
-        PDCapabilities([(Capability.LEDControl, 1, 1), (Capability.AudibleControl, 1, 1)]),
-        log_level=LogLevel.Error)
-    pd.start()
-    return pd
+    return reader(line.channel(), key=key, address=address)
 
 
 async def test_two_readers_on_one_line_are_independent_devices(pty_pair: tuple[int, str],

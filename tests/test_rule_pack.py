@@ -13,10 +13,7 @@ simulated time the scenario says.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
-import os
-import tty
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +30,7 @@ from drivers.modbus.tests.harness import Fleet, tcp_bus
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper
 from drivers.mqtt.sim import plate_message
+from drivers.osdp.sim import ADDRESS, KEY, new_reader, raw_pty
 from drivers.serialbus.sim import PtySerial, StreamDevice, bcd_le
 from gateway.alarms.engine import Engine
 from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmState, Transition
@@ -336,53 +334,10 @@ async def test_serial_controllers_doors_cards_and_tamper(pack: PackEngine) -> No
             await h.stop()
 
 
-KEY = bytes(range(16))
-ADDRESS = 101
-
-
-def new_reader(fd: int) -> Any:
-    """libosdp's own peripheral device on the far end of a pty (as in tests/test_osdp.py;
-    test modules do not import each other)."""
-    from osdp import (
-        Capability,
-        Channel,
-        LibFlag,
-        LogLevel,
-        PDCapabilities,
-        PDInfo,
-        PeripheralDevice,
-    )
-
-    class Line(Channel):
-        def read(self, max_bytes: int) -> bytes:
-            try:
-                return os.read(fd, max_bytes)
-            except (BlockingIOError, OSError):
-                return b""
-
-        def write(self, buf: bytes) -> int:
-            return os.write(fd, buf)
-
-        def flush(self) -> None:
-            pass
-
-    pd = PeripheralDevice(
-        PDInfo(ADDRESS, Line(), scbk=KEY, flags=[LibFlag.EnforceSecure]),
-        PDCapabilities([(Capability.LEDControl, 1, 1)]), log_level=LogLevel.Error)
-    pd.start()
-    return pd
-
-
 @pytest.fixture
 def osdp_pty() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
-    flags = fcntl.fcntl(master, fcntl.F_GETFL)
-    fcntl.fcntl(master, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
+    with raw_pty() as pair:
+        yield pair
 
 
 async def test_osdp_reader_tamper_and_plate_blocklist(pack: PackEngine, tmp_path: Path,
