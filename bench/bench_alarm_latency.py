@@ -7,7 +7,7 @@ Target (issue 12): 1,000 rules over 200 devices at 2,000 readings/s, p99 from a 
 entering the pipeline to the alarm transition published on MQTT at most 50 ms (rules
 without delays).
 
-Starts a private mosquitto (``tests.servers.Mosquitto``) on a free loopback port and an
+Starts a private mosquitto (``tests.support.servers.Mosquitto``) on a free loopback port and an
 in-process gateway (``gateway.runtime.Gateway``, the real alarm engine and ops bus; a file
 sink; buffer ``synchronous=full``, the default, so every transition's journal commit is
 fsync'd before it is published). Rule ``r`` watches device ``dev-(r mod devices)`` and
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
 from gateway.config.loader import load_config  # noqa: E402
 from gateway.reading import Reading  # noqa: E402
 from gateway.runtime import Gateway  # noqa: E402
-from tests.servers import Mosquitto  # noqa: E402
+from tests.support.servers import Mosquitto  # noqa: E402
 
 BASE = "bench/alarmgw"
 THRESHOLD = 50.0

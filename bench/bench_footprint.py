@@ -276,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = base / "gw.yaml"
         if modbus:
-            from tests.servers import free_port
+            from tests.support.servers import free_port
             port = free_port()
             ready = multiprocessing.get_context("spawn").Event()
             child = multiprocessing.get_context("spawn").Process(

@@ -32,7 +32,7 @@ from drivers.modbus.planner import TCP, Limits, WireCost, coalesce
 from drivers.modbus.profiles import load_profile
 from drivers.modbus.sim import Device, TcpSim, Units
 from drivers.modbus.tests.harness import Fleet, tcp_bus
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 MODBUS_PROFILES = ("eastron-sdm630", "chint-ddsu666", "water-meter-ultrasonic",
                    "barrier-gate-controller")

@@ -81,7 +81,7 @@ def main() -> None:
 
     from bench_modbus import serve
 
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     port = free_port()
     mp = multiprocessing.get_context("spawn")

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/bench_mqtt.py [--count 300000] [--rates 10000,20000,25000]
 [--seconds 20]``.
 
-Starts, on free loopback ports in a temp dir: a private mosquitto (``tests.servers.
+Starts, on free loopback ports in a temp dir: a private mosquitto (``tests.support.servers.
 Mosquitto``, password auth, no TLS, ``max_inflight_messages 10000``), a private
 VictoriaMetrics, and between the gateway and VictoriaMetrics a small **ack probe**: an
 aiohttp reverse proxy in this process that forwards every ``/api/v2/write`` to
@@ -76,7 +76,7 @@ from bench_throughput import (  # noqa: E402
     start_vm,
 )
 
-from tests.servers import Mosquitto, free_port  # noqa: E402
+from tests.support.servers import Mosquitto, free_port  # noqa: E402
 
 MEASUREMENT = b"bench_mqtt"
 PUBLISHER = r"""

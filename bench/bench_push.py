@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from bench_throughput import mib, proc_status  # noqa: E402
 
 from drivers.camera_push import sim  # noqa: E402
-from tests.servers import free_port  # noqa: E402
+from tests.support.servers import free_port  # noqa: E402
 
 
 def write_config(folder: Path, port: int, devices: int) -> Path:

@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:  # tests/ is not an installed package
     sys.path.insert(0, str(ROOT))
 
 from gateway.buffer import BufferStats, read_stats  # noqa: E402
-from tests.servers import VictoriaMetrics  # noqa: E402
+from tests.support.servers import VictoriaMetrics  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET = 50_000

@@ -30,8 +30,8 @@ from gateway.health.snapshot import collect
 from gateway.health.statustable import format_status
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
-from tests.servers import Mosquitto
 from tests.support.alarms import FakeAlarms, Watcher, ops_connected, running
+from tests.support.servers import Mosquitto
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 

@@ -29,8 +29,8 @@ from gateway.reading import Reading
 from gateway.runtime import Gateway
 from tests.e2e import wait_drained
 from tests.gate_driver import WRITES
-from tests.servers import InfluxDB1, Mosquitto, VictoriaMetrics, free_port
 from tests.support.alarms import Watcher, ops_connected, running
+from tests.support.servers import InfluxDB1, Mosquitto, VictoriaMetrics, free_port
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
 

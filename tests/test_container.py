@@ -27,7 +27,7 @@ import pytest
 
 from tests.e2e import grid_index
 from tests.gwproc import ROOT
-from tests.servers import VictoriaMetrics, free_port, http_request
+from tests.support.servers import VictoriaMetrics, free_port, http_request
 from tests.support.wait import eventually_sync
 
 pytestmark = pytest.mark.slow

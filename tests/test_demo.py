@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tests.servers import Mosquitto, VictoriaMetrics
+from tests.support.servers import Mosquitto, VictoriaMetrics
 from tests.support.wait import eventually_sync
 
 CARDS = ["0004123456", "0004123457", "0007765432", "0001000099"]

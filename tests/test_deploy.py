@@ -21,8 +21,8 @@ from ruamel.yaml import YAML
 from gateway.config.loader import load_config
 from gateway.health.selfreport import DEVICE_FIELDS, GATEWAY_FIELDS, SINK_FIELDS
 from tests.gwproc import ROOT
-from tests.servers import free_port
 from tests.support.mqtt import TestClient
+from tests.support.servers import free_port
 from tests.support.wait import eventually_sync
 
 DEPLOY = ROOT / "deploy"

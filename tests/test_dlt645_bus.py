@@ -201,7 +201,7 @@ async def test_socket_url_transport() -> None:
 
 
 async def test_unreachable_device_server_is_offline_not_a_crash() -> None:
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     h = Harness()
     h.add(device("m-gone", "5", offline_after=1),

@@ -8,7 +8,7 @@ from pathlib import Path
 from drivers.synthetic.driver import field_values
 from tests.e2e import contiguous_runs, grid_index, wait_drained, write_config
 from tests.gwproc import GatewayProcess
-from tests.servers import InfluxDB1, VictoriaMetrics
+from tests.support.servers import InfluxDB1, VictoriaMetrics
 
 
 def run_for(config: Path, seconds: float) -> GatewayProcess:

@@ -12,7 +12,7 @@ import pytest
 from gateway.buffer import read_stats
 from tests.e2e import contiguous_runs, grid_index, wait_drained, write_config
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics
+from tests.support.servers import VictoriaMetrics
 
 KILLS = 20
 

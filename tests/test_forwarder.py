@@ -22,7 +22,7 @@ from gateway.buffer import AsyncBuffer, Buffer
 from gateway.forwarder import Forwarder
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from gateway.stats import GatewayStats
-from tests.servers import InfluxDB1
+from tests.support.servers import InfluxDB1
 from tests.support.wait import eventually
 
 

@@ -31,7 +31,7 @@ from gateway.health.checks import evaluate
 from gateway.health.monitor import monitor_for
 from gateway.runtime import Gateway
 from tests.gwproc import ROOT, GatewayProcess
-from tests.servers import free_port
+from tests.support.servers import free_port
 from tests.support.wait import eventually, eventually_sync
 
 FAST_DEVICES = "".join(

@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 from gateway.config.models import MqttSection
 from gateway.mqtt.client import Message, MqttConnection
 from gateway.mqtt.paho_speedups import _SharedTableProperties
-from tests.servers import LOOPBACK, Mosquitto
+from tests.support.servers import LOOPBACK, Mosquitto
 
 utf8 = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
                max_size=20)

@@ -20,8 +20,8 @@ from gateway.errors import ConfigError
 from gateway.mqtt.ops import OpsBus
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
-from tests.servers import Mosquitto
 from tests.support.mqtt import TestClient, publish_properties
+from tests.support.servers import Mosquitto
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.usefixtures("test_gate_driver")
@@ -144,7 +144,7 @@ async def test_write_reaches_real_modbus_device(tmp_path: Path, mosquitto_factor
     server: the allow-listed coil changes on the server, the answer carries the
     correlation data; a point not in allow_write is refused and the server sees no write."""
     from drivers.modbus.sim import Device, TcpSim, Units
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret",
                                                "viewer": "viewer-secret"})

@@ -11,8 +11,8 @@ import pytest
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
-from tests.servers import DEFAULT_MQTT_ACL, Mosquitto
 from tests.support.mqtt import TestClient, watch
+from tests.support.servers import DEFAULT_MQTT_ACL, Mosquitto
 from tests.support.wait import eventually
 
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.gwproc import GatewayProcess
-from tests.servers import Mosquitto, VictoriaMetrics
 from tests.support.mqtt import TestClient, connect, mqtt_config, retained
+from tests.support.servers import Mosquitto, VictoriaMetrics
 from tests.support.wait import eventually_sync
 
 DEVICE = """\

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from drivers.mqtt.config import MqttDeviceConfig
 from drivers.mqtt.mapping import Mapper, Rejected
 from tests.gwproc import GatewayProcess
-from tests.servers import Mosquitto, VictoriaMetrics
 from tests.support.mqtt import Message, connect, mqtt_config
+from tests.support.servers import Mosquitto, VictoriaMetrics
 from tests.support.wait import eventually_sync
 
 BASE = "compound/junk/gw"

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from tests.gwproc import GatewayProcess
-from tests.servers import Mosquitto, VictoriaMetrics
 from tests.support.mqtt import connect, mqtt_config
+from tests.support.servers import Mosquitto, VictoriaMetrics
 from tests.support.wait import eventually_sync
 
 

@@ -16,9 +16,9 @@ import uuid
 from pathlib import Path
 
 from tests.gwproc import GatewayProcess
-from tests.servers import InfluxDB1, Mosquitto
 from tests.support.files import file_lines
 from tests.support.mqtt import connect, mqtt_config
+from tests.support.servers import InfluxDB1, Mosquitto
 from tests.support.wait import eventually_sync
 
 BASE = "compound/stamps/gw"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
-from tests.servers import Mosquitto
 from tests.support.mqtt import watch
+from tests.support.servers import Mosquitto
 from tests.support.wait import eventually
 
 

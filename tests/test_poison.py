@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from tests.gwproc import GatewayProcess
-from tests.servers import Mosquitto
 from tests.support.files import file_lines
 from tests.support.mqtt import connect, mqtt_config
+from tests.support.servers import Mosquitto
 from tests.support.wait import eventually_sync
 
 BASE = "compound/poison/gw"

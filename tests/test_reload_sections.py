@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.config.loader import load_config
 from gateway.runtime import Gateway
-from tests.servers import Mosquitto
+from tests.support.servers import Mosquitto
 
 BASE = ("gateway: {id: gw-r, site: s, data_dir: data}\nbuffer: {flush_interval: 50ms}\n"
         "sinks: [{type: file}]\n")

@@ -39,7 +39,7 @@ from gateway.config.loader import LoadedConfig, load_config
 from gateway.driver import DeviceState
 from gateway.reading import Reading
 from tests.serial_harness import Harness
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 START = datetime(2026, 3, 2, 0, 0).astimezone().timestamp()
 """Midnight, local time (the pack's `active:` spans use the system zone)."""

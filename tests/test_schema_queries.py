@@ -19,7 +19,7 @@ from gateway.lineprotocol import encode_many
 from gateway.reading import Reading
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
-from tests.servers import InfluxDB1, VictoriaMetrics
+from tests.support.servers import InfluxDB1, VictoriaMetrics
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "schema.md"
 BLOCK = re.compile(r"<!-- query: (\w+) -->\n```(\w+)\n(.*?)\n```", re.S)

@@ -19,7 +19,7 @@ from drivers.dlt645.sim import Dlt645Bus, Meter645
 from drivers.serialbus.sim import PtySerial, StreamDevice, bcd_le
 from tests.e2e import wait_drained
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics
+from tests.support.servers import VictoriaMetrics
 from tests.support.wait import eventually_sync
 
 

@@ -1,4 +1,4 @@
-"""Prove the real-server harness (tests/servers.py) is real: data goes in over the same
+"""Prove the real-server harness (tests/support/servers/) is real: data goes in over the same
 protocols the gateway uses and comes back out exactly, auth and ACLs are enforced, TLS is
 verified, and restarts keep port and data. If these fail, every test built on the
 fixtures is suspect.
@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from tests.servers import (
+from tests.support.servers import (
     InfluxDB1,
     Mosquitto,
     ServerError,

@@ -1,7 +1,7 @@
 """Sinks against real servers, plus a scripted HTTP server for the statuses they won't give.
 
 The real VictoriaMetrics and InfluxDB 1.x (fixtures ``victoria`` and ``influx1`` from
-tests/servers.py) prove the bytes land and read back exactly. The in-process aiohttp
+tests/support/servers/) prove the bytes land and read back exactly. The in-process aiohttp
 server only covers answers a healthy real server cannot be made to give on demand (413,
 429, 503 with Retry-After, 401 with a token we can check is not echoed, hangs).
 """
@@ -30,7 +30,7 @@ from gateway.sinks.file import ROTATED, FileSink, FileSinkConfig
 from gateway.sinks.http import display_url, error_text, parse_retry_after
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
-from tests.servers import TestCA, free_port
+from tests.support.servers import TestCA, free_port
 from tests.support.wait import eventually
 
 TOKEN = "tok-SECRET-0123456789"

@@ -22,8 +22,8 @@ from drivers.event_stream.tests.harness import Running, running, write_config
 from gateway.health.metrics import render
 from gateway.health.snapshot import collect
 from gateway.health.statustable import format_status
-from tests.servers import Mosquitto, free_port
 from tests.support.mqtt import retained
+from tests.support.servers import Mosquitto, free_port
 
 PATH = "/Streaming/Channels/101"
 

@@ -12,7 +12,7 @@ import pytest
 
 from drivers.event_stream.sim import DahuaSim
 from drivers.event_stream.tests.harness import Running, running, write_config
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 HEARTBEAT = 1
 

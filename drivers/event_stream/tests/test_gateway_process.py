@@ -14,7 +14,7 @@ from drivers.event_stream.sim import DahuaSim, HikvisionSim
 from drivers.event_stream.tests.harness import read_points
 from tests.e2e import wait_drained
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics
+from tests.support.servers import VictoriaMetrics
 
 CARD = "0009{:06d}"
 

@@ -21,7 +21,7 @@ from drivers.modbus.tests.harness import (
     tcp_bus,
 )
 from gateway.driver import DeviceState
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 
 def replies_of(unit: int, change: Callable[[bytes], bytes]) -> Callable[[str, bytes], bytes]:

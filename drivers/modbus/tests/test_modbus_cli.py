@@ -17,7 +17,7 @@ import pytest
 from drivers.modbus.cli import add_commands
 from drivers.modbus.profiles import load_profile
 from drivers.modbus.sim import Device, PtyRelay, RtuSim, ServerThread, TcpSim, Units
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 

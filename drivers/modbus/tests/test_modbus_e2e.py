@@ -13,7 +13,7 @@ from drivers.modbus.sim import ServerThread, TcpSim, Units
 from drivers.modbus.tests.harness import layout
 from tests.e2e import wait_drained, write_config
 from tests.gwproc import GatewayProcess
-from tests.servers import VictoriaMetrics, free_port
+from tests.support.servers import VictoriaMetrics, free_port
 
 
 def test_modbus_tcp_into_victoriametrics(tmp_path: Path, victoria: VictoriaMetrics) -> None:

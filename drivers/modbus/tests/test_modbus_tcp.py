@@ -16,7 +16,7 @@ from drivers.modbus.sim import Device, TcpSim, Units
 from drivers.modbus.tests.harness import Fleet, layout, tcp_bus
 from gateway.driver import DeviceState
 from gateway.errors import CommandRefused
-from tests.servers import free_port
+from tests.support.servers import free_port
 
 
 @pytest.fixture
