@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import resource
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,24 @@ def requests_per_profile() -> None:
         before = len(coalesce(points, Limits(limit, 2000, OLD_MAX_GAP[profile.name])))
         print(f"| {name} | {len(points)} | " + " | ".join(map(str, counts))
               + f" | {before} | {len(points)} |")
+
+
+@contextlib.contextmanager
+def simulator(devices: int) -> Iterator[int]:
+    """``devices`` SDM630 meters served in a child process (its CPU is not the gateway's);
+    yields their port."""
+    port = free_port()
+    mp = multiprocessing.get_context("spawn")
+    ready = mp.Event()
+    child = mp.Process(target=serve, args=(port, devices, ready), daemon=True)
+    child.start()
+    try:
+        if not ready.wait(30):
+            raise SystemExit("simulator did not start")
+        yield port
+    finally:
+        child.terminate()
+        child.join(5)
 
 
 def serve(port: int, devices: int, ready: Any) -> None:
@@ -158,14 +178,7 @@ def main() -> None:
                         "and report its whole-process CPU")
     args = parser.parse_args()
     requests_per_profile()
-    port = free_port()
-    mp = multiprocessing.get_context("spawn")
-    ready = mp.Event()
-    child = mp.Process(target=serve, args=(port, args.devices, ready), daemon=True)
-    child.start()
-    try:
-        if not ready.wait(30):
-            raise SystemExit("simulator did not start")
+    with simulator(args.devices) as port:
         print(f"\nModbus TCP, {args.devices} x eastron-sdm630 ({args.points} points), "
               f"interval {args.interval:g}s, one TCP bus, default settings; simulator in a "
               f"child process, CPU of the gateway side only (os.times), "
@@ -177,9 +190,6 @@ def main() -> None:
             shares = [whole_gateway(args, port) for _ in range(args.repeat)]
             print(f"whole gateway CPU: {min(shares):.1f}-{max(shares):.1f}% of one core "
                   f"over {len(shares)} runs")
-    finally:
-        child.terminate()
-        child.join(5)
 
 
 if __name__ == "__main__":

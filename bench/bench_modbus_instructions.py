@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import re
 import subprocess
 import sys
@@ -79,24 +78,12 @@ def main() -> None:
         asyncio.run(fleet(args.fleet, args.devices, args.short))
         return
 
-    from bench_modbus import serve
+    from bench_modbus import simulator
 
-    from tests.support.servers import free_port
-
-    port = free_port()
-    mp = multiprocessing.get_context("spawn")
-    ready = mp.Event()
-    child = mp.Process(target=serve, args=(port, args.devices, ready), daemon=True)
-    child.start()
-    try:
-        if not ready.wait(30):
-            raise SystemExit("simulator did not start")
+    with simulator(args.devices) as port:
         work = Path(tempfile.mkdtemp(prefix="iotgw-bench-cg-"))
         i1, r1 = counted(port, args.devices, args.short, work / "short.out")
         i2, r2 = counted(port, args.devices, args.long, work / "long.out")
-    finally:
-        child.terminate()
-        child.join(5)
     print(f"{args.devices} SDM630 x 5 points over Modbus TCP, 1 s poll, gateway side under "
           f"callgrind: {args.short:g} s run {i1:,} instructions / {r1} requests, "
           f"{args.long:g} s run {i2:,} / {r2}")
