@@ -165,6 +165,16 @@ class RtuSim:
 Mangle = Callable[[str, bytes], bytes]
 
 
+def _two_raw_ptys() -> tuple[list[int], str, str]:
+    """Two raw pty pairs for a relay: fds [server master, server slave, client master,
+    client slave], the server's port path and the client's."""
+    m1, s1 = os.openpty()
+    m2, s2 = os.openpty()
+    for fd in (m1, s1, m2, s2):
+        tty.setraw(fd)
+    return [m1, s1, m2, s2], os.ttyname(s1), os.ttyname(s2)
+
+
 class PtyRelay:
     """``server_port`` <-> relay <-> ``client_port``, with an optional byte mangler.
 
@@ -177,15 +187,8 @@ class PtyRelay:
                  bits_per_char: int = 10) -> None:
         self.mangle = mangle
         self.char_time = bits_per_char / baudrate if baudrate else 0.0
-        self._fds: list[int] = []
-        m1, s1 = os.openpty()
-        m2, s2 = os.openpty()
-        for fd in (m1, s1, m2, s2):
-            tty.setraw(fd)
-        self._fds = [m1, s1, m2, s2]
-        self.server_port = os.ttyname(s1)
-        self.client_port = os.ttyname(s2)
-        self._server_master, self._client_master = m1, m2
+        self._fds, self.server_port, self.client_port = _two_raw_ptys()
+        self._server_master, self._client_master = self._fds[0], self._fds[2]
         self._tasks: list[asyncio.Task[None]] = []
         self.bytes = {"up": 0, "down": 0}
 
@@ -255,14 +258,8 @@ class PacedLine:
         self.trace: list[tuple[str, float, float, int]] = []
         self.turnaround = turnaround_chars * self.char_time
         self.mangle = mangle
-        m1, s1 = os.openpty()
-        m2, s2 = os.openpty()
-        for fd in (m1, s1, m2, s2):
-            tty.setraw(fd)
-        self._fds = [m1, s1, m2, s2]
-        self.server_port = os.ttyname(s1)
-        self.client_port = os.ttyname(s2)
-        self._server_master, self._client_master = m1, m2
+        self._fds, self.server_port, self.client_port = _two_raw_ptys()
+        self._server_master, self._client_master = self._fds[0], self._fds[2]
         self.bytes = {"up": 0, "down": 0}
         self.frames = {"up": 0, "down": 0}
         self.busy = 0.0
