@@ -105,8 +105,9 @@ class Gateway:
             self.buffer, self.stats, site=cfg.model.gateway.site,
             gateway_id=cfg.model.gateway.id, flush_interval=cfg.model.buffer.flush_interval,
             max_pending=cfg.model.buffer.max_pending)
-        self.pipeline.set_pseudonymizer(load_pseudonymizer(cfg))
-        await self._open_alarms(cfg)
+        hide = load_pseudonymizer(cfg)  # one key read serves the pipeline and the rules
+        self.pipeline.set_pseudonymizer(hide)
+        await self._open_alarms(cfg, hide)
         try:
             async with asyncio.TaskGroup() as group:
                 self.supervisor = Supervisor(group)
@@ -177,10 +178,10 @@ class Gateway:
         sinks = self.stats.sinks
         return bool(sinks) and all(s.state in ("retrying", "failed") for s in sinks.values())
 
-    async def _open_alarms(self, cfg: LoadedConfig) -> None:
+    async def _open_alarms(self, cfg: LoadedConfig, hide: Pseudonymizer | None) -> None:
         assert self.pipeline is not None
         pipeline = self.pipeline
-        runtime = alarm_service.create(cfg, self.buffer, load_pseudonymizer(cfg),
+        runtime = alarm_service.create(cfg, self.buffer, hide,
                                        self._uplink_lost, pipeline.notify_committed)
         if runtime is None:
             return
@@ -351,7 +352,8 @@ class Gateway:
         old = self.config
         if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:
             log.warning("buffer settings changed: they take effect at the next restart")
-        self.pipeline.set_pseudonymizer(load_pseudonymizer(new))
+        hide = load_pseudonymizer(new)
+        self.pipeline.set_pseudonymizer(hide)
         if new.model.gateway != old.model.gateway:
             self.pipeline.set_site(new.model.gateway.site, new.model.gateway.id)
         # Before any device or sink starts: their tasks read the config through the
@@ -376,9 +378,9 @@ class Gateway:
             if name not in self._sink_configs:
                 self._start_sink(sink)
         if self._alarms is not None:
-            await self._alarms.reload(new, load_pseudonymizer(new))
+            await self._alarms.reload(new, hide)
         elif new.model.rules:
-            await self._open_alarms(new)
+            await self._open_alarms(new, hide)
             if self._alarms is not None and self.supervisor is not None:
                 self.supervisor.start("alarms", self._alarms.run)
         log.info("config reloaded: %d devices restarted or removed, %d sinks restarted or "
