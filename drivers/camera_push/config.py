@@ -15,11 +15,11 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.config.types import Duration, SecretsModel, StrictModel
 from gateway.driver import DeviceConfigBase
+from gateway.jsonpath import compile_path
 
 TOKEN_PATTERN = r"^[A-Za-z0-9._~-]{1,256}$"
 """URL-path-safe characters only: the token is a path segment, taken literally."""
 
-PATH_PATTERN = r"^\$(\.[A-Za-z_][A-Za-z0-9_-]*|\[-?\d+\])*$"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -53,10 +53,11 @@ class GenericMapping(StrictModel):
 
 
 def _check_path(path: str, name: str) -> None:
-    import re
-
-    if not re.fullmatch(PATH_PATTERN, path):
-        raise ValueError(f"{name}: {path!r} is not a path like $.a.b or $.list[0]")
+    try:
+        compile_path(path)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {path!r} is not a path like $.a.b or $.list[0] "
+                         f"({exc})") from None
 
 
 class CameraPushConfig(DeviceConfigBase, SecretsModel):

@@ -19,7 +19,6 @@ INT64 = 2**63
 MAX_TEXT = 256
 """Longest text value stored (a plate, a card number, an event type)."""
 
-_PATH_STEP = re.compile(r"\.([A-Za-z_][A-Za-z0-9_-]*)|\[(-?\d+)\]")
 
 
 def parse_json(body: bytes) -> Any:
@@ -100,25 +99,3 @@ def epoch_ns(value: Any, unit: str) -> int | None:
     ns = number * EPOCH_SCALE[unit] if type(number) is int else round(number * EPOCH_SCALE[unit])
     return ns if 0 < ns < INT64 else None
 
-
-def compile_path(path: str) -> tuple[str | int, ...]:
-    """``$.a.b[0]`` -> ("a", "b", 0); the config model has checked the syntax."""
-    return tuple(name if name else int(index)
-                 for name, index in _PATH_STEP.findall(path.strip()[1:]))
-
-
-def resolve(document: Any, steps: tuple[str | int, ...]) -> Any:
-    """The value at ``steps``, or None (a wrong type on the way counts as missing)."""
-    value = document
-    for step in steps:
-        if isinstance(step, str):
-            if type(value) is not dict:
-                return None
-            value = value.get(step)
-        else:
-            if type(value) is not list or not -len(value) <= step < len(value):
-                return None
-            value = value[step]
-        if value is None:
-            return None
-    return value

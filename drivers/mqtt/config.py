@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from drivers.mqtt.paths import compile_path
 from gateway.config.types import ByteSize, Duration, StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.driver import DeviceConfigBase
+from gateway.jsonpath import compile_path
 
 PROFILE_DIR = resources.files("drivers.mqtt") / "profiles"
 MERGED_KEYS = ("fields", "payload_tags", "match")

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from drivers.mqtt.config import MqttDeviceConfig, ValueSpec
-from drivers.mqtt.paths import MISSING, compile_path, resolve
 from drivers.mqtt.topics import TopicPattern
+from gateway.jsonpath import MISSING, compile_path, resolve
 from gateway.reading import FieldValue, Reading
 
 INT64 = 2**63

@@ -16,14 +16,20 @@ from drivers.camera_push.payload import media_type as _media_type
 from drivers.camera_push.values import (
     INT64,
     as_text,
-    compile_path,
     epoch_ns,
     parse_json,
-    resolve,
 )
+from gateway.jsonpath import MISSING, compile_path
+from gateway.jsonpath import resolve as _resolve
 from gateway.reading import FieldValue, Reading
 
 JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain"})
+
+
+def resolve(document: object, steps: tuple[str | int, ...]) -> object:
+    """The value at ``steps``; None when absent (a mapped field may simply be missing)."""
+    value = _resolve(document, steps)
+    return None if value is MISSING else value
 
 
 def _value(value: object) -> FieldValue | None:

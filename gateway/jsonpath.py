@@ -1,4 +1,6 @@
-"""A small JSON path syntax for picking values out of payloads.
+"""A small JSON path syntax for picking values out of payloads: the MQTT driver's
+mappings and the HTTP push receiver's ``generic-json`` profile share it (one grammar
+for installers to learn; here in the core so neither driver imports the other).
 
 Grammar (documented in docs/mqtt.md)::
 
