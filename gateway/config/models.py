@@ -108,15 +108,42 @@ class MqttSection(SecretsModel):
         "goes to cmd/<verb>/result")
 
 
-class HealthSection(StrictModel):
+LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$"
+
+
+def _check_listen_port(listen: str) -> str:
+    if not 0 <= int(listen.rsplit(":", 1)[1]) <= 65535:
+        raise ValueError(f"port must be 0..65535, got {listen!r}")
+    return listen
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen_port)]
+"""``host:port`` of a server the gateway runs (``[::1]:9108`` for IPv6; port 0: any)."""
+
+
+class Listening(StrictModel):
+    """A section for a server the gateway runs: its ``listen`` split for the server."""
+
+    listen: ListenAddress
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class HealthSection(Listening):
     """The local health and metrics endpoint: /healthz, /readyz, /metrics, /status.
 
     Loopback by default: the endpoint has no authentication, so exposing it is an
     explicit choice (a scraper on another host, or a reverse proxy)."""
 
     enabled: bool = True
-    listen: str = Field(
-        default="127.0.0.1:9108", pattern=r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$",
+    listen: ListenAddress = Field(
+        default="127.0.0.1:9108", pattern=LISTEN_PATTERN,
         description="host:port ([::1]:9108 for IPv6); port 0 picks a free port (tests)")
     max_loop_lag: Duration = Field(
         default=5.0, ge=0.01, le=300,
@@ -136,30 +163,6 @@ class HealthSection(StrictModel):
             raise ValueError(f"must be 0 (off) or at least 0.1 s, got {seconds:g} s")
         return seconds
 
-    @field_validator("listen")
-    @classmethod
-    def _port_in_range(cls, listen: str) -> str:
-        if not 0 <= int(listen.rsplit(":", 1)[1]) <= 65535:
-            raise ValueError(f"port must be 0..65535, got {listen!r}")
-        return listen
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
-
-
-LISTEN_PATTERN = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):\d{1,5}$"
-
-
-def _check_listen_port(listen: str) -> str:
-    if not 0 <= int(listen.rsplit(":", 1)[1]) <= 65535:
-        raise ValueError(f"port must be 0..65535, got {listen!r}")
-    return listen
-
 
 class ImagesSection(StrictModel):
     """Pictures from multipart posts, kept on disk (never in the time-series)."""
@@ -176,7 +179,7 @@ class ImagesSection(StrictModel):
         return path
 
 
-class HttpSection(StrictModel):
+class HttpSection(Listening):
     """The one HTTP server that pushing devices (cameras, access terminals) post to.
 
     Devices post to ``/push/<device-id>/<token>``. It has no TLS and no other
@@ -184,7 +187,7 @@ class HttpSection(StrictModel):
     interface, never to the internet. Limits are per request and per connection, so a
     slow or hostile client costs its own connections, not other devices' posts."""
 
-    listen: Annotated[str, AfterValidator(_check_listen_port)] = Field(
+    listen: ListenAddress = Field(
         pattern=LISTEN_PATTERN,
         description="host:port ([::]:8088 for IPv6); port 0 picks a free port (tests)")
     max_body: ByteSize = Field(
@@ -215,14 +218,6 @@ class HttpSection(StrictModel):
     images: ImagesSection | None = Field(
         default=None, description="keep pictures from multipart posts on disk (off: only "
         "their count and size are stored)")
-
-    @property
-    def host(self) -> str:
-        return self.listen.rsplit(":", 1)[0].strip("[]")
-
-    @property
-    def port(self) -> int:
-        return int(self.listen.rsplit(":", 1)[1])
 
 
 class SerialBus(StrictModel):
