@@ -5,6 +5,7 @@ VictoriaMetrics (the session fixture), a kill -9 of the gateway in the middle.""
 from __future__ import annotations
 
 import asyncio
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -115,8 +116,11 @@ async def test_terminal_camera_and_health_through_a_killed_gateway_into_victoria
     cards = {p.fields.get("card") for p in read_points(data_dir)
              if p.measurement == "access_event"}
     assert all(isinstance(c, str) and len(c) == 16 for c in cards)
+    # The card number as a token of its own: inside a longer run of digits it is part of a
+    # nanosecond timestamp ("...1764304321009000000" holds "0009000000"), not a card.
+    raw_card = re.compile(rb"(?<![0-9])" + CARD.format(0).encode() + rb"(?![0-9])")
     for path in data_dir.rglob("*"):
         if path.is_file() and path.suffix in (".lp", ".db", ".json"):
             raw = path.read_bytes()
-            assert CARD.format(0).encode() not in raw, f"raw card number in {path}"
+            assert raw_card.search(raw) is None, f"raw card number in {path}"
     assert "hik-pass" not in "".join(gw.raw)
