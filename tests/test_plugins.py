@@ -13,7 +13,8 @@ from pathlib import Path
 from tests.gwproc import ROOT
 from tests.support.wait import eventually_sync
 
-HEAVY = ("drivers.", "paho", "pymodbus", "serial", "aiohttp", "influxdb_client", "osdp")
+HEAVY = ("drivers.", "paho", "pymodbus", "serial", "aiohttp", "influxdb_client", "osdp",
+         "rule_engine", "dateutil", "defusedxml")
 
 
 def imported_after(code: str, cwd: Path, extra_path: Path | None = None) -> list[str]:

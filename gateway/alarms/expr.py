@@ -21,11 +21,9 @@ import operator
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
+from types import ModuleType
 from typing import Any, Literal
-
-import rule_engine
-import rule_engine.ast as ast
-import rule_engine.errors as rerrors
 
 from gateway.alarms.regexcheck import nested_repeat
 from gateway.errors import GatewayError
@@ -33,13 +31,23 @@ from gateway.errors import GatewayError
 FieldKind = Literal["number", "bool", "string", "list", "any"]
 """What a name holds, as far as a driver or the engine can tell."""
 
-_KIND_TYPES: dict[str, Any] = {
-    "number": rule_engine.DataType.FLOAT,
-    "bool": rule_engine.DataType.BOOLEAN,
-    "string": rule_engine.DataType.STRING,
-    "list": rule_engine.DataType.SET,
-    "any": rule_engine.DataType.UNDEFINED,
+_KIND_TYPE_NAMES: dict[str, str] = {
+    "number": "FLOAT", "bool": "BOOLEAN", "string": "STRING", "list": "SET", "any": "UNDEFINED",
 }
+"""Our field kinds as rule-engine ``DataType`` attribute names."""
+
+
+@cache
+def _rule_engine() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """rule-engine, its syntax tree and its errors, imported when the first expression is
+    compiled: with its vendored ply and python-dateutil it is ~5 MiB and 45 modules, which
+    every gateway paid at config load even with no rules (the config models import this
+    module)."""
+    import rule_engine
+    import rule_engine.ast
+    import rule_engine.errors
+
+    return rule_engine, rule_engine.ast, rule_engine.errors
 
 Values = Mapping[str, Any]
 
@@ -103,6 +111,7 @@ class Expression:
             except TypeError:
                 raise RuleRuntimeError("type", "values of mismatched types compared "
                                        f"in {_shown(self.text)}") from None
+        rerrors = _rule_engine()[2]
         try:
             result = self._rule.evaluate(values)
         except rerrors.SymbolResolutionError as exc:
@@ -127,12 +136,14 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
     """Compile ``text``; with ``kinds`` every name must be one of them and types must agree.
 
     Raises :class:`ExpressionError` with rule-engine's reason."""
+    rule_engine, _, rerrors = _rule_engine()
     try:
         if kinds is None:
             context = rule_engine.Context(default_value=None)
         else:
             resolver = rule_engine.type_resolver_from_dict(
-                {name: _KIND_TYPES[kind] for name, kind in kinds.items()})
+                {name: getattr(rule_engine.DataType, _KIND_TYPE_NAMES[kind])
+                 for name, kind in kinds.items()})
             context = rule_engine.Context(type_resolver=resolver)
         rule = rule_engine.Rule(text, context=context)
     except rerrors.RuleSyntaxError as exc:
@@ -167,7 +178,7 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
 def reference_value(text: str, values: Values) -> Any:
     """``text`` evaluated by rule-engine alone (no closures): what the fast path must
     agree with (tests, ``iotgw rules test`` debugging)."""
-    result = rule_engine.Rule(text).evaluate(values)
+    result = _rule_engine()[0].Rule(text).evaluate(values)
     return float(result) if isinstance(result, Decimal) else result
 
 
@@ -179,12 +190,14 @@ def check_kinds(expression: Expression, kinds: Mapping[str, FieldKind]) -> None:
 
 def _regex_literals(node: Any) -> list[str]:
     """The constant patterns of ``=~``, ``=~~``, ``!~``, ``!~~`` anywhere in the tree."""
+    ast = _rule_engine()[1]
     return [child.right.value for child in _nodes(node)
             if isinstance(child, ast.FuzzyComparisonExpression)
             and isinstance(child.right, ast.StringExpression)]
 
 
 def _nodes(node: Any) -> list[Any]:
+    ast = _rule_engine()[1]
     out: list[Any] = []
     stack = [node]
     while stack:
@@ -205,6 +218,7 @@ _CHILDREN = ("left", "right", "expression", "container", "member", "condition",
 
 
 def _symbols(node: Any) -> list[str]:
+    ast = _rule_engine()[1]
     return [n.name for n in _nodes(node)
             if isinstance(n, ast.SymbolExpression) and n.scope is None]
 
@@ -225,6 +239,7 @@ def _number(value: Any) -> float:
 
 def _fast(node: Any) -> Callable[[Values], Any] | None:
     """A closure computing ``node``, or None where rule-engine must do it."""
+    ast = _rule_engine()[1]
     if isinstance(node, ast.SymbolExpression) and node.scope is None:
         name = node.name
 
@@ -309,6 +324,7 @@ _FLIPPED = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 
 
 def _threshold(node: Any) -> Threshold | None:
+    ast = _rule_engine()[1]
     if not isinstance(node, ast.ArithmeticComparisonExpression) or node.type not in _FLIPPED:
         return None
     left, right = node.left, node.right
