@@ -9,7 +9,9 @@ Workloads:
   Modbus TCP endpoint, a real pymodbus server in a child process (its CPU and memory are
   not the gateway's), each device the shipped ``eastron-sdm630`` profile with only the five
   float32 points voltage_l1, current_l1, power_total, frequency, energy_import enabled,
-  polled every ``--interval`` (1s) with default settings. Targets: RSS <= 40 MiB with the
+  polled every ``--interval`` (1s) with default settings; the points are picked with
+  ``select`` (``--points overrides``: the other 28 switched off one by one instead).
+  Targets: RSS <= 40 MiB with the
   file sink, <= 50 MiB with an ``influxdb`` sink (``--sink vm``).
 * ``synthetic``: ``--devices`` (default 200) synthetic devices at one reading per
   ``--interval`` with ``--fields`` 4. Targets (the original ones): RSS <= 60 MB, CPU <= 3%
@@ -119,13 +121,18 @@ def serve_meters(port: int, devices: int, ready: Any) -> None:
 
 
 def write_modbus_config(path: Path, *, sink_url: str | None, devices: int, port: int,
-                        interval: str) -> None:
+                        interval: str, points: str = "select") -> None:
     """The issue's workload in the block style of a site config: one TCP bus, every meter
-    the shipped profile with the points outside the five switched off."""
+    the shipped profile with the five points picked by ``select`` (or, ``points=
+    "overrides"``, the other 28 switched off one by one, the only way before ``select``)."""
     from drivers.modbus.profiles import load_profile
 
-    off = ", ".join(f"{p.name}: {{enabled: false}}"
-                    for p in load_profile("eastron-sdm630").points if p.name not in SDM630_FIVE)
+    if points == "select":
+        choice = f"select: [{', '.join(SDM630_FIVE)}]"
+    else:
+        off = ", ".join(f"{p.name}: {{enabled: false}}" for p in
+                        load_profile("eastron-sdm630").points if p.name not in SDM630_FIVE)
+        choice = f"overrides: {{{off}}}"
     lines = ["gateway: {id: gw-m, site: bench, data_dir: data}",
              f"buses: {{meters: {{type: tcp, host: 127.0.0.1, port: {port}}}}}"]
     if sink_url is None:
@@ -135,7 +142,7 @@ def write_modbus_config(path: Path, *, sink_url: str | None, devices: int, port:
                   "token: t}"]
     lines.append("devices:")
     lines += [f"  - {{id: m{u:03d}, driver: modbus, bus: meters, unit: {u}, "
-              f"profile: eastron-sdm630, interval: {interval}, overrides: {{{off}}}}}"
+              f"profile: eastron-sdm630, interval: {interval}, {choice}}}"
               for u in range(1, devices + 1)]
     path.write_text("\n".join(lines) + "\n")
 
@@ -285,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
             if not ready.wait(60):
                 raise RuntimeError("Modbus simulator did not start")
             write_modbus_config(config, sink_url=vm.url if vm else None, devices=devices,
-                                port=port, interval=args.interval)
+                                port=port, interval=args.interval, points=args.points)
         else:
             write_config(config, sink_url=vm.url if vm else None, devices=devices,
                          interval=args.interval, fields=args.fields,
@@ -394,6 +401,8 @@ def main() -> int:
     p.add_argument("--fields", type=int, default=4)
     p.add_argument("--wake-interval", default=None, help="synthetic wake_interval (default 100ms)")
     p.add_argument("--sink", choices=["file", "vm"], default="file")
+    p.add_argument("--points", choices=["select", "overrides"], default="select",
+                   help="modbus: the five points by select (default) or 28 overrides")
     p.add_argument("--breakdown", action="store_true", help="explain where the memory goes")
     p.add_argument("--no-compile", action="store_true",
                    help="do not compile gateway/ and drivers/ to bytecode first")

@@ -41,6 +41,10 @@ class ModbusConfig(DeviceConfigBase):
                                 max_length=64,
                                 description="<profile>.yaml in $IOTGW_PROFILES or the shipped "
                                 "drivers/modbus/profiles")
+    select: list[str] | None = Field(
+        default=None, min_length=1, max_length=1024,
+        description="only these profile points, by name (default: all of them); the other "
+        "profile points are neither read nor written")
     points: list[Point] = Field(default_factory=list, description="points added to the profile")
     overrides: dict[str, PointOverride] = Field(
         default_factory=dict, description="per-point changes to profile points, by name")
@@ -71,6 +75,10 @@ class ModbusConfig(DeviceConfigBase):
     def _has_points(self) -> ModbusConfig:
         if self.profile is None and not self.points:
             raise ValueError("give a profile or points (or both)")
+        if self.select is not None and self.profile is None:
+            raise ValueError("select picks points of a profile: give profile too")
+        if self.select is not None and len(set(self.select)) != len(self.select):
+            raise ValueError("select names a point twice")
         names = [p.name for p in self.points]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

@@ -123,18 +123,27 @@ def _locate(path: Traversable, doc: Any, data: Any, err: Any) -> str:
 
 
 def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
-    """The device's effective points and measurement: profile + overrides + inline points."""
+    """The device's effective points and measurement: profile (or its ``select``ed points)
+    + overrides + inline points."""
     points: list[Point] = []
     measurement = config.measurement
     if config.profile is not None:
         profile = load_profile(config.profile)
         measurement = measurement or profile.measurement
         known = {p.name for p in profile.points}
-        unknown = sorted(set(config.overrides) - known)
+        unknown = sorted(set(config.select or ()) - known)
         if unknown:
-            raise ConfigError([f"overrides name points not in profile {config.profile!r}: "
+            raise ConfigError([f"select names points not in profile {config.profile!r}: "
+                               f"{', '.join(unknown)}"])
+        chosen = known if config.select is None else set(config.select)
+        unknown = sorted(set(config.overrides) - chosen)
+        if unknown:
+            where = "in profile" if config.select is None else "selected from profile"
+            raise ConfigError([f"overrides name points not {where} {config.profile!r}: "
                                f"{', '.join(unknown)}"])
         for point in profile.points:
+            if point.name not in chosen:
+                continue
             override = config.overrides.get(point.name)
             if override is None:
                 points.append(point)
