@@ -15,9 +15,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.alarms import service as alarm_service
 from gateway.alarms import services as _alarm_outputs  # noqa: F401 - registers alarm-actions
 from gateway.alarms.model import AlarmService
 from gateway.buffer import AsyncBuffer, Buffer
@@ -38,6 +37,9 @@ from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
 from gateway.stats import GatewayStats
 from gateway.supervisor import Supervisor, TaskStarter
+
+if TYPE_CHECKING:
+    from gateway.alarms.service import AlarmRuntime
 
 log = logging.getLogger("iotgw.runtime")
 
@@ -66,7 +68,7 @@ class Gateway:
                                          min_free=buf.min_free))
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
-        self._alarms: alarm_service.AlarmRuntime | None = None
+        self._alarms: AlarmRuntime | None = None
         self._alarms_waiting: list[Callable[[AlarmService], None]] = []
 
     @property
@@ -180,6 +182,10 @@ class Gateway:
 
     async def _open_alarms(self, cfg: LoadedConfig, hide: Pseudonymizer | None) -> None:
         assert self.pipeline is not None
+        if not cfg.model.rules:
+            return  # the engine, its journal and state are not even imported
+        from gateway.alarms import service as alarm_service
+
         pipeline = self.pipeline
         runtime = alarm_service.create(cfg, self.buffer, hide,
                                        self._uplink_lost, pipeline.notify_committed)

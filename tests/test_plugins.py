@@ -14,7 +14,8 @@ from tests.gwproc import ROOT
 from tests.support.wait import eventually_sync
 
 HEAVY = ("drivers.", "paho", "pymodbus", "serial", "aiohttp", "influxdb_client", "osdp",
-         "rule_engine", "dateutil", "defusedxml")
+         "rule_engine", "dateutil", "defusedxml", "gateway.alarms.engine",
+         "gateway.alarms.journal")
 
 
 def imported_after(code: str, cwd: Path, extra_path: Path | None = None) -> list[str]:
