@@ -64,6 +64,7 @@ from bench_footprint import SDM630_FIVE, deploy_env, serve_meters, write_modbus_
 from bench_throughput import (
     ROOT,
     Gateway,
+    Profiler,
     can_pin,
     cpu_seconds,
     cpu_share,
@@ -437,6 +438,16 @@ class Env:
     mqtt: TokenMosquitto
     blackhole_port: int
     vm: Any = None
+    side_cpu: int | None = None
+    profile: float = 0.0
+    """Seconds of py-spy after each window (0: none)."""
+
+
+def profile(run: Run, env: Env, pid: int, work: Path) -> None:
+    """py-spy from the other CPU, after the window (so it cannot disturb the figures)."""
+    if env.profile > 0:
+        report = Profiler(pid, work / "profile", env.profile, env.side_cpu).report(top=20)
+        run.notes.append(report.replace("\n", "\n    "))
 
 
 def settle(requests: Any, quiet: float = 0.1, longest: float = 1.2) -> None:
@@ -509,14 +520,16 @@ def run_tbgw(env: Env, repeat: int) -> Run:
             time.sleep(0.1)
         time.sleep(env.warmup)
 
+        snapshots: list[Published] = []
+
         def delivered() -> tuple[int, int]:
-            seen = sub.snapshot()
-            return seen.readings, seen.values
+            snapshots.append(sub.snapshot())
+            return snapshots[-1].readings, snapshots[-1].values
 
         peers: set[str] = set()
-        before = sub.snapshot()
         measure(run, env, gw.pid, delivered, gw.alive, peers)
-        after = sub.snapshot()
+        before, after = snapshots[0], snapshots[-1]
+        profile(run, env, gw.pid, work)
         other = {t: after.messages[t] - before.messages.get(t, 0) for t in after.messages
                  if t != TELEMETRY_TOPIC and after.messages[t] > before.messages.get(t, 0)}
         tele = after.messages.get(TELEMETRY_TOPIC, 0) - before.messages.get(TELEMETRY_TOPIC, 0)
@@ -571,6 +584,7 @@ def run_iotgw(env: Env, repeat: int, sink: str) -> Run:
             return stats.committed_total - lag, 5 * (stats.committed_total - lag)
 
         measure(run, env, gw.pid, delivered, gw.alive)
+        profile(run, env, gw.pid, work)
         return run
     finally:
         code = gw.stop()
@@ -662,6 +676,9 @@ def main() -> int:
                    help="(re)create bench/.venv-tbgw even if it looks installed")
     p.add_argument("--setup-only", action="store_true", help="set up the venv and exit")
     p.add_argument("--tbgw-version", default=TBGW_VERSION)
+    p.add_argument("--profile", type=float, default=0.0, metavar="SECONDS",
+                   help="after each window, py-spy each gateway for SECONDS and print where "
+                        "its CPU goes (needs .venv/bin/pip install py-spy)")
     p.add_argument("--no-pin", action="store_true")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     args = p.parse_args()
@@ -702,7 +719,8 @@ def main() -> int:
         if "vm" in sinks:
             vm = start_vm(base, side_cpu)
         env = Env(base, args.devices, args.poll_ms, args.warmup, args.seconds, gw_cpu,
-                  sim_port, child.pid, requests, mqtt, free_port(), vm)
+                  sim_port, child.pid, requests, mqtt, free_port(), vm, side_cpu,
+                  args.profile)
         for repeat in range(1, args.repeat + 1):
             runs.append(run_tbgw(env, repeat))
             print_run(runs[-1])
