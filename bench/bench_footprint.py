@@ -102,8 +102,12 @@ def _sim_module() -> Any:
     raise SystemExit("no Modbus simulator module found")
 
 
-def serve_meters(port: int, devices: int, ready: Any) -> None:
-    """``devices`` SDM630 units on one pymodbus TCP server, in a child process."""
+def serve_meters(port: int, devices: int, ready: Any, requests: Any = None) -> None:
+    """``devices`` SDM630 units on one pymodbus TCP server, in a child process.
+
+    ``requests``, a ``multiprocessing.Value('q')``, receives the number of read requests
+    served so far (copied every 20 ms): bench_tbgw.py compares gateways by requests per
+    second, which only the server side sees."""
     from drivers.modbus.profiles import load_profile
 
     sim = _sim_module()
@@ -112,10 +116,14 @@ def serve_meters(port: int, devices: int, ready: Any) -> None:
         device = sim.Device()
         for i, point in enumerate(load_profile("eastron-sdm630").points):
             device.put(point, float(i) + 0.5)
-        units = sim.Units({u: device for u in range(1, devices + 1)})
+        # Count only: the list of every request would grow for as long as the bench runs.
+        units = sim.Units({u: device for u in range(1, devices + 1)}, keep_requests=False)
         await sim.TcpSim(units, port).start()
         ready.set()
-        await asyncio.Event().wait()
+        while True:
+            if requests is not None:
+                requests.value = units.request_total
+            await asyncio.sleep(0.02 if requests is not None else 3600)
 
     asyncio.run(main())
 
