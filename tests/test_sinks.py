@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
 from gateway.sinks import load_sink_types
 from gateway.sinks.file import ROTATED, FileSink, FileSinkConfig
-from gateway.sinks.http import display_url, error_text, parse_retry_after
+from gateway.sinks.httpcommon import display_url, error_text, parse_retry_after
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from tests.support.servers import TestCA, free_port
@@ -175,7 +175,7 @@ async def test_a_wrong_path_keeps_lines_buffered_instead_of_dropping_them(
 
 
 def test_short_secrets_do_not_mangle_messages() -> None:
-    from gateway.sinks.http import redact
+    from gateway.sinks.httpcommon import redact
 
     assert redact("http://vm/victoria/api/v2/write", ["t"]) == "http://vm/victoria/api/v2/write"
     assert redact("Token s3cret-token refused", ["s3cret-token"]) == "Token *** refused"

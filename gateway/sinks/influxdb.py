@@ -42,8 +42,8 @@ from gateway.config.types import SecretsModel, secret_value
 from gateway.errors import SinkUnavailable
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
-from gateway.sinks.http import (
-    TRANSPORT_ERRORS,
+from gateway.sinks.http import TRANSPORT_ERRORS
+from gateway.sinks.httpcommon import (
     display_url,
     make_ssl_context,
     status_error,
