@@ -170,7 +170,8 @@ IMPORT_LADDER = [
      "LOADED = load_config(CONFIG)"),
     ("gateway.runtime, gateway.cli (buffer, pipeline, forwarder, health)",
      "import gateway.runtime, gateway.cli"),
-    ("influxdb sink's client (aiohttp + influxdb-client's write path; --sink vm only)",
+    ("influxdb sink's client (influxdb-client's synchronous write path, urllib3; "
+     "--sink vm only)",
      "if any(s.type == 'influxdb' for s in LOADED.sinks):\n"
      "    from gateway.sinks.influxdb import _client_library\n"
      "    _client_library()"),

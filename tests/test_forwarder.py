@@ -186,3 +186,63 @@ async def test_401_marks_sink_failed_and_keeps_everything(tmp_path: Path) -> Non
     assert sink_stats.state == "ok" and calls[0] == 401 and calls[-1] == 204
     assert "HTTP 401" in (sink_stats.last_error or "")
     await buffer.close()
+
+
+async def test_a_stop_during_a_hung_influxdb_write_neither_waits_nor_sends_twice_at_once(
+        tmp_path: Path) -> None:
+    """The influxdb sink writes from its own thread, which a cancel cannot interrupt. A
+    stop while a write hangs still ends the forwarder (after STOP_GRACE and the sink's
+    bounded close), the batch stays unacknowledged, and the restarted forwarder (the
+    supervisor reruns ``run`` on the same sink) resends it only once the hung write has
+    returned: the same batch is never in flight twice at once."""
+    from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+
+    release = asyncio.Event()
+    bodies: list[bytes] = []
+    flight = {"now": 0, "most": 0}
+
+    async def handle(request: web.Request) -> web.Response:
+        bodies.append(await request.read())  # gunzipped by aiohttp
+        flight["now"] += 1
+        flight["most"] = max(flight["most"], flight["now"])
+        try:
+            await release.wait()
+        finally:
+            flight["now"] -= 1
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/write", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    lines = [f"m v={i} {i}".encode() for i in range(10)]
+    config = InfluxDBSinkConfig(type="influxdb", url=url, bucket="b", timeout="60s")
+    buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+    stats = GatewayStats()
+    forwarder = Forwarder(InfluxDBSink(config), config, buffer, asyncio.Event(), stats)
+    try:
+        task = asyncio.create_task(forwarder.run())
+        await poll_until(lambda: len(bodies) == 1)
+        task.cancel()  # a stop while the write hangs
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 10
+        assert stats.sink(config.sink_name).sent_lines == 0
+
+        task = asyncio.create_task(forwarder.run())
+        done, _ = await asyncio.wait({task}, timeout=0.5)  # a chance to resend too early
+        assert not done and len(bodies) == 1
+        release.set()
+        await poll_until(lambda: stats.sink(config.sink_name).sent_lines == 10)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        release.set()
+        await runner.cleanup()
+    assert bodies == [b"\n".join(lines)] * 2  # sent again, after the hung one returned
+    assert flight["most"] == 1
+    assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
+    await buffer.close()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from tests.gwproc import ROOT
 from tests.support.wait import eventually_sync
@@ -43,6 +44,35 @@ def test_a_gateway_imports_only_the_plugins_its_config_names(tmp_path: Path) -> 
         cwd=ROOT)
     assert {m.split(".")[1] for m in loaded if m.startswith("drivers.")} == {"synthetic"}
     assert not [m for m in loaded if not m.startswith("drivers.")], loaded
+
+
+def test_a_gateway_writing_to_influxdb_loads_no_aiohttp(tmp_path: Path, victoria: Any) -> None:
+    """Issue 11: the influxdb sink writes through influxdb-client's synchronous client
+    (urllib3, in the sink's thread), so a gateway whose only HTTP user is that sink (no
+    health server, no camera_push or event_stream devices) loads no aiohttp at all
+    (~9 MiB): checked after the gateway ran and delivered through it."""
+    config = tmp_path / "gw.yaml"
+    config.write_text("gateway: {id: gw, site: s, data_dir: data}\n"
+                      f"sinks: [{{type: influxdb, url: '{victoria.url}', bucket: b}}]\n"
+                      "devices: [{id: d1, driver: synthetic, interval: 100ms}]\n")
+    loaded = imported_after(textwrap.dedent(f"""
+        import asyncio
+        from gateway.config.loader import load_config
+        from gateway.runtime import Gateway
+
+        async def main():
+            gateway = Gateway(load_config({str(config)!r}))
+            run = asyncio.create_task(gateway.run())
+            while gateway.stats.sink("influxdb").sent_lines == 0:  # the caller's timeout
+                await asyncio.sleep(0.05)                           # guards a hang
+            gateway.request_stop()
+            await run
+
+        asyncio.run(main())
+        """), cwd=tmp_path)
+    assert "influxdb_client._sync.api_client" in loaded  # it did write
+    assert not [m for m in loaded if m.startswith("aiohttp")], loaded
+    assert {m.split(".")[1] for m in loaded if m.startswith("drivers.")} == {"synthetic"}
 
 
 def test_every_installed_plugin_loads_when_the_config_names_an_unknown_one(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 from gateway.errors import SinkAuthError, SinkRejected, SinkTooLarge, SinkUnavailable
 from gateway.sinks import load_sink_types
 from gateway.sinks.file import ROTATED, FileSink, FileSinkConfig
-from gateway.sinks.http import display_url, error_text, parse_retry_after
+from gateway.sinks.httpcommon import display_url, error_text, parse_retry_after
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
 from tests.support.servers import TestCA, free_port
@@ -98,24 +99,30 @@ async def test_influxdb_sink_writes_to_victoriametrics(victoria: Any, use_gzip: 
 
 
 _WRITE_PATH_ONLY = r"""
-import asyncio, json, sys
+import asyncio, json, sys, threading
 from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+threads = []
 async def main():
     sink = InfluxDBSink(InfluxDBSinkConfig(type="influxdb", url=sys.argv[1], bucket="b",
                                            token="t"))
     await sink.open()
     try:
         await sink.write(sys.argv[2].encode())
+        threads.extend((t.name, t.daemon) for t in threading.enumerate()
+                       if t is not threading.main_thread())
     finally:
         await sink.close()
 asyncio.run(main())
-print(json.dumps(sorted(m for m in sys.modules if m.startswith("influxdb_client"))))
+print(json.dumps({"modules": sorted(m for m in sys.modules
+                                    if m.startswith(("influxdb_client", "aiohttp"))),
+                  "threads": threads}))
 """
 
 
 async def test_influxdb_write_path_is_small(victoria: Any) -> None:
-    """In a fresh interpreter (pytest's may hold all of influxdb_client already) the sink
-    loads only the client's write path and still writes: the lazily registered packages
+    """In a fresh interpreter (pytest's may hold all of influxdb_client and aiohttp
+    already) the sink loads only the client's synchronous write path, no aiohttp at all,
+    and still writes, from its own daemon thread: the lazily registered packages
     (gateway/sinks/influxdb.py, _write_path_packages) resolve everything it uses."""
     import json
     import subprocess
@@ -128,10 +135,14 @@ async def test_influxdb_write_path_is_small(victoria: Any) -> None:
                          f"{m},meter=m1 v=2.5 {t}"],
         capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
-    modules = json.loads(proc.stdout)
+    loaded = json.loads(proc.stdout)
+    modules = loaded["modules"]
     assert "influxdb_client.service.write_service" in modules
+    assert "influxdb_client._sync.api_client" in modules  # the synchronous client (urllib3)
+    assert not [m for m in modules if m.startswith(("aiohttp", "influxdb_client._async"))]
     assert "influxdb_client.service.query_service" not in modules
     assert len(modules) < 20, modules  # the whole package is ~400
+    assert loaded["threads"] == [["sink-influxdb", True]]  # the sink's own, a daemon
 
     async def probe() -> list[dict]:
         return await asyncio.to_thread(victoria.export, f'{{__name__="{m}_v"}}')
@@ -175,7 +186,7 @@ async def test_a_wrong_path_keeps_lines_buffered_instead_of_dropping_them(
 
 
 def test_short_secrets_do_not_mangle_messages() -> None:
-    from gateway.sinks.http import redact
+    from gateway.sinks.httpcommon import redact
 
     assert redact("http://vm/victoria/api/v2/write", ["t"]) == "http://vm/victoria/api/v2/write"
     assert redact("Token s3cret-token refused", ["s3cret-token"]) == "Token *** refused"
@@ -262,7 +273,14 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     delay: float = 0.0
+    hold: asyncio.Event | None = None
+    """When set to an event, every answer waits for it (a write that hangs until the test
+    lets it go)."""
+    redirect: str | None = None
+    """A path: requests to other paths are answered 307 with this Location."""
     requests: list[dict[str, Any]] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
 
 
 @contextlib.asynccontextmanager
@@ -279,8 +297,17 @@ async def run_scripted(ssl_context: ssl.SSLContext | None = None) -> AsyncIterat
                 "raw": raw,
             }
         )
-        if state.delay:
-            await asyncio.sleep(state.delay)
+        if state.redirect is not None and request.path != state.redirect:
+            return web.Response(status=307, headers={"Location": state.redirect})
+        state.in_flight += 1
+        state.most_in_flight = max(state.most_in_flight, state.in_flight)
+        try:
+            if state.delay:
+                await asyncio.sleep(state.delay)
+            if state.hold is not None:
+                await state.hold.wait()
+        finally:
+            state.in_flight -= 1
         return web.Response(status=state.status, headers=state.headers, body=state.body)
 
     app = web.Application()
@@ -459,6 +486,195 @@ async def test_tls_with_private_ca(scripted_tls: Scripted, tls_ca: TestCA, kind:
     await write_once(scripted_sink(kind, url, ca_file=tls_ca.cert_file), b"m v=1 2")
     await write_once(scripted_sink(kind, url, verify_ssl=False), b"m v=1 3")
     assert [r["raw"] for r in scripted_tls.requests] == [b"m v=1 2", b"m v=1 3"]
+
+
+@BOTH
+async def test_an_answer_that_is_not_utf8_is_still_classified(scripted: Scripted,
+                                                              kind: str) -> None:
+    """A proxy's error page in latin-1, a 2xx with a binary body: influxdb-client's own
+    reading decodes every answer as UTF-8 and raises UnicodeDecodeError instead (the
+    influxdb sink reads the answer itself, as bytes)."""
+    scripted.status = 400
+    scripted.body = "unable to parse 'm v=1 1': caf\xe9".encode("latin-1")
+    with pytest.raises(SinkRejected, match="unable to parse"):
+        await write_once(scripted_sink(kind, scripted.url), b"m v=1 1")
+    scripted.status = 200
+    scripted.body = b"\xff\xfe\x00binary"
+    await write_once(scripted_sink(kind, scripted.url), b"m v=1 2")
+    assert [r["raw"] for r in scripted.requests] == [b"m v=1 1", b"m v=1 2"]
+
+
+async def test_influxdb_client_retries_nothing_behind_the_forwarders_back(
+        tls_ca: TestCA) -> None:
+    """A failed TLS handshake is one handshake: urllib3's default policy (which
+    influxdb-client would use if the sink let it) makes it four, and retries refused
+    connections the same way. The forwarder alone retries, with its backoff."""
+    cert, key = tls_ca.issue("localhost", server=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    hellos: list[str | None] = []
+    context.sni_callback = lambda _sock, name, _ctx: hellos.append(name)  # every ClientHello
+    async with run_scripted(context) as server:
+        with pytest.raises(SinkUnavailable, match=r"(?i)certificate verify failed"):
+            await write_once(influxdb_sink(server.url), b"m v=1 1")  # system CAs only
+        assert server.requests == []
+    assert len(hellos) == 1
+
+
+async def test_influxdb_follows_a_redirect_like_the_async_client_did(
+        scripted: Scripted) -> None:
+    """aiohttp followed redirects for the async client; urllib3 does for the synchronous
+    one (a 307 keeps method and body, and on the same host the token)."""
+    scripted.redirect = "/write"
+    await write_once(influxdb_sink(scripted.url), b"m v=1 1")
+    assert [(r["path"], r["raw"]) for r in scripted.requests] == [
+        ("/api/v2/write", b"m v=1 1"), ("/write", b"m v=1 1")]
+    assert scripted.requests[1]["headers"]["Authorization"] == f"Token {TOKEN}"
+
+
+def sink_threads(name: str) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"sink-{name}"]
+
+
+async def test_influxdb_close_leaves_a_hung_write_and_the_next_write_waits_for_it(
+        scripted: Scripted) -> None:
+    """The forwarder gives up on a write at a stop (cancels it) and closes the sink, but
+    a blocking call in the sink's thread cannot be interrupted. close() returns anyway
+    (the thread is a daemon named after the sink), and a write after reopening, as the
+    supervisor reopens a restarted forwarder's sink, is not sent beside the hung one:
+    one write at a time per sink, so a batch is never in flight twice at once."""
+    hold = scripted.hold = asyncio.Event()
+    sink = influxdb_sink(scripted.url, timeout="60s", name="hung")
+    await sink.open()
+    first = asyncio.create_task(sink.write(b"m v=1 1"))
+    await eventually(lambda: scripted.in_flight == 1)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await sink.close()
+    (thread,) = sink_threads("hung")
+    assert thread.daemon and thread.is_alive()  # still in the write: close did not wait
+
+    await sink.open()
+    second = asyncio.create_task(sink.write(b"m v=2 2"))
+    done, _ = await asyncio.wait({second}, timeout=0.5)  # a chance to go out too early
+    assert not done and len(scripted.requests) == 1  # it waits for the hung write
+    hold.set()
+    await second
+    await sink.close()
+    assert [r["raw"] for r in scripted.requests] == [b"m v=1 1", b"m v=2 2"]
+    assert scripted.most_in_flight == 1
+    await eventually(lambda: not sink_threads("hung"))  # both threads ended
+
+
+@dataclass
+class Trickler:
+    """Answers 204 byte by byte, a header byte every 50 ms until ``stop`` is set: each
+    read returns well within urllib3's read timeout, so only the sink's own bound ends
+    the wait. Counts connections, and how many were open at once."""
+
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    connections: int = 0
+    open_now: int = 0
+    most_open: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open_now += 1
+        self.most_open = max(self.most_open, self.open_now)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 204 No Content\r\nX-Slow: ")
+            while not self.stop.is_set():
+                writer.write(b"a")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+            writer.write(b"\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        finally:
+            self.open_now -= 1
+            writer.close()
+
+
+async def test_influxdb_gives_up_on_a_write_that_trickles_past_its_timeout() -> None:
+    """urllib3 bounds each read, not the whole answer: a server trickling bytes keeps
+    the sink's thread in its write. The sink stops waiting after its timeout (plus a
+    grace) and reports the sink unavailable; the next write waits for the thread at most
+    as long, and is not sent beside the first (one write at a time)."""
+    trickler = Trickler()
+    server = await asyncio.start_server(trickler.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = influxdb_sink(f"http://127.0.0.1:{port}", timeout="300ms", name="trickled")
+    await sink.open()
+    try:
+        with pytest.raises(SinkUnavailable, match=r"no answer within 1\.3s"):
+            await sink.write(b"m v=1 1")
+        with pytest.raises(SinkUnavailable,
+                           match=r"previous write .* has not returned within 1\.3s"):
+            await sink.write(b"m v=2 2")
+        assert trickler.connections == 1
+        trickler.stop.set()
+        await eventually(lambda: not sink._thread.busy)
+        await sink.write(b"m v=3 3")  # the server answers at once now
+        assert trickler.connections == 2
+        assert trickler.most_open == 1
+    finally:
+        trickler.stop.set()
+        await sink.close()
+        server.close()
+
+
+_EXIT_WHILE_A_WRITE_HANGS = r"""
+import asyncio, sys
+from gateway.sinks.influxdb import InfluxDBSink, InfluxDBSinkConfig
+async def main():
+    sink = InfluxDBSink(InfluxDBSinkConfig(type="influxdb", url=sys.argv[1], bucket="b",
+                                           timeout="600s"))
+    await sink.open()
+    write = asyncio.create_task(sink.write(b"m v=1 1"))
+    await asyncio.to_thread(sys.stdin.readline)  # the test's server has the request
+    write.cancel()  # what the forwarder does at a stop
+    await asyncio.gather(write, return_exceptions=True)
+    await sink.close()
+    print("closed; thread still writing:", sink._thread.busy, flush=True)
+asyncio.run(main())
+"""
+
+
+async def test_the_process_exits_while_a_write_hangs() -> None:
+    """A write stuck on a server that never answers (sink timeout 600 s) holds up neither
+    close() nor the interpreter's exit: the sink's thread is a daemon. The batch was not
+    acknowledged, so the buffer still has it for the next start (at least once)."""
+    import subprocess
+    import sys
+
+    heads: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        arrived.set()
+        await reader.read()  # until the client's process is gone
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proc = subprocess.Popen(  # noqa: ASYNC220 - talked to from a thread below
+        [sys.executable, "-c", _EXIT_WHILE_A_WRITE_HANGS, f"http://127.0.0.1:{port}"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        await eventually(arrived.is_set, within=60)
+        out, err = await asyncio.to_thread(proc.communicate, "go\n", 120)  # hang guard
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()
+    assert proc.returncode == 0, err
+    assert "closed; thread still writing: True" in out
+    assert heads[0].startswith(b"POST /api/v2/write?")
 
 
 async def test_influxdb1_basic_auth_against_real_server(influx1_factory: Any) -> None:

@@ -1,5 +1,5 @@
 """HTTP to cameras and access terminals: the only module that uses aiohttp's client for
-devices (the sinks have their own, gateway/sinks/http.py).
+devices (the sinks have their own, gateway/sinks/http.py, used by the influxdb1 sink).
 
 Everything aiohttp raises is turned into the project's exceptions here
 (drivers/event_stream/conditions.py on gateway/errors.py): 401/403 ->

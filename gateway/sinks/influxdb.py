@@ -1,26 +1,45 @@
 """InfluxDB 2.x/3.x (and VictoriaMetrics) sink: the only module that imports influxdb_client.
 
-Uses the client's async write API against ``/api/v2/write``. VictoriaMetrics accepts the
-same endpoint and ignores org, bucket and token, so one sink type covers all three.
+Writes through influxdb-client's synchronous client (``ApiClient`` + ``WriteService``
+over urllib3) against ``/api/v2/write``, in the sink's own thread
+(``gateway.sinks.worker``): the client's async API runs on aiohttp, which costs ~9 MiB
+of a Pi's memory for one POST at a time. VictoriaMetrics accepts the same endpoint and
+ignores org, bucket and token, so one sink type covers all three.
 
-How influxdb-client 1.x's ``WriteApiAsync.write`` reports outcomes (read from its source,
-because its docs only say "True ... otherwise raise"):
+How influxdb-client 1.x's synchronous ``post_write`` reports outcomes (read from its
+source, ``_sync/rest.py`` and ``_sync/api_client.py``, because its docs only say "None"):
 
 * any non-2xx answer raises ``influxdb_client.rest.ApiException`` with ``.status``,
-  ``.headers`` (aiohttp's CIMultiDictProxy) and ``.body`` (raw bytes);
-* network failures and timeouts escape unwrapped as aiohttp / ``TimeoutError`` exceptions;
-* any 2xx (a proxy may answer 200 instead of 204) means the server took the data.
+  ``.headers`` (urllib3's case-insensitive ``HTTPHeaderDict``) and ``.body`` (raw bytes,
+  because this sink asks for the response unread, ``_preload_content=False``: the
+  client's own reading decodes the body as UTF-8 and raises ``UnicodeDecodeError`` for
+  anything else, a proxy's latin-1 error page or a 2xx with a binary body);
+* network failures escape as urllib3 exceptions: ``NewConnectionError`` (refused, DNS),
+  ``ConnectTimeoutError``, ``ReadTimeoutError``, ``ProtocolError`` (reset, closed
+  mid-answer) as themselves; what urllib3 counts as "other", a TLS failure above all, as
+  ``MaxRetryError`` with the cause as ``.reason`` (the per-request ``Retry`` below allows
+  none of them). Without that ``Retry`` the client catches urllib3's ``SSLError`` itself
+  and raises ``ApiException`` with status 0 and the error's text as ``.reason``: mapped
+  as a network failure too;
+* any 2xx (a proxy may answer 200 instead of 204) means the server took the data; the
+  answer is the unread urllib3 response, drained here so the connection is reused.
+
+urllib3 retries nothing behind the forwarder's back: the client builds its pool with
+``retries=False`` (its ``ApiClient`` default, passed explicitly here), and each request
+passes a ``Retry`` that retries no failure (connect, read, status or other) and follows
+up to ``MAX_REDIRECTS`` redirects, as aiohttp did for the async client. The forwarder
+alone decides when to send again, with its backoff and the server's Retry-After.
 
 Two choices made for a Pi's budget:
 
-* gzip is done here at level 1, not by the client (``enable_gzip`` compresses at level 9
-  on the event loop: 11.4 µs per line against 0.8 µs, for output 7.2x instead of 5.8x
-  smaller). The body goes through the client's public ``WriteService`` with
-  ``content_encoding="gzip"``.
+* gzip is done here at level 1, not by the client (``enable_gzip`` compresses at level 9:
+  11.4 µs per line against 0.8 µs, for output 7.2x instead of 5.8x smaller), in the
+  sink's thread (zlib releases the GIL; the event loop never compresses). The body goes
+  through the client's public ``WriteService`` with ``content_encoding="gzip"``.
 * influxdb_client is imported when a sink of this type opens, not when the config is
   validated, so gateways without it do not pay for it; and then only its write path
-  (``ApiClientAsync`` + ``WriteService``, ~1.5 MiB) instead of the whole generated API
-  (~400 modules, ~13 MiB): see :func:`_write_path_packages`.
+  (``ApiClient`` + ``WriteService``, ~1.5 MiB with urllib3) instead of the whole generated
+  API (~400 modules, ~13 MiB): see :func:`_write_path_packages`.
 """
 
 from __future__ import annotations
@@ -28,10 +47,12 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
+import logging
 import re
 import sys
+import warnings
 import zlib
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -42,18 +63,33 @@ from gateway.config.types import SecretsModel, secret_value
 from gateway.errors import SinkUnavailable
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
-from gateway.sinks.http import (
-    TRANSPORT_ERRORS,
+from gateway.sinks.httpcommon import (
     display_url,
     make_ssl_context,
+    redact,
     status_error,
     transport_error,
 )
+from gateway.sinks.worker import SinkThread
 from gateway.urls import SinkUrl, userinfo
 
+log = logging.getLogger("iotgw.sinks.influxdb")
+
 GZIP_LEVEL = 1
-GZIP_IN_THREAD = 256 * 1024
-"""Bodies larger than this are compressed in a worker thread (zlib releases the GIL)."""
+
+MAX_REDIRECTS = 10
+"""Redirects followed per write (aiohttp's default, which the async client used)."""
+
+ANSWER_GRACE = 1.0
+"""Seconds the sink waits for its thread beyond the configured timeout. urllib3 enforces
+the timeout itself (connect plus each read) and answers with a clearer error; this bound
+only catches a server that keeps a read alive by trickling bytes."""
+
+CLOSE_WAIT = 1.0
+"""Longest ``close`` waits for the thread to end (``timeout`` when that is shorter). An
+idle thread ends at once after closing its connections; a write still under way is not
+waited for (the forwarder already gave it ``STOP_GRACE`` at a stop): it finishes or dies
+with the process, and its batch, not acknowledged, is sent again."""
 
 
 _LAZY_PACKAGES = ("influxdb_client", "influxdb_client.client", "influxdb_client.domain",
@@ -111,7 +147,7 @@ def _write_path_packages() -> None:
     """Make importing influxdb_client's write path cost ~1.5 MiB instead of ~13.
 
     The client's package ``__init__`` files import all ~40 generated services and ~350
-    domain models; the write path (``ApiClientAsync``, ``Configuration``, ``WriteService``,
+    domain models; the write path (``ApiClient``, ``Configuration``, ``WriteService``,
     the exceptions) needs five modules of them. Registering those packages without running
     their ``__init__`` (:func:`_lazy_package`) leaves the library's own code untouched and
     is skipped when something already imported the package (then it is simply the real
@@ -126,17 +162,21 @@ def _write_path_packages() -> None:
 
 @cache
 def _client_library() -> SimpleNamespace:
-    """influxdb_client's write path, imported on first use."""
+    """influxdb_client's synchronous write path, imported on first use."""
     _write_path_packages()
-    from influxdb_client._async.api_client import ApiClientAsync
+    from influxdb_client._sync.api_client import ApiClient
     from influxdb_client.client.exceptions import InfluxDBError
     from influxdb_client.configuration import Configuration
     from influxdb_client.rest import ApiException
     from influxdb_client.service.write_service import WriteService
+    from urllib3.exceptions import HTTPError, InsecureRequestWarning, MaxRetryError
+    from urllib3.util.retry import Retry
 
-    return SimpleNamespace(InfluxDBError=InfluxDBError, ApiClientAsync=ApiClientAsync,
+    return SimpleNamespace(InfluxDBError=InfluxDBError, ApiClient=ApiClient,
                            Configuration=Configuration, ApiException=ApiException,
-                           WriteService=WriteService)
+                           WriteService=WriteService, HTTPError=HTTPError,
+                           InsecureRequestWarning=InsecureRequestWarning,
+                           MaxRetryError=MaxRetryError, Retry=Retry)
 
 
 def gzip_body(payload: bytes) -> bytes:
@@ -169,79 +209,129 @@ class InfluxDBSinkConfig(SinkConfigBase, SecretsModel):
 
 
 class InfluxDBSink:
-    """Writes line-protocol batches with influxdb-client's async API; never retries."""
+    """Writes line-protocol batches with influxdb-client's synchronous API in the sink's
+    own thread, one at a time; never retries."""
 
     def __init__(self, config: InfluxDBSinkConfig, data_dir: Path | None = None) -> None:
         self.name = config.sink_name
         self._config = config
         self._token = secret_value(config.token)
         self._where = f"{display_url(config.url)}/api/v2/write"
+        self._thread = SinkThread(f"sink-{self.name}")
         self._client: Any = None
         self._write_service: Any = None
         self._lib: SimpleNamespace | None = None
 
     async def open(self) -> None:
-        """Create the client here: it binds its aiohttp session to the running loop."""
+        """Build the client (no I/O: urllib3 connects on the first write)."""
         if self._client is not None:
             return
         cfg = self._config
-        # Fail on an unusable CA file with our error instead of the client's raw OSError.
-        make_ssl_context(cfg.verify_ssl, cfg.ca_file)
+        # The TLS settings of every HTTP sink, and our error for an unusable CA file
+        # instead of the client's raw OSError.
+        context = make_ssl_context(cfg.verify_ssl, cfg.ca_file)
         lib = self._lib = _client_library()
-        # What InfluxDBClientAsync(url, token, org, timeout, verify_ssl, ssl_ca_cert) sets
-        # up, from the client's own lower-level classes: the high-level class imports the
+        if not cfg.verify_ssl:  # the installer chose it; urllib3 would warn on every write
+            warnings.filterwarnings("ignore", category=lib.InsecureRequestWarning)
+        # What InfluxDBClient(url, token, org, timeout, verify_ssl, ssl_ca_cert) sets up,
+        # from the client's own lower-level classes: the high-level class imports the
         # query, delete and dataframe machinery too (see _write_path_packages).
         conf = lib.Configuration()
         conf.host = cfg.url.rstrip("/")
         conf.verify_ssl = cfg.verify_ssl
-        conf.ssl_ca_cert = str(cfg.ca_file) if cfg.ca_file else None
-        conf.timeout = int(cfg.timeout * 1000)  # milliseconds, for the whole request
+        conf.ssl_context = context
+        conf.timeout = int(cfg.timeout * 1000)  # milliseconds: urllib3's total per request
+        conf.connection_pool_maxsize = 1  # one write at a time
         conf.username = conf.password = None  # no user session (signin/signout) either
-        self._client = lib.ApiClientAsync(
+        self._client = lib.ApiClient(
             configuration=conf,
             header_name="Authorization" if self._token else None,
-            header_value=f"Token {self._token}" if self._token else None)
+            header_value=f"Token {self._token}" if self._token else None,
+            retries=False)
         self._write_service = lib.WriteService(self._client)
 
     async def write(self, payload: bytes) -> None:
         if not payload.strip():
             return
-        if self._write_service is None or self._lib is None:
+        if self._write_service is None:
             raise RuntimeError(f"{self._where}: write() before open()")
+        service = self._write_service
+        limit = self._config.timeout + ANSWER_GRACE
+        bound = asyncio.timeout(limit)
+        sent = False
+        try:
+            async with bound:
+                await self._thread.idle()  # a write given up earlier may still be running
+                sent = True
+                await self._thread.call(partial(self._post, service, payload))
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            what = "no answer" if sent else "the previous write (given up earlier) has not returned"
+            raise SinkUnavailable(f"{self._where}: {what} within {limit:g}s") from None
+
+    def _post(self, service: Any, payload: bytes) -> None:
+        """One write, in the sink's thread: compress, POST, map the outcome."""
         lib = self._lib
+        assert lib is not None
         secrets = (self._token,)
         encoding: dict[str, str] = {}
         body = payload
         if self._config.gzip:
-            body = (await asyncio.to_thread(gzip_body, payload)
-                    if len(payload) > GZIP_IN_THREAD else gzip_body(payload))
+            body = gzip_body(payload)
             encoding["content_encoding"] = "gzip"
         try:
-            await self._write_service.post_write_async(
+            response = service.post_write(
                 org=self._config.org,
                 bucket=self._config.bucket,
                 body=body,
                 precision="ns",
                 content_type="text/plain; charset=utf-8",
-                async_req=False,
-                _return_http_data_only=False,
+                _preload_content=False,
+                urlopen_kw={"retries": _no_retries(lib)},
                 **encoding,
             )
         except lib.ApiException as exc:
+            if not exc.status:  # no HTTP answer: the client wraps TLS failures this way
+                reason = " ".join(str(exc.reason or "no response").split())
+                raise SinkUnavailable(redact(f"{self._where}: {reason}", secrets)) from exc
             error = status_error(
-                exc.status or 0, exc.headers, exc.body, where=self._where, secrets=secrets
-            )
+                exc.status, exc.headers, exc.body, where=self._where, secrets=secrets)
             if error is not None:
                 raise error from exc
-        except TRANSPORT_ERRORS as exc:
+            return
+        except lib.MaxRetryError as exc:  # what urllib3 counts as "other" (TLS): the cause
+            raise transport_error(exc.reason or exc, where=self._where,
+                                  secrets=secrets) from exc
+        except (lib.HTTPError, OSError) as exc:
             raise transport_error(exc, where=self._where, secrets=secrets) from exc
         except lib.InfluxDBError as exc:  # client-side trouble without an HTTP answer
-            raise SinkUnavailable(f"{self._where}: {exc.message}") from exc
+            raise SinkUnavailable(redact(f"{self._where}: {exc.message}", secrets)) from exc
+        response.drain_conn()  # 2xx: stored; free the connection for the next write
+        response.release_conn()
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client, self._write_service = self._client, None, None
-            await client.close()
+        if self._client is None:
+            return
+        client, self._client, self._write_service = self._client, None, None
+        wait = min(self._config.timeout, CLOSE_WAIT)
+        if not await self._thread.stop(partial(_dispose, client), wait):
+            log.debug("sink %s: closed while a write is still under way in thread %s; "
+                      "its batch is sent again unless it finishes", self.name,
+                      self._thread.name)
+
+
+def _no_retries(lib: SimpleNamespace) -> Any:
+    """urllib3's policy for one write: no failure retried (connect, read, status, other:
+    the forwarder decides), redirects followed as aiohttp followed them."""
+    return lib.Retry(total=None, connect=False, read=False, status=0, other=0,
+                     redirect=MAX_REDIRECTS, raise_on_redirect=False,
+                     respect_retry_after_header=False)
+
+
+def _dispose(client: Any) -> None:
+    """Close the client's pooled connections (in the sink's thread, after its last write)."""
+    client.rest_client.pool_manager.clear()
 
 
 register_sink("influxdb", InfluxDBSinkConfig, InfluxDBSink)

@@ -1,4 +1,4 @@
-"""InfluxDB 1.x sink: POSTs line protocol to ``/write`` through ``gateway.sinks.http``.
+"""InfluxDB 1.x sink: POSTs line protocol to ``/write`` through ``gateway.sinks.http`` (aiohttp).
 
 InfluxDB 1.x has no ``/api/v2/write`` before 1.8, and many compounds still run 1.x, so
 this speaks the 1.x API directly. Credentials go in a Basic auth header rather than the
@@ -17,7 +17,8 @@ from pydantic import Field, SecretStr, model_validator
 from gateway.config.types import SecretsModel, secret_value
 from gateway.sinks import register_sink
 from gateway.sinks.base import SinkConfigBase
-from gateway.sinks.http import HttpSession, display_url, status_error
+from gateway.sinks.http import HttpSession
+from gateway.sinks.httpcommon import display_url, status_error
 from gateway.urls import SinkUrl, userinfo, without_userinfo
 
 GZIP_LEVEL = 5
