@@ -63,6 +63,7 @@ from typing import Any
 from bench_footprint import SDM630_FIVE, deploy_env, serve_meters, write_modbus_config
 from bench_throughput import (
     ROOT,
+    ChildProcess,
     Gateway,
     Profiler,
     can_pin,
@@ -316,45 +317,27 @@ class Subscriber:
 # -- running TB-GW -------------------------------------------------------------------------
 
 
-class TbGateway:
+class TbGateway(ChildProcess):
     """``thingsboard-gateway`` (its console script, as the package's service runs it) as a
     child process in ``workdir`` (its ./logs), optionally pinned."""
+
+    stop_signal = signal.SIGINT
+    """What TB-GW handles to stop cleanly."""
 
     def __init__(self, config_dir: Path, workdir: Path, *, cpu: int | None,
                  blackhole_port: int) -> None:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
-        self.log_path = workdir / "stdout.log"
-        cmd = [str(VENV / "bin" / "thingsboard-gateway")]
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu), *cmd]
         proxy = f"http://{LOOPBACK}:{blackhole_port}"
         env = {**os.environ, "TB_GW_CONFIG_DIR": str(config_dir),
                # Its update check: refused at once on loopback instead of reaching out.
                "HTTPS_PROXY": proxy, "HTTP_PROXY": proxy, "https_proxy": proxy,
                "http_proxy": proxy, "NO_PROXY": f"{LOOPBACK},localhost",
                "no_proxy": f"{LOOPBACK},localhost"}
-        self._log = open(self.log_path, "ab")  # closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=workdir, stdout=self._log, stderr=self._log,
-                                     stdin=subprocess.DEVNULL, env=env)
-        self.pid = self.proc.pid  # taskset execs: same pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        super().__init__([str(VENV / "bin" / "thingsboard-gateway")], cwd=workdir, cpu=cpu,
+                         log=workdir / "stdout.log", env=env)
 
     def stop(self, timeout: float = 20.0) -> int:
-        """SIGINT is what TB-GW handles to stop cleanly."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._log.close()
-        return code
+        return super().stop(timeout)
 
 
 def socket_peers(pid: int) -> set[str]:

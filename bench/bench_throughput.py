@@ -156,26 +156,50 @@ def write_config(path: Path, *, sink_url: str | None, devices: int, interval: st
     path.write_text("\n".join(lines) + "\n")
 
 
-class Gateway:
-    """``python -m gateway run CONFIG`` as a child process, optionally pinned."""
+class ChildProcess:
+    """A gateway under test as a child process, optionally pinned, its output in a log."""
+
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, cmd: list[str], *, cwd: Path, cpu: int | None, log: Path,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: the child's whole environment (None: this process's)."""
+        self.log_path = log
+        if cpu is not None:
+            cmd = ["taskset", "-c", str(cpu), *cmd]
+        self._log = open(log, "ab")  # closed in stop()
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, stdout=self._log, stderr=self._log,
+                                     stdin=subprocess.DEVNULL, env=env)
+        self.pid = self.proc.pid  # taskset execs the program: same pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, n: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.alive():
+            self.proc.send_signal(self.stop_signal)
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        return code
+
+
+class Gateway(ChildProcess):
+    """``python -m gateway run CONFIG``."""
 
     def __init__(self, config: Path, *, cpu: int | None, log: Path,
                  env: dict[str, str] | None = None) -> None:
         """``env``: variables added to this process's environment for the gateway."""
         self.config = config
-        self.log_path = log
-        cmd = [sys.executable, "-m", "gateway", "run", str(config)]
-        if cpu is not None:
-            cmd = ["taskset", "-c", str(cpu), *cmd]
-        self._log = open(log, "ab")  # closed in stop()
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=self._log,
-                                     stdin=subprocess.DEVNULL,
-                                     env={**os.environ, **env} if env else None)
-        self.pid = self.proc.pid  # taskset execs the gateway: same pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__([sys.executable, "-m", "gateway", "run", str(config)], cwd=ROOT,
+                         cpu=cpu, log=log, env={**os.environ, **env} if env else None)
 
     def wait_log(self, text: str, timeout: float = 60.0) -> float:
         """Seconds since start when ``text`` first appeared in the log."""
@@ -188,19 +212,6 @@ class Gateway:
             time.sleep(0.02)
         raise RuntimeError(f"gateway never logged {text!r}: {self.tail()}")
 
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._log.close()
-        return code
 
 
 class Profiler:
