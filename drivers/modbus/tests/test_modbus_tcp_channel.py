@@ -159,3 +159,35 @@ async def test_unreachable_endpoint_is_a_connection_error() -> None:
     with pytest.raises(ModbusConnectionError, match="cannot connect"):
         await bus.read("input", 0, 1, 1)
     await bus.close()
+
+
+async def test_each_request_times_out_at_its_own_deadline() -> None:
+    """One watchdog timer per connection, moved on lazily: a short-timeout request after
+    a long-timeout one must not wait for the long one's deadline, and a request whose
+    deadline is later than the armed watchdog must not end when the watchdog fires."""
+    answered: list[int] = []
+
+    def reply(tid: int, unit: int, pdu: bytes) -> list[bytes]:
+        if unit == 1:  # unit 1 answers, unit 2 is silent
+            answered.append(tid)
+            return [frame(tid, unit, registers([7]))]
+        return []
+
+    loop = asyncio.get_running_loop()
+    async with scripted(reply) as (port, _):
+        bus = link(port)
+        assert await bus.read("input", 0, 1, 1, reply_timeout=60.0) == [7]  # arms at +60 s
+        started = loop.time()
+        with pytest.raises(ModbusTimeout):
+            await bus.read("input", 0, 1, 2, reply_timeout=0.2)
+        short = loop.time() - started
+        assert short < 20.0, short  # not the first request's 60 s
+
+        assert await bus.read("input", 0, 1, 1, reply_timeout=0.1) == [7]  # arms at +0.1 s
+        started = loop.time()
+        with pytest.raises(ModbusTimeout):
+            await bus.read("input", 0, 1, 2, reply_timeout=0.6)
+        long = loop.time() - started
+        assert long >= 0.6, long  # the watchdog fired at ~0.1 s and waited on
+        assert len(answered) == 2
+        await bus.close()
