@@ -852,3 +852,57 @@ async def test_file_sink_unwritable_directory_is_unavailable(tmp_path: Path) -> 
         await sink.open()
     with pytest.raises(SinkUnavailable):
         await sink.write(b"m v=1 1")
+
+
+async def answer_then_close(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server that reads one write, sends ``answer`` (a truncated HTTP answer) and hangs
+    up, as a crashing server or proxy does."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_influxdb_an_answer_cut_off_in_its_headers_is_not_a_success(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A 2xx status line followed by a cut-off header is not an acknowledgement: urllib3
+    only logs a warning (with a traceback, at every write) and hands the status on, so the
+    sink counted the batch as stored and the buffer dropped it (lost). It must be a
+    transport failure (the batch is sent again; the forwarder logs it once)."""
+    server, url = await answer_then_close(b"HTTP/1.1 204 No Content\r\nCon")
+    try:
+        with pytest.raises(SinkUnavailable, match="headers"):
+            await write_once(influxdb_sink(url), b"m v=1 1")
+    finally:
+        server.close()
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
+async def test_influxdb_read_timeouts_read_the_same_every_time() -> None:
+    """The forwarder logs a failure once until its message changes; urllib3's read
+    timeout message carries the time left of the request's budget (``read
+    timeout=1.9997973419999653``), different at every write, so a server that never
+    answers was logged at every retry."""
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    messages = set()
+    try:
+        for value in range(3):
+            with pytest.raises(SinkUnavailable) as caught:
+                await write_once(influxdb_sink(url, timeout="200ms"), b"m v=%d 1" % value)
+            messages.add(str(caught.value))
+    finally:
+        server.close()
+    assert len(messages) == 1, messages

@@ -169,14 +169,31 @@ def _client_library() -> SimpleNamespace:
     from influxdb_client.configuration import Configuration
     from influxdb_client.rest import ApiException
     from influxdb_client.service.write_service import WriteService
-    from urllib3.exceptions import HTTPError, InsecureRequestWarning, MaxRetryError
+    from urllib3.exceptions import (
+        HeaderParsingError,
+        HTTPError,
+        InsecureRequestWarning,
+        MaxRetryError,
+    )
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+    from urllib3.util.response import assert_header_parsing
     from urllib3.util.retry import Retry
 
+    # urllib3 logs a cut-off header as a warning with a traceback, at every write, and
+    # carries on; the sink reports it itself (_check_headers), through the forwarder.
+    logging.getLogger("urllib3.connection").addFilter(_not_header_parsing)
     return SimpleNamespace(InfluxDBError=InfluxDBError, ApiClient=ApiClient,
                            Configuration=Configuration, ApiException=ApiException,
                            WriteService=WriteService, HTTPError=HTTPError,
                            InsecureRequestWarning=InsecureRequestWarning,
-                           MaxRetryError=MaxRetryError, Retry=Retry)
+                           MaxRetryError=MaxRetryError, Retry=Retry,
+                           Timeout=Urllib3Timeout, HeaderParsingError=HeaderParsingError,
+                           assert_header_parsing=assert_header_parsing)
+
+
+def _not_header_parsing(record: logging.LogRecord) -> bool:
+    """Drop urllib3's "Failed to parse headers" warning (see _client_library)."""
+    return not str(record.msg).startswith("Failed to parse headers")
 
 
 def gzip_body(payload: bytes) -> bytes:
@@ -303,12 +320,21 @@ class InfluxDBSink:
         except lib.MaxRetryError as exc:  # what urllib3 counts as "other" (TLS): the cause
             raise transport_error(exc.reason or exc, where=self._where,
                                   secrets=secrets) from exc
+        except lib.Timeout as exc:
+            # urllib3's text carries the time left of the request's budget, different at
+            # every write, and the forwarder logs a failure again when its text changes.
+            raise SinkUnavailable(
+                f"{self._where}: {type(exc).__name__}: no answer within "
+                f"{self._config.timeout:g}s") from exc
         except (lib.HTTPError, OSError) as exc:
             raise transport_error(exc, where=self._where, secrets=secrets) from exc
         except lib.InfluxDBError as exc:  # client-side trouble without an HTTP answer
             raise SinkUnavailable(redact(f"{self._where}: {exc.message}", secrets)) from exc
-        response.drain_conn()  # 2xx: stored; free the connection for the next write
-        response.release_conn()
+        try:
+            _check_headers(lib, response, self._where)
+        finally:
+            response.drain_conn()  # 2xx: stored; free the connection for the next write
+            response.release_conn()
 
     async def close(self) -> None:
         if self._client is None:
@@ -327,6 +353,22 @@ def _no_retries(lib: SimpleNamespace) -> Any:
     return lib.Retry(total=None, connect=False, read=False, status=0, other=0,
                      redirect=MAX_REDIRECTS, raise_on_redirect=False,
                      respect_retry_after_header=False)
+
+
+def _check_headers(lib: SimpleNamespace, response: Any, where: str) -> None:
+    """Raise SinkUnavailable when a 2xx answer's headers were cut off or garbled.
+
+    urllib3 only logs this and hands the status on; a server or proxy that hangs up in
+    the middle of its answer has not acknowledged anything, and counting the batch as
+    stored would drop it from the buffer. Sending it again is harmless (idempotent)."""
+    original = getattr(response, "_original_response", None)  # http.client's response
+    if original is None:
+        return
+    try:
+        lib.assert_header_parsing(original.msg)
+    except (lib.HeaderParsingError, TypeError) as exc:
+        raise SinkUnavailable(f"{where}: HTTP {response.status} answer with broken headers "
+                              f"(cut off?): {type(exc).__name__}") from exc
 
 
 def _dispose(client: Any) -> None:
