@@ -852,3 +852,126 @@ async def test_file_sink_unwritable_directory_is_unavailable(tmp_path: Path) -> 
         await sink.open()
     with pytest.raises(SinkUnavailable):
         await sink.write(b"m v=1 1")
+
+
+async def answer_then_close(answer: bytes) -> tuple[asyncio.Server, str]:
+    """A server that reads one write, sends ``answer`` (a truncated HTTP answer) and hangs
+    up, as a crashing server or proxy does."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_influxdb_an_answer_cut_off_in_its_headers_is_not_a_success(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A 2xx status line followed by a cut-off header is not an acknowledgement: urllib3
+    only logs a warning (with a traceback, at every write) and hands the status on, so the
+    sink counted the batch as stored and the buffer dropped it (lost). It must be a
+    transport failure (the batch is sent again; the forwarder logs it once)."""
+    server, url = await answer_then_close(b"HTTP/1.1 204 No Content\r\nCon")
+    try:
+        with pytest.raises(SinkUnavailable, match="headers"):
+            await write_once(influxdb_sink(url), b"m v=1 1")
+    finally:
+        server.close()
+    assert not [r for r in caplog.records if r.name.startswith("urllib3")]
+
+
+async def test_influxdb_read_timeouts_read_the_same_every_time() -> None:
+    """The forwarder logs a failure once until its message changes; urllib3's read
+    timeout message carries the time left of the request's budget (``read
+    timeout=1.9997973419999653``), different at every write, so a server that never
+    answers was logged at every retry."""
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    messages = set()
+    try:
+        for value in range(3):
+            with pytest.raises(SinkUnavailable) as caught:
+                await write_once(influxdb_sink(url, timeout="200ms"), b"m v=%d 1" % value)
+            messages.add(str(caught.value))
+    finally:
+        server.close()
+    assert len(messages) == 1, messages
+
+
+@dataclass
+class ErrorBody:
+    """Answers every write 500 with a body of ``size`` bytes, sent ``chunk`` bytes every
+    ``pause`` seconds; counts what it managed to send and when the client hung up."""
+
+    size: int
+    chunk: int
+    pause: float = 0.0
+    sent: list[int] = field(default_factory=list)
+    connections: int = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % self.size)
+        sent = 0
+        try:
+            while sent < self.size:
+                writer.write(b"E" * self.chunk)
+                await writer.drain()
+                sent += self.chunk
+                if self.pause:
+                    await asyncio.sleep(self.pause)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self.sent.append(sent)
+            writer.close()
+
+
+async def test_influxdb_reads_a_huge_error_body_only_in_part() -> None:
+    """influxdb-client reads a non-2xx body whole into memory (and copies it for its
+    message): a 300 MiB error page took a probe's gateway from 49 MiB to 2.2 GiB. The sink
+    reads a bounded part of it and hangs up on the rest."""
+    server_state = ErrorBody(size=256 * 1024 * 1024, chunk=1024 * 1024)
+    server = await asyncio.start_server(server_state.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        with pytest.raises(SinkUnavailable, match=r"HTTP 500: E+…$"):
+            await write_once(influxdb_sink(url), b"m v=1 1")
+        await eventually(lambda: server_state.sent)
+    finally:
+        server.close()
+    assert server_state.sent[0] < server_state.size // 4, server_state.sent
+
+
+async def test_influxdb_a_trickled_error_body_does_not_hold_the_sink() -> None:
+    """An error answer whose body comes a byte at a time kept the sink's thread reading
+    it for as long as the server went on (each read is within urllib3's read timeout):
+    every later write failed with "the previous write has not returned". The sink reads
+    an error body only within the write's timeout, so the next write goes out."""
+    server_state = ErrorBody(size=100_000, chunk=1, pause=0.05)
+    server = await asyncio.start_server(server_state.serve, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    sink = influxdb_sink(url, timeout="300ms")
+    await sink.open()
+    try:
+        for value in range(2):
+            with pytest.raises(SinkUnavailable, match="HTTP 500"):
+                await sink.write(b"m v=%d 1" % value)
+        assert server_state.connections == 2
+    finally:
+        await sink.close()
+        server.close()

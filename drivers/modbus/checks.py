@@ -26,8 +26,22 @@ def check_modbus_devices(config: Any) -> Iterator[Finding]:
             points, _ = resolve_points(device)
             coalesce(points, limits_for(device))
         except ConfigError as exc:
-            where = "profile" if device.profile else "points"
             for problem in exc.problems:
-                yield (("devices", index, where), problem)
+                yield (("devices", index, _setting(device, problem)), problem)
         except ValueError as exc:
             yield (("devices", index), str(exc))
+
+
+_PROBLEM_SETTINGS = (("select ", "select"), ("overrides ", "overrides"),
+                     ("no points left", "overrides"), ("inline points", "points"))
+"""A problem of resolve_points by its first words, and the setting it is about."""
+
+
+def _setting(device: ModbusConfig, problem: str) -> str:
+    """The device setting a points problem is reported at (path and line): the one at
+    fault rather than always ``profile`` (a wrong ``select`` name was reported at the
+    profile's line)."""
+    for prefix, setting in _PROBLEM_SETTINGS:
+        if problem.startswith(prefix) and setting in device.model_fields_set:
+            return setting
+    return "profile" if device.profile else "points"

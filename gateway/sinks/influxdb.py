@@ -22,7 +22,8 @@ source, ``_sync/rest.py`` and ``_sync/api_client.py``, because its docs only say
   and raises ``ApiException`` with status 0 and the error's text as ``.reason``: mapped
   as a network failure too;
 * any 2xx (a proxy may answer 200 instead of 204) means the server took the data; the
-  answer is the unread urllib3 response, drained here so the connection is reused.
+  answer's body, like an error's, is read by :func:`_bounded_answer` (at most
+  ``ANSWER_BODY_LIMIT`` bytes within the timeout) before the client sees it.
 
 urllib3 retries nothing behind the forwarder's back: the client builds its pool with
 ``retries=False`` (its ``ApiClient`` default, passed explicitly here), and each request
@@ -50,6 +51,7 @@ import importlib.util
 import logging
 import re
 import sys
+import time
 import warnings
 import zlib
 from functools import cache, partial
@@ -84,6 +86,10 @@ ANSWER_GRACE = 1.0
 """Seconds the sink waits for its thread beyond the configured timeout. urllib3 enforces
 the timeout itself (connect plus each read) and answers with a clearer error; this bound
 only catches a server that keeps a read alive by trickling bytes."""
+
+ANSWER_BODY_LIMIT = 64 * 1024
+"""Most of an answer's body the sink reads: the client would read an error page whole
+into memory (and copy it for its message), and the forwarder logs 500 characters of it."""
 
 CLOSE_WAIT = 1.0
 """Longest ``close`` waits for the thread to end (``timeout`` when that is shorter). An
@@ -169,14 +175,33 @@ def _client_library() -> SimpleNamespace:
     from influxdb_client.configuration import Configuration
     from influxdb_client.rest import ApiException
     from influxdb_client.service.write_service import WriteService
-    from urllib3.exceptions import HTTPError, InsecureRequestWarning, MaxRetryError
+    from urllib3 import HTTPResponse
+    from urllib3.exceptions import (
+        HeaderParsingError,
+        HTTPError,
+        InsecureRequestWarning,
+        MaxRetryError,
+    )
+    from urllib3.exceptions import TimeoutError as Urllib3Timeout
+    from urllib3.util.response import assert_header_parsing
     from urllib3.util.retry import Retry
 
+    # urllib3 logs a cut-off header as a warning with a traceback, at every write, and
+    # carries on; the sink reports it itself (_check_headers), through the forwarder.
+    logging.getLogger("urllib3.connection").addFilter(_not_header_parsing)
     return SimpleNamespace(InfluxDBError=InfluxDBError, ApiClient=ApiClient,
                            Configuration=Configuration, ApiException=ApiException,
                            WriteService=WriteService, HTTPError=HTTPError,
                            InsecureRequestWarning=InsecureRequestWarning,
-                           MaxRetryError=MaxRetryError, Retry=Retry)
+                           MaxRetryError=MaxRetryError, Retry=Retry,
+                           Timeout=Urllib3Timeout, HeaderParsingError=HeaderParsingError,
+                           assert_header_parsing=assert_header_parsing,
+                           HTTPResponse=HTTPResponse)
+
+
+def _not_header_parsing(record: logging.LogRecord) -> bool:
+    """Drop urllib3's "Failed to parse headers" warning (see _client_library)."""
+    return not str(record.msg).startswith("Failed to parse headers")
 
 
 def gzip_body(payload: bytes) -> bytes:
@@ -248,6 +273,8 @@ class InfluxDBSink:
             header_name="Authorization" if self._token else None,
             header_value=f"Token {self._token}" if self._token else None,
             retries=False)
+        pool = self._client.rest_client.pool_manager
+        pool.request = partial(_bounded_answer, lib, pool.request, cfg.timeout)
         self._write_service = lib.WriteService(self._client)
 
     async def write(self, payload: bytes) -> None:
@@ -303,12 +330,17 @@ class InfluxDBSink:
         except lib.MaxRetryError as exc:  # what urllib3 counts as "other" (TLS): the cause
             raise transport_error(exc.reason or exc, where=self._where,
                                   secrets=secrets) from exc
+        except lib.Timeout as exc:
+            # urllib3's text carries the time left of the request's budget, different at
+            # every write, and the forwarder logs a failure again when its text changes.
+            raise SinkUnavailable(
+                f"{self._where}: {type(exc).__name__}: no answer within "
+                f"{self._config.timeout:g}s") from exc
         except (lib.HTTPError, OSError) as exc:
             raise transport_error(exc, where=self._where, secrets=secrets) from exc
         except lib.InfluxDBError as exc:  # client-side trouble without an HTTP answer
             raise SinkUnavailable(redact(f"{self._where}: {exc.message}", secrets)) from exc
-        response.drain_conn()  # 2xx: stored; free the connection for the next write
-        response.release_conn()
+        _check_headers(lib, response, self._where)  # 2xx: stored (its body was read)
 
     async def close(self) -> None:
         if self._client is None:
@@ -327,6 +359,57 @@ def _no_retries(lib: SimpleNamespace) -> Any:
     return lib.Retry(total=None, connect=False, read=False, status=0, other=0,
                      redirect=MAX_REDIRECTS, raise_on_redirect=False,
                      respect_retry_after_header=False)
+
+
+def _bounded_answer(lib: SimpleNamespace, request: Any, budget: float, *args: Any,
+                    **kwargs: Any) -> Any:
+    """``PoolManager.request`` with the answer's body read here, bounded in size
+    (``ANSWER_BODY_LIMIT``) and time (what is left of ``budget``, the sink's timeout),
+    then the connection released (or closed, when the body was cut short).
+
+    influxdb-client reads an error answer's body whole, without bound: a huge error page
+    went into memory several times over, and one trickled a byte at a time kept the
+    sink's thread reading for as long as the server went on (urllib3 bounds each read,
+    not the answer), every later write failing. What the client gets instead is an
+    answer holding the part read (a 2xx's body is of no interest)."""
+    deadline = time.monotonic() + budget
+    response = request(*args, **kwargs)
+    parts: list[bytes] = []
+    size = 0
+    complete = False
+    read = getattr(response, "read1", None) or response.read  # read1: urllib3 2.x
+    try:
+        while size < ANSWER_BODY_LIMIT and time.monotonic() < deadline:
+            part = read(min(ANSWER_BODY_LIMIT - size, 16 * 1024))
+            if not part:
+                complete = True
+                break
+            parts.append(part)
+            size += len(part)
+    finally:
+        if not complete:
+            response.close()  # the rest of the body is not wanted: hang up on it
+        response.release_conn()
+    return lib.HTTPResponse(body=b"".join(parts), headers=response.headers,
+                            status=response.status, reason=response.reason,
+                            version=response.version, preload_content=False,
+                            original_response=getattr(response, "_original_response", None))
+
+
+def _check_headers(lib: SimpleNamespace, response: Any, where: str) -> None:
+    """Raise SinkUnavailable when a 2xx answer's headers were cut off or garbled.
+
+    urllib3 only logs this and hands the status on; a server or proxy that hangs up in
+    the middle of its answer has not acknowledged anything, and counting the batch as
+    stored would drop it from the buffer. Sending it again is harmless (idempotent)."""
+    original = getattr(response, "_original_response", None)  # http.client's response
+    if original is None:
+        return
+    try:
+        lib.assert_header_parsing(original.msg)
+    except (lib.HeaderParsingError, TypeError) as exc:
+        raise SinkUnavailable(f"{where}: HTTP {response.status} answer with broken headers "
+                              f"(cut off?): {type(exc).__name__}") from exc
 
 
 def _dispose(client: Any) -> None:

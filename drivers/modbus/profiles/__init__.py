@@ -156,6 +156,10 @@ def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
         raise ConfigError([f"inline points repeat profile points: {', '.join(clash)} "
                            "(use overrides to change a profile point)"])
     points.extend(config.points)
+    if not points:  # a device without a point reads nothing, silently: refuse it here
+        raise ConfigError(["no points left to read: overrides disable every "
+                           + ("selected" if config.select is not None else "profile")
+                           + " point"])
     return points, measurement or "modbus"
 
 

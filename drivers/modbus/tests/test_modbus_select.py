@@ -76,3 +76,39 @@ def test_a_bad_select_is_a_config_error_with_its_line(tmp_path: Path, device: st
     message = config_error(tmp_path, device)
     assert "gw.yaml:4: devices[0]" in message, message
     assert expected in message, message
+
+
+def block_config_error(tmp_path: Path, device_lines: str) -> str:
+    path = tmp_path / "gw.yaml"
+    path.write_text("gateway: {id: gw, site: s, data_dir: data}\n"
+                    "buses: {b: {type: tcp, host: 127.0.0.1}}\n"
+                    "devices:\n"
+                    "  - id: m\n"
+                    "    driver: modbus\n"
+                    "    bus: b\n"
+                    "    unit: 1\n"
+                    "    profile: eastron-sdm630\n"
+                    f"{device_lines}")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return "\n".join(caught.value.problems)
+
+
+def test_a_select_that_leaves_no_point_is_refused(tmp_path: Path) -> None:
+    """``select: [x]`` with ``overrides: {x: {enabled: false}}`` left the device without
+    a point: ``iotgw check`` passed it, and the running device read nothing, logging
+    "device rejected every point: " with no reason (a reload to it silently stopped the
+    meter's data)."""
+    message = block_config_error(
+        tmp_path, "    select: [voltage_l1]\n"
+                  "    overrides: {voltage_l1: {enabled: false}}\n")
+    assert "gw.yaml:" in message and "devices[0]" in message, message
+    assert "no points left" in message, message
+
+
+def test_a_bad_select_is_reported_at_the_select_line(tmp_path: Path) -> None:
+    """An unknown selected name is a problem of ``select``, at its line (it was reported
+    as ``devices[0].profile`` at the profile's line)."""
+    message = block_config_error(tmp_path, "    select:\n      - voltage_l1\n      - nope\n")
+    assert ("gw.yaml:9: devices[0].select: select names points not in profile "
+            "'eastron-sdm630': nope") in message, message
