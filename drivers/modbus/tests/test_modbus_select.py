@@ -44,12 +44,12 @@ async def test_select_reads_the_named_points_and_overrides_still_apply(sim: TcpS
     assert dict(fleet.readings["sdm"][-1].fields) == want
 
 
-def config_error(tmp_path: Path, device: str) -> str:
+def config_error(tmp_path: Path, devices: str) -> str:
+    """The problems ``load_config`` reports for a config with this ``devices:`` block."""
     path = tmp_path / "gw.yaml"
     path.write_text("gateway: {id: gw, site: s, data_dir: data}\n"
                     "buses: {b: {type: tcp, host: 127.0.0.1}}\n"
-                    "devices:\n"
-                    f"  - {device}\n")
+                    "devices:\n" + devices)
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     return "\n".join(caught.value.problems)
@@ -73,25 +73,19 @@ def config_error(tmp_path: Path, device: str) -> str:
 ], ids=["unknown", "override-unselected", "no-profile", "twice", "empty"])
 def test_a_bad_select_is_a_config_error_with_its_line(tmp_path: Path, device: str,
                                                       expected: str) -> None:
-    message = config_error(tmp_path, device)
+    message = config_error(tmp_path, f"  - {device}\n")
     assert "gw.yaml:4: devices[0]" in message, message
     assert expected in message, message
 
 
 def block_config_error(tmp_path: Path, device_lines: str) -> str:
-    path = tmp_path / "gw.yaml"
-    path.write_text("gateway: {id: gw, site: s, data_dir: data}\n"
-                    "buses: {b: {type: tcp, host: 127.0.0.1}}\n"
-                    "devices:\n"
-                    "  - id: m\n"
-                    "    driver: modbus\n"
-                    "    bus: b\n"
-                    "    unit: 1\n"
-                    "    profile: eastron-sdm630\n"
-                    f"{device_lines}")
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    return "\n".join(caught.value.problems)
+    """As :func:`config_error`, for one SDM630 device in block style plus ``device_lines``
+    (the line numbers of its settings are then known: 9 onwards)."""
+    return config_error(tmp_path, "  - id: m\n"
+                                  "    driver: modbus\n"
+                                  "    bus: b\n"
+                                  "    unit: 1\n"
+                                  "    profile: eastron-sdm630\n" + device_lines)
 
 
 def test_a_select_that_leaves_no_point_is_refused(tmp_path: Path) -> None:
