@@ -122,6 +122,19 @@ def _locate(path: Traversable, doc: Any, data: Any, err: Any) -> str:
     return f"{path}:{line}: {where}: {err['msg']}"
 
 
+NAMES_SHOWN = 10
+"""Names quoted in one error line; the rest are counted."""
+
+
+def quoted_names(names: list[str]) -> str:
+    """Names as an error line quotes them: each in quotes (an empty or blank name stays
+    visible) and shortened, at most ``NAMES_SHOWN`` of them (a generated config named
+    1,024 unknown points, and one 100 kB name, all in one line)."""
+    shown = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
 def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
     """The device's effective points and measurement: profile (or its ``select``ed points)
     + overrides + inline points."""
@@ -134,13 +147,13 @@ def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
         unknown = sorted(set(config.select or ()) - known)
         if unknown:
             raise ConfigError([f"select names points not in profile {config.profile!r}: "
-                               f"{', '.join(unknown)}"])
+                               f"{quoted_names(unknown)}"])
         chosen = known if config.select is None else set(config.select)
         unknown = sorted(set(config.overrides) - chosen)
         if unknown:
             where = "in profile" if config.select is None else "selected from profile"
             raise ConfigError([f"overrides name points not {where} {config.profile!r}: "
-                               f"{', '.join(unknown)}"])
+                               f"{quoted_names(unknown)}"])
         for point in profile.points:
             if point.name not in chosen:
                 continue

@@ -58,10 +58,10 @@ def config_error(tmp_path: Path, devices: str) -> str:
 @pytest.mark.parametrize(("device", "expected"), [
     ("{id: m, driver: modbus, bus: b, unit: 1, profile: eastron-sdm630, "
      "select: [voltage_l1, voltage_l9]}",
-     "select names points not in profile 'eastron-sdm630': voltage_l9"),
+     "select names points not in profile 'eastron-sdm630': 'voltage_l9'"),
     ("{id: m, driver: modbus, bus: b, unit: 1, profile: eastron-sdm630, "
      "select: [voltage_l1], overrides: {frequency: {scale: 2}}}",
-     "overrides name points not selected from profile 'eastron-sdm630': frequency"),
+     "overrides name points not selected from profile 'eastron-sdm630': 'frequency'"),
     ("{id: m, driver: modbus, bus: b, unit: 1, points: [{name: a, address: 0}], "
      "select: [a]}",
      "select picks points of a profile: give profile too"),
@@ -105,4 +105,17 @@ def test_a_bad_select_is_reported_at_the_select_line(tmp_path: Path) -> None:
     as ``devices[0].profile`` at the profile's line)."""
     message = block_config_error(tmp_path, "    select:\n      - voltage_l1\n      - nope\n")
     assert ("gw.yaml:9: devices[0].select: select names points not in profile "
-            "'eastron-sdm630': nope") in message, message
+            "'eastron-sdm630': 'nope'") in message, message
+
+
+def test_unknown_names_are_quoted_and_a_long_list_is_cut(tmp_path: Path) -> None:
+    """An empty name stays visible, a 100 kB name and 1,000 generated names do not fill
+    the error line."""
+    names = ["", "a" * 100_000] + [f"p{i:04d}" for i in range(1000)]
+    listed = ", ".join(repr(n) for n in names)
+    message = config_error(tmp_path, "  - {id: m, driver: modbus, bus: b, unit: 1, "
+                                     f"profile: eastron-sdm630, select: [{listed}]}}\n")
+    assert "select names points not in profile 'eastron-sdm630': '', 'aaa" in message, message
+    assert "... and 992 more" not in message  # the long name is cut, not the list's end
+    assert message.endswith("and 992 more"), message[-200:]
+    assert len(message) < 1000, len(message)
