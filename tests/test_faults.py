@@ -83,6 +83,11 @@ def test_store_outage_buffers_and_catches_up(
     def file_count() -> int:
         return sum(p.read_bytes().count(b"\n") for p in lines_dir.glob("*.lp"))
 
+    def file_indexes() -> list[int]:
+        """Grid indexes of the readings the file sink wrote, repeats included."""
+        return [grid_index(int(line.rsplit(b" ", 1)[1]) // 1_000_000, 2)
+                for p in lines_dir.glob("*.lp") for line in p.read_bytes().splitlines()]
+
     gw = GatewayProcess(config).start()
     try:
         gw.wait_for_log(lambda r: "running" in r["msg"])
@@ -112,6 +117,11 @@ def test_store_outage_buffers_and_catches_up(
     ks = [grid_index(ts, 2) for ts in row["timestamps"]]
     assert len(ks) == len(set(ks))
     assert len(contiguous_runs(sorted(ks))) == 1, "readings lost across the outage"
-    assert len(ks) == file_count(), "the two sinks disagree"
+    # Both sinks hold the same readings. The file sink may hold the last chunk before a
+    # stop twice (written, the process gone before its acknowledgement was committed:
+    # at least once); VictoriaMetrics keeps one sample per series and timestamp.
+    in_file = file_indexes()
+    assert set(ks) == set(in_file), "the two sinks disagree"
+    assert len(in_file) - len(set(in_file)) <= 1000, "more repeats than a stop explains"
     errors = [r for r in gw.records if r["level"] == "error" and "sink vm" in r["msg"]]
     assert len(errors) == 1, "the outage should be logged once, then counted"
