@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from gateway.config.messages import listed_names
 from gateway.config.yamlsource import Path_
 
 Finding = tuple[Path_, str]
-NAMES_SHOWN = 10
 
 
 def cross_check(config: Any) -> list[Finding]:
@@ -43,9 +43,7 @@ def _unique_device_ids(config: Any) -> Iterator[Finding]:
 
 def _known_buses(config: Any) -> Iterator[Finding]:
     names = sorted(config.buses)
-    defined = ", ".join(names[:NAMES_SHOWN]) or "none"
-    if len(names) > NAMES_SHOWN:  # one line per bad device: all 500 names each is quadratic
-        defined += f" and {len(names) - NAMES_SHOWN} more"
+    defined = listed_names(names) or "none"
     for index, device in enumerate(config.devices):
         bus = getattr(device, "bus", None)
         if type(device).uses_bus and bus is not None and bus not in config.buses:

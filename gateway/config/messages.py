@@ -13,6 +13,17 @@ from gateway.urls import redact_text
 
 ErrorDetails = dict[str, Any]
 
+NAMES_SHOWN = 10
+"""Names listed in one error line; the rest are counted (one line per bad device, each
+listing 500 names, was quadratic)."""
+
+
+def listed_names(names: list[str], render: Callable[[str], str] = str) -> str:
+    """At most ``NAMES_SHOWN`` of ``names``, each through ``render``, then "and N more"."""
+    shown = ", ".join(render(name) for name in names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
 
 def _got(err: ErrorDetails) -> str:
     value = err.get("input")

@@ -23,6 +23,7 @@ from pydantic import Field, ValidationError
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import PROTOCOL_MAX_BITS, TCP, Limits, WireCost
 from drivers.modbus.points import Point
+from gateway.config.messages import listed_names
 from gateway.config.types import StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.errors import ConfigError
@@ -122,17 +123,11 @@ def _locate(path: Traversable, doc: Any, data: Any, err: Any) -> str:
     return f"{path}:{line}: {where}: {err['msg']}"
 
 
-NAMES_SHOWN = 10
-"""Names quoted in one error line; the rest are counted."""
-
-
 def quoted_names(names: list[str]) -> str:
-    """Names as an error line quotes them: each in quotes (an empty or blank name stays
-    visible) and shortened, at most ``NAMES_SHOWN`` of them (a generated config named
-    1,024 unknown points, and one 100 kB name, all in one line)."""
-    shown = ", ".join(repr(n if len(n) <= 40 else n[:40] + "...") for n in names[:NAMES_SHOWN])
-    more = len(names) - NAMES_SHOWN
-    return shown + (f" and {more} more" if more > 0 else "")
+    """Point names as an error line lists them: quoted (an empty or blank name stays
+    visible), each cut to 40 characters, at most ``NAMES_SHOWN`` (a generated config
+    named 1,000 unknown points, and one 100 kB name, all in one line)."""
+    return listed_names(names, lambda n: repr(n if len(n) <= 40 else n[:40] + "..."))
 
 
 def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
