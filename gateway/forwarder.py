@@ -88,21 +88,23 @@ class Forwarder:
                 await asyncio.sleep(delay)
 
     async def _deliver_batch(self, batch: Batch) -> float | None:
-        """Deliver and record one batch. A stop that arrives while the sink is writing lets
-        that write finish (up to ``STOP_GRACE``) and records it: otherwise a clean stop
-        would send the same batch again at the next start (harmless for InfluxDB, a
-        duplicate for the file sink)."""
-        work = asyncio.ensure_future(self._try_deliver(batch.payload))
+        """Deliver and record one batch. A stop that arrives while the sink is writing or
+        the buffer is recording the delivery lets both finish (up to ``STOP_GRACE``):
+        otherwise a clean stop would send the same batch again at the next start
+        (harmless for InfluxDB, a duplicate for the file sink)."""
+        work = asyncio.ensure_future(self._deliver_and_record(batch))
         try:
-            delay = await asyncio.shield(work)
+            return await asyncio.shield(work)
         except asyncio.CancelledError:
             try:
                 async with asyncio.timeout(STOP_GRACE):
-                    if await asyncio.shield(work) is None:
-                        await self._delivered(batch)
+                    await asyncio.shield(work)
             except (TimeoutError, Exception):  # stopping anyway: it is sent again later
                 work.cancel()
             raise
+
+    async def _deliver_and_record(self, batch: Batch) -> float | None:
+        delay = await self._try_deliver(batch.payload)
         if delay is None:
             await self._delivered(batch)
         return delay

@@ -246,3 +246,58 @@ async def test_a_stop_during_a_hung_influxdb_write_neither_waits_nor_sends_twice
     assert flight["most"] == 1
     assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
     await buffer.close()
+
+
+class SlowAckBuffer(AsyncBuffer):
+    """An AsyncBuffer whose ``ack`` waits for the test: the window between a sink having
+    stored a batch and the buffer having recorded it, where a stop used to land."""
+
+    def __init__(self, buffer: Buffer) -> None:
+        super().__init__(buffer)
+        self.acking = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def ack(self, sink: str, last_id: int) -> None:
+        self.acking.set()
+        await self.release.wait()
+        await super().ack(sink, last_id)
+
+
+async def test_a_stop_while_the_buffer_records_a_delivery_lets_it_finish(
+        tmp_path: Path) -> None:
+    """A stop between the file sink's write and the buffer's record of it used to cancel
+    the record: the next start wrote the batch to the file again (seen in CI as 50
+    repeated lines). The record now finishes within STOP_GRACE, so the file holds each
+    line once across the restart."""
+    from gateway.sinks.file import FileSink, FileSinkConfig
+
+    config = FileSinkConfig(type="file")
+    buffer = SlowAckBuffer(Buffer(tmp_path / "b.db", max_bytes=50 * 1024**2,
+                                  when_full="drop_oldest", chunk_lines=1000))
+    await buffer.open()
+    await buffer.register_sinks([config.sink_name])
+    lines = [f"m v={i} {i}".encode() for i in range(10)]
+    await buffer.append(lines, 1, 1)
+    stats = GatewayStats()
+    sink = FileSink(config, tmp_path)
+    forwarder = Forwarder(sink, config, buffer, asyncio.Event(), stats)
+    task = asyncio.create_task(forwarder.run())
+    await eventually(buffer.acking.is_set)
+    task.cancel()  # the stop, while the delivery is being recorded
+    await asyncio.sleep(0)
+    buffer.release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
+
+    task = asyncio.create_task(Forwarder(FileSink(config, tmp_path), config, buffer,
+                                         asyncio.Event(), stats).run())
+    await asyncio.sleep(0.2)  # a restarted forwarder would resend an unrecorded batch now
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    def written() -> list[bytes]:
+        return b"".join(p.read_bytes() for p in sorted(tmp_path.rglob("*.lp"))).splitlines()
+
+    assert await asyncio.to_thread(written) == lines
+    await buffer.close()
