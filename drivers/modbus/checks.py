@@ -7,7 +7,7 @@ from typing import Any
 
 from drivers.modbus.config import ModbusConfig
 from drivers.modbus.planner import coalesce
-from drivers.modbus.profiles import limits_for, resolve_points
+from drivers.modbus.profiles import PointsProblem, limits_for, resolve_points
 from gateway.errors import ConfigError
 
 Finding = tuple[tuple[str | int, ...], str]
@@ -26,22 +26,17 @@ def check_modbus_devices(config: Any) -> Iterator[Finding]:
             points, _ = resolve_points(device)
             coalesce(points, limits_for(device))
         except ConfigError as exc:
+            setting = _setting(device, exc)
             for problem in exc.problems:
-                yield (("devices", index, _setting(device, problem)), problem)
+                yield (("devices", index, setting), problem)
         except ValueError as exc:
             yield (("devices", index), str(exc))
 
 
-_PROBLEM_SETTINGS = (("select ", "select"), ("overrides ", "overrides"),
-                     ("no points left", "overrides"), ("inline points", "points"))
-"""A problem of resolve_points by its first words, and the setting it is about."""
-
-
-def _setting(device: ModbusConfig, problem: str) -> str:
+def _setting(device: ModbusConfig, exc: ConfigError) -> str:
     """The device setting a points problem is reported at (path and line): the one at
     fault rather than always ``profile`` (a wrong ``select`` name was reported at the
     profile's line)."""
-    for prefix, setting in _PROBLEM_SETTINGS:
-        if problem.startswith(prefix) and setting in device.model_fields_set:
-            return setting
+    if isinstance(exc, PointsProblem) and exc.setting in device.model_fields_set:
+        return exc.setting
     return "profile" if device.profile else "points"

@@ -130,6 +130,15 @@ def quoted_names(names: list[str]) -> str:
     return listed_names(names, lambda n: repr(n if len(n) <= 40 else n[:40] + "..."))
 
 
+class PointsProblem(ConfigError):
+    """A device's points do not resolve; ``setting`` is the device setting at fault
+    (``select``, ``overrides`` or ``points``), where the error is reported."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__([problem])
+        self.setting = setting
+
+
 def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
     """The device's effective points and measurement: profile (or its ``select``ed points)
     + overrides + inline points."""
@@ -141,14 +150,14 @@ def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
         known = {p.name for p in profile.points}
         unknown = sorted(set(config.select or ()) - known)
         if unknown:
-            raise ConfigError([f"select names points not in profile {config.profile!r}: "
-                               f"{quoted_names(unknown)}"])
+            raise PointsProblem("select", f"select names points not in profile "
+                                f"{config.profile!r}: {quoted_names(unknown)}")
         chosen = known if config.select is None else set(config.select)
         unknown = sorted(set(config.overrides) - chosen)
         if unknown:
             where = "in profile" if config.select is None else "selected from profile"
-            raise ConfigError([f"overrides name points not {where} {config.profile!r}: "
-                               f"{quoted_names(unknown)}"])
+            raise PointsProblem("overrides", f"overrides name points not {where} "
+                                f"{config.profile!r}: {quoted_names(unknown)}")
         for point in profile.points:
             if point.name not in chosen:
                 continue
@@ -161,13 +170,13 @@ def resolve_points(config: ModbusConfig) -> tuple[list[Point], str]:
     names = {p.name for p in points}
     clash = sorted(names & {p.name for p in config.points})
     if clash:
-        raise ConfigError([f"inline points repeat profile points: {', '.join(clash)} "
-                           "(use overrides to change a profile point)"])
+        raise PointsProblem("points", f"inline points repeat profile points: "
+                            f"{', '.join(clash)} (use overrides to change a profile point)")
     points.extend(config.points)
     if not points:  # a device without a point reads nothing, silently: refuse it here
-        raise ConfigError(["no points left to read: overrides disable every "
-                           + ("selected" if config.select is not None else "profile")
-                           + " point"])
+        raise PointsProblem("overrides", "no points left to read: overrides disable every "
+                            + ("selected" if config.select is not None else "profile")
+                            + " point")
     return points, measurement or "modbus"
 
 
