@@ -536,47 +536,98 @@ def sink_threads(name: str) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"sink-{name}"]
 
 
-async def test_influxdb_close_leaves_a_hung_write_and_the_next_write_waits_for_it(
+async def test_influxdb_close_hangs_up_on_a_hung_write_and_the_next_write_waits_for_it(
         scripted: Scripted) -> None:
-    """The forwarder gives up on a write at a stop (cancels it) and closes the sink, but
-    a blocking call in the sink's thread cannot be interrupted. close() returns anyway
-    (the thread is a daemon named after the sink), and a write after reopening, as the
-    supervisor reopens a restarted forwarder's sink, is not sent beside the hung one:
-    one write at a time per sink, so a batch is never in flight twice at once."""
+    """The forwarder gives up on a write at a stop (cancels it, after its grace) and
+    closes the sink; a blocking call in the sink's thread cannot be cancelled, so close()
+    hangs up on its connection: the thread ends (a daemon named after the sink) and no
+    write is left sending behind a reopened sink, as the supervisor reopens a restarted
+    forwarder's sink. A write after reopening goes out once the old call has returned:
+    one write at a time per sink."""
     hold = scripted.hold = asyncio.Event()
     sink = influxdb_sink(scripted.url, timeout="60s", name="hung")
     await sink.open()
     first = asyncio.create_task(sink.write(b"m v=1 1"))
     await eventually(lambda: scripted.in_flight == 1)
+    (thread,) = sink_threads("hung")
+    assert thread.daemon
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first
     await sink.close()
-    (thread,) = sink_threads("hung")
-    assert thread.daemon and thread.is_alive()  # still in the write: close did not wait
+    await eventually(lambda: not thread.is_alive())  # hung up on while the server holds
+    assert not hold.is_set()
+    hold.set()
+    await eventually(lambda: scripted.in_flight == 0)
 
     await sink.open()
-    second = asyncio.create_task(sink.write(b"m v=2 2"))
-    done, _ = await asyncio.wait({second}, timeout=0.5)  # a chance to go out too early
-    assert not done and len(scripted.requests) == 1  # it waits for the hung write
-    hold.set()
-    await second
+    await sink.write(b"m v=2 2")
     await sink.close()
     assert [r["raw"] for r in scripted.requests] == [b"m v=1 1", b"m v=2 2"]
     assert scripted.most_in_flight == 1
-    await eventually(lambda: not sink_threads("hung"))  # both threads ended
+    await eventually(lambda: not sink_threads("hung"))
+
+
+async def test_influxdb_close_hangs_up_on_a_hung_tls_write(
+        scripted_tls: Scripted, tls_ca: TestCA) -> None:
+    """The hang-up shuts a TLS connection's socket down too (under the TLS layer, which
+    the reading thread still holds): the thread ends while the server holds the answer."""
+    hold = scripted_tls.hold = asyncio.Event()
+    sink = influxdb_sink(scripted_tls.url, timeout="60s", name="hung-tls",
+                         ca_file=tls_ca.cert_file)
+    await sink.open()
+    try:
+        first = asyncio.create_task(sink.write(b"m v=1 1"))
+        await eventually(lambda: scripted_tls.in_flight == 1)
+        (thread,) = sink_threads("hung-tls")
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await sink.close()
+        await eventually(lambda: not thread.is_alive())
+        assert not hold.is_set()
+    finally:
+        hold.set()
+        await sink.close()
+
+
+async def test_influxdb_a_write_waits_for_a_call_the_sink_gave_up_on(
+        scripted: Scripted) -> None:
+    """Between a given-up write and its thread's return (the hang-up takes effect in the
+    thread), the next write waits for the thread, bounded by the sink's timeout: the same
+    batch is never sent twice at once from this gateway."""
+    hold = scripted.hold = asyncio.Event()
+    sink = influxdb_sink(scripted.url, timeout="60s", name="slow")
+    await sink.open()
+    try:
+        gate = threading.Event()
+        await sink._thread.call(lambda: None)  # the thread exists
+        stuck = asyncio.ensure_future(sink._thread.call(gate.wait))  # a call still running
+        second = asyncio.create_task(sink.write(b"m v=2 2"))
+        done, _ = await asyncio.wait({second}, timeout=0.5)  # a chance to go out too early
+        assert not done and scripted.requests == []
+        gate.set()
+        await stuck
+        hold.set()
+        await second
+        assert [r["raw"] for r in scripted.requests] == [b"m v=2 2"]
+    finally:
+        hold.set()
+        await sink.close()
 
 
 @dataclass
 class Trickler:
     """Answers 204 byte by byte, a header byte every 50 ms until ``stop`` is set: each
     read returns well within urllib3's read timeout, so only the sink's own bound ends
-    the wait. Counts connections, and how many were open at once."""
+    the wait. Counts connections, how many were open at once, and those the client hung
+    up on."""
 
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     connections: int = 0
     open_now: int = 0
     most_open: int = 0
+    hung_up: int = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -589,21 +640,27 @@ class Trickler:
             await reader.readexactly(length)
             writer.write(b"HTTP/1.1 204 No Content\r\nX-Slow: ")
             while not self.stop.is_set():
+                if reader.at_eof():  # the client hung up
+                    self.hung_up += 1
+                    return
                 writer.write(b"a")
                 await writer.drain()
                 await asyncio.sleep(0.05)
             writer.write(b"\r\nConnection: close\r\n\r\n")
             await writer.drain()
+        except ConnectionError:
+            self.hung_up += 1
         finally:
             self.open_now -= 1
             writer.close()
 
 
-async def test_influxdb_gives_up_on_a_write_that_trickles_past_its_timeout() -> None:
-    """urllib3 bounds each read, not the whole answer: a server trickling bytes keeps
-    the sink's thread in its write. The sink stops waiting after its timeout (plus a
-    grace) and reports the sink unavailable; the next write waits for the thread at most
-    as long, and is not sent beside the first (one write at a time)."""
+async def test_influxdb_hangs_up_on_a_write_that_trickles_past_its_timeout() -> None:
+    """urllib3 bounds each read, not the whole answer: a server trickling header bytes
+    kept the sink's thread in its write for as long as it went on, and every later write
+    failed with it. The sink stops waiting after its timeout (plus a grace), reports the
+    sink unavailable and hangs up: the thread is free again while the server still
+    trickles, and the next write goes out on a new connection."""
     trickler = Trickler()
     server = await asyncio.start_server(trickler.serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -612,14 +669,17 @@ async def test_influxdb_gives_up_on_a_write_that_trickles_past_its_timeout() -> 
     try:
         with pytest.raises(SinkUnavailable, match=r"no answer within 1\.3s"):
             await sink.write(b"m v=1 1")
-        with pytest.raises(SinkUnavailable,
-                           match=r"previous write .* has not returned within 1\.3s"):
-            await sink.write(b"m v=2 2")
-        assert trickler.connections == 1
-        trickler.stop.set()
-        await eventually(lambda: not sink._thread.busy)
-        await sink.write(b"m v=3 3")  # the server answers at once now
+        await eventually(lambda: not sink._thread.busy)  # the server is still trickling
+        await eventually(lambda: trickler.hung_up == 1 and trickler.open_now == 0)
+        assert not trickler.stop.is_set() and trickler.connections == 1
+        with pytest.raises(SinkUnavailable, match=r"no answer within 1\.3s"):
+            await sink.write(b"m v=2 2")  # sent again (a new connection), trickled again
         assert trickler.connections == 2
+        await eventually(lambda: trickler.hung_up == 2 and trickler.open_now == 0)
+        await eventually(lambda: not sink._thread.busy)
+        trickler.stop.set()
+        await sink.write(b"m v=3 3")  # the server answers at once now
+        assert trickler.connections == 3
         assert trickler.most_open == 1
     finally:
         trickler.stop.set()

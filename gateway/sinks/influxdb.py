@@ -46,11 +46,14 @@ Two choices made for a Pi's budget:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import logging
 import re
+import socket
 import sys
+import threading
 import time
 import warnings
 import zlib
@@ -175,7 +178,7 @@ def _client_library() -> SimpleNamespace:
     from influxdb_client.configuration import Configuration
     from influxdb_client.rest import ApiException
     from influxdb_client.service.write_service import WriteService
-    from urllib3 import HTTPResponse
+    from urllib3 import HTTPConnectionPool, HTTPResponse, HTTPSConnectionPool
     from urllib3.exceptions import (
         HeaderParsingError,
         HTTPError,
@@ -196,7 +199,8 @@ def _client_library() -> SimpleNamespace:
                            MaxRetryError=MaxRetryError, Retry=Retry,
                            Timeout=Urllib3Timeout, HeaderParsingError=HeaderParsingError,
                            assert_header_parsing=assert_header_parsing,
-                           HTTPResponse=HTTPResponse)
+                           HTTPResponse=HTTPResponse, HTTPConnectionPool=HTTPConnectionPool,
+                           HTTPSConnectionPool=HTTPSConnectionPool)
 
 
 def _not_header_parsing(record: logging.LogRecord) -> bool:
@@ -243,6 +247,7 @@ class InfluxDBSink:
         self._token = secret_value(config.token)
         self._where = f"{display_url(config.url)}/api/v2/write"
         self._thread = SinkThread(f"sink-{self.name}")
+        self._sockets = OpenSockets()
         self._client: Any = None
         self._write_service: Any = None
         self._lib: SimpleNamespace | None = None
@@ -275,6 +280,7 @@ class InfluxDBSink:
             retries=False)
         pool = self._client.rest_client.pool_manager
         pool.request = partial(_bounded_answer, lib, pool.request, cfg.timeout)
+        pool.pool_classes_by_scheme = _tracking_pools(lib, self._sockets)
         self._write_service = lib.WriteService(self._client)
 
     async def write(self, payload: bytes) -> None:
@@ -294,6 +300,8 @@ class InfluxDBSink:
         except TimeoutError:
             if not bound.expired():
                 raise
+            if sent:  # urllib3 would read on for as long as the server trickles bytes
+                self._sockets.hang_up()
             what = "no answer" if sent else "the previous write (given up earlier) has not returned"
             raise SinkUnavailable(f"{self._where}: {what} within {limit:g}s") from None
 
@@ -347,6 +355,8 @@ class InfluxDBSink:
             return
         client, self._client, self._write_service = self._client, None, None
         wait = min(self._config.timeout, CLOSE_WAIT)
+        if self._thread.busy:  # a write the forwarder gave up on at a stop or a reload
+            self._sockets.hang_up()
         if not await self._thread.stop(partial(_dispose, client), wait):
             log.debug("sink %s: closed while a write is still under way in thread %s; "
                       "its batch is sent again unless it finishes", self.name,
@@ -410,6 +420,63 @@ def _check_headers(lib: SimpleNamespace, response: Any, where: str) -> None:
     except (lib.HeaderParsingError, TypeError) as exc:
         raise SinkUnavailable(f"{where}: HTTP {response.status} answer with broken headers "
                               f"(cut off?): {type(exc).__name__}") from exc
+
+
+class OpenSockets:
+    """The sockets of a sink's open connections, so that the event loop's thread can hang
+    up on a write the sink has given up on. urllib3 bounds each read, not the answer: a
+    server or middlebox trickling a header byte a second held the sink's thread (and
+    with it every later write) for as long as it went on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def add(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.add(sock)
+
+    def discard(self, sock: socket.socket | None) -> None:
+        if sock is None:  # a connection closed before it connected
+            return
+        with self._lock:
+            self._open.discard(sock)
+
+    def hang_up(self) -> int:
+        """Shut every open connection down; the blocked read in the sink's thread then
+        ends with a connection error. Returns how many were shut."""
+        with self._lock:
+            sockets = list(self._open)
+        for sock in sockets:
+            # socket.socket's own shutdown, also for a TLS socket: SSLSocket.shutdown
+            # would drop the TLS state under the reading thread's feet.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        return len(sockets)
+
+
+def _tracking_pools(lib: SimpleNamespace, sockets: OpenSockets) -> dict[str, type]:
+    """urllib3 pool classes (for ``PoolManager.pool_classes_by_scheme``) whose connections
+    enter their socket in ``sockets`` when they connect and leave it when they close."""
+    return {"http": _tracking_pool(lib.HTTPConnectionPool, sockets),
+            "https": _tracking_pool(lib.HTTPSConnectionPool, sockets)}
+
+
+def _tracking_pool(pool: Any, sockets: OpenSockets) -> type:
+    base = pool.ConnectionCls
+
+    def connect(self: Any) -> None:
+        base.connect(self)
+        sockets.add(self.sock)
+
+    def close(self: Any) -> None:
+        sock = self.sock
+        base.close(self)
+        sockets.discard(sock)
+
+    connection = type(f"Tracking{base.__name__}", (base,),
+                      {"connect": connect, "close": close})
+    return type(f"Tracking{pool.__name__}", (pool,), {"ConnectionCls": connection})
 
 
 def _dispose(client: Any) -> None:
