@@ -62,6 +62,11 @@ class Gateway:
         self._sink_events: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._reloading = asyncio.Lock()
+        """One reload at a time: SIGHUP and ``cmd/reload`` both call ``reload``, and a
+        second one interleaved at the first's awaits (stopping devices) deleted what the
+        first had just re-added (an outside probe: ``KeyError`` answers, half-applied
+        configs)."""
         buf = config.model.buffer
         self.buffer = AsyncBuffer(Buffer(config.buffer_path, max_bytes=buf.max_bytes,
                                          when_full=buf.when_full, synchronous=buf.synchronous,
@@ -344,7 +349,14 @@ class Gateway:
     # -- reload ----------------------------------------------------------------------
 
     async def reload(self) -> bool:
-        """Apply a changed config file; a bad file is rejected and the old config stays."""
+        """Apply a changed config file; a bad file is rejected and the old config stays.
+
+        Requests made while one runs wait for it, then each reads the file again (the
+        last one applies the newest file)."""
+        async with self._reloading:
+            return await self._reload_now()
+
+    async def _reload_now(self) -> bool:
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:

@@ -45,3 +45,52 @@ async def test_a_device_added_with_its_section_by_reload_sees_the_section(
         gateway.request_stop()
         async with asyncio.timeout(30):
             await task
+
+
+def bulk(devices: int, tag: str) -> str:
+    rows = "".join(f"  - {{id: bulk{i:03d}, driver: synthetic, interval: 1s, "
+                   f"tags: {{batch: {tag}}}}}\n" for i in range(devices))
+    return BASE + "devices:\n" + rows
+
+
+async def test_reloads_requested_together_run_one_after_the_other(tmp_path: Path) -> None:
+    """An outside probe sent three ``cmd/reload`` 20 ms apart with 150 changed devices:
+    1-2 of 3 answered ``KeyError: 'bulk005'`` and the config was half applied (a second
+    reload deleted, at the first's awaits, entries the first had just re-added). Reloads
+    now queue: every one succeeds and each device runs once, on the new config."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(bulk(150, "a"))
+    gateway = Gateway(load_config(config))
+    task = asyncio.create_task(gateway.run())
+    try:
+        for _ in range(200):
+            if gateway.supervisor is not None and len(gateway.devices) == 150:
+                break
+            await asyncio.sleep(0.025)
+        stop_device = gateway._stop_device
+
+        async def slow_stop(device_id: str) -> None:  # a driver slow to close, as a real
+            await stop_device(device_id)              # one on a dead link can be
+            await asyncio.sleep(0.005)
+
+        gateway._stop_device = slow_stop  # type: ignore[method-assign]
+        config.write_text(bulk(150, "b"))
+        first = asyncio.create_task(gateway.reload())
+        for _ in range(400):  # until the first reload is stopping devices
+            if len(gateway._device_configs) < 150:
+                break
+            await asyncio.sleep(0.005)
+        results = await asyncio.gather(first, *(gateway.reload() for _ in range(2)),
+                                       return_exceptions=True)
+        assert results == [True, True, True]
+        assert gateway.supervisor is not None
+        running = [n for n in gateway.supervisor.names() if n.startswith("device:")]
+        assert sorted(running) == [f"device:bulk{i:03d}" for i in range(150)]
+        assert {d.tags["batch"] for d in gateway.config.devices} == {"b"}
+        assert {gateway._device_configs[f"bulk{i:03d}"].tags["batch"]
+                for i in range(150)} == {"b"}
+        assert not gateway.supervisor.failing
+    finally:
+        gateway.request_stop()
+        async with asyncio.timeout(30):
+            await task
