@@ -43,12 +43,22 @@ class SinkRejected(SinkError):
     """400/422: the server refused (some of) the data; resending it unchanged will not help."""
 
 
+class SinkPartlyStored(SinkRejected):
+    """The store refused some lines and stored the rest (InfluxDB's "partial write"):
+    the batch is done with; ``refused_lines`` counts what it dropped (at least 1)."""
+
+    def __init__(self, message: str, refused_lines: int) -> None:
+        super().__init__(message)
+        self.refused_lines = refused_lines
+
+
 class SinkTooLarge(SinkError):
     """413: the batch is too big for the server; send it in smaller pieces."""
 
 
 class SinkAuthError(SinkError):
-    """401/403/404: credentials, permissions or the database/bucket are wrong.
+    """401/403/404: credentials, permissions or the database/bucket are wrong; or a 400
+    that is not about the lines (a proxy's HTML page, an endpoint that is not a store's).
 
     Not fixable by retrying soon: the sink is marked failed and retried slowly while the
     buffer keeps everything.

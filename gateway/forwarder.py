@@ -25,6 +25,7 @@ from gateway.buffer import AsyncBuffer, Batch
 from gateway.errors import (
     BufferFailure,
     SinkAuthError,
+    SinkPartlyStored,
     SinkRejected,
     SinkTooLarge,
     SinkUnavailable,
@@ -63,6 +64,9 @@ class Forwarder:
         self._backoff = Backoff(base=0.5, cap=config.retry_max)
         self._unacked: int | None = None
         """Last chunk id the sink stored whose ack the buffer could not record yet."""
+        self._retrying: Delivery | None = None
+        """The batch a failed attempt left, with what of it is still to send: retried as
+        it is, so a refused batch's bisection is not started over after every 503."""
 
     async def run(self) -> None:
         await self._sink.open()
@@ -74,6 +78,9 @@ class Forwarder:
     async def _loop(self) -> None:
         limit = self._config.batch_lines
         while True:
+            if self._retrying is not None:
+                await self._retry_delivery(self._retrying)
+                continue
             batch = await self._buffer.read(self.name, limit, self._unacked)
             if batch is None:
                 self._new_data.clear()
@@ -83,16 +90,21 @@ class Forwarder:
                 if batch is None:
                     await wait_event(self._new_data, IDLE_RECHECK)
                     continue
-            delay = await self._deliver_batch(batch)
-            if delay is not None:
-                await asyncio.sleep(delay)
+            await self._retry_delivery(Delivery(batch))
 
-    async def _deliver_batch(self, batch: Batch) -> float | None:
+    async def _retry_delivery(self, delivery: Delivery) -> None:
+        """One attempt at a delivery; after a failure, the wait before the next."""
+        delay = await self._deliver_batch(delivery)
+        self._retrying = delivery if delay is not None else None
+        if delay is not None:
+            await asyncio.sleep(delay)
+
+    async def _deliver_batch(self, delivery: Delivery) -> float | None:
         """Deliver and record one batch. A stop that arrives while the sink is writing or
         the buffer is recording the delivery lets both finish (up to ``STOP_GRACE``):
         otherwise a clean stop would send the same batch again at the next start
         (harmless for InfluxDB, a duplicate for the file sink)."""
-        work = asyncio.ensure_future(self._deliver_and_record(batch))
+        work = asyncio.ensure_future(self._deliver_and_record(delivery))
         try:
             return await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -103,16 +115,16 @@ class Forwarder:
                 work.cancel()
             raise
 
-    async def _deliver_and_record(self, batch: Batch) -> float | None:
-        delay = await self._try_deliver(batch.payload)
+    async def _deliver_and_record(self, delivery: Delivery) -> float | None:
+        delay = await self._try_deliver(delivery)
         if delay is None:
-            await self._delivered(batch)
+            await self._delivered(delivery)
         return delay
 
-    async def _delivered(self, batch: Batch) -> None:
-        self._stats.sent_lines += batch.lines
+    async def _delivered(self, delivery: Delivery) -> None:
+        self._stats.sent_lines += delivery.batch.lines - delivery.refused
         self._stats.sent_batches += 1
-        await self._ack(batch.last_id)
+        await self._ack(delivery.batch.last_id)
 
     async def _ack(self, last_id: int) -> None:
         """Record delivery up to ``last_id``; if the buffer cannot, remember it instead."""
@@ -131,12 +143,12 @@ class Forwarder:
             self._problems.recovered(key, f"sink {self.name}: the buffer records its "
                                      "deliveries again (pruning resumes)")
 
-    async def _try_deliver(self, payload: bytes) -> float | None:
+    async def _try_deliver(self, delivery: Delivery) -> float | None:
         """None when the batch is done with (stored, or bad lines dropped); otherwise the
-        seconds to wait before retrying the same batch."""
+        seconds to wait before retrying what is left of it."""
         key = f"sink:{self.name}"
         try:
-            await self._deliver(payload)
+            await self._deliver(delivery)
         except SinkAuthError as exc:
             self._failed(key, "failed", f"sink {self.name}: {exc}; buffering and retrying "
                          f"every {self._config.auth_retry:g}s until this is fixed")
@@ -159,30 +171,53 @@ class Forwarder:
         self._stats.last_error = message
         self._problems.report(key, message)
 
-    async def _deliver(self, payload: bytes) -> None:
-        try:
-            await self._sink.write(payload)
-        except SinkTooLarge:
-            await self._split(payload, "too large")
-        except SinkRejected as exc:
-            await self._split(payload, str(exc))
+    async def _deliver(self, delivery: Delivery) -> None:
+        """Send what is left of the batch, piece by piece. A refused or too large piece is
+        halved until the refused lines are isolated, the rest written (resending lines the
+        server already took is harmless: idempotent). A failure leaves the unsent pieces
+        in ``delivery`` for the next attempt."""
+        pieces = delivery.pieces
+        while pieces:
+            piece = pieces[-1]
+            try:
+                await self._sink.write(piece)
+            except SinkPartlyStored as exc:  # the store kept the rest: nothing to resend
+                self._refused(delivery, exc.refused_lines, str(exc))
+            except (SinkTooLarge, SinkRejected) as exc:
+                reason = "too large" if isinstance(exc, SinkTooLarge) else str(exc)
+                lines = piece.split(b"\n")
+                if len(lines) > 1:
+                    middle = len(lines) // 2
+                    pieces[-1:] = [b"\n".join(lines[middle:]), b"\n".join(lines[:middle])]
+                    continue
+                self._refused(delivery, 1, reason, piece)
+            pieces.pop()
 
-    async def _split(self, payload: bytes, reason: str) -> None:
-        """Bisect a refused batch until the refused lines are isolated; the rest is
-        written. Resending lines the server already took is harmless (idempotent)."""
-        lines = payload.split(b"\n")
-        if len(lines) == 1:
-            self._stats.rejected_lines += 1
-            kind = refusal_kind(reason)
-            self._problems.report(
-                f"rejected:{self.name}:{kind}",
-                f"sink {self.name} refuses lines, dropping them: {reason}",
-                detail=f"first: {payload[:200]!r}", level=logging.WARNING,
-                summary_every=REFUSAL_SUMMARY, kind=kind)
-            return
-        middle = len(lines) // 2
-        await self._deliver(b"\n".join(lines[:middle]))
-        await self._deliver(b"\n".join(lines[middle:]))
+    def _refused(self, delivery: Delivery, lines: int, reason: str,
+                 line: bytes | None = None) -> None:
+        """Count refused lines and log the kind once; ``line`` is the refused line, when
+        bisection isolated it (a partial write's message names its lines itself)."""
+        delivery.refused += lines
+        self._stats.rejected_lines += lines
+        kind = refusal_kind(reason)
+        self._problems.report(
+            f"rejected:{self.name}:{kind}",
+            f"sink {self.name} refuses lines, dropping them: {reason}",
+            detail=f"first: {line[:200]!r}" if line is not None else "",
+            level=logging.WARNING,
+            summary_every=REFUSAL_SUMMARY, kind=kind)
+
+
+class Delivery:
+    """One batch on its way to a sink: the pieces still to send (a stack, the next one
+    last) and how many of its lines the store refused."""
+
+    __slots__ = ("batch", "pieces", "refused")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.pieces = [batch.payload]
+        self.refused = 0
 
 
 _NUMBER = re.compile(r"\d+")

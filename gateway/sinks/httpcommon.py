@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import ssl
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -33,6 +34,7 @@ from urllib.parse import urlsplit, urlunsplit
 from gateway.errors import (
     SinkAuthError,
     SinkError,
+    SinkPartlyStored,
     SinkRejected,
     SinkTooLarge,
     SinkUnavailable,
@@ -134,10 +136,47 @@ def redact(message: str, secrets: Iterable[str | None]) -> str:
     return message
 
 
-NOT_A_LINE_PROBLEM = ("unsupported path", "page not found", "no such endpoint")
+LINE_PROBLEM_WORDS = ("line", "field", "tag", "pars", "point", "measurement", "timestamp",
+                      "time outside", "retention", "series", "conflict")
+"""Words of a store refusing *lines* (InfluxDB 1.x ``partial write: field type conflict``,
+``unable to parse``, ``points beyond retention policy``; 2.x/3.x ``{"code":"invalid"}``
+messages; VictoriaMetrics ``cannot parse``). A 400 or 422 says nothing else: without one
+of these words it is not a refusal of lines, which would bisect the batch and drop every
+line of it (an outside probe lost 570 of 570 readings to nginx's "400 The plain HTTP
+request was sent to HTTPS port"), but a configuration problem that keeps them buffered."""
+
+NOT_A_LINE_PROBLEM = ("unsupported path", "page not found", "no such endpoint",
+                      "plain http request", "https port")
 """A 400 whose text says the *endpoint* is wrong (VictoriaMetrics answers a URL with an
-extra path this way): not a refusal of lines, which would drop every one of them, but a
-configuration problem that keeps them buffered (like 404)."""
+extra path this way, nginx an http:// URL to its TLS port), whatever other words it has."""
+
+_DROPPED = re.compile(r"dropped=(\d+)")
+_LINE_NUMBER = re.compile(r'\bline \d+:|"line_number"')
+
+
+def is_line_refusal(text: str) -> bool:
+    """Whether a 400/422's message refuses lines (see ``LINE_PROBLEM_WORDS``); an empty
+    answer or an HTML page does not."""
+    lowered = text.lower()
+    if not lowered or lowered.startswith("<") or "<html" in lowered:
+        return False
+    if any(p in lowered for p in NOT_A_LINE_PROBLEM):
+        return False
+    return any(word in lowered for word in LINE_PROBLEM_WORDS)
+
+
+def partly_stored(text: str) -> int | None:
+    """Lines refused by an InfluxDB "partial write" answer (the store kept the others),
+    or None for any other answer. InfluxDB 1.x and 2.x end the message with
+    ``dropped=N``, which leaves out lines that did not parse (each named by ``unable to
+    parse``); 3.x and Cloud list them as ``line N: ...`` or as ``"line_number"`` entries
+    of the answer's ``data``. ``text`` is the whole answer, not the message alone."""
+    lowered = text.lower()
+    if "partial write" not in lowered:
+        return None
+    refused = (sum(int(n) for n in _DROPPED.findall(lowered))
+               + lowered.count("unable to parse"))
+    return max(1, refused or len(_LINE_NUMBER.findall(lowered)))
 
 
 def status_error(
@@ -158,9 +197,14 @@ def status_error(
         return None
     error_type = STATUS_ERRORS.get(status, SinkUnavailable)
     text = error_text(body)
-    if error_type is SinkRejected and any(p in text.lower() for p in NOT_A_LINE_PROBLEM):
-        error_type = SinkAuthError
     message = redact(f"{where}: HTTP {status}" + (f": {text}" if text else ""), secrets)
+    if error_type is SinkRejected:
+        if not is_line_refusal(text):
+            return SinkAuthError(message + " (not a refusal of lines: the data stays buffered)")
+        whole = body.decode("utf-8", "replace") if isinstance(body, bytes) else body or ""
+        refused = partly_stored(whole)
+        if refused is not None:
+            return SinkPartlyStored(message, refused)
     if error_type is SinkUnavailable:
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return SinkUnavailable(message, retry_after=retry_after)
