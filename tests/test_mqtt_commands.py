@@ -9,15 +9,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+import math
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config.loader import load_config
-from gateway.errors import ConfigError
-from gateway.mqtt.ops import OpsBus
+from gateway.errors import CommandRefused, ConfigError
+from gateway.mqtt.commands import ENTRY_COST, CommandMemory, execute
+from gateway.mqtt.ops import OpsBus, _dumps
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
 from tests.support.mqtt import TestClient, publish_properties
@@ -53,8 +58,8 @@ class Requester(TestClient):
         self.subscribe("ops/replies/#", 1)
 
     def send(self, verb: str, body: bytes, correlation: bytes | None = None,
-             reply_to: str | None = None) -> int:
-        info = self.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1,
+             reply_to: str | None = None, retain: bool = False) -> int:
+        info = self.publish(f"compound/cmdtest/gw/cmd/{verb}", body, qos=1, retain=retain,
                             properties=publish_properties(correlation=correlation,
                                                           response_topic=reply_to))
         info.wait_for_publish(5)
@@ -358,3 +363,219 @@ async def test_a_command_delivered_twice_runs_once(
             ops.close()
         gateway.request_stop()
         await asyncio.wait_for(runner, 15)
+
+
+@asynccontextmanager
+async def gateway_on(tmp_path: Path, broker: Mosquitto, client_id: str,
+                     allow_write: str = "relay") -> AsyncIterator[Gateway]:
+    """A gateway with one test_gate device, its ops bus connected to ``broker``."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(gate_config(broker, client_id, allow_write))
+    WRITES.clear()
+    gateway = Gateway(load_config(config))
+    runner = asyncio.create_task(gateway.run())
+    try:
+        await ops_connected(gateway)
+        yield gateway
+    finally:
+        gateway.request_stop()
+        await asyncio.wait_for(runner, 15)
+
+
+def gate_config(broker: Mosquitto, client_id: str, allow_write: str) -> str:
+    return ("gateway: {id: gw-x, site: s, data_dir: data}\n"
+            "sinks: [{type: file, name: f}]\n"
+            f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw,"
+            f" password: gw-secret, base_topic: compound/cmdtest/gw, client_id: {client_id}}}\n"
+            "devices:\n"
+            f"  - {{id: gate-1, driver: test_gate, allow_write: [{allow_write}]}}\n")
+
+
+def strict_json(payload: bytes) -> Any:
+    """RFC 8259 JSON only: NaN / Infinity (Python's extensions) raise."""
+    def refuse(text: str) -> Any:
+        raise ValueError(f"not JSON: {text}")
+    return json.loads(payload, parse_constant=refuse)
+
+
+async def test_command_memory_expires_by_age_not_by_count() -> None:
+    """Outside probe: 5,000 other commands in 1.4 s pushed a command out of a 4096-entry
+    memory, and its repeat ran again. Remembered for 10 minutes, however many come."""
+    now = [1000.0]
+    forced: list[float] = []
+    memory = CommandMemory(clock=lambda: now[0], on_forced=forced.append)
+    key = ("alarm", 'id:"oos-1"')
+    assert memory.first(key) is None
+    memory.remember(key, b'{"ok":true}')
+    for i in range(5000):
+        now[0] += 1.4 / 5000
+        other = ("nosuch", f'id:"f{i}"')
+        assert memory.first(other) is None
+        memory.remember(other, b'{"verb":"nosuch","ok":false,"error":"unknown verb"}')
+    earlier = memory.first(key)
+    assert earlier is not None and await earlier == b'{"ok":true}'
+    now[0] = 1000.0 + 599.9
+    earlier = memory.first(key)
+    assert earlier is not None, "forgotten before its 10 minutes"
+    now[0] = 1000.0 + 600.1
+    assert memory.first(key) is None, "remembered past its 10 minutes"
+    assert forced == []
+    now[0] += 600.1
+    memory.first(("poll", "id:1"))
+    assert len(memory) == 1 and memory.held == ENTRY_COST, "expired entries kept"
+
+
+async def test_command_memory_bound_forgets_oldest_first() -> None:
+    now = [0.0]
+    forced: list[float] = []
+    answer = b"x" * 100
+    memory = CommandMemory(max_bytes=10 * (ENTRY_COST + len(answer)), clock=lambda: now[0],
+                           on_forced=forced.append)
+    for i in range(12):
+        now[0] = float(i)
+        assert memory.first(("write", f"id:{i}")) is None
+        memory.remember(("write", f"id:{i}"), answer)
+    assert memory.held <= memory.max_bytes and len(memory) == 10
+    assert forced == [10.0, 10.0]  # the two oldest, each 10 s after it came
+    assert memory.first(("write", "id:0")) is None  # forgotten: would run again
+    assert memory.first(("write", "id:11")) is not None
+
+
+async def test_ops_bus_says_once_when_the_bound_forgets_early(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        caplog: pytest.LogCaptureFixture) -> None:
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
+    async with gateway_on(tmp_path, broker, "cmdbound") as gateway:
+        ops_bus = ops_bus_of(gateway)
+        ops_bus._memory.max_bytes = 3 * ENTRY_COST + 300
+        ops = Requester(broker.port, "ops", "ops-secret")
+        try:
+            for i in range(6):
+                ops.send("fly", f'{{"id": {i}}}'.encode())
+            await wait_answers(ops, 6)
+        finally:
+            ops.close()
+        assert ops_bus.counters["commands_forgotten_early"] >= 3
+    warnings = [r.getMessage() for r in caplog.records
+                if "duplicate memory" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "commands_forgotten_early" in warnings[0]
+
+
+async def test_retained_commands_never_run(tmp_path: Path,
+                                           mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Outside probe: a retained command published while the gateway was connected ran
+    (the broker cleared RETAIN on live delivery), and clearing it again (an empty
+    retained message, the broker deleting it) was answered and audited as a command."""
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
+    async with gateway_on(tmp_path, broker, "cmdretain") as gateway:
+        ops = Requester(broker.port, "ops", "ops-secret")
+        try:
+            ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1}',
+                     correlation=b"retained", retain=True)
+            answers = await wait_answers(ops, 1)
+            assert answers[0]["ok"] is False and "retained" in answers[0]["error"], answers
+            for verb in ("write", "alarm", "reload"):  # the broker deletes the retained ones
+                ops.send(verb, b"", correlation=b"clear-" + verb.encode(), retain=True)
+            ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 2}',
+                     correlation=b"plain")
+            await wait_answers(ops, 2)
+            ops_bus = ops_bus_of(gateway)
+            await eventually(lambda: not ops_bus._tasks, what="every command handled")
+            ops.send("fly", b"{}", correlation=b"last")  # answered after any earlier answer
+            await eventually(lambda: any(c == b"last" for _, _, c in ops.answers))
+            assert [c for _, _, c in ops.answers] == [b"retained", b"plain", b"last"], \
+                ops.answers
+        finally:
+            ops.close()
+        assert WRITES == [("gate-1", "relay", 2)], "a retained command ran"
+        counters = ops_bus_of(gateway).counters
+        assert counters.get("commands_refused") == 2 and counters.get("commands_ok") == 1
+
+
+async def test_non_finite_numbers_are_refused(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Outside probe: ``NaN`` and ``1e999`` (infinity) bodies reached a device's write
+    (a Modbus float register took NaN), and ``"id": Infinity`` came back as non-standard
+    JSON. Refused at parsing; every answer is standard JSON."""
+    broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
+    async with gateway_on(tmp_path, broker, "cmdnan") as gateway:
+        ops = Requester(broker.port, "ops", "ops-secret")
+        bodies = [b'{"device": "gate-1", "point": "relay", "value": NaN}',
+                  b'{"device": "gate-1", "point": "relay", "value": -Infinity}',
+                  b'{"device": "gate-1", "point": "relay", "value": 1e999}',
+                  b'{"device": "gate-1", "point": "relay", "value": 1, "id": Infinity}',
+                  b'{"device": "gate-1", "point": "relay", "value": 1, "id": -1e400}']
+        try:
+            for i, body in enumerate(bodies):
+                ops.send("write", body, correlation=str(i).encode())
+            await wait_answers(ops, len(bodies))
+            answers = [strict_json(p) for _, p, _ in ops.answers]
+        finally:
+            ops.close()
+        for answer in answers:
+            assert answer["ok"] is False and "not finite" in answer["error"], answer
+            assert "id" not in answer
+        # The verb itself, should a non-finite value come another way than JSON:
+        for value in (math.nan, math.inf, -math.inf):
+            with pytest.raises(CommandRefused, match="finite number"):
+                await execute(gateway, "write", {"device": "gate-1", "point": "relay",
+                                                 "value": value})
+        assert WRITES == []
+
+
+def test_ops_bus_json_is_standard(caplog: pytest.LogCaptureFixture) -> None:
+    """A non-finite number that still reaches an ops-bus message (a float register's
+    read-back) is sent as null, and said once."""
+    assert _dumps({"a": [math.nan, 1.5], "b": {"c": -math.inf}, "d": "x"}) == \
+        b'{"a":[null,1.5],"b":{"c":null},"d":"x"}'
+    assert _dumps({"e": math.inf}) == b'{"e":null}'
+    assert sum("non-finite" in r.getMessage() for r in caplog.records) == 1
+
+
+async def test_last_will_follows_a_reload(tmp_path: Path,
+                                          mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Outside probe: the will (``status: offline``) was built once at start, so after a
+    reload it carried the old config hash. It is built at every connect: after a reload,
+    the will of the next connection carries the new hash and that connection's time."""
+    acl = ACL + "user spy\ntopic read #\n"
+    broker = mosquitto_factory(acl=acl, users={"gw": "gw-secret", "spy": "spy-secret"})
+    async with gateway_on(tmp_path, broker, "cmdwill") as gateway:
+        spy = Spy(broker.port)
+        status = "compound/cmdtest/gw/status"
+
+        def states() -> list[dict[str, Any]]:
+            return [strict_json(p) for p, _ in spy.pairs(status)]
+
+        try:
+            old = gateway.config.digest
+            gateway.config.path.write_text(gate_config(broker, "cmdwill", "relay, siren"))
+            assert await gateway.reload()
+            new = gateway.config.digest
+            assert new != old
+            reloaded_at = datetime.now().astimezone()
+
+            for _ in range(2):  # the will of the connection during the reload, then the next
+                seen = len(states())
+                cut_connection(gateway)
+                await eventually(states, until=back_online(seen), what="offline, then online")
+            wills = [s for s in states() if s["state"] == "offline"]
+        finally:
+            spy.close()
+    assert [w["config"] for w in wills] == [old, new], wills
+    assert datetime.fromisoformat(wills[1]["time"]) >= reloaded_at
+
+
+def back_online(seen: int) -> Callable[[list[dict[str, Any]]], bool]:
+    """Two more status messages than ``seen`` (the will, the birth), the last online."""
+    return lambda states: len(states) >= seen + 2 and states[-1]["state"] == "online"
+
+
+def cut_connection(gateway: Gateway) -> None:
+    """End the ops bus's broker connection without a DISCONNECT: the broker sends the
+    will, as for a crash."""
+    client = ops_bus_of(gateway).connection._client
+    assert client is not None
+    sock = client.socket()
+    assert isinstance(sock, socket.socket)
+    sock.shutdown(socket.SHUT_RDWR)

@@ -282,10 +282,16 @@ class ModbusDriver(Driver):
                                  f"({target.kind}) and cannot be written")
         if self.bus is None:
             raise CommandRefused(f"device {self.ctx.device_id} is not running")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CommandRefused(f"{point}: {value!r} is not a finite number and is not "
+                                 "written")
         try:
             words = target.encode(value)
         except ValueError as exc:
             raise CommandRefused(str(exc)) from None
+        except OverflowError:  # scaled past a float (1e308 at scale 0.001): no integer
+            raise CommandRefused(f"{point}: {value!r} is out of range for "
+                                 f"{target.kind}") from None
         link, unit, timeout = self.bus.link, self.config.unit, self.config.timeout
         await self._exchange(lambda: link.write(target.table, target.address, words, unit,
                                                 timeout), 1, deadline=time.monotonic())

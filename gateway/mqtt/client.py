@@ -95,10 +95,22 @@ class ConnectionStats:
 
 @dataclass(frozen=True)
 class Will:
+    """The last will, registered with the broker at every connect. ``payload`` is called
+    then, not once: a will built at start carried the config hash of before a reload and
+    a time earlier than the birth message (outside probe). MQTT cannot change the will of
+    a live connection, so a reload shows in the will from the next connect on."""
+
     topic: str
-    payload: bytes
+    payload: Callable[[], bytes]
     qos: int = 1
     retain: bool = True
+
+
+class Subscription(NamedTuple):
+    qos: int
+    retain_as_published: bool = False
+    """MQTT 5: deliver the RETAIN flag as the publisher set it (else a broker clears it on
+    live delivery, and a retained message is indistinguishable from a plain one)."""
 
 
 class MqttConnection:
@@ -132,7 +144,7 @@ class MqttConnection:
         self._on_message = on_message
         self._on_connected = on_connected
         self._gather = gather
-        self._subscriptions: dict[str, int] = {}
+        self._subscriptions: dict[str, Subscription] = {}
         self._client: GatewayClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: collections.deque[Message] = collections.deque()
@@ -157,11 +169,16 @@ class MqttConnection:
     async def wait_connected(self) -> None:
         await self._connected.wait()
 
-    def subscribe(self, topic_filter: str, qos: int) -> None:
-        """Remember the filter (re-sent after every connect) and subscribe now if we can."""
-        self._subscriptions[topic_filter] = max(qos, self._subscriptions.get(topic_filter, 0))
+    def subscribe(self, topic_filter: str, qos: int, *,
+                  retain_as_published: bool = False) -> None:
+        """Remember the filter (re-sent after every connect) and subscribe now if we can.
+        ``retain_as_published``: see :class:`Subscription` (MQTT 5 only; a 3.1.1 broker
+        always clears RETAIN on live delivery)."""
+        earlier = self._subscriptions.get(topic_filter)
+        wanted = Subscription(max(qos, earlier.qos if earlier else 0), retain_as_published)
+        self._subscriptions[topic_filter] = wanted
         if self.connected and self._client is not None:
-            self._send_subscribe(self._client, [(topic_filter, qos)])
+            self._send_subscribe(self._client, [(topic_filter, wanted)])
 
     def unsubscribe(self, topic_filter: str) -> None:
         if self._subscriptions.pop(topic_filter, None) is not None and self.connected:
@@ -357,7 +374,8 @@ class MqttConnection:
                 keyfile=str(s.tls.key_file) if s.tls.key_file else None)
             client.tls_insecure_set(s.tls.insecure)
         if self.will is not None:
-            client.will_set(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+            client.will_set(self.will.topic, self.will.payload(), self.will.qos,
+                            self.will.retain)
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.publish_sink = self._paho_publish
@@ -367,11 +385,14 @@ class MqttConnection:
         client.on_socket_open = set_no_delay
         return client
 
-    def _send_subscribe(self, client: paho.Client, items: list[tuple[str, int]]) -> None:
+    def _send_subscribe(self, client: paho.Client,
+                        items: list[tuple[str, Subscription]]) -> None:
         if self.protocol == MQTTProtocolVersion.MQTTv5:
-            client.subscribe([(t, SubscribeOptions(qos=q, retainHandling=1)) for t, q in items])
+            client.subscribe([(t, SubscribeOptions(qos=o.qos, retainHandling=1,
+                                                   retainAsPublished=o.retain_as_published))
+                              for t, o in items])
         else:
-            client.subscribe(items)
+            client.subscribe([(t, o.qos) for t, o in items])
 
     # -- paho thread callbacks: hand over to the event loop, nothing else ----------
 

@@ -10,7 +10,9 @@ because validation happens before any driver call, and the allow-list check live
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -48,6 +50,9 @@ async def _write(gateway: Any, body: dict[str, Any]) -> Any:
     value = body["value"]
     if not isinstance(value, bool | int | float | str) or value is None:
         raise CommandRefused("value must be a number, a boolean or a string")
+    if isinstance(value, float) and not math.isfinite(value):
+        # A float register would be written NaN, an integer one fail to encode.
+        raise CommandRefused(f"value must be a finite number, not {value!r}")
     result = await gateway.write_point(_text(body, "device"), _text(body, "point"), value)
     return {"device": body["device"], "point": body["point"], "value": value, **(result or {})}
 
@@ -105,13 +110,34 @@ def _text(body: dict[str, Any], key: str) -> str:
     return value
 
 
+class _NonFinite(Exception):
+    """``NaN``, ``Infinity`` (Python's JSON extensions) or a number that overflows a
+    float (``1e999``): refused, not parsed, so nothing non-finite reaches a device, an
+    audit record or an answer (found by an outside probe: ``"id": Infinity`` was echoed
+    as ``Infinity``, which no standard JSON parser reads)."""
+
+
+def _non_finite(text: str) -> Any:
+    raise _NonFinite(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text if len(text) <= 40 else text[:40] + "...")
+    return value
+
+
 def parse_body(payload: bytes | bytearray) -> dict[str, Any]:
     if len(payload) > MAX_BODY:
         raise CommandRefused(f"body larger than {MAX_BODY} bytes")
     if not payload.strip():
         return {}
     try:
-        body = json.loads(payload)
+        body = json.loads(payload, parse_constant=_non_finite, parse_float=_finite_float)
+    except _NonFinite as exc:
+        raise CommandRefused(f"body has a number that is not finite ({exc}); JSON has "
+                             "no NaN or Infinity") from None
     except (ValueError, RecursionError):
         raise CommandRefused("body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -129,35 +155,92 @@ async def execute(gateway: Any, verb_name: str, body: dict[str, Any]) -> Any:
     return await verb.run(gateway, body)
 
 
+MEMORY_TTL = 600.0
+"""How long a command is remembered (docs/topics.md: "seen in the last 10 minutes")."""
+MEMORY_BYTES = 16 * 1024 * 1024
+"""The most the remembered answers may hold (each charged ``ENTRY_COST`` plus its JSON):
+about 40,000 typical commands, i.e. 70 a second for the whole 10 minutes. Past it the
+oldest are forgotten before their 10 minutes (counted and logged once by the ops bus): a
+flood of commands must not grow memory without bound, and a sender that floods cannot
+rely on duplicate protection anyway."""
+ENTRY_COST = 256
+"""Bytes charged per remembered command besides its answer: dict slot, key digest, time
+and future, as measured with tracemalloc (about 230)."""
+
+
 class CommandMemory:
     """Answers by command identity for ``ttl`` seconds, so a command delivered twice runs
     once (found by an outside probe: the same ``cmd/write`` ran two or three times when
     the sender's QoS 1 retransmit arrived after a reconnect; for a gate relay that is a
     second opening). The identity is the body's ``id``; without one, a message the broker
     flags as a redelivery (DUP) is matched by its payload. A duplicate gets the first
-    answer again, marked ``"duplicate": true``; one still running is waited for."""
+    answer again (the published JSON); one still running is waited for.
 
-    def __init__(self, ttl: float = 600.0, size: int = 4096) -> None:
+    Expiry is by age, not count: a bound of 4096 entries let a burst of 5,000 other
+    commands in 1.4 s push out a command whose repeat then ran again (outside probe).
+    Memory is bounded by ``max_bytes``; dropping an entry younger than ``ttl`` to stay
+    under it is reported through ``on_forced`` with the dropped entry's age."""
+
+    def __init__(self, ttl: float = MEMORY_TTL, max_bytes: int = MEMORY_BYTES, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_forced: Callable[[float], None] = lambda age: None) -> None:
         self.ttl = ttl
-        self.size = size
-        self._answers: OrderedDict[tuple[str, str], tuple[float, asyncio.Future[Any]]] = \
-            OrderedDict()
+        self.max_bytes = max_bytes
+        self.held = 0
+        """Bytes charged for the entries now remembered."""
+        self._clock = clock
+        self._on_forced = on_forced
+        self._answers: OrderedDict[bytes, _Remembered] = OrderedDict()
 
-    def first(self, key: tuple[str, str]) -> asyncio.Future[Any] | None:
+    def __len__(self) -> int:
+        return len(self._answers)
+
+    def first(self, key: tuple[str, str]) -> asyncio.Future[bytes] | None:
         """The answer (future) of an earlier command with this key, or None: then this one
         is the first, and :meth:`remember` must be given its answer."""
-        now = time.monotonic()
-        while self._answers and next(iter(self._answers.values()))[0] < now - self.ttl:
-            self._answers.popitem(last=False)
-        entry = self._answers.get(key)
+        now = self._clock()
+        self._expire(now)
+        digest = _digest(key)
+        entry = self._answers.get(digest)
         if entry is not None:
-            return entry[1]
-        self._answers[key] = (now, asyncio.get_running_loop().create_future())
-        while len(self._answers) > self.size:
-            self._answers.popitem(last=False)
+            return entry.answer
+        self._answers[digest] = _Remembered(now, asyncio.get_running_loop().create_future())
+        self._charge(ENTRY_COST, now)
         return None
 
-    def remember(self, key: tuple[str, str], answer: dict[str, Any]) -> None:
-        entry = self._answers.get(key)
-        if entry is not None and not entry[1].done():
-            entry[1].set_result(answer)
+    def remember(self, key: tuple[str, str], answer: bytes) -> None:
+        """The first command's published answer, for its duplicates (now and later)."""
+        entry = self._answers.get(_digest(key))
+        if entry is not None and not entry.answer.done():
+            entry.answer.set_result(answer)
+            entry.cost += len(answer)
+            self._charge(len(answer), self._clock())
+
+    def _expire(self, now: float) -> None:
+        while self._answers:
+            entry = next(iter(self._answers.values()))
+            if entry.since >= now - self.ttl:
+                return
+            self._drop_oldest()
+
+    def _charge(self, cost: int, now: float) -> None:
+        self.held += cost
+        while self.held > self.max_bytes and len(self._answers) > 1:
+            self._on_forced(now - self._drop_oldest())
+
+    def _drop_oldest(self) -> float:
+        _, entry = self._answers.popitem(last=False)
+        self.held -= entry.cost
+        return entry.since
+
+
+@dataclass
+class _Remembered:
+    since: float
+    answer: asyncio.Future[bytes]
+    cost: int = ENTRY_COST
+
+
+def _digest(key: tuple[str, str]) -> bytes:
+    """A fixed-size key: an ``id`` may be up to a body's 16 KiB."""
+    return hashlib.sha256("\0".join(key).encode("utf-8", "surrogatepass")).digest()

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
 from gateway.mqtt.alarmtopics import STALE_SCAN_SECONDS, AlarmTopics
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
-from gateway.mqtt.commands import CommandMemory, execute, parse_body
+from gateway.mqtt.commands import MEMORY_BYTES, MEMORY_TTL, CommandMemory, execute, parse_body
 from gateway.mqtt.discovery import Discovery, settings_for
 from gateway.mqtt.replies import ReplyPolicy
 from gateway.plugin import DeadLetter
@@ -34,6 +35,7 @@ from gateway.reading import Reading
 from gateway.registry import register_service
 
 log = logging.getLogger("iotgw.mqtt.ops")
+_json_problems = ProblemLog(log)
 
 DEAD_LETTER_RATE = 20.0
 """Dead letters published per second at most; the rest are only counted."""
@@ -58,7 +60,28 @@ def _field(body: dict[str, Any], key: str) -> str:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+    """Standard JSON (RFC 8259) for every subscriber: Python would write NaN and
+    Infinity bare, which other parsers refuse (an outside probe saw ``"id":Infinity``).
+    A non-finite number that still gets here (a float register's read-back) is sent as
+    null, logged once."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), default=str, allow_nan=False).encode()
+    except ValueError:
+        _json_problems.report("non-finite", "a non-finite number (NaN or infinity) in an "
+                              "ops-bus message was sent as null", level=logging.WARNING)
+        return json.dumps(_finite(obj), separators=(",", ":"), default=str,
+                          allow_nan=False).encode()
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with every NaN and infinity replaced by None (JSON null)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 class OpsBus:
@@ -70,7 +93,7 @@ class OpsBus:
         self.states: dict[str, DeviceStatus] = {}
         self.counters: dict[str, int] = {}
         self._problems = ProblemLog(log)
-        self._memory = CommandMemory()
+        self._memory = CommandMemory(on_forced=self._forgotten_early)
         self._dl_tokens = DEAD_LETTER_RATE
         self._dl_stamp = time.monotonic()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,7 +103,7 @@ class OpsBus:
         self.connection = MqttConnection(
             settings, f"{client_id_base(settings, gateway.config.model.gateway.id)}-ops",
             on_message=self._on_messages, persistent=False,
-            will=Will(f"{self.base}/status", self._status("offline")),
+            will=Will(f"{self.base}/status", lambda: self._status("offline")),
             on_connected=self._on_connected, max_queued=5000)
         ha = settings_for(settings)
         self.discovery: Discovery | None = Discovery(
@@ -154,7 +177,9 @@ class OpsBus:
         if self.discovery is not None:
             for topic, payload in self.discovery.configs.items():
                 conn.publish(topic, payload, 1, True, queue=False)
-        conn.subscribe(f"{self.base}/cmd/+", 1)
+        # Retain as published: else the broker clears RETAIN on live delivery and a
+        # retained command sent while we are connected would run (outside probe).
+        conn.subscribe(f"{self.base}/cmd/+", 1, retain_as_published=True)
         await self._republish_alarms()
 
     # -- alarms ------------------------------------------------------------------------
@@ -299,6 +324,8 @@ class OpsBus:
             if message.retain and self.alarm_topics.scanning() and \
                     self.alarm_topics.retained_seen(message.topic, bytes(message.payload)):
                 continue
+            if message.retain and not message.payload:
+                continue  # a retained message deleted: the broker's doing, not a command
             if message.topic.startswith(prefix) and "/" not in message.topic[len(prefix):]:
                 task = asyncio.create_task(self._command(message.topic[len(prefix):], message))
                 self._tasks.add(task)
@@ -331,7 +358,8 @@ class OpsBus:
                 else (verb, "sha256:" + digest)
             earlier = self._memory.first(key) if "id" in body or message.dup else None
             if earlier is not None:
-                await self._duplicate(verb, body, client, message, topic, await earlier)
+                await self._duplicate(verb, body, client, message, topic,
+                                      json.loads(await earlier))
                 return
             answer: dict[str, Any] = {"ok": True, "result": await execute(self.gateway, verb,
                                                                          body)}
@@ -342,8 +370,9 @@ class OpsBus:
         answer = {"verb": verb, **answer}
         if "id" in body:
             answer["id"] = body["id"]
+        payload = _dumps(answer)
         if key is not None:
-            self._memory.remember(key, answer)
+            self._memory.remember(key, payload)
         self._count("commands_ok" if answer["ok"] else "commands_refused")
         self._audit(verb, body, client, answer)
         if verb not in AUDITED_VERBS:  # those have their audit line: one line a command
@@ -351,8 +380,19 @@ class OpsBus:
                      "ok" if answer["ok"] else f"refused: {answer['error']}",
                      extra={"client": client, "topic": message.topic, "body_sha256": digest,
                             "result": "ok" if answer["ok"] else answer["error"]})
-        self.connection.publish(topic, _dumps(answer), 1, queue=False,
+        self.connection.publish(topic, payload, 1, queue=False,
                                 correlation_data=message.correlation_data)
+
+    def _forgotten_early(self, age: float) -> None:
+        """The command memory's bound made it forget a command before its 10 minutes: a
+        repeat of that one would run again. Counted; logged once."""
+        self._count("commands_forgotten_early")
+        self._problems.report("command_memory", (
+            f"more commands than the duplicate memory holds ({MEMORY_BYTES // 2**20} MiB of "
+            f"answers): one was forgotten {age:.0f} s after it ran instead of "
+            f"{MEMORY_TTL:.0f} s, so a repeat of it would run again (later ones are counted "
+            "in stats ops.commands_forgotten_early)"), level=logging.WARNING,
+            kind="forced")
 
     async def _duplicate(self, verb: str, body: dict[str, Any], client: str, message: Message,
                          topic: str, first: dict[str, Any]) -> None:

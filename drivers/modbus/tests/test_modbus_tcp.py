@@ -144,6 +144,13 @@ async def test_writes_reach_the_server_encoded(sim: TcpSim) -> None:
         await driver.write("temp", 1)
     with pytest.raises(CommandRefused, match=r"out of range|not representable"):
         await driver.write("limit", 1e12)
+    # Outside probe: an integer point raised a bare OverflowError, a float one wrote NaN.
+    with pytest.raises(CommandRefused, match=r"limit: 1e\+308 is out of range for int32"):
+        await driver.write("limit", 1e308)  # x10 for the scale: infinity
+    for name, bad in [(n, v) for n in ("limit", "setpoint")
+                      for v in (float("nan"), float("inf"), -float("inf"))]:
+        with pytest.raises(CommandRefused, match="not a finite number"):
+            await driver.write(name, bad)
     await fleet.stop()
     writes = [r for r in sim.units.requests if r[1].startswith("write:")]
     assert writes == [(7, "write:coil", 3, 1), (7, "write:holding", 0x10, 2),
