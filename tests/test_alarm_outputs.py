@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from gateway.alarms.actions import ActionRunner
-from gateway.alarms.audit import AuditRecord, AuditTrail
+from gateway.alarms.audit import AuditRecord, AuditTrail, audit_for
 from gateway.alarms.model import AlarmKey, AlarmSnapshot, AlarmState, Transition
 from gateway.alarms.stats import FLOOD_LIMIT, AlarmStats
 from gateway.health.metrics import render
@@ -394,3 +394,65 @@ async def test_republish_in_slices_never_overwrites_a_newer_state() -> None:
     mine = [json.loads(p) for t, p in sent if t == f"b/alarms/r/{last}"]
     assert [m["state"] for m in mine] == ["active_acked"], mine
     assert len(topics.published) == 2 * REPUBLISH_SLICE + 11
+
+
+def _strict(payload: bytes) -> Any:
+    """JSON as a strict parser reads it: NaN and Infinity are not JSON."""
+    def refuse(token: str) -> Any:
+        raise AssertionError(f"non-standard JSON token {token} in {payload[:200]!r}")
+    return json.loads(payload, parse_constant=refuse)
+
+
+async def test_a_refused_state_publish_does_not_stop_the_event_and_no_nan_goes_out(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Found by an outside probe: an alarm whose retained state topic paho refuses (a
+    topic level of 70,000 characters: "Publish topic is too long") raised ValueError in
+    the state publish, before the transition's ``alarms/events`` message, so neither went
+    out and only the first such failure was logged (by the service's listener guard).
+    Each publish now stands alone, counted and logged once per kind. The same probe saw
+    ``"for":NaN`` in an audit record (and a float register can hold NaN): the bus now
+    writes strict JSON, with non-finite numbers as null."""
+    caplog.set_level(logging.INFO, logger="iotgw")
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    ops = Watcher(broker.port, "ops", "ops-secret", [f"{BASE}/alarms/#"])
+    fake = FakeAlarms()
+    config = write_config(tmp_path / "gw.yaml", broker.port)
+    long_name = "x" * 70_000
+    try:
+        async with running(config, attach(fake)) as gateway:
+            await ops.wait(lambda: ops_connected(gateway), what="ops bus connected")
+            runner = gateway.service_runners["ops-bus"]
+            topics = getattr(runner, "__self__").alarm_topics  # noqa: B009
+            for n in range(3):
+                fake.set("bykey", long_name, AlarmState.ACTIVE_UNACKED, "raise",
+                         value=float("nan"), message=f"m{n}")
+                fake.set("ok", "meter-1", AlarmState.ACTIVE_UNACKED, "raise",
+                         value=float("inf"))
+            audit_for(gateway).record(AuditRecord(
+                "command", "ok", "meter-1", False,
+                detail={"action": "shelve", "for": float("nan"), "client": "probe",
+                        "error": "bad for"}))
+
+            def events() -> list[Any]:
+                return [_strict(p) for t, p, _ in list(ops.messages)
+                        if t == f"{BASE}/alarms/events"]
+
+            got = await ops.wait(lambda: (lambda e: e if len(e) == 7 else None)(events()),
+                                 what="six transitions and one audit record")
+            long_events = [e for e in got if e.get("rule") == "bykey"]
+            assert [e["message"] for e in long_events] == ["m0", "m1", "m2"]
+            assert all(e["value"] is None and e["device"] == long_name for e in long_events)
+            audit = [e for e in got if e["type"] == "command"]
+            assert audit[0]["for"] is None and audit[0]["action"] == "shelve"
+            state = await ops.wait(lambda: [_strict(p) for t, p, _ in list(ops.messages)
+                                            if t == f"{BASE}/alarms/ok/meter-1"],
+                                   what="the other alarm's state")
+            assert state[-1]["value"] is None
+            assert topics.failed["state"] == 3 and topics.failed["config"] == 1  # announced once
+            assert topics.failed["event"] == 0
+            logged = [r.getMessage() for r in caplog.records
+                      if "alarm state not published" in r.getMessage()]
+            assert len(logged) == 1 and "too long" in logged[0], logged
+    finally:
+        ops.close()

@@ -603,3 +603,43 @@ async def test_a_corrupt_saved_alarm_row_does_not_stop_the_gateway(
     db.close()
     assert main(["alarms", str(config)]) == 0
     assert "hot/meter-1: normal" in capsys.readouterr().out
+
+
+async def test_a_long_count_key_reaches_the_bus_and_can_be_acknowledged(
+        tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
+    """Found by an outside probe: a count rule keyed by a payload value of 70,000
+    characters journaled its alarm, but the retained state topic was too long for paho,
+    the ValueError came before the ``alarms/events`` publish, and neither went out; and
+    any key over ~16 KiB made an alarm whose ``cmd/alarm ack`` the ops bus refuses as too
+    large. Such alarms are now named by a bounded form of the value (prefix, ``~``, hash),
+    the value itself in the event's ``key_value``."""
+    broker = mosquitto_factory(acl=ACL, users=USERS)
+    base = "compound/ae/gw"
+    sinks = "  - {type: file, name: f}\n"
+    rules = "  - {id: bykey, when: 'v > 0', count: {n: 1, within: 1m, key: k}}\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(config_text(base, broker.port, sinks, rules,
+                                  devices="[{id: kdev, driver: test_gate}]"))
+    watcher = Watcher(broker.port, "ops", "ops-secret", [f"{base}/alarms/#", f"{base}/cmd/#"])
+    ops = Ops(watcher, base)
+    long_key = "x" * 70_000
+    try:
+        async with running(config) as gateway:
+            await watcher.wait(lambda: ops_connected(gateway), what="ops bus")
+            await submit(gateway, "kdev", "m", k=long_key, v=1)
+            await submit(gateway, "kdev", "m", k="after-long", v=1)
+            raised = await ops.transitions("bykey", 2, "both raises")
+            name = raised[0]["device"]
+            assert len(name) == 129 and name.startswith("x" * 112) and name[112] == "~"
+            assert raised[0]["key_value"] == long_key[:1024]
+            assert raised[1]["device"] == "after-long" and "key_value" not in raised[1]
+            state = await watcher.wait(lambda: ops.retained("bykey", name),
+                                       what="the long key's retained state")
+            assert state["state"] == "active_unacked"
+            answer = await ops.command("ack", "bykey", name)
+            assert answer["ok"] is True, answer
+            assert answer["result"]["state"] == "active_acked"
+            await watcher.wait(lambda: ops.retained("bykey", name).get("acked"),
+                               what="the acknowledged state")
+    finally:
+        watcher.close()

@@ -12,11 +12,14 @@ import pytest
 from gateway.alarms.config import RuleConfig
 from gateway.alarms.engine import DeviceInfo, Engine
 from gateway.alarms.model import (
+    KEY_VALUE_MAX,
+    NAME_MAX,
     AlarmAction,
     AlarmCommand,
     AlarmCommandRefused,
     AlarmState,
     Transition,
+    bounded_name,
 )
 from gateway.alarms.rules import compile_rule, load_lists
 from gateway.pseudonym import Pseudonymizer
@@ -418,3 +421,78 @@ def test_count_key_alarms_that_never_raised_do_not_fill_max_alarms() -> None:
         sim.feed(t, device="rd-1", measurement="access_event", granted=False, card="bad")
     sim.feed(2003, device="rd-1", measurement="access_event", granted=False, card="bad")
     assert sim.state("d", "bad") is AlarmState.ACTIVE_UNACKED
+
+
+def test_an_interrupted_clear_or_raise_leaves_the_alarm_value_alone() -> None:
+    """Found by an outside probe (``t > 30``, deadband 2, off_delay 1 s): raised at 31.5,
+    then 27/29 flapping, so every clear began and was interrupted; the alarm stayed active
+    (right) but its value became 27.0, a clear that never happened, and the next
+    transition (an ack) and the retained state showed it. ``value`` is the value that
+    decided the last raise or clear: a pending off- (or on-) delay keeps its value aside
+    until the delay runs out."""
+    sim = Sim({"id": "hot", "when": "temp > 30", "deadband": 2, "off_delay": "1s",
+               "for": "1s", "message": "t {temp}"})
+    sim.feed(0, temp=31.0).feed(0.5, temp=31.5).at(1)
+    assert sim.causes() == ["raise"] and sim.log[-1].alarm.value == 31.5
+    for i in range(10):
+        sim.feed(1.1 + i * 0.3, temp=27.0 if i % 2 == 0 else 29.0)
+    assert sim.causes() == ["raise"]
+    sim.cmd("ack", "hot")
+    acked = sim.log[-1]
+    assert acked.cause == "ack" and acked.alarm.value == 31.5, acked.alarm
+    sim.feed(5, temp=25.0).at(6)
+    assert sim.causes()[-1] == "clear" and sim.log[-1].alarm.value == 25.0
+    # a raise that began and was interrupted leaves value and message alone too
+    sim.feed(10, temp=40.0).feed(10.5, temp=20.0).at(20)
+    assert sim.causes()[-1] == "clear"
+    alarm = sim.engine.alarms[("hot", "meter-1")].snapshot()
+    assert alarm.value == 25.0 and alarm.message == "t 31.5", alarm
+
+
+def test_the_pending_value_survives_a_restart() -> None:
+    """The off-delay is saved with the alarm (it survives a restart), and so is the value
+    it will set when it runs out."""
+    rule = {"id": "hot", "when": "temp > 30", "deadband": 2, "off_delay": "5s"}
+    sim = Sim(rule)
+    sim.feed(0, temp=31.0).feed(1, temp=27.0)
+    alarm = sim.engine.alarms[("hot", "meter-1")]
+    assert alarm.value == 31.0
+    row = alarm.to_row()
+    restarted = Sim(rule)
+    restarted.engine.restore([("hot", "meter-1", alarm.seq, restarted.rules[0].digest, row,
+                               alarm.since, alarm.value, alarm.message)], restarted.now)
+    restarted.engine.start(restarted.now)
+    restarted.at(10)
+    assert restarted.causes() == ["clear"] and restarted.log[-1].alarm.value == 27.0
+
+
+def test_a_long_count_key_names_its_alarm_by_a_bounded_stable_name() -> None:
+    """Found by an outside probe: a count key's value of 70,000 characters named the
+    alarm, so its retained topic level was refused by paho and its ``cmd/alarm ack`` was
+    larger than the ops bus accepts. Names over NAME_MAX characters become a prefix,
+    ``~`` and a hash: the same value names the same alarm, values with the same prefix
+    name different ones, and the value itself is kept (bounded) in ``key_value``."""
+    sim = Sim({"id": "bykey", "when": "v > 0", "count": {"n": 1, "within": "1m", "key": "k"}})
+    first, second = "x" * 70_000, "x" * 69_999 + "y"
+    sim.feed(0, device="kdev", k=first, v=1).feed(1, device="kdev", k=second, v=1)
+    sim.feed(2, device="kdev", k=first, v=1).feed(3, device="kdev", k="short", v=1)
+    names = [t.alarm.key.device for t in sim.log if t.cause == "raise"]
+    assert len(names) == 3 and names[2] == "short"
+    assert names[0] != names[1] and all(len(n) == NAME_MAX + 1 for n in names[:2])
+    assert names[0] == bounded_name(first) and names[0].startswith("x" * 100)
+    assert {len(a.alarm_id) for a in sim.engine.alarms.values()} == {16}
+    raised = sim.log[0].alarm
+    assert raised.key_value == first[:KEY_VALUE_MAX] and sim.log[-1].alarm.key_value is None
+    assert bounded_name("y" * NAME_MAX) == "y" * NAME_MAX  # kept as it is up to the limit
+    # acknowledged by its name, or by the value itself
+    assert sim.cmd("ack", "bykey", names[0]) is AlarmState.ACTIVE_ACKED
+    assert sim.cmd("ack", "bykey", second) is AlarmState.ACTIVE_ACKED
+
+
+def test_a_shelve_for_a_non_finite_duration_is_refused() -> None:
+    sim = Sim({"id": "r", "when": "v > 1"})
+    sim.feed(0, v=5)
+    for duration in (math.nan, math.inf, -1.0):
+        with pytest.raises(AlarmCommandRefused, match="finite"):
+            sim.cmd("shelve", "r", duration=duration)
+    assert sim.state("r") is AlarmState.ACTIVE_UNACKED

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.alarms.model import finite
+
 log = logging.getLogger("iotgw.alarms.audit")
 
 
@@ -32,8 +34,12 @@ class AuditRecord:
     """Kind-specific keys: action, client, error, state, seq / trigger, target, error."""
 
     def as_json(self) -> dict[str, Any]:
+        """The record as JSON can carry it: a non-finite number in ``detail`` (a command
+        body's ``"for": NaN``, which the ops bus's parser took) is null."""
+        detail = finite(self.detail)
+        assert isinstance(detail, dict)
         return {"type": self.kind, "rule": self.rule, "device": self.device, "ok": self.ok,
-                "at": self.at, **self.detail}
+                "at": self.at, **detail}
 
 
 AuditListener = Callable[[AuditRecord], None]

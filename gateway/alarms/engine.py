@@ -28,11 +28,14 @@ from typing import Any
 from gateway.alarms.config import AlarmsSection
 from gateway.alarms.expr import RuleRuntimeError
 from gateway.alarms.model import (
+    KEY_VALUE_MAX,
     AlarmAction,
     AlarmCommand,
     AlarmCommandRefused,
     AlarmState,
     Transition,
+    bounded_name,
+    finite,
 )
 from gateway.alarms.rules import CompiledRule
 from gateway.alarms.state import Alarm, alarm_id
@@ -353,7 +356,7 @@ class Engine:
             if key_value is None:
                 raise RuleRuntimeError(f"missing:{cfg.count.key}",
                                        f"no value named {cfg.count.key!r} (count key)")
-            alarm = self._alarm(rule, str(key_value), device_id, now)
+            alarm = self._keyed_alarm(rule, str(key_value), device_id, now)
         else:
             alarm = self._alarm(rule, device_id, device_id, now)
         if alarm is None:
@@ -388,26 +391,44 @@ class Engine:
             off = clear.truth(values) if clear is not None else not when.truth(values)
             self._debounce_off(alarm, rule, off, values, now)
 
+    def _keyed_alarm(self, rule: CompiledRule, name: str, source: str,
+                     now: float) -> Alarm | None:
+        """The alarm of a count keyed by a reading's value: named by
+        :func:`bounded_name` of it (a topic level, an alarm id and a ``cmd/alarm`` body
+        stay within their limits whatever the reading holds), the value itself kept, up
+        to KEY_VALUE_MAX characters, in ``key_value``."""
+        bounded = bounded_name(name)
+        alarm = self._alarm(rule, bounded, source, now)
+        if alarm is not None and bounded != name and alarm.key_value is None:
+            alarm.key_value = name[:KEY_VALUE_MAX]
+        return alarm
+
     def _value_of(self, rule: CompiledRule, values: Mapping[str, Any]) -> FieldValue | None:
+        """The value that decides a raise or clear; a non-finite number (a float register
+        holding NaN) is None, as JSON has no such value."""
         when = rule.when
         if when is not None and when.threshold is not None:
             v = values.get(when.threshold.field)
             if v is not None:
-                return v
+                return finite(v)  # type: ignore[return-value]
         for name in sorted(rule.trigger):
             if name in values:
-                return values[name]
+                return finite(values[name])  # type: ignore[return-value]
         return None
 
     def _debounce_on(self, alarm: Alarm, rule: CompiledRule, on: bool,
                      values: Mapping[str, Any], now: float) -> None:
         delay = rule.config.for_
         if on:
-            alarm.value = self._value_of(rule, values)
-            alarm.message = _render(rule.config.message, values)
             if delay <= 0:
+                alarm.value = self._value_of(rule, values)
                 self._condition(alarm, rule, True, values, now)
-            elif alarm.pending_on is None:
+                return
+            # the latest reading that holds the condition; the alarm's own value and
+            # message change only if the on-delay runs out (_fire_on)
+            alarm.pending_value = self._value_of(rule, values)
+            alarm.pending_message = _render(rule.config.message, values)
+            if alarm.pending_on is None:
                 alarm.pending_on = now
                 self._mark(alarm)
                 self._arm(now + delay, "on", alarm)
@@ -426,7 +447,9 @@ class Engine:
                 self._condition(alarm, rule, False, values, now)
             elif alarm.pending_off is None:
                 alarm.pending_off = now
-                alarm.value = self._value_of(rule, values)
+                # the value that began the clear; the alarm's own value changes only if
+                # the off-delay runs out (_fire_off), not when the clear is interrupted
+                alarm.pending_value = self._value_of(rule, values)
                 self._mark(alarm)
                 self._arm(now + delay, "off", alarm)
         elif alarm.pending_off is not None:
@@ -461,7 +484,8 @@ class Engine:
     def _condition(self, alarm: Alarm, rule: CompiledRule, on: bool,
                    values: Mapping[str, Any] | None, now: float) -> None:
         """The debounced condition changed."""
-        alarm.pending_on = alarm.pending_off = None
+        alarm.pending_on = alarm.pending_off = alarm.pending_value = None
+        alarm.pending_message = ""
         alarm.condition = on
         self._mark(alarm)
         if values is not None and rule.config.message:
@@ -526,8 +550,11 @@ class Engine:
         self._emit(alarm, previous, "suppress" if on else "unsuppress", now)
 
     def command(self, command: AlarmCommand, now: float) -> Alarm:
-        """Apply an operator command; raises :class:`AlarmCommandRefused`."""
-        alarm = self.alarms.get((command.rule, command.device))
+        """Apply an operator command; raises :class:`AlarmCommandRefused`. A count key's
+        value longer than NAME_MAX names its alarm by its :func:`bounded_name`: either
+        that name or the value itself finds it."""
+        alarm = self.alarms.get((command.rule, command.device)) or self.alarms.get(
+            (command.rule, bounded_name(command.device)))
         if alarm is None:
             rule = self._rules.get(command.rule)
             if rule is None:
@@ -565,6 +592,10 @@ class Engine:
     def _shelve(self, alarm: Alarm, command: AlarmCommand, now: float) -> None:
         if alarm.out_of_service:
             raise AlarmCommandRefused("the alarm is out of service")
+        if command.duration is not None and not (
+                math.isfinite(command.duration) and command.duration > 0):
+            raise AlarmCommandRefused(
+                f"a shelve lasts a positive, finite number of seconds, not {command.duration}")
         alarm.shelved = True
         alarm.shelved_until = None if command.duration is None else now + command.duration
         alarm.realarm_at = None
@@ -757,11 +788,13 @@ class Engine:
                 alarm.pending_on = None  # the span ended first
                 self._mark(alarm)
                 return
+            alarm.value, alarm.message = alarm.pending_value, alarm.pending_message
             self._condition(alarm, rule, True, None, due)
 
     def _fire_off(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         if alarm.pending_off is not None and alarm.condition \
                 and alarm.pending_off + rule.config.off_delay <= now + _EPS:
+            alarm.value = alarm.pending_value
             self._condition(alarm, rule, False, None, alarm.pending_off + rule.config.off_delay)
 
     def _fire_shelve(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:

@@ -8,6 +8,8 @@ States follow ISA-18.2 / IEC 62682 (see docs/alarms.md).
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -15,6 +17,48 @@ from typing import Protocol
 
 from gateway.errors import GatewayError
 from gateway.reading import FieldValue
+
+NAME_MAX = 128
+"""Longest alarm name (the device part of the key) kept as it is, in characters."""
+_NAME_SHOWN = NAME_MAX - 16
+KEY_VALUE_MAX = 1024
+"""How much of a shortened count key's value the alarm keeps (``key_value``)."""
+
+
+def name_digest(name: str, digits: int) -> str:
+    """The first ``digits`` hex digits of the SHA-256 of ``name``: the one hash by which
+    names too odd or too long to use as they are get a stable, distinct short form (here
+    and in the Home Assistant object ids, gateway/mqtt/discovery.py)."""
+    return hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
+
+
+def bounded_name(name: str) -> str:
+    """``name`` if it has at most NAME_MAX characters, else its first 112 characters,
+    ``~`` and 16 hex digits of its hash (129 characters).
+
+    An alarm of a count rule is named by a value from a reading (``key: reader``), which
+    can be any length: 70,000 characters made a topic level paho refuses and an alarm
+    whose ``cmd/alarm ack`` is larger than the ops bus accepts. The short form is stable
+    (the same value always names the same alarm, across restarts), distinct for distinct
+    values (64 bits of hash), and longer than NAME_MAX, so no value kept as it is can
+    name the same alarm as a shortened one. Not idempotent (a short form is itself over
+    NAME_MAX): apply it to a reading's value, not to an alarm's name."""
+    if len(name) <= NAME_MAX:
+        return name
+    return f"{name[:_NAME_SHOWN]}~{name_digest(name, 16)}"
+
+
+def finite(value: object) -> object:
+    """``value`` with non-finite floats (NaN, ±Infinity) as None, inside dicts and lists
+    too: JSON has no such numbers (``json.dumps`` would write the non-standard ``NaN``,
+    which strict parsers refuse), so what goes out on the ops bus never holds one."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 class AlarmState(StrEnum):
@@ -74,6 +118,9 @@ class AlarmSnapshot:
     shelved_until: float | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
     """The device's installer tags (building, unit ...), for routing and queries."""
+    key_value: str | None = None
+    """For an alarm named by a count key whose value was longer than NAME_MAX (its name
+    is then :func:`bounded_name`): that value, at most KEY_VALUE_MAX characters of it."""
 
     @property
     def active(self) -> bool:

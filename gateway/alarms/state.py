@@ -57,12 +57,20 @@ class Alarm:
     """When `when` started to hold (the on-delay runs from here)."""
     pending_off: float | None = None
     """When the clear started to hold (the off-delay runs from here)."""
+    pending_value: FieldValue | None = None
+    """The value (and, raising, the message) of a pending on- or off-delay: they become
+    ``value``/``message`` only when the delay runs out. Set when the delay started, a
+    cancelled clear left its value on an alarm that stayed active (``value`` is the value
+    that decided the last raise or clear, not one that nearly did)."""
+    pending_message: str = ""
     realarm_at: float | None = None
     last_seen: float | None = None
     changes: deque[float] = field(default_factory=lambda: deque(maxlen=64))
     """Times of recent raises/clears, for chatter."""
     extra: dict[str, Any] | None = None
     """Count/window state (see engine), saved at checkpoints."""
+    key_value: str | None = None
+    """See :attr:`AlarmSnapshot.key_value`."""
     dirty: bool = False
     extra_changed: bool = False
     """``extra`` changed since the last checkpoint."""
@@ -93,7 +101,8 @@ class Alarm:
             key=self.key, state=self.state, severity=self.severity, since=self.since,
             value=self.value, message=self.message, seq=self.seq, alarm_id=self.alarm_id,
             latched=self.latched, chatter=self.chatter,
-            shelved_until=self.shelved_until if self.shelved else None, tags=self.tags)
+            shelved_until=self.shelved_until if self.shelved else None, tags=self.tags,
+            key_value=self.key_value)
 
     # -- persistence (the journal's alarm_state row) ------------------------------------
 
@@ -105,6 +114,8 @@ class Alarm:
             "condition": self.condition, "pending_on": self.pending_on,
             "pending_off": self.pending_off, "realarm_at": self.realarm_at,
             "changes": list(self.changes), "extra": self.extra,
+            "pending_value": self.pending_value, "pending_message": self.pending_message,
+            "key_value": self.key_value,
         }
 
     def load_row(self, row: dict[str, Any], *, keep_timers: bool) -> None:
@@ -120,7 +131,12 @@ class Alarm:
         self.condition = bool(row.get("condition", self.active))
         self.realarm_at = row.get("realarm_at")
         self.changes.extend(row.get("changes") or ())
+        key_value = row.get("key_value")
+        self.key_value = key_value if isinstance(key_value, str) else None
         if keep_timers:
             self.pending_on = row.get("pending_on")
             self.pending_off = row.get("pending_off")
+            # rows saved before these keys kept the pending value in value and message
+            self.pending_value = row.get("pending_value", self.value)
+            self.pending_message = str(row.get("pending_message", self.message))
             self.extra = row.get("extra")

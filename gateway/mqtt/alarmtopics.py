@@ -15,21 +15,31 @@ transition); and for STALE_SCAN_SECONDS after a
 connect the gateway subscribes to ``alarms/+/+`` (and its Home Assistant alarm configs) to
 read what the broker retained from earlier runs, clearing (empty retained message) every
 alarm the engine does not have.
+
+Each publish stands alone: one the client refuses (a topic or payload paho will not
+send, a value JSON cannot carry) is counted in :attr:`AlarmTopics.failed` by kind and
+logged once per kind, and the others of the same transition still go out (a refused
+retained state used to take the transition's event down with it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
 from gateway.alarms.audit import AuditRecord
-from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition
+from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition, finite
 from gateway.mqtt.discovery import Discovery
+from gateway.problems import ProblemLog
+
+log = logging.getLogger("iotgw.mqtt.alarms")
 
 Publish = Callable[..., bool]
 """``MqttConnection.publish(topic, payload, qos, retain, queue=...)``."""
@@ -45,7 +55,9 @@ def _iso(epoch: float | None) -> str | None:
 
 
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), default=str).encode()
+    """Strict JSON: NaN and Infinity are refused (ValueError), not written as the
+    non-standard tokens other parsers reject; the bodies map them to null first."""
+    return json.dumps(obj, separators=(",", ":"), default=str, allow_nan=False).encode()
 
 
 def state_body(alarm: AlarmSnapshot) -> dict[str, Any]:
@@ -54,17 +66,22 @@ def state_body(alarm: AlarmSnapshot) -> dict[str, Any]:
             "state": str(alarm.state), "active": alarm.active, "acked": alarm.acked,
             "severity": alarm.severity,
             # seq 0: no transition yet (a pending on-delay), so no state change to date
-            "since": _iso(alarm.since) if alarm.seq else None, "value": alarm.value,
+            "since": _iso(alarm.since) if alarm.seq else None, "value": finite(alarm.value),
             "message": alarm.message, "seq": alarm.seq, "latched": alarm.latched,
             "chatter": alarm.chatter, "shelved_until": _iso(alarm.shelved_until),
             "tags": dict(alarm.tags)}
 
 
 def event_body(transition: Transition) -> dict[str, Any]:
+    """A transition on ``alarms/events``; an alarm named by a shortened count key value
+    (gateway.alarms.model.bounded_name) carries that value as ``key_value``."""
     alarm = transition.alarm
-    return {"type": "transition", "cause": transition.cause,
+    body = {"type": "transition", "cause": transition.cause,
             "previous": str(transition.previous), "at": _iso(transition.at),
             "client": transition.client, **state_body(alarm)}
+    if alarm.key_value is not None:
+        body["key_value"] = alarm.key_value
+    return body
 
 
 def audit_body(record: AuditRecord) -> dict[str, Any]:
@@ -95,6 +112,9 @@ class AlarmTopics:
         """While :meth:`republish` runs: alarms that had a transition since it began."""
         self.cleared = 0
         """Retained alarm topics removed because their alarm no longer exists."""
+        self.failed: Counter[str] = Counter()
+        """Publishes the client refused, by kind (state, event, audit, config, clear)."""
+        self._problems = ProblemLog(log)
 
     def topic(self, key: AlarmKey) -> str:
         return f"{self.base}/alarms/{topic_level(key.rule)}/{topic_level(key.device)}"
@@ -138,16 +158,16 @@ class AlarmTopics:
         if self._fresh is not None:
             self._fresh.add(alarm.key)
         if transition.cause in GONE_CAUSES:  # its rule was removed: the alarm is gone
-            self._publish(self.events_topic, _dumps(event_body(transition)), 1, False)
+            self._send("event", self.events_topic, lambda: event_body(transition), True)
             self._clear(alarm.key)
             return
         if alarm.key not in self.published:
             self._announce(alarm)
         self._state(alarm)
-        self._publish(self.events_topic, _dumps(event_body(transition)), 1, False)
+        self._send("event", self.events_topic, lambda: event_body(transition), True)
 
     def audit(self, record: AuditRecord) -> None:
-        self._publish(self.events_topic, _dumps(audit_body(record)), 1, False)
+        self._send("audit", self.events_topic, lambda: audit_body(record), True)
 
     def reconcile(self, alarms: Iterable[AlarmSnapshot]) -> None:
         """Clear the retained topics of alarms the engine no longer has."""
@@ -176,7 +196,7 @@ class AlarmTopics:
         except (ValueError, AttributeError):
             key = None
         if key is not None and key not in self.published:
-            self._publish(topic, b"", 1, True)
+            self._send("clear", topic, lambda: b"", True, retain=True)
             self.cleared += 1
         return True
 
@@ -190,19 +210,39 @@ class AlarmTopics:
 
     # -- publishing ----------------------------------------------------------------------
 
+    def _send(self, kind: str, topic: str, body: Callable[[], Any], queue: bool, *,
+              retain: bool = False) -> bool:
+        """Publish one message (QoS 1); ``body`` is bytes as they are, or an object for
+        JSON, built here so that a value JSON cannot carry fails this message only. A
+        refusal (paho: a topic over 65,535 bytes, a payload too large ...) is counted by
+        kind and logged once per kind, and the caller goes on with its other messages."""
+        try:
+            payload = body()
+            data = payload if isinstance(payload, bytes) else _dumps(payload)
+            return self._publish(topic, data, 1, retain, queue=queue)
+        except ValueError as exc:
+            self.failed[kind] += 1
+            self._problems.report(
+                f"publish:{kind}", f"alarm {kind} not published: {exc} (counted; logged once)",
+                detail=f"topic {topic[:200]!r}")
+            return False
+
     def _state(self, alarm: AlarmSnapshot) -> None:
         self.published.add(alarm.key)
         # not queued: every state is re-sent on connect anyway
-        self._publish(self.topic(alarm.key), _dumps(state_body(alarm)), 1, True, queue=False)
+        self._send("state", self.topic(alarm.key), lambda: state_body(alarm), False,
+                   retain=True)
 
     def _announce(self, alarm: AlarmSnapshot) -> None:
-        if self.discovery is not None:
-            topic, payload = self.discovery.alarm_config(alarm, self.topic(alarm.key))
-            self._publish(topic, payload, 1, True, queue=False)
+        discovery = self.discovery
+        if discovery is not None:
+            topic, payload = discovery.alarm_config(alarm, self.topic(alarm.key))
+            self._send("config", topic, lambda: payload, False, retain=True)
 
     def _clear(self, key: AlarmKey) -> None:
         self.published.discard(key)
         self.cleared += 1
-        self._publish(self.topic(key), b"", 1, True)
+        self._send("clear", self.topic(key), lambda: b"", True, retain=True)
         if self.discovery is not None:
-            self._publish(self.discovery.alarm_forget(key), b"", 1, True)
+            self._send("clear", self.discovery.alarm_forget(key), lambda: b"", True,
+                       retain=True)

@@ -21,13 +21,12 @@ present and otherwise returns "disabled".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.alarms.model import ACTIVE_STATES, AlarmKey, AlarmSnapshot
+from gateway.alarms.model import ACTIVE_STATES, AlarmKey, AlarmSnapshot, name_digest
 from gateway.reading import Reading
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -67,7 +66,7 @@ def _named(name: str) -> str:
     so "东门" and "西门" do not both become "" (one entity for two alarms)."""
     if _ID_LIKE.fullmatch(name):
         return _safe(name)
-    return f"{_safe(name)}_{hashlib.sha256(name.encode()).hexdigest()[:10]}".lstrip("_")
+    return f"{_safe(name)}_{name_digest(name, 10)}".lstrip("_")
 
 
 def _alarm_object_id(key: AlarmKey) -> str:
