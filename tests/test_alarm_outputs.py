@@ -415,7 +415,7 @@ async def test_a_refused_state_publish_does_not_stop_the_event_and_no_nan_goes_o
     writes strict JSON, with non-finite numbers as null."""
     caplog.set_level(logging.INFO, logger="iotgw")
     broker = mosquitto_factory(acl=ACL, users=USERS)
-    ops = Watcher(broker.port, "ops", "ops-secret", [f"{BASE}/alarms/#"])
+    ops = Watcher(broker.port, "ops", "ops-secret", [f"{BASE}/alarms/#", f"{BASE}/stats"])
     fake = FakeAlarms()
     config = write_config(tmp_path / "gw.yaml", broker.port)
     long_name = "x" * 70_000
@@ -451,6 +451,10 @@ async def test_a_refused_state_publish_does_not_stop_the_event_and_no_nan_goes_o
             assert state[-1]["value"] is None
             assert topics.failed["state"] == 3 and topics.failed["config"] == 1  # announced once
             assert topics.failed["event"] == 0
+            await getattr(runner, "__self__")._publish_stats()  # noqa: B009
+            stats = await ops.wait(lambda: [_strict(p) for t, p, _ in list(ops.messages)
+                                            if t == f"{BASE}/stats"], what="stats")
+            assert stats[-1]["ops"]["alarm_publish_failed"] == {"state": 3, "config": 1}
             logged = [r.getMessage() for r in caplog.records
                       if "alarm state not published" in r.getMessage()]
             assert len(logged) == 1 and "too long" in logged[0], logged

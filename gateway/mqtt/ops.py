@@ -312,7 +312,8 @@ class OpsBus:
             "devices": {i: dict(c.status.counters) for i, c in self.gateway.devices.items()
                         if c.status.counters},
             "ops": {**self.counters, "queued_dropped": self.connection.stats.queued_dropped,
-                    "publish_refused": self.connection.stats.publish_refused},
+                    "publish_refused": self.connection.stats.publish_refused,
+                    "alarm_publish_failed": dict(self.alarm_topics.failed)},
         }
         self.connection.publish(f"{self.base}/stats", _dumps(body), 0, queue=False)
 
