@@ -1226,14 +1226,26 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+def _report_orphan(name: object, job: asyncio.Future[Any]) -> None:
+    """Log the failure of a buffer call that ran on after its caller was cancelled."""
+    if job.cancelled():
+        return
+    exc = job.exception()
+    if exc is not None:
+        log.warning("buffer: %s, whose caller had been cancelled, failed: %s", name, exc)
+
+
 class AsyncBuffer:
     """Runs a :class:`Buffer` on one dedicated worker thread.
 
     Commits wait for fsync (milliseconds on flash, more under load); on the event loop that
     would stall every driver and forwarder. One worker thread keeps SQLite single-threaded
     and runs calls in the order they were made. A call whose awaiting task is cancelled
-    still runs to completion on the worker (an append may commit): harmless, delivery is
-    at-least-once. Sequences passed to :meth:`append` must not be mutated until it returns.
+    still runs to completion on the worker, in its place in the queue, even if it had not
+    started yet (an append may commit, an ack is recorded); the awaiter gets
+    ``CancelledError`` at once. Harmless for appends (delivery is at-least-once) and
+    needed for acks, or a stopped forwarder's sink would get its last batch again.
+    Sequences passed to :meth:`append` must not be mutated until it returns.
     """
 
     def __init__(self, buffer: Buffer) -> None:
@@ -1250,10 +1262,22 @@ class AsyncBuffer:
         return self.buffer.recovered_from_corruption
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Queue ``fn`` on the worker and wait for it; the call runs even if we are cancelled.
+
+        ``run_in_executor`` would cancel a call still queued behind another when its
+        awaiter is cancelled: a forwarder stopped while its ack waited lost the ack and the
+        sink got the batch again. The worker's future is shielded instead, so cancelling
+        only stops the waiting (``CancelledError`` as usual); the call keeps its place in
+        the queue, and an error it raises after its caller left is logged, not lost.
+        """
         if self._closed:
             raise BufferFailure(f"buffer {self.buffer.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        job = asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(functools.partial(_report_orphan, getattr(fn, "__name__", fn)))
+            raise
 
     async def open(self) -> Path | None:
         return await self._run(self.buffer.open)

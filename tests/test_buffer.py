@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ from gateway.buffer import (
     read_stats,
 )
 from gateway.errors import BufferFailure
+from tests.support.wait import eventually
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_700_000_000_000_000_000
@@ -534,3 +536,60 @@ def test_read_after_a_position_kept_in_memory(tmp_path: Path) -> None:
     assert buf.stats().depth_lines == 2
     assert drain(buf, "a") == lines(4, 2)
     buf.close()
+
+
+async def test_a_cancelled_call_still_queued_runs_in_its_place(tmp_path: Path) -> None:
+    """Found by an outside probe: ``run_in_executor`` dropped a queued call whose awaiter
+    was cancelled, so a forwarder stopped while its ack waited behind a commit sent the
+    batch again at restart. The call must run, in order; the awaiter sees CancelledError."""
+    abuf = AsyncBuffer(Buffer(tmp_path / "buf.db", 10 * 1024 * 1024, "drop_oldest"))
+    await abuf.open()
+    await abuf.register_sinks(["a"])
+    await abuf.append(lines(0, 3), T0, T0)
+    batch = await abuf.read("a", 100)
+    assert batch is not None
+    busy, release = threading.Event(), threading.Event()
+
+    def hold_the_worker(_conn: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait()
+
+    holding = asyncio.ensure_future(abuf.query(hold_the_worker))
+    ack = asyncio.ensure_future(abuf.ack("a", batch.last_id))
+    after = asyncio.ensure_future(abuf.append(lines(3, 2), T0, T0))
+    await eventually(busy.is_set, what="the worker is busy")
+    ack.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await ack
+    release.set()
+    await holding
+    await after
+    stats = await abuf.stats()  # queued behind the ack: it has run by now
+    assert stats.sinks["a"].acked_id == batch.last_id
+    again = await abuf.read("a", 100)
+    assert again is not None and again.payload == b"\n".join(lines(3, 2))
+    await abuf.close()
+
+
+async def test_a_cancelled_call_that_fails_later_is_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    abuf = AsyncBuffer(Buffer(tmp_path / "buf.db", 10 * 1024 * 1024, "drop_oldest"))
+    await abuf.open()
+    release = threading.Event()
+    holding = asyncio.ensure_future(abuf.query(lambda _conn: release.wait()))
+    bad = asyncio.ensure_future(abuf.ack("nobody", 1))
+    await asyncio.sleep(0)
+    bad.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bad
+    with caplog.at_level(logging.WARNING, logger="iotgw.buffer"):
+        release.set()
+        await holding
+        await abuf.stats()
+        await eventually(lambda: [r for r in caplog.records if "cancelled" in r.getMessage()],
+                         what="the orphaned call's failure is logged")
+    message = [r.getMessage() for r in caplog.records if "cancelled" in r.getMessage()]
+    assert len(message) == 1 and "unknown sink 'nobody'" in message[0]
+    await abuf.close()
+
