@@ -36,6 +36,19 @@ Cursors: at-least-once delivery per sink
     the sinks are registered (at start-up), so it stops holding data back. With no sink
     registered at all, nothing is pruned and ``max_bytes`` decides what is kept.
 
+Checksums and quarantine
+    SQLite checks its page structure, not the data in it: bitrot inside a payload (one
+    digit changed, a run of bytes overwritten) passes ``quick_check`` and would be sent as a
+    wrong reading. Each chunk's CRC-32 is written with it, in the same transaction, and
+    checked whenever a chunk is read for a sink; a chunk that fails is moved to the
+    ``quarantine`` table (payload as found, both checksums, when), logged once at ERROR
+    with its id and line count and counted (``quarantined_*_total``); delivery goes on
+    with the next chunk. The checksums live in a table of their own, ``chunk_crc``, not in
+    a new column: the chunks table keeps the columns older gateways check exactly, so a
+    buffer file stays usable after a rollback. Chunks written by an older gateway have no
+    checksum and are read unchecked; checksums of chunks an older gateway deleted are
+    dropped at open.
+
 Totals
     Lines, chunks and payload bytes held, the lines ever committed, the lines dropped
     because the buffer was full and the newest reading time are kept in the ``meta`` table,
@@ -70,6 +83,7 @@ import os
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -87,12 +101,20 @@ from gateway.walcheck import check_wal, copy_aside, inspect_wal, rebuild_from_wa
 log = logging.getLogger("iotgw.buffer")
 
 WhenFull = Literal["drop_oldest", "drop_newest"]
+DropCause = Literal["max_bytes", "min_free", "disk_full"]
+"""Why the buffer counted as full: its payload cap, the free-space floor, or SQLITE_FULL."""
 Synchronous = Literal["full", "normal"]
 
 SCHEMA_VERSION = 1
 _JOURNAL_SIZE_LIMIT = 64 * 1024 * 1024
 _BUSY_TIMEOUT_S = 10.0
 _DROP_LOG_INTERVAL_S = 60.0
+_DROP_CAUSES: dict[DropCause, str] = {
+    "max_bytes": "the buffer is full (max_bytes: {buf.max_bytes} payload bytes held)",
+    "min_free": "free space on {buf.disk.directory} is below min_free ({buf.disk.min_free} "
+                "bytes)",
+    "disk_full": "the file system of {buf.path} is full (SQLITE_FULL)",
+}
 # Primary result codes (extended codes carry them in the low byte) meaning "this file is
 # damaged or is not a database". Anything else (locked, busy, cannot open, I/O error,
 # read-only, disk full) is a problem of the system, not of the file: moving the file aside
@@ -125,6 +147,21 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chunk_crc (
+    id INTEGER PRIMARY KEY,
+    crc INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL,
+    nbytes INTEGER NOT NULL,
+    oldest_ns INTEGER NOT NULL,
+    newest_ns INTEGER NOT NULL,
+    crc_stored INTEGER NOT NULL,
+    crc_found INTEGER NOT NULL,
+    found_ns INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
 """
 _CHUNK_COLUMNS = ["id", "n", "nbytes", "oldest_ns", "newest_ns", "payload"]
 _COUNTERS = (
@@ -133,6 +170,8 @@ _COUNTERS = (
     "bytes_held",
     "committed_total",
     "dropped_full_total",
+    "quarantined_chunks_total",
+    "quarantined_lines_total",
 )
 
 
@@ -188,6 +227,8 @@ class BufferStats:
     newest_time_ns: int | None
     committed_total: int
     dropped_full_total: int
+    quarantined_chunks_total: int = 0
+    quarantined_lines_total: int = 0
     sinks: dict[str, SinkLag] = field(default_factory=dict)
 
 
@@ -196,6 +237,56 @@ class _Appended(NamedTuple):
     stored: int
     dropped: int
     newest_time: int | None
+    cause: DropCause = "max_bytes"
+    """Why lines were dropped, if any were."""
+
+
+def _space_cause(low: bool, disk_full: bool) -> DropCause | None:
+    """Why an append is short of disk space: SQLITE_FULL came back, or free space was
+    below ``min_free`` before it started; ``None`` when it is not."""
+    if disk_full:
+        return "disk_full"
+    return "min_free" if low else None
+
+
+class _Damaged(NamedTuple):
+    """A chunk whose payload no longer matches the CRC-32 written with it."""
+
+    chunk_id: int
+    stored: int
+    found: int
+
+
+class _Span(NamedTuple):
+    """The chunks one read takes: up to ``last_id``, their lines and time bounds."""
+
+    last_id: int
+    lines: int
+    oldest_ns: int
+    newest_ns: int
+
+
+def _select_chunks(conn: sqlite3.Connection, acked_id: int, max_lines: int) -> _Span | None:
+    """Whole chunks after ``acked_id`` that fit in ``max_lines`` (at least one), from the
+    covering index (no payload read); ``None`` if there are none."""
+    span: _Span | None = None
+    cursor = conn.execute(
+        "SELECT id, n, oldest_ns, newest_ns FROM chunks WHERE id > ? ORDER BY id", (acked_id,)
+    )
+    try:
+        for chunk_id, n, oldest, newest in cursor:
+            if span is None:
+                span = _Span(chunk_id, n, oldest, newest)
+            elif span.lines + n > max_lines:
+                break
+            else:
+                span = _Span(chunk_id, span.lines + n, min(span.oldest_ns, oldest),
+                             max(span.newest_ns, newest))
+            if span.lines >= max_lines:
+                break
+    finally:
+        cursor.close()
+    return span
 
 
 class _Corrupt(Exception):
@@ -274,6 +365,12 @@ def _fitting_suffix(lines: Sequence[bytes], room: int) -> int:
     return len(lines)
 
 
+def _delete_chunks(conn: sqlite3.Connection, upto: int) -> None:
+    """Delete the chunks up to id ``upto`` with their checksums."""
+    conn.execute("DELETE FROM chunks WHERE id <= ?", (upto,))
+    conn.execute("DELETE FROM chunk_crc WHERE id <= ?", (upto,))
+
+
 def _read_meta(conn: sqlite3.Connection) -> dict[str, Any]:
     return dict(conn.execute("SELECT key, value FROM meta").fetchall())
 
@@ -313,6 +410,8 @@ def _query_stats(conn: sqlite3.Connection, path: Path) -> BufferStats:
         newest_time_ns=newest if isinstance(newest, int) else None,
         committed_total=counter("committed_total"),
         dropped_full_total=counter("dropped_full_total"),
+        quarantined_chunks_total=counter("quarantined_chunks_total"),
+        quarantined_lines_total=counter("quarantined_lines_total"),
         sinks=sinks,
     )
 
@@ -356,7 +455,7 @@ class Buffer:
         self._newest_time_ns: int | None = None
         self._lock = threading.RLock()
         self._dropped_logged_at = -_DROP_LOG_INTERVAL_S
-        self._dropped_unlogged = 0
+        self._dropped_unlogged: dict[DropCause, int] = {}
         self.disk = DiskGuard(self.path, min_free)
         """Free-space floor (``min_free``; default: 64 MiB, at most 5% of the file system)
         and the reserve file released on ``SQLITE_FULL`` (see :mod:`gateway.diskspace`)."""
@@ -642,6 +741,8 @@ class Buffer:
                 [(key,) for key in _COUNTERS],
             )
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('newest_time_ns', NULL)")
+            # Checksums of chunks an older gateway deleted (it knows no chunk_crc table).
+            conn.execute("DELETE FROM chunk_crc WHERE id NOT IN (SELECT id FROM chunks)")
             # Written only when changed: an unchanged start writes nothing, so it works on a
             # full disk too.
             conn.executemany(
@@ -826,7 +927,8 @@ class Buffer:
             low = self._short_of_space(self._require_open())
 
             def body(conn: sqlite3.Connection, short: bool) -> _Appended:
-                return self._append_rows(conn, lines, oldest_ns, newest_ns, low or short)
+                return self._append_rows(conn, lines, oldest_ns, newest_ns,
+                                         _space_cause(low, short))
 
             try:
                 done = self._write("append", body)
@@ -838,7 +940,7 @@ class Buffer:
             self._meta = done.counters
             self._newest_time_ns = done.newest_time
         if done.dropped:
-            self._log_dropped(done.dropped)
+            self._log_dropped(done.dropped, done.cause)
         return AppendResult(done.stored, done.dropped)
 
     def commit_with(self, doing: str, lines: Sequence[bytes], oldest_ns: int, newest_ns: int,
@@ -853,8 +955,8 @@ class Buffer:
             low = self._short_of_space(self._require_open()) if lines else False
 
             def work(conn: sqlite3.Connection, short: bool) -> tuple[_Appended | None, _T]:
-                done = (self._append_rows(conn, lines, oldest_ns, newest_ns, low or short)
-                        if lines else None)
+                done = (self._append_rows(conn, lines, oldest_ns, newest_ns,
+                                          _space_cause(low, short)) if lines else None)
                 return done, body(conn)
 
             done, result = self._write(doing, work)
@@ -864,7 +966,7 @@ class Buffer:
         if done is None:
             return AppendResult(0, 0), result
         if done.dropped:
-            self._log_dropped(done.dropped)
+            self._log_dropped(done.dropped, done.cause)
         return AppendResult(done.stored, done.dropped), result
 
     def query(self, body: Callable[[sqlite3.Connection], _T]) -> _T:
@@ -890,7 +992,7 @@ class Buffer:
             part = lines[start : start + self.chunk_lines]
             try:
                 with self._transaction("append") as conn:
-                    piece = self._append_rows(conn, part, oldest_ns, newest_ns, True)
+                    piece = self._append_rows(conn, part, oldest_ns, newest_ns, "disk_full")
             except BufferFailure as exc:
                 if not _is_disk_full(exc):
                     raise
@@ -910,7 +1012,7 @@ class Buffer:
             stored += piece.stored
             dropped += piece.dropped
             self._checkpoint("PASSIVE")
-        return _Appended(dict(self._meta), stored, dropped, self._newest_time_ns)
+        return _Appended(dict(self._meta), stored, dropped, self._newest_time_ns, "disk_full")
 
     def _append_rows(
         self,
@@ -918,19 +1020,22 @@ class Buffer:
         lines: Sequence[bytes],
         oldest_ns: int,
         newest_ns: int,
-        short_of_space: bool,
+        short_of_space: DropCause | None,
     ) -> _Appended:
         """The body of :meth:`append`. Short of disk space, the file may not grow: the
         limit is what is held now plus the pages free inside the file, so ``drop_oldest``
         replaces old chunks (SQLite reuses their pages) and ``drop_newest`` refuses what
-        does not fit in the free pages."""
+        does not fit in the free pages. ``short_of_space`` says why space is short
+        (``min_free`` or ``disk_full``); the cause of any drop is returned with it."""
         total = len(lines)
         counters = dict(self._meta)
         limit = self.max_bytes
-        if short_of_space:
+        cause: DropCause = "max_bytes"
+        if short_of_space is not None:
             free_pages = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
             room = counters["bytes_held"] + free_pages * self._page_size
-            limit = min(limit, room)
+            if room < limit:
+                limit, cause = room, short_of_space
         stored = dropped = 0
         first_new_id: int | None = None
         for start in range(0, total, self.chunk_lines):
@@ -975,20 +1080,23 @@ class Buffer:
                 "UPDATE meta SET value = ? WHERE key = 'newest_time_ns'", (newest_time,)
             )
         self._write_meta(conn, counters)
-        return _Appended(counters, stored, dropped, newest_time)
+        return _Appended(counters, stored, dropped, newest_time, cause)
 
-    def _log_dropped(self, dropped: int) -> None:
-        # A full buffer drops on every commit (several per second): warn once a minute.
-        self._dropped_unlogged += dropped
+    def _log_dropped(self, dropped: int, cause: DropCause) -> None:
+        """Warn about dropped lines at most once a minute (a full buffer drops on every
+        commit, several per second), naming each cause with its count."""
+        self._dropped_unlogged[cause] = self._dropped_unlogged.get(cause, 0) + dropped
         now = time.monotonic()
-        if now - self._dropped_logged_at >= _DROP_LOG_INTERVAL_S:
-            log.warning(
-                "buffer %s is full (max %d payload bytes, %s): dropped %d lines since the "
-                "last warning",
-                self.path, self.max_bytes, self.when_full, self._dropped_unlogged,
-            )
-            self._dropped_logged_at = now
-            self._dropped_unlogged = 0
+        if now - self._dropped_logged_at < _DROP_LOG_INTERVAL_S:
+            return
+        reasons = "; ".join(
+            f"{count} because {_DROP_CAUSES[why].format(buf=self)}"
+            for why, count in self._dropped_unlogged.items()
+        )
+        log.warning("buffer %s dropped %d lines since the last warning (when_full: %s): %s",
+                    self.path, sum(self._dropped_unlogged.values()), self.when_full, reasons)
+        self._dropped_logged_at = now
+        self._dropped_unlogged = {}
 
     @staticmethod
     def _insert(
@@ -1004,6 +1112,8 @@ class Buffer:
             "INSERT INTO chunks (n, nbytes, oldest_ns, newest_ns, payload) VALUES (?, ?, ?, ?, ?)",
             (len(part), len(payload), oldest_ns, newest_ns, payload),
         )
+        conn.execute("INSERT INTO chunk_crc (id, crc) VALUES (?, ?)",
+                     (cursor.lastrowid, zlib.crc32(payload)))
         counters["lines_held"] += len(part)
         counters["chunks_held"] += 1
         counters["bytes_held"] += len(payload)
@@ -1034,7 +1144,7 @@ class Buffer:
                     evicted_new += n
                 if counters["bytes_held"] + incoming <= limit:
                     break
-            conn.execute("DELETE FROM chunks WHERE id <= ?", (upto,))
+            _delete_chunks(conn, upto)
         return evicted, evicted_new
 
     def _prune(self, conn: sqlite3.Connection, counters: dict[str, int]) -> int:
@@ -1051,7 +1161,7 @@ class Buffer:
             (floor,),
         ).fetchone()
         if chunks:
-            conn.execute("DELETE FROM chunks WHERE id <= ?", (floor,))
+            _delete_chunks(conn, floor)
             counters["chunks_held"] -= chunks
             counters["lines_held"] -= lines
             counters["bytes_held"] -= nbytes
@@ -1112,51 +1222,100 @@ class Buffer:
         a chunk larger than ``max_lines`` still comes out (the forwarder splits it if the
         sink refuses it as too large). Reading does not move the cursor: until
         :meth:`ack`, the same batch is returned again.
+
+        Every chunk's payload is checked against the CRC-32 written with it: a chunk that
+        changed on disk (bitrot that SQLite's page structure does not notice) is never
+        returned but quarantined (:meth:`_quarantine`), and the read goes on without it.
         """
         if max_lines < 1:
             raise ValueError(f"max_lines must be at least 1, got {max_lines}")
         with self._lock:
-            conn = self._require_open()
-            try:
+            while True:
+                batch, damaged = self._read_checked(sink, max_lines, after)
+                if not damaged:
+                    return batch
+                self._quarantine(damaged)
+
+    def _read_checked(self, sink: str, max_lines: int, after: int | None
+                      ) -> tuple[Batch | None, list[_Damaged]]:
+        """One attempt of :meth:`read`: the batch, or the chunks in it that failed their
+        checksum (then no batch)."""
+        conn = self._require_open()
+        try:
+            row = conn.execute("SELECT acked_id FROM cursors WHERE name = ?", (sink,)).fetchone()
+            if row is None:
+                raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
+            acked_id = row[0] if after is None else max(row[0], after)
+            span = _select_chunks(conn, acked_id, max_lines)
+            if span is None:
+                return None, []
+            payloads: list[bytes] = []
+            damaged: list[_Damaged] = []
+            for chunk_id, payload, stored in conn.execute(
+                "SELECT chunks.id, payload, crc FROM chunks LEFT JOIN chunk_crc USING (id) "
+                "WHERE chunks.id > ? AND chunks.id <= ? ORDER BY chunks.id",
+                (acked_id, span.last_id),
+            ):
+                found = zlib.crc32(payload)
+                if stored is not None and found != stored:
+                    damaged.append(_Damaged(chunk_id, stored, found))
+                payloads.append(payload)
+        except sqlite3.Error as exc:
+            raise _failure(exc, "read", self.path) from exc
+        if damaged:
+            return None, damaged
+        return Batch(span.last_id, span.lines, b"\n".join(payloads), span.oldest_ns,
+                     span.newest_ns), []
+
+    def _quarantine(self, damaged: Sequence[_Damaged]) -> None:
+        """Move chunks whose payload no longer matches its checksum into ``quarantine``.
+
+        They are never sent (a changed digit is a wrong reading in the store, silently),
+        nor silently deleted: the row keeps the payload as found and both checksums for an
+        operator to inspect. Each is logged once at ERROR and counted in the stats
+        (``quarantined_chunks_total``/``quarantined_lines_total``); the held totals drop as
+        for a prune. One transaction, so a crash leaves the chunk either here or there.
+        """
+        found_ns = time.time_ns()
+
+        def body(conn: sqlite3.Connection, _short: bool) -> tuple[dict[str, int], list[Any]]:
+            counters = dict(self._meta)
+            moved: list[Any] = []
+            for bad in damaged:
                 row = conn.execute(
-                    "SELECT acked_id FROM cursors WHERE name = ?", (sink,)
+                    "SELECT n, nbytes, oldest_ns, newest_ns FROM chunks WHERE id = ?",
+                    (bad.chunk_id,),
                 ).fetchone()
                 if row is None:
-                    raise ValueError(f"unknown sink {sink!r}: register_sinks() it first")
-                acked_id = row[0] if after is None else max(row[0], after)
-                last_id: int | None = None
-                lines = 0
-                oldest: int | None = None
-                newest: int | None = None
-                cursor = conn.execute(
-                    "SELECT id, n, oldest_ns, newest_ns FROM chunks WHERE id > ? ORDER BY id",
-                    (acked_id,),
+                    continue
+                conn.execute(
+                    "INSERT OR REPLACE INTO quarantine (id, n, nbytes, oldest_ns, newest_ns, "
+                    "crc_stored, crc_found, found_ns, payload) SELECT id, n, nbytes, oldest_ns, "
+                    "newest_ns, ?, ?, ?, payload FROM chunks WHERE id = ?",
+                    (bad.stored, bad.found, found_ns, bad.chunk_id),
                 )
-                try:
-                    for chunk_id, n, chunk_oldest, chunk_newest in cursor:
-                        if last_id is not None and lines + n > max_lines:
-                            break
-                        last_id = chunk_id
-                        lines += n
-                        oldest = chunk_oldest if oldest is None else min(oldest, chunk_oldest)
-                        newest = chunk_newest if newest is None else max(newest, chunk_newest)
-                        if lines >= max_lines:
-                            break
-                finally:
-                    cursor.close()
-                if last_id is None:
-                    return None
-                payloads = [
-                    payload
-                    for (payload,) in conn.execute(
-                        "SELECT payload FROM chunks WHERE id > ? AND id <= ? ORDER BY id",
-                        (acked_id, last_id),
-                    )
-                ]
-            except sqlite3.Error as exc:
-                raise _failure(exc, "read", self.path) from exc
-        assert oldest is not None and newest is not None
-        return Batch(last_id, lines, b"\n".join(payloads), oldest, newest)
+                conn.execute("DELETE FROM chunks WHERE id = ?", (bad.chunk_id,))
+                conn.execute("DELETE FROM chunk_crc WHERE id = ?", (bad.chunk_id,))
+                n, nbytes = row[0], row[1]
+                for key, change in (("lines_held", -n), ("chunks_held", -1),
+                                    ("bytes_held", -nbytes), ("quarantined_chunks_total", 1),
+                                    ("quarantined_lines_total", n)):
+                    counters[key] += change
+                moved.append((bad, *row))
+            self._write_meta(conn, counters)
+            return counters, moved
+
+        self._meta, moved = self._write("quarantining a damaged chunk", body)
+        for bad, n, _nbytes, oldest, newest in moved:
+            log.error(
+                "BUFFER CHUNK %d (%d lines, readings %s to %s) IS DAMAGED: its payload no "
+                "longer matches the checksum written with it (crc32 %08x, now %08x; bitrot "
+                "on the card?). It is NOT forwarded: moved to the quarantine table of %s "
+                "(sqlite3 %s \"SELECT payload FROM quarantine WHERE id = %d\"); delivery "
+                "goes on with the next chunk",
+                bad.chunk_id, n, _iso(oldest), _iso(newest), bad.stored, bad.found,
+                self.path, self.path, bad.chunk_id,
+            )
 
     def ack(self, sink: str, last_id: int) -> None:
         """Record that ``sink`` stored every chunk up to ``last_id``; prune what all have.
@@ -1226,14 +1385,26 @@ _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 
+def _report_orphan(name: object, job: asyncio.Future[Any]) -> None:
+    """Log the failure of a buffer call that ran on after its caller was cancelled."""
+    if job.cancelled():
+        return
+    exc = job.exception()
+    if exc is not None:
+        log.warning("buffer: %s, whose caller had been cancelled, failed: %s", name, exc)
+
+
 class AsyncBuffer:
     """Runs a :class:`Buffer` on one dedicated worker thread.
 
     Commits wait for fsync (milliseconds on flash, more under load); on the event loop that
     would stall every driver and forwarder. One worker thread keeps SQLite single-threaded
     and runs calls in the order they were made. A call whose awaiting task is cancelled
-    still runs to completion on the worker (an append may commit): harmless, delivery is
-    at-least-once. Sequences passed to :meth:`append` must not be mutated until it returns.
+    still runs to completion on the worker, in its place in the queue, even if it had not
+    started yet (an append may commit, an ack is recorded); the awaiter gets
+    ``CancelledError`` at once. Harmless for appends (delivery is at-least-once) and
+    needed for acks, or a stopped forwarder's sink would get its last batch again.
+    Sequences passed to :meth:`append` must not be mutated until it returns.
     """
 
     def __init__(self, buffer: Buffer) -> None:
@@ -1250,10 +1421,22 @@ class AsyncBuffer:
         return self.buffer.recovered_from_corruption
 
     async def _run(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """Queue ``fn`` on the worker and wait for it; the call runs even if we are cancelled.
+
+        ``run_in_executor`` would cancel a call still queued behind another when its
+        awaiter is cancelled: a forwarder stopped while its ack waited lost the ack and the
+        sink got the batch again. The worker's future is shielded instead, so cancelling
+        only stops the waiting (``CancelledError`` as usual); the call keeps its place in
+        the queue, and an error it raises after its caller left is logged, not lost.
+        """
         if self._closed:
             raise BufferFailure(f"buffer {self.buffer.path} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        job = asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            job.add_done_callback(functools.partial(_report_orphan, getattr(fn, "__name__", fn)))
+            raise
 
     async def open(self) -> Path | None:
         return await self._run(self.buffer.open)
@@ -1375,6 +1558,8 @@ def format_stats(stats: BufferStats, now_ns: int | None = None) -> str:
         ("newest committed", _when(stats.newest_time_ns, now)),
         ("committed total", f"{stats.committed_total:,} lines"),
         ("dropped (full)", f"{stats.dropped_full_total:,} lines"),
+        ("quarantined", f"{stats.quarantined_lines_total:,} lines in "
+         f"{stats.quarantined_chunks_total:,} damaged chunks"),
     ]
     width = max(len(label) for label, _ in rows)
     out = [f"{label:<{width}}  {value}" for label, value in rows]

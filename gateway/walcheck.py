@@ -50,6 +50,13 @@ class WalReport:
     SQLite will not replay because the chain broke before them; ``discarded_commits`` are
     the commit frames among them: whole transactions that had been committed. Frames after
     the last good commit of an intact chain (an unfinished transaction) are not counted.
+
+    ``partial_frame_bytes`` is non-zero when the file ends inside a frame: it was cut
+    short. A file truncated on a frame boundary looks like any WAL and cannot be told; one
+    cut inside a frame can, but what was after the cut is gone: how many frames or commits
+    it held cannot be known, so none are counted (the incomplete frame is not counted
+    either, commit marker or not). ``dropped_bytes`` is what SQLite's recovery drops: the
+    bytes after the end of the last valid commit frame.
     """
 
     size: int
@@ -59,6 +66,17 @@ class WalReport:
     valid_commits: int = 0
     discarded_frames: int = 0
     discarded_commits: int = 0
+    partial_frame_bytes: int = 0
+    dropped_bytes: int = 0
+
+    @property
+    def frame_size(self) -> int:
+        return FRAME_HEADER_SIZE + self.page_size
+
+    @property
+    def cut_short(self) -> bool:
+        """The file ends inside a frame: truncated, or a write interrupted mid-frame."""
+        return self.header_ok and self.partial_frame_bytes > 0
 
     @property
     def loses_commits(self) -> bool:
@@ -71,7 +89,8 @@ class WalReport:
     def torn_tail(self) -> bool:
         """Frames are dropped but no commit among them: a write cut short, e.g. by a power
         cut; with ``synchronous=full`` that transaction had not been reported committed."""
-        return self.header_ok and self.discarded_frames > 0 and not self.discarded_commits
+        return (self.header_ok and self.discarded_frames > 0 and not self.discarded_commits
+                and not self.cut_short)
 
 
 def _checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
@@ -130,14 +149,13 @@ def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | No
     discarded = discarded_commits = 0
     broken = False
     offset = WAL_HEADER_SIZE
-    while offset + FRAME_HEADER_SIZE <= size:
+    while offset + frame_size <= size:
         _page, db_size, f_salt1, f_salt2, f_ck1, f_ck2 = struct.unpack(
             ">6I", data[offset : offset + FRAME_HEADER_SIZE]
         )
-        whole = offset + frame_size <= size
         ours = (f_salt1, f_salt2) == (salt1, salt2)
         if not broken:
-            if ours and whole:
+            if ours:
                 s0, s1 = _checksum(data[offset : offset + 8], s0, s1, big_endian)
                 s0, s1 = _checksum(
                     data[offset + FRAME_HEADER_SIZE : offset + frame_size], s0, s1, big_endian
@@ -162,6 +180,8 @@ def inspect_wal(path: Path, database_bytes: int | None = None) -> WalReport | No
         valid_commits=commits,
         discarded_frames=discarded,
         discarded_commits=discarded_commits,
+        partial_frame_bytes=size - offset,
+        dropped_bytes=size - (WAL_HEADER_SIZE + valid * frame_size),
     )
 
 
@@ -182,6 +202,8 @@ def check_wal(wal: Path, database_bytes: int) -> WalReport | None:
         return None
     if report.loses_commits:
         _report_loss(wal, report, copy_aside(wal))
+    elif report.cut_short:
+        _report_cut(wal, report, copy_aside(wal))
     elif report.torn_tail:
         log.warning(
             "buffer WAL %s ends in %d frames of a write that was cut short (power loss?); it "
@@ -213,9 +235,33 @@ def _report_loss(wal: Path, report: WalReport, kept: str) -> None:
     log.error(
         "BUFFER WAL %s IS DAMAGED: %d frames holding %d committed transactions come after a "
         "broken frame and are DISCARDED by SQLite's recovery (the readings in them are LOST); "
-        "the first %d commits (%d frames) are kept. The WAL was %s",
+        "the first %d commits (%d frames) are kept.%s The WAL was %s",
         wal, report.discarded_frames, report.discarded_commits, report.valid_commits,
-        report.valid_frames, kept,
+        report.valid_frames, _cut_note(report), kept,
+    )
+
+
+def _cut_note(report: WalReport) -> str:
+    if not report.cut_short:
+        return ""
+    return (f" The file also ends {report.partial_frame_bytes} bytes into a frame of "
+            f"{report.frame_size}: it was cut short, and whatever followed is gone too "
+            "(how many commits that was cannot be known).")
+
+
+def _report_cut(wal: Path, report: WalReport, kept: str) -> None:
+    """A WAL that ends inside a frame: say what is known, never a count of what is not."""
+    log.error(
+        "BUFFER WAL %s IS CUT SHORT: it ends %d bytes into frame %d (a frame is %d bytes). "
+        "SQLite's recovery keeps %d commits (%d frames) and drops the last %d bytes. If the "
+        "file was truncated (a damaged card, a bad copy), the transactions written after "
+        "the cut are LOST and how many there were cannot be known from what is left; if a "
+        "write was interrupted mid-frame (power cut, kill -9), it had not been reported "
+        "committed and nothing is lost. The WAL was %s",
+        wal, report.partial_frame_bytes,
+        (report.size - report.partial_frame_bytes - WAL_HEADER_SIZE) // report.frame_size + 1,
+        report.frame_size, report.valid_commits, report.valid_frames, report.dropped_bytes,
+        kept,
     )
 
 

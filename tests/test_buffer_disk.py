@@ -139,7 +139,9 @@ async def test_disk_full_degrades_then_recovers_without_restart(
     await buffer.close()
 
 
-def test_drop_newest_below_the_floor_refuses_new_lines(mounts: Mounts) -> None:
+def test_drop_newest_below_the_floor_refuses_new_lines(
+    mounts: Mounts, caplog: pytest.LogCaptureFixture
+) -> None:
     fs = mounts.tmpfs("8m")
     buf = Buffer(fs / "buffer.db", max_bytes=64 * 1024**2, when_full="drop_newest",
                  min_free=2 * 1024**2)
@@ -148,8 +150,14 @@ def test_drop_newest_below_the_floor_refuses_new_lines(mounts: Mounts) -> None:
     assert buf.append(readings("x", 0, 100), 1, 2).stored == 100
     with (fs / "filler").open("wb") as f:  # leaves about 1 MiB: below the 2 MiB floor
         f.write(b"\0" * (free_space(fs) - 1024**2))
-    result = buf.append(readings("x", 100, 100), 1, 2)
+    with caplog.at_level(logging.WARNING, logger="iotgw.buffer"):
+        result = buf.append(readings("x", 100, 100), 1, 2)
     assert (result.stored, result.dropped) == (0, 100)
+    # The drop warning names the cause: the free-space floor, not max_bytes (an outside
+    # probe found "is full (max 536870912 payload bytes)" on a full disk).
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and f"free space on {fs} is below min_free" in drops[0]
+    assert "max_bytes" not in drops[0]
     assert buf.stats().dropped_full_total == 100
     (fs / "filler").unlink()
     assert buf.append(readings("x", 200, 100), 1, 2).stored == 100
@@ -277,8 +285,12 @@ def test_sqlite_full_mid_append_gives_back_the_reserve_and_applies_when_full(
     assert held - 4 * 500 <= buf.stats().depth_lines <= held
     assert buf.stats().dropped_full_total == result.dropped
     assert not reserve.exists()
-    full = [r.getMessage() for r in caplog.records if "SQLITE_FULL" in r.getMessage()]
+    full = [r.getMessage() for r in caplog.records
+            if "disk is full (SQLITE_FULL)" in r.getMessage()]
     assert len(full) == 1 and r"released the space reserve" in full[0]
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and "is full (SQLITE_FULL)" in drops[0], drops
+    assert "max_bytes" not in drops[0]
     (fs / "filler").unlink()
     buf.append(readings("after", 200_000, 10), 1, 2)
     assert reserve.exists()  # re-created once there is room for it again

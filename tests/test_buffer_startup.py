@@ -8,6 +8,7 @@ them: WAL frames not yet checkpointed), then damaged the way a card or a crash d
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sqlite3
 import struct
@@ -297,6 +298,39 @@ def test_torn_last_frame_without_a_commit_is_a_warning_not_an_error(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "cut short" in warnings[0]
     assert buffered_appends(buf) == list(range(3))
+    buf.close()
+
+
+def test_wal_cut_short_inside_a_frame_reports_what_is_known_not_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by an outside probe: a WAL truncated to half was reported as "1 committed
+    transaction discarded" (the frame the cut went through had a commit marker) while
+    ~1,500 readings were lost past the cut. The frames after a cut cannot be counted:
+    the report says the file is cut short, what is kept and how many bytes are dropped."""
+    appends = 10
+    crashed, setup_commits = crashed_copy(tmp_path, appends)
+    wal = Path(f"{crashed}-wal")
+    commits = commit_frames(wal)
+    keep = 4
+    # Cut through the commit frame of append 5 (it and appends 6-9 are gone from the file).
+    cut = frame_offset(wal, commits[setup_commits + keep]) + FRAME_HEADER_SIZE + 100
+    kept_end = frame_offset(wal, commits[setup_commits + keep - 1] + 1)
+    os.truncate(wal, cut)
+    damaged = wal.read_bytes()
+
+    buf = Buffer(crashed, 64 * 1024**2, "drop_oldest")
+    with caplog.at_level(logging.WARNING, logger="iotgw.buffer"):
+        assert buf.open() is None
+    errors = buffer_errors(caplog)
+    assert len(errors) == 1, errors
+    assert "CUT SHORT" in errors[0] and f"ends {FRAME_HEADER_SIZE + 100} bytes into" in errors[0]
+    assert f"keeps {setup_commits + keep} commits" in errors[0]
+    assert f"drops the last {cut - kept_end} bytes" in errors[0]
+    assert "cannot be known" in errors[0] and "committed transactions" not in errors[0]
+    copies = list(crashed.parent.glob("buffer.db-wal.corrupt-*"))
+    assert len(copies) == 1 and copies[0].read_bytes() == damaged
+    assert buffered_appends(buf) == list(range(keep))
     buf.close()
 
 

@@ -216,6 +216,7 @@ async def test_endpoints_under_load(tmp_path: Path) -> None:
     assert ("iotgw_sink_lag_lines", (("sink", "file"),)) in second
     assert ("iotgw_buffer_depth_lines", ()) in second
     assert second[("iotgw_buffer_max_bytes", ())] == 512 * 1024**2
+    assert second[("iotgw_buffer_quarantined_lines_total", ())] == 0
     for i in range(4):
         assert second[("iotgw_device_state", (("device", f"fast-{i}"), ("state", "online")))] == 1
     assert second[("iotgw_event_loop_lag_seconds", ())] < 1.0

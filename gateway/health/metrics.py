@@ -121,6 +121,10 @@ class SnapshotCollector(Collector):
         yield CounterMetricFamily("iotgw_buffer_dropped_lines",
                                   "Lines dropped because the buffer was full (kept across "
                                   "restarts)", value=buf["dropped_full_total"])
+        yield CounterMetricFamily("iotgw_buffer_quarantined_lines",
+                                  "Lines in chunks that failed their checksum (bitrot), "
+                                  "moved to the quarantine table and not forwarded",
+                                  value=buf["quarantined_lines_total"])
 
     def _sinks(self) -> Iterator[Metric]:
         now = self.snap["gateway"]["now"]

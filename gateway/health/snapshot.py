@@ -89,6 +89,8 @@ async def _buffer(gateway: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any
         "oldest_time_ns": stats.oldest_time_ns, "newest_time_ns": stats.newest_time_ns,
         "committed_total": stats.committed_total,
         "dropped_full_total": stats.dropped_full_total,
+        "quarantined_chunks_total": stats.quarantined_chunks_total,
+        "quarantined_lines_total": stats.quarantined_lines_total,
     }, lags
 
 
