@@ -13,7 +13,9 @@ on loopback, written from the vendors' published formats, for tests and the demo
   ``Heartbeat`` part every N seconds), Digest; it can be told to go silent (connection
   open, nothing sent) or to close the stream, as real firmware does.
 
-Both can be stopped and started again on the same port (an outage).
+Both can be stopped and started again on the same port (an outage), and both can be
+told to answer the stream and then never deliver a part (``misbehave``: stall, garbage,
+drip, close), as hung firmware or a hostile server does.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import itertools
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -98,6 +100,8 @@ class _Server:
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Queue[bytes | None]] = set()
         self.stream_connects = 0
+        self._misbehave: str | None = None
+        self._behaviour_changed = asyncio.Event()
 
     async def start(self, port: int | None = None) -> None:
         self._runner = web.AppRunner(self.app, handle_signals=False, shutdown_timeout=0.2)
@@ -111,6 +115,18 @@ class _Server:
             sockets = getattr(server, "sockets", None)
             assert sockets
             self.port = sockets[0].getsockname()[1]
+
+    @property
+    def misbehave(self) -> str | None:
+        """What an accepted stream does instead of its parts (a key of ``MISBEHAVIOURS``:
+        a hung firmware, a proxy, a hostile server); None: the device's own stream."""
+        return self._misbehave
+
+    @misbehave.setter
+    def misbehave(self, value: str | None) -> None:
+        self._misbehave = value
+        self._behaviour_changed.set()
+        self._behaviour_changed = asyncio.Event()
 
     async def stop(self) -> None:
         """Outage: open streams end, the port refuses connections until ``start``."""
@@ -141,6 +157,11 @@ class _Server:
                             ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": content_type})
         await response.prepare(request)
+        if self.misbehave is not None:
+            self.stream_connects += 1
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await MISBEHAVIOURS[self.misbehave](self, response)
+            return response
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._streams.add(queue)
         self.stream_connects += 1
@@ -171,6 +192,36 @@ class _Server:
         with contextlib.suppress(ConnectionError):
             await response.write_eof()
         return response
+
+
+async def _stall(server: _Server, response: web.StreamResponse) -> None:
+    await server._behaviour_changed.wait()
+
+
+async def _garbage(server: _Server, response: web.StreamResponse) -> None:
+    while server.misbehave == "garbage":
+        await response.write(secrets.token_bytes(4096))
+        await asyncio.sleep(0.05)
+
+
+async def _drip(server: _Server, response: web.StreamResponse) -> None:
+    while server.misbehave == "drip":
+        await response.write(b"-")
+        await asyncio.sleep(0.2)
+
+
+async def _close(server: _Server, response: web.StreamResponse) -> None:
+    await response.write_eof()
+
+
+MISBEHAVIOURS: dict[str, Callable[[_Server, web.StreamResponse], Awaitable[None]]] = {
+    "stall": _stall,
+    "garbage": _garbage,
+    "drip": _drip,
+    "close": _close,
+}
+"""Streams that answer ``200 multipart`` and never deliver a part: nothing at all, random
+bytes, a byte every 0.2 s, an end at once. Each lasts until ``misbehave`` changes."""
 
 
 class HikvisionSim(_Server):

@@ -7,8 +7,10 @@ filters (channels, event codes), context and backfill position; the last one to 
 closes it.
 
 The reader connects, splits the multipart body as bytes arrive, and waits for each part
-with a timeout that ends at the silence threshold (three heartbeats for Dahua): a stream
-that is open but says nothing is ``stream_silent`` and reconnected, a refused password is
+with a timeout that ends at the silence threshold (three heartbeats for Dahua). The
+device is ``up`` from the first complete part, not from the answer's headers: a stream
+that is open but says nothing is ``stream_silent``, one that sends bytes that never make
+a part is ``bad_answer``, and both are reconnected with backoff; a refused password is
 ``auth_failed`` (retried only after ``auth_retry``), no connection is ``unreachable``;
 each shows on every attached device's state. A malformed part is counted, logged once
 per kind and dead-lettered; it never ends the stream.
@@ -96,9 +98,9 @@ class HostStream:
         self.tracker = ActiveTracker(config.clear_after)
         self.counters = gateway.counters(self.name)
         self.connects = 0
-        """Successful connections so far: a healthy stream is connected once."""
+        """Connections that delivered a part so far: a healthy stream is connected once."""
         self.connected = asyncio.Event()
-        """Set on each successful connect: the backfill task's cue."""
+        """Set on each accepted connect: the backfill task's cue."""
         self.problems = ProblemLog(log)
         self._last_arrival = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -183,8 +185,10 @@ class HostStream:
         backoff = Backoff(base=0.5, cap=cfg.reconnect_max)
         while True:
             try:
-                await self._session(backoff)
-                failure: DeviceError = Unreachable(f"{self.name}: the device closed the stream")
+                talked = await self._session(backoff)
+                failure: DeviceError = Unreachable(
+                    f"{self.name}: the device closed the stream"
+                    + ("" if talked else " before sending a part"))
                 self.counters["closed_by_device"] += 1
             except DeviceError as exc:
                 failure = exc
@@ -200,7 +204,16 @@ class HostStream:
                 await self._deliver(stops, None)
             await asyncio.sleep(cfg.auth_retry if condition == AUTH_FAILED else backoff.next())
 
-    async def _session(self, backoff: Backoff) -> None:
+    async def _session(self, backoff: Backoff) -> bool:
+        """Read one connection until it ends; True if it delivered at least one part.
+
+        The answer's headers prove nothing about the device: a hung firmware, a proxy or
+        a hostile server answers ``200 multipart`` and then sends nothing, garbage, or a
+        byte a second. Such a stream was shown ``up`` on every connect and dropped at
+        every silence threshold, so the device flipped online/offline and an offline
+        alarm never held (found by the outside probe). The device keeps the condition it
+        had until the first complete part (a heartbeat, a keep-alive, an event) arrives;
+        a stream that never delivers one fails by its own reason and backs off."""
         cfg = self.config
         silence = cfg.silence_seconds()
         async with self.http.stream(self.profile.path(cfg)) as body:
@@ -209,11 +222,12 @@ class HostStream:
                 # a login page, an error page, a proxy: not an event stream
                 raise BadAnswer(f"{self.name}: answered {kind[:40]}, not a multipart stream")
             splitter = MultipartSplitter(boundary_of(body.content_type), cfg.max_part)
-            self.connects += 1
-            self._seen()
-            self._set_condition(UP, None)
+            # The backfill asks the device's log, not the stream: an accepted request is
+            # enough, and waiting for a part could let a fresh swipe move the position
+            # past the gap before the backfill has read it.
             self.connected.set()
             got_part = False
+            stray = 0  # bytes since the last part that were no part (yet)
             deadline = time.monotonic() + silence
             # "Recovered" is logged once parts have kept coming for a silence period, not
             # on connect: a stream that connects and goes silent (or drips bytes that are
@@ -223,27 +237,47 @@ class HostStream:
             while True:
                 now = time.monotonic()
                 if now >= deadline:
-                    raise StreamSilent(f"{self.name}: no part for {silence:g}s")
+                    raise self._no_part(silence, stray)
                 chunk = await body.read(min(deadline - now, SWEEP))
                 if chunk == b"":
-                    return
+                    return got_part
                 if chunk is not None:
                     items = splitter.feed(chunk)
                     if any(isinstance(item, Part) for item in items):
                         deadline = time.monotonic() + silence
+                        stray = 0
                         if not got_part:
                             got_part = True
-                            backoff.reset()  # only once the device really talks
+                            self._first_part(backoff)
                         if healthy_at is not None and time.monotonic() >= healthy_at:
                             healthy_at = None
                             self.problems.recovered("stream", f"{self.name}: stream connected")
                         self._seen()
+                    else:
+                        stray += len(chunk)
                     await self._handle(items)
                     if splitter.finished:
-                        return
+                        return got_part
                 expired = self.tracker.expire(time.monotonic())
                 if expired:
                     await self._deliver(expired, None)
+
+    def _first_part(self, backoff: Backoff) -> None:
+        """The device really talks: now it is up, and the backoff starts again from its
+        base (not on connect: a device that accepts and drops at once is not hammered)."""
+        self.connects += 1
+        self._seen()
+        self._set_condition(UP, None)
+        backoff.reset()
+
+    def _no_part(self, silence: float, stray: int) -> DeviceError:
+        """No complete part within the silence threshold: ``stream_silent`` if nothing
+        came (half-open TCP, hung firmware), ``bad_answer`` if bytes came that never
+        made a part (garbage, a drip, a part that never ends)."""
+        if stray:
+            return BadAnswer(f"{self.name}: {stray} bytes in {silence:g}s but no complete "
+                             "part")
+        return StreamSilent(f"{self.name}: no part for {silence:g}s")
 
     async def _handle(self, items: Sequence[Part | Malformed]) -> None:
         for item in items:

@@ -13,6 +13,9 @@ Messages arrive in bursts from the paho thread. A burst is decoded at once, grou
 device, submitted to the pipeline, and one task per burst waits for the commit and then
 acknowledges the burst's QoS 1 messages. Rejected, filtered, rate-limited and unrouted
 messages are acknowledged too: they are answered (counted, dead-lettered), not retried.
+A refusal is also logged, once per device and kind (``ProblemLog``, with a summary of the
+repeats every five minutes), as camera_push and event_stream do: a device sending only
+bad payloads must show in the log, not only in counters.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from gateway.driver import DeviceContext
 from gateway.errors import DeviceError
 from gateway.mqtt.client import Message, MqttConnection, client_id_base
 from gateway.plugin import DeadLetter, GatewayHandle
+from gateway.problems import ProblemLog
 from gateway.reading import Reading
 
 log = logging.getLogger("iotgw.mqtt.devices")
@@ -42,6 +46,8 @@ INTAKE_TASK = "mqtt:devices-intake"
 ROUTES = 4096
 """Distinct topics whose matching devices and captured tags are remembered (a compound
 has a few hundred topics; matching every filter per message was a hot spot)."""
+SUMMARY_EVERY = 300.0
+"""Seconds between the summary lines of a refusal that keeps repeating."""
 
 
 @dataclass
@@ -105,6 +111,8 @@ class DeviceBroker:
         self.failure: str | None = None
         """Why a supervised task of this connection last failed, until it recovers."""
         self._last_arrival = 0
+        self.problems = ProblemLog(log)
+        """Refusals, logged once per device and kind (the driver's field-level ones too)."""
 
     @classmethod
     async def create(cls, gateway: GatewayHandle) -> DeviceBroker:
@@ -186,11 +194,36 @@ class DeviceBroker:
         return last
 
     def _poisoned(self, att: Attachment, message: Message, exc: Exception) -> None:
-        att.ctx.count("poison")
         self.counters["poison"] += 1
+        self._refused(att, "poison", f"{type(exc).__name__}: {exc}", message)
+
+    def _refused(self, att: Attachment, reason: str, detail: str, message: Message,
+                 level: int = logging.WARNING) -> None:
+        """A message this device does not take: counted, logged once per (device,
+        reason), dead-lettered. The log line leaves out the detail (it may quote the
+        payload) for a device that pseudonymises fields."""
+        ctx = att.ctx
+        ctx.count(reason)
+        shown = "" if att.mapper.config.pseudonymize else detail[:200]
+        self.problems.report(
+            f"{reason}:{ctx.device_id}",
+            f"mqtt device {ctx.device_id}: message on {message.topic[:200]!r} refused "
+            f"({reason})", detail=shown, level=level, summary_every=SUMMARY_EVERY,
+            kind=reason)
         self.gateway.dead_letter(DeadLetter(
-            att.ctx.device_id, f"poison: {type(exc).__name__}: {exc}"[:300], message.payload,
-            message.topic))
+            ctx.device_id, f"{reason}: {detail}"[:300] if detail else reason,
+            message.payload, message.topic))
+
+    def field_problems(self, att: Attachment, counts: dict[str, int]) -> None:
+        """Field-level problems of a device's messages (a field dropped for its type or
+        time; the reading kept): counted, and logged once per (device, reason)."""
+        ctx = att.ctx
+        for reason, count in counts.items():
+            ctx.count(reason, count)
+            self.problems.report(
+                f"{reason}:{ctx.device_id}",
+                f"mqtt device {ctx.device_id}: a field dropped from its messages ({reason})",
+                level=logging.WARNING, summary_every=SUMMARY_EVERY, kind=reason)
 
     async def _ack_after_commit(self, device_id: str | None, batch: list[Message]) -> None:
         if device_id is not None:
@@ -216,6 +249,10 @@ class DeviceBroker:
                     routes = self._route(message.topic)
             except Exception as exc:  # routing bug: one message, not the stream
                 self.counters["route_error"] += 1
+                self.problems.report("route_error", f"mqtt devices: routing a message on "
+                                     f"{message.topic[:200]!r} failed",
+                                     exc_info=exc, summary_every=SUMMARY_EVERY,
+                                     kind="route_error")
                 self.gateway.dead_letter(DeadLetter(
                     "-", f"route_error: {type(exc).__name__}: {exc}", message.payload,
                     message.topic))
@@ -259,15 +296,11 @@ class DeviceBroker:
             ctx.count("filtered")
             return None
         except Rejected as exc:
-            ctx.count(exc.reason)
-            self.gateway.dead_letter(DeadLetter(ctx.device_id, str(exc), message.payload,
-                                                message.topic))
+            self._refused(att, exc.reason, exc.detail, message)
             return None
         except Exception as exc:  # a mapping bug must cost one message, not the device
-            ctx.count("decode_error")
-            self.gateway.dead_letter(DeadLetter(
-                ctx.device_id, f"decode_error: {type(exc).__name__}: {exc}", message.payload,
-                message.topic))
+            self._refused(att, "decode_error", f"{type(exc).__name__}: {exc}", message,
+                          level=logging.ERROR)
             return None
         ctx.status.last_seen = arrival / 1e9
         return reading

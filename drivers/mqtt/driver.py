@@ -43,8 +43,8 @@ class MqttDriver(Driver):
         cfg, ctx = self.config, self.ctx
         while True:
             problems = attachment.mapper.problems  # field-level: wrong_type, bad_time
-            for reason in list(problems):
-                ctx.count(reason, problems.pop(reason))
+            if problems:
+                broker.field_problems(attachment, {r: problems.pop(r) for r in list(problems)})
             if broker.failure is not None:
                 ctx.set_state(DeviceState.ERROR, broker.failure)
             elif not broker.connection.connected:

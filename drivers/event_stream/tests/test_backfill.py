@@ -66,8 +66,10 @@ async def test_ten_minute_outage_of_a_terminal_is_fully_backfilled(tmp_path: Pat
         missed = swipe_during_outage(sim, OUTAGE_SWIPES)
         searches_before = len(sim.searches)
         await sim.start()  # back on the same address
-        await gw.until(lambda: status.state == "online", what="back online")
+        await gw.until(lambda: sim.open_streams == 1, what="reconnected")
+        assert status.state == "offline"  # a terminal without keep-alives: until it talks
         after = [sim.swipe(f"0005{k:06d}", f"11{k:02d}")["serialNo"] for k in range(2)]
+        await gw.until(lambda: status.state == "online", what="back online")
         expected = before + missed + after
         await gw.until(lambda: sorted(serials(gw)) == sorted(expected), timeout=60,
                        what="every swipe")
