@@ -81,6 +81,8 @@ def summarize(config: LoadedConfig) -> str:
     if model.mqtt is not None:
         lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "
                      f"base topic {model.mqtt.base_topic}")
+    lines += [f"  warning:  {w}" for sink in config.sinks
+              for w in sink.setup_warnings(config.data_dir)]
     return "\n".join(lines)
 
 
