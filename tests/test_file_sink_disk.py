@@ -35,7 +35,7 @@ def batch(i: int) -> bytes:
 
 def sink_on(directory: Path, **settings: object) -> FileSink:
     config = FileSinkConfig(type="file", name="lines", directory=directory, fsync=False,
-                            **settings)  # type: ignore[arg-type]
+                            **settings)
     return FileSink(config, directory.parent)
 
 
