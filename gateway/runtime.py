@@ -414,13 +414,21 @@ def load_pseudonymizer(config: LoadedConfig) -> Pseudonymizer | None:
     return Pseudonymizer(privacy.key_file.read_bytes().strip(), privacy.length)
 
 
-async def run_gateway(config: LoadedConfig) -> None:
+async def run_gateway(config: LoadedConfig,
+                      reload_pending: Callable[[], bool] | None = None) -> None:
+    """Run until SIGTERM/SIGINT. ``reload_pending()`` says whether a SIGHUP came after
+    ``config`` was read and before the loop's handler was installed (``iotgw run``
+    remembers those): asked after the handler is in place, so no HUP falls in between."""
     gateway = Gateway(config)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    if reload_pending is not None and reload_pending():
+        log.info("SIGHUP while starting, after the config was read: reloading it once "
+                 "running")
+        gateway.request_reload()
     await gateway.run()
 
 
