@@ -6,7 +6,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 invalid config or usage.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import json
 import logging
@@ -15,16 +14,52 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING
 
-from gateway import __version__
-from gateway.config.loader import LoadedConfig, load_config
+import gateway
 from gateway.errors import BufferFailure, ConfigError
-from gateway.urls import redact_url
+
+if TYPE_CHECKING:  # pydantic and the config models are imported where they are used, so
+    # ``iotgw run`` installs its SIGHUP disposition before they load (EarlyHangups)
+    from gateway.config.loader import LoadedConfig
 
 EXIT_CONFIG = 2
 
 
+class EarlyHangups:
+    """SIGHUPs that arrive while ``iotgw run`` starts, before the event loop's handler.
+
+    SIGHUP's default action ends the process (rc 129): an outside probe lost the gateway
+    to a reload request 0.1 s after start, while the interpreter was still importing. This
+    is installed first thing in :func:`main` (before pydantic and the config models
+    load), and remembers instead of reloading: the config about to be read covers every
+    HUP before :meth:`config_read_starts`; one after it (the file may have changed after
+    it was read) becomes a reload once the gateway runs. What remains is the interpreter's
+    own start-up, before any code of ours runs.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def install(self) -> None:
+        signal.signal(signal.SIGHUP, self._received)
+
+    def _received(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def config_read_starts(self) -> None:
+        """The config read from here on covers every HUP received until now."""
+        self.count = 0
+
+    def reload_pending(self) -> bool:
+        """A HUP came after the config was read: the gateway must read it again."""
+        return self.count > 0
+
+
 def _load_or_exit(path: str) -> LoadedConfig:
+    from gateway.config.loader import load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -35,20 +70,26 @@ def _load_or_exit(path: str) -> LoadedConfig:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    # A reload request that arrives while we are still starting must not kill us
-    # (SIGHUP's default action); the event loop installs the real handler shortly.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    import asyncio
+
     from gateway.logs import setup_logging
     from gateway.runtime import run_gateway
 
+    hangups: EarlyHangups = getattr(args, "hangups", None) or EarlyHangups()
+    hangups.install()  # main() did already, unless called directly (tests)
     setup_logging(args.log_format, args.log_level)
+    hangups.config_read_starts()
     config = _load_or_exit(args.config)
     try:
-        asyncio.run(run_gateway(config))
+        asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
     except BufferFailure as exc:
         # Read-only or unusable data_dir: one clear line, not a traceback per restart.
         logging.getLogger("iotgw").error("cannot run: %s", exc)
         return 1
+    finally:
+        # The loop's handler is gone (asyncio puts back SIG_DFL): a reload request while
+        # the interpreter exits must not turn a clean stop into rc 129.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     return 0
 
 
@@ -59,6 +100,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def summarize(config: LoadedConfig) -> str:
+    from gateway.urls import redact_url
+
     model = config.model
     lines = [f"{config.path}: OK (gateway {model.gateway.id}, site {model.gateway.site})",
              f"  data_dir: {config.data_dir}",
@@ -81,6 +124,8 @@ def summarize(config: LoadedConfig) -> str:
     if model.mqtt is not None:
         lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "
                      f"base topic {model.mqtt.base_topic}")
+    lines += [f"  warning:  {w}" for sink in config.sinks
+              for w in sink.setup_warnings(config.data_dir)]
     return "\n".join(lines)
 
 
@@ -135,7 +180,7 @@ def add_plugin_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 def build_parser(with_driver_commands: bool = True,
                  with_plugin_commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotgw", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"iotgw {__version__}")
+    parser.add_argument("--version", action="version", version=f"iotgw {gateway.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the gateway")
@@ -193,6 +238,9 @@ CORE_COMMANDS = frozenset({"run", "check", "schema", "buffer", "status", "rules"
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
+    hangups = EarlyHangups() if command == "run" else None
+    if hangups is not None:
+        hangups.install()  # before the imports below: they take most of the start-up
     if command in CORE_COMMANDS:
         parser = build_parser(with_driver_commands=False, with_plugin_commands=False)
     else:
@@ -202,6 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(with_driver_commands=not plugin_command)
     args = parser.parse_args(words)
     func: Callable[[argparse.Namespace], int] = args.func
+    args.hangups = hangups
     try:
         code = func(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at interpreter exit

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -73,6 +74,11 @@ class Gateway:
                                          min_free=buf.min_free))
         self.pipeline: Pipeline | None = None
         self.supervisor: Supervisor | None = None
+        self.exit_when_stuck: Callable[[], None] | None = None
+        """Called at the end of a stop whose final commit is stuck in the buffer's thread
+        (``iotgw run`` ends the process there: waiting for that thread is what overran
+        ``shutdown_timeout``); None (in-process use) waits for it as before."""
+        self._stuck_commit: asyncio.Future[None] | None = None
         self._alarms: AlarmRuntime | None = None
         self._alarms_waiting: list[Callable[[AlarmService], None]] = []
 
@@ -163,12 +169,7 @@ class Gateway:
         devices = [n for n in self.supervisor.names() if n.startswith("device:")]
         await self.supervisor.stop(devices, timeout=max(0.1, (deadline - time.monotonic()) / 3))
         await self.supervisor.stop(["pipeline"], timeout=0.5)
-        try:
-            async with asyncio.timeout(max(0.1, deadline - time.monotonic() - 0.5)):
-                await self.pipeline.flush()
-        except (TimeoutError, Exception) as exc:
-            log.error("final commit failed, %d queued readings lost: %s",
-                      self.pipeline.pending, exc)
+        committed = await self._final_commit(max(0.1, deadline - time.monotonic() - 0.5))
         if self._alarms is not None:
             await self.supervisor.stop(["alarms"], timeout=0.5)
             await self._alarms.close()
@@ -177,6 +178,41 @@ class Gateway:
                  self.stats.readings_in, self.stats.readings_committed,
                  extra={"readings_in": self.stats.readings_in,
                         "readings_committed": self.stats.readings_committed})
+        if not committed and self.exit_when_stuck is not None:
+            self.exit_when_stuck()
+
+    async def _final_commit(self, budget: float) -> bool:
+        """Commit what is queued and wait for every commit already running, at most
+        ``budget`` seconds; False if the buffer's thread did not get through in time.
+
+        A commit stuck in the buffer's thread (fsync on a frozen or dying disk) cannot be
+        cancelled, and ``Pipeline.flush`` rightly waits for it even when cancelled: a
+        timeout around it did not bound the stop (an outside probe: 20 s, until the disk
+        thawed). So the work runs as a task that is waited for, not cancelled, and is
+        left behind when the time is up. The no-op query behind the flush is a barrier:
+        the buffer's one worker runs calls in order, so it answers once every commit
+        before it (the pipeline's own, interrupted by the stop) has finished."""
+        assert self.pipeline is not None
+        pipeline = self.pipeline
+        queued = pipeline.pending
+
+        async def commit_all() -> None:
+            await pipeline.flush()
+            await self.buffer.query(lambda _conn: None)
+
+        work = asyncio.ensure_future(commit_all())
+        done, _ = await asyncio.wait({work}, timeout=budget)
+        if not done:
+            self._stuck_commit = work  # keeps the task referenced while it waits
+            log.error("final commit did not complete within %.1fs: the buffer's thread is "
+                      "still writing (a stalled disk?); %d queued readings, and those of a "
+                      "commit already running, may or may not be stored (the buffer at the "
+                      "next start has them or not)", budget, queued)
+            return False
+        if (exc := work.exception()) is not None:
+            log.error("final commit failed, %d queued readings not stored: %s",
+                      pipeline.pending, exc)
+        return True
 
     # -- alarms ----------------------------------------------------------------------
 
@@ -414,14 +450,38 @@ def load_pseudonymizer(config: LoadedConfig) -> Pseudonymizer | None:
     return Pseudonymizer(privacy.key_file.read_bytes().strip(), privacy.length)
 
 
-async def run_gateway(config: LoadedConfig) -> None:
+async def run_gateway(config: LoadedConfig,
+                      reload_pending: Callable[[], bool] | None = None) -> None:
+    """Run until SIGTERM/SIGINT. ``reload_pending()`` says whether a SIGHUP came after
+    ``config`` was read and before the loop's handler was installed (``iotgw run``
+    remembers those): asked after the handler is in place, so no HUP falls in between."""
     gateway = Gateway(config)
+    gateway.exit_when_stuck = exit_abandoning_buffer
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.request_stop)
     loop.add_signal_handler(signal.SIGHUP, gateway.request_reload)
     loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
+    if reload_pending is not None and reload_pending():
+        log.info("SIGHUP while starting, after the config was read: reloading it once "
+                 "running")
+        gateway.request_reload()
     await gateway.run()
+
+
+EXIT_COMMIT_STUCK = 1
+
+
+def exit_abandoning_buffer() -> None:
+    """End the process now, leaving the buffer's thread in its stuck commit.
+
+    The TaskGroup, the buffer's close and the interpreter's exit would all wait for that
+    thread. SQLite's journal makes the commit it was in either whole or absent at the next
+    open; the flock is the kernel's to release. A thread in uninterruptible disk sleep
+    still holds the process until the kernel lets it go (even SIGKILL waits), but nothing
+    of the gateway's own waits any longer."""
+    logging.shutdown()  # every log line out before the exit
+    os._exit(EXIT_COMMIT_STUCK)
 
 
 def dump_tasks() -> None:

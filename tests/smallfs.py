@@ -70,6 +70,19 @@ class Mounts:
         self._mounted.clear()
 
 
+@contextlib.contextmanager
+def frozen(target: Path) -> Iterator[None]:
+    """``fsfreeze``: every write and fsync on ``target`` blocks until thawed, as on a
+    stalled disk. Always thawed again, so the fixture can unmount."""
+    proc = _run("fsfreeze", "-f", str(target))
+    if proc.returncode:
+        pytest.fail(f"fsfreeze is not available here: {proc.stderr.strip()}")
+    try:
+        yield
+    finally:
+        _run("fsfreeze", "-u", str(target))
+
+
 def trigger_ext4_error(target: Path) -> None:
     """Make the kernel treat ``target``'s ext4 as failing: with ``errors=remount-ro`` it
     turns read-only underneath open files, as after I/O errors on a worn SD card."""

@@ -399,3 +399,46 @@ def test_notifier_speaks_the_datagram_protocol(tmp_path: Path) -> None:
     assert watchdog_period({"WATCHDOG_USEC": "30000000",
                             "WATCHDOG_PID": str(os.getpid())}) == 30.0
     assert watchdog_period({}) is None
+
+
+# -- a buffer whose thread is stuck ---------------------------------------------------------
+
+
+async def test_healthz_answers_at_once_while_the_buffer_thread_is_stuck(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a disk stall /healthz took 5 s (an outside probe): each request queued a
+    stats query behind the stuck commit and waited for it. It now reports what it knows.
+    The buffer's one worker is held by a query that waits on an event (what a frozen
+    fsync does to it); "stuck" is 1 h here, so a request that still waited for the
+    buffer would hang this test instead of answering."""
+    from gateway.health import snapshot
+
+    monkeypatch.setattr(snapshot, "BUFFER_PROBE_TIMEOUT", 3600.0)
+    port = free_port()
+    gateway, task = await start(write_config(
+        tmp_path / "gw.yaml", f"{{listen: '127.0.0.1:{port}', report_interval: 0}}"))
+    base = f"http://127.0.0.1:{port}"
+    release = threading.Event()
+    held: asyncio.Future[bool] | None = None
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async with http.get(base + "/healthz") as response:  # before the stall
+                assert response.status == 200, await response.text()
+            held = asyncio.ensure_future(gateway.buffer.query(lambda _conn: release.wait()))
+            async with http.get(base + "/healthz") as response:
+                assert response.status == 200, await response.text()
+            async with http.get(base + "/status") as response:
+                buffer = (await response.json())["buffer"]
+            assert buffer["ok"] and buffer["unanswered_seconds"] > 0, buffer
+            assert "depth_lines" in buffer, "the last answer's figures"
+
+            monkeypatch.setattr(snapshot, "BUFFER_PROBE_TIMEOUT", 0.0)
+            async with http.get(base + "/healthz") as response:
+                assert response.status == 503
+                assert "FAIL buffer_writable: no answer from the buffer for" in \
+                    await response.text()
+    finally:
+        release.set()
+        if held is not None:
+            await held
+        await stop(gateway, task)

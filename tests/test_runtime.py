@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sqlite3
 import subprocess
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from tests.gwproc import ROOT, GatewayProcess
 from tests.support.files import file_lines
+from tests.support.wait import eventually_sync
 
 
 def write_config(path: Path, devices: str, extra: str = "") -> None:
@@ -46,6 +49,63 @@ def test_sigterm_commits_every_reading_and_exits_cleanly(tmp_path: Path) -> None
     assert len(delivered) + pending_in_buffer(data) == committed
     assert all(b",site=test-site" in line and b"gateway=gw-t" in line for line in delivered)
     assert any(b"building=9,device=fast-2" in line for line in delivered)
+
+
+def fifo_reader_waiting(fifo: Path) -> int:
+    """A write end of ``fifo`` once the gateway has opened it to read its config: then
+    the test knows where the gateway is (inside the config read, which waits for us)."""
+
+    def open_writer() -> int | None:
+        try:
+            return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no reader yet
+                return None
+            raise
+
+    fd: int = eventually_sync(open_writer, until=lambda fd: fd is not None,
+                              what="the gateway to open its config file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def write_and_close(fd: int, data: bytes) -> None:
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def test_a_sighup_while_starting_is_a_reload_once_running(tmp_path: Path) -> None:
+    """A HUP before the event loop's handler ended the process with rc 129 (an outside
+    probe, 0.1 s after start). The config file is a FIFO, so the HUP is sent while the
+    gateway is reading it (after ``iotgw run``'s early disposition, before the loop's):
+    the file may change after that read, so the gateway must read it again once running.
+    Without the fix the HUP was ignored and the second read never came."""
+    config = tmp_path / "gw.yaml"
+    os.mkfifo(config)
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    write_config(first, "- {id: first, driver: synthetic, interval: 20ms}\n")
+    write_config(second, """\
+        - {id: first, driver: synthetic, interval: 20ms}
+        - {id: added, driver: synthetic, interval: 20ms}
+        """)
+    gw = GatewayProcess(config).start()
+    try:
+        reading = fifo_reader_waiting(config)
+        gw.signal(signal.SIGHUP)
+        write_and_close(reading, first.read_bytes())
+        gw.wait_for_log(lambda r: "running" in r["msg"])  # the first read is over
+        write_and_close(fifo_reader_waiting(config), second.read_bytes())  # the reload
+        reloaded = gw.wait_for_log(lambda r: r["msg"].startswith("config reloaded"))
+        assert reloaded["msg"].startswith("config reloaded: 0 devices restarted or removed")
+        gw.wait_for_log(lambda r: "SIGHUP while starting" in r["msg"])
+        eventually_sync(lambda: any(b"device=added" in line
+                                    for line in file_lines(tmp_path / "data")),
+                        what="readings of the device the second read added")
+    finally:
+        code = gw.stop()
+    assert code == 0
 
 
 def test_sighup_reload_applies_good_config_and_rejects_bad(tmp_path: Path) -> None:

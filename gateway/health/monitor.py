@@ -24,10 +24,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.clock import ClockMonitor
+from gateway.problems import ProblemLog
 
 log = logging.getLogger("iotgw.health")
 
 BEAT_INTERVAL = 0.5
+COMMIT_STALL = "commit-stall"
 LAG_WINDOW = 60.0
 """Seconds over which the worst lag is reported (``iotgw_event_loop_lag_max_seconds``)."""
 
@@ -49,6 +51,7 @@ class LoopMonitor:
         self._stalled_since: float | None = None
         self._loop_thread: int | None = None
         # commit progress
+        self._problems = ProblemLog(log)
         self._committed = -1
         self._pending = 0
         self._progress_at = self.started
@@ -92,10 +95,24 @@ class LoopMonitor:
                       self.max_lag, extra={"loop_lag": round(self.lag, 3)})
 
     def commits(self, committed: int, pending: int) -> None:
+        """Sample commit progress; log once when queued readings have waited past
+        ``commit_stall`` (what /healthz fails on) and once when commits flow again. A
+        30-75 s disk stall used to show only on /healthz and ``iotgw status``."""
         self._pending = pending
         if committed != self._committed or pending == 0:
+            stalled = self._mono() - self._progress_at
             self._committed = committed
             self._progress_at = self._mono()
+            self._problems.recovered(
+                COMMIT_STALL, f"buffer commits flowing again after {stalled:.0f}s")
+            return
+        stalled = self.commit_stalled_for()
+        if stalled > self.commit_stall:
+            self._problems.report(
+                COMMIT_STALL, f"no reading committed to the buffer for {stalled:.0f}s with "
+                f"{pending} waiting (health.commit_stall {self.commit_stall:g}s): its disk "
+                "is not taking writes (stalled, frozen or failing?); /healthz fails "
+                "buffer_writable until commits flow again", kind=COMMIT_STALL)
 
     # -- the views --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import asyncio
 import os
 import shutil
 import time
+import weakref
 from dataclasses import asdict
 from typing import Any
 
@@ -24,8 +25,13 @@ from gateway.health.checks import evaluate
 from gateway.health.monitor import monitor_for
 
 BUFFER_PROBE_TIMEOUT = 5.0
-"""A buffer worker that cannot answer a stats query this fast is stuck (fsync on a dying
-card, a lock): /healthz says so instead of hanging the prober."""
+"""A buffer worker that has not answered a stats query for this long is stuck (fsync on a
+dying card, a frozen file system, a lock): the snapshot says so."""
+BUFFER_ANSWER_WAIT = 0.25
+"""How long a request waits for the buffer's answer before it reports the last one. The
+stats query runs on the buffer's one worker thread, behind any commit; during a disk
+stall /healthz took the full 5 s to answer (an outside probe), longer than most probes
+wait. Once the buffer has answered once, no request waits longer than this."""
 
 
 async def collect(gateway: Any) -> dict[str, Any]:
@@ -70,16 +76,74 @@ async def collect(gateway: Any) -> dict[str, Any]:
     return snap
 
 
-async def _buffer(gateway: Any) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    try:
-        async with asyncio.timeout(BUFFER_PROBE_TIMEOUT):
-            stats = await gateway.buffer.stats()
-    except TimeoutError:
-        return {"ok": False, "error": f"no answer from the buffer within "
-                f"{BUFFER_PROBE_TIMEOUT:g}s", "path": str(gateway.buffer.path)}, {}
-    except Exception as exc:
+BufferView = tuple[dict[str, Any], dict[str, dict[str, Any]]]
+"""The ``buffer`` section of the snapshot and the lag of each sink."""
+
+
+class BufferProbe:
+    """At most one stats query in flight per gateway, and the last answer.
+
+    Each request used to queue a query of its own behind a stuck commit and wait for it
+    (5 s); now a request joins the query in flight, waits for it at most
+    :data:`BUFFER_ANSWER_WAIT`, and otherwise reports the last answer with its age, or the
+    buffer as stuck once the query has waited :data:`BUFFER_PROBE_TIMEOUT`."""
+
+    def __init__(self, gateway: Any) -> None:
+        self._gateway = gateway
+        self._asking: asyncio.Future[Any] | None = None
+        self._asked_at = 0.0
+        self._last: BufferView | None = None
+        self._answered_at = 0.0
+
+    async def view(self) -> BufferView:
+        if self._asking is None:
+            self._asking = asyncio.ensure_future(self._gateway.buffer.stats())
+            self._asking.add_done_callback(_retrieved)  # read later, or never at a stop
+            self._asked_at = time.monotonic()
+        asking = self._asking
+        waited = time.monotonic() - self._asked_at
+        wait = BUFFER_ANSWER_WAIT if self._last is not None else \
+            max(BUFFER_ANSWER_WAIT, BUFFER_PROBE_TIMEOUT - waited)  # nothing known yet
+        await asyncio.wait({asking}, timeout=wait)
+        if asking.done():
+            self._asking = None
+            self._last, self._answered_at = _answer(self._gateway, asking), time.monotonic()
+            return dict(self._last[0]), self._last[1]
+        waited = time.monotonic() - self._asked_at
+        if waited > BUFFER_PROBE_TIMEOUT or self._last is None:
+            return {"ok": False, "error": f"no answer from the buffer for {waited:.0f}s (its "
+                    "thread is stuck: a stalled or failing disk?)",
+                    "path": str(self._gateway.buffer.path),
+                    "unanswered_seconds": round(waited, 3)}, {}
+        section, lags = self._last
+        return {**section, "unanswered_seconds": round(waited, 3),
+                "answer_age_seconds": round(time.monotonic() - self._answered_at, 3)}, lags
+
+
+_PROBES: weakref.WeakKeyDictionary[Any, BufferProbe] = weakref.WeakKeyDictionary()
+
+
+async def _buffer(gateway: Any) -> BufferView:
+    probe = _PROBES.get(gateway)
+    if probe is None:
+        probe = _PROBES[gateway] = BufferProbe(gateway)
+    return await probe.view()
+
+
+def _retrieved(asked: asyncio.Future[Any]) -> None:
+    if not asked.cancelled():
+        asked.exception()
+
+
+def _answer(gateway: Any, asked: asyncio.Future[Any]) -> BufferView:
+    if asked.cancelled():
+        return {"ok": False, "error": "the buffer query was cancelled",
+                "path": str(gateway.buffer.path)}, {}
+    exc = asked.exception()
+    if exc is not None:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                 "path": str(gateway.buffer.path)}, {}
+    stats = asked.result()
     lags = {name: asdict(lag) for name, lag in stats.sinks.items()}
     return {
         "ok": True, "error": None, "path": str(stats.path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import Field
@@ -50,3 +51,9 @@ class SinkConfigBase(StrictModel):
     @property
     def sink_name(self) -> str:
         return self.name or str(self.type)
+
+    def setup_warnings(self, data_dir: Path) -> list[str]:
+        """Settings that are valid but may not work out where they point (a file sink's
+        ring larger than its disk): ``iotgw check`` prints them and the config stays
+        valid, because the deployment may still change (a disk that grows)."""
+        return []
