@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.alarms.model import finite
+from gateway.jsonsafe import finite
 
 log = logging.getLogger("iotgw.alarms.audit")
 

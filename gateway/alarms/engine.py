@@ -35,10 +35,10 @@ from gateway.alarms.model import (
     AlarmState,
     Transition,
     bounded_name,
-    finite,
 )
 from gateway.alarms.rules import CompiledRule
 from gateway.alarms.state import Alarm, alarm_id
+from gateway.jsonsafe import finite_field
 from gateway.problems import ProblemLog
 from gateway.reading import FieldValue, Reading
 
@@ -410,10 +410,10 @@ class Engine:
         if when is not None and when.threshold is not None:
             v = values.get(when.threshold.field)
             if v is not None:
-                return finite(v)  # type: ignore[return-value]
+                return finite_field(v)
         for name in sorted(rule.trigger):
             if name in values:
-                return finite(values[name])  # type: ignore[return-value]
+                return finite_field(values[name])
         return None
 
     def _debounce_on(self, alarm: Alarm, rule: CompiledRule, on: bool,

@@ -9,7 +9,6 @@ States follow ISA-18.2 / IEC 62682 (see docs/alarms.md).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,19 +45,6 @@ def bounded_name(name: str) -> str:
     if len(name) <= NAME_MAX:
         return name
     return f"{name[:_NAME_SHOWN]}~{name_digest(name, 16)}"
-
-
-def finite(value: object) -> object:
-    """``value`` with non-finite floats (NaN, ±Infinity) as None, inside dicts and lists
-    too: JSON has no such numbers (``json.dumps`` would write the non-standard ``NaN``,
-    which strict parsers refuse), so what goes out on the ops bus never holds one."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 class AlarmState(StrEnum):

@@ -35,7 +35,8 @@ from typing import Any
 from urllib.parse import unquote
 
 from gateway.alarms.audit import AuditRecord
-from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition, finite
+from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition
+from gateway.jsonsafe import finite
 from gateway.mqtt.discovery import Discovery
 from gateway.problems import ProblemLog
 

@@ -13,7 +13,6 @@ import base64
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from gateway.alarms.audit import AuditRecord, audit_for
 from gateway.alarms.model import AlarmService, Transition
 from gateway.driver import DeviceStatus
 from gateway.errors import CommandRefused
+from gateway.jsonsafe import finite
 from gateway.mqtt.alarmtopics import STALE_SCAN_SECONDS, AlarmTopics
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
 from gateway.mqtt.commands import MEMORY_BYTES, MEMORY_TTL, CommandMemory, execute, parse_body
@@ -69,19 +69,8 @@ def _dumps(obj: Any) -> bytes:
     except ValueError:
         _json_problems.report("non-finite", "a non-finite number (NaN or infinity) in an "
                               "ops-bus message was sent as null", level=logging.WARNING)
-        return json.dumps(_finite(obj), separators=(",", ":"), default=str,
+        return json.dumps(finite(obj), separators=(",", ":"), default=str,
                           allow_nan=False).encode()
-
-
-def _finite(obj: Any) -> Any:
-    """``obj`` with every NaN and infinity replaced by None (JSON null)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 class OpsBus:
