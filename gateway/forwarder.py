@@ -182,6 +182,7 @@ class Forwarder:
             try:
                 await self._sink.write(piece)
             except SinkPartlyStored as exc:  # the store kept the rest: nothing to resend
+                self._backoff.reset()
                 self._refused(delivery, exc.refused_lines, str(exc))
             except (SinkTooLarge, SinkRejected) as exc:
                 reason = "too large" if isinstance(exc, SinkTooLarge) else str(exc)
@@ -191,6 +192,11 @@ class Forwarder:
                     pieces[-1:] = [b"\n".join(lines[middle:]), b"\n".join(lines[:middle])]
                     continue
                 self._refused(delivery, 1, reason, piece)
+            else:
+                # The store takes data: a 503 between the pieces of a long bisection
+                # waits the backoff's first step, not one grown over hundreds of requests
+                # (an outside probe: 51 of 2,928 healthy readings in 60 s).
+                self._backoff.reset()
             pieces.pop()
 
     def _refused(self, delivery: Delivery, lines: int, reason: str,

@@ -402,10 +402,24 @@ NGINX_400 = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTT
         (400, b"", SinkAuthError, None),
         (400, b"Bad Request", SinkAuthError, None),
         (400, b"unsupported path requested: /foo/api/v2/write", SinkAuthError, None),
+        # what a proxy or the server says about itself, found by an outside probe to
+        # match single words inside others ("point" in "endpoint", "line" in "deadline")
+        (400, b"400 Bad Request: malformed MIME header line: foo", SinkAuthError, None),
+        (400, b"invalid endpoint", SinkAuthError, None),
+        (400, b"write endpoint is disabled on this node", SinkAuthError, None),
+        (400, b"context deadline exceeded", SinkAuthError, None),
+        (400, b"node is offline, try later", SinkAuthError, None),
+        (400, b"Request Header Fields Too Large", SinkAuthError, None),
+        (400, b"write to staging bucket not allowed", SinkAuthError, None),
+        (400, b'{"error":"retention policy not found: autogn"}', SinkAuthError, None),
+        (400, b"cannot parse request header", SinkAuthError, None),
         # refusals of lines that stored nothing: bisected
         (400, b'{"code":"invalid","message":"unable to parse \'m v=\': missing field value"}',
          SinkRejected, None),
         (400, b"cannot parse line protocol", SinkRejected, None),
+        (400, b'{"error":"parsing failed for write_lp endpoint"}', SinkRejected, None),
+        (400, b"invalid field value for f0", SinkRejected, None),
+        (400, b"tag key too long", SinkRejected, None),
         # InfluxDB's partial writes: the rest is stored
         (400, b'{"error":"partial write: field type conflict: input field \\"v\\" on '
               b'measurement \\"m\\" is type string, already exists as type float dropped=3"}',

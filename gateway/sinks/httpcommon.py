@@ -136,33 +136,49 @@ def redact(message: str, secrets: Iterable[str | None]) -> str:
     return message
 
 
-LINE_PROBLEM_WORDS = ("line", "field", "tag", "pars", "point", "measurement", "timestamp",
-                      "time outside", "retention", "series", "conflict")
-"""Words of a store refusing *lines* (InfluxDB 1.x ``partial write: field type conflict``,
-``unable to parse``, ``points beyond retention policy``; 2.x/3.x ``{"code":"invalid"}``
-messages; VictoriaMetrics ``cannot parse``). A 400 or 422 says nothing else: without one
-of these words it is not a refusal of lines, which would bisect the batch and drop every
-line of it (an outside probe lost 570 of 570 readings to nginx's "400 The plain HTTP
-request was sent to HTTPS port"), but a configuration problem that keeps them buffered."""
+LINE_REFUSALS = re.compile(
+    r"partial write|unable to parse|cannot parse|failed to parse|parsing failed|parse error"
+    r"|field type conflict|beyond retention|line protocol|\bline \d+:|time outside range"
+    r"|max-values-per-tag|max series per database|invalid (?:field|tag) format"
+    r"|missing (?:fields?|tag)|bad timestamp|invalid (?:number|boolean)", re.IGNORECASE)
+"""What stores say when they refuse *lines*: InfluxDB 1.x (``partial write: field type
+conflict``, ``unable to parse``, ``points beyond retention policy``, ``max-values-per-tag
+limit exceeded``), 2.x/3.x (``unable to parse``, ``partial write has occurred ... line 2:``,
+``parsing failed for write_lp endpoint``), VictoriaMetrics (``cannot parse``). Matched as
+phrases: single words matched inside others ("point" in "endpoint", "line" in
+"deadline" and "MIME header line") made an outside probe's proxy answers drop every
+line."""
 
-NOT_A_LINE_PROBLEM = ("unsupported path", "page not found", "no such endpoint",
-                      "plain http request", "https port")
-"""A 400 whose text says the *endpoint* is wrong (VictoriaMetrics answers a URL with an
-extra path this way, nginx an http:// URL to its TLS port), whatever other words it has."""
+ABOUT_THE_REQUEST = re.compile(r"header|https port|<html", re.IGNORECASE)
+"""A 400 about the request itself, whatever else it says ("cannot parse request header",
+nginx's "plain HTTP request was sent to HTTPS port" page)."""
+
+NOT_A_LINE_PROBLEM = re.compile(
+    r"endpoint|unsupported path|not found|no such|deadline|offline|disabled|not allowed"
+    r"|permission|unauthori[sz]ed|forbidden|too large", re.IGNORECASE)
+"""A 400 that names the request, the endpoint or the server's condition rather than its
+lines (nginx's "plain HTTP request was sent to HTTPS port", "Request Header Fields Too
+Large", "retention policy not found", "context deadline exceeded", VictoriaMetrics's
+"unsupported path"), when it has none of ``LINE_REFUSALS``."""
+
+LINE_WORDS = re.compile(r"\b(?:fields?|tags?|measurements?|timestamps?|series|points?)\b",
+                        re.IGNORECASE)
+"""Whole words that, in a 400 naming nothing of ``NOT_A_LINE_PROBLEM``, still speak of
+lines (``invalid field value``, ``tag key too long``)."""
 
 _DROPPED = re.compile(r"dropped=(\d+)")
 _LINE_NUMBER = re.compile(r'\bline \d+:|"line_number"')
 
 
 def is_line_refusal(text: str) -> bool:
-    """Whether a 400/422's message refuses lines (see ``LINE_PROBLEM_WORDS``); an empty
-    answer or an HTML page does not."""
-    lowered = text.lower()
-    if not lowered or lowered.startswith("<") or "<html" in lowered:
+    """Whether a 400/422's message refuses lines. Anything else (an empty answer, an HTML
+    page, a proxy's or the server's own trouble) is a configuration problem that keeps
+    the data buffered: a refusal of lines is bisected and the refused lines dropped."""
+    if not text or text.lstrip().startswith("<") or ABOUT_THE_REQUEST.search(text):
         return False
-    if any(p in lowered for p in NOT_A_LINE_PROBLEM):
-        return False
-    return any(word in lowered for word in LINE_PROBLEM_WORDS)
+    if LINE_REFUSALS.search(text):
+        return True
+    return not NOT_A_LINE_PROBLEM.search(text) and LINE_WORDS.search(text) is not None
 
 
 def partly_stored(text: str) -> int | None:
