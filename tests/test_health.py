@@ -8,6 +8,7 @@ NOTIFY_SOCKET, and the Prometheus client's own parser.
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import os
@@ -28,7 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config.loader import load_config
 from gateway.health.checks import evaluate
+from gateway.health.metrics import render
 from gateway.health.monitor import monitor_for
+from gateway.health.statustable import format_status
 from gateway.runtime import Gateway
 from tests.gwproc import ROOT, GatewayProcess
 from tests.support.servers import free_port
@@ -217,6 +220,12 @@ async def test_endpoints_under_load(tmp_path: Path) -> None:
     assert ("iotgw_buffer_depth_lines", ()) in second
     assert second[("iotgw_buffer_max_bytes", ())] == 512 * 1024**2
     assert second[("iotgw_buffer_quarantined_lines_total", ())] == 0
+    assert second[("iotgw_buffer_quarantined_chunks_total", ())] == 0
+    assert "QUARANTINED" not in format_status(status)
+    damaged = copy.deepcopy(status)  # as a buffer with two chunks that failed their CRC
+    damaged["buffer"].update(quarantined_chunks_total=2, quarantined_lines_total=8)
+    assert "QUARANTINED 2 damaged chunks (8 lines, not sent" in format_status(damaged)
+    assert "iotgw_buffer_quarantined_chunks_total 2.0" in render(damaged).decode()
     for i in range(4):
         assert second[("iotgw_device_state", (("device", f"fast-{i}"), ("state", "online")))] == 1
     assert second[("iotgw_event_loop_lag_seconds", ())] < 1.0

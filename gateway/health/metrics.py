@@ -125,6 +125,9 @@ class SnapshotCollector(Collector):
                                   "Lines in chunks that failed their checksum (bitrot), "
                                   "moved to the quarantine table and not forwarded",
                                   value=buf["quarantined_lines_total"])
+        yield CounterMetricFamily("iotgw_buffer_quarantined_chunks",
+                                  "Chunks that failed their checksum (bitrot), moved to the "
+                                  "quarantine table", value=buf["quarantined_chunks_total"])
 
     def _sinks(self) -> Iterator[Metric]:
         now = self.snap["gateway"]["now"]

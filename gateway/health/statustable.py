@@ -72,6 +72,16 @@ def _state_with_condition(device: dict[str, Any]) -> str:
     return f"{device['state']} ({condition})"
 
 
+def _quarantined(buf: dict[str, Any]) -> str:
+    """The chunks that failed their checksum, when there are any (an operator has to
+    look at them: docs/operations.md)."""
+    chunks = buf.get("quarantined_chunks_total") or 0
+    if not chunks:
+        return ""
+    return (f"; QUARANTINED {chunks:,} damaged chunks ({buf['quarantined_lines_total']:,} "
+            "lines, not sent: see the quarantine table)")
+
+
 def format_status(snap: dict[str, Any]) -> str:
     gw, health, loop, clock = snap["gateway"], snap["health"], snap["loop"], snap["clock"]
     readings, buf = snap["readings"], snap["buffer"]
@@ -104,7 +114,8 @@ def format_status(snap: dict[str, Any]) -> str:
         cap = f" of {_size(buf['max_bytes'])}" if buf.get("max_bytes") else ""
         out.append(f"buffer: {buf['depth_lines']:,} lines, {_size(buf['bytes_held'])}{cap} "
                    f"({_size(buf['file_bytes'])} on disk, {_size(buf.get('disk_free_bytes'))} "
-                   f"free), {buf['dropped_full_total']:,} dropped when full")
+                   f"free), {buf['dropped_full_total']:,} dropped when full"
+                   + _quarantined(buf))
     else:
         out.append(f"buffer: UNAVAILABLE: {buf['error']}")
     out.append("")
