@@ -175,7 +175,16 @@ class Forwarder:
         """Send what is left of the batch, piece by piece. A refused or too large piece is
         halved until the refused lines are isolated, the rest written (resending lines the
         server already took is harmless: idempotent). A failure leaves the unsent pieces
-        in ``delivery`` for the next attempt."""
+        in ``delivery`` for the next attempt.
+
+        Refused lines are dropped only when the store took some of the batch: a store
+        that refuses every line of a batch of several is not refusing a few bad lines
+        (a proxy's answer taken for a refusal, a store that cannot take anything, lines
+        the gateway got wrong). Such a batch stays buffered and the sink failed, retried
+        whole every ``auth_retry`` (one request, not a new bisection, while the answer
+        stays the same)."""
+        if delivery.suspect is not None:
+            await self._recheck(delivery)
         pieces = delivery.pieces
         while pieces:
             piece = pieces[-1]
@@ -183,7 +192,8 @@ class Forwarder:
                 await self._sink.write(piece)
             except SinkPartlyStored as exc:  # the store kept the rest: nothing to resend
                 self._backoff.reset()
-                self._refused(delivery, exc.refused_lines, str(exc))
+                delivery.accepted = True
+                delivery.hold(exc.refused_lines, str(exc), None)
             except (SinkTooLarge, SinkRejected) as exc:
                 reason = "too large" if isinstance(exc, SinkTooLarge) else str(exc)
                 lines = piece.split(b"\n")
@@ -191,13 +201,42 @@ class Forwarder:
                     middle = len(lines) // 2
                     pieces[-1:] = [b"\n".join(lines[middle:]), b"\n".join(lines[:middle])]
                     continue
-                self._refused(delivery, 1, reason, piece)
+                delivery.hold(1, reason, piece)
             else:
                 # The store takes data: a 503 between the pieces of a long bisection
                 # waits the backoff's first step, not one grown over hundreds of requests
                 # (an outside probe: 51 of 2,928 healthy readings in 60 s).
                 self._backoff.reset()
+                delivery.accepted = True
             pieces.pop()
+        if not delivery.accepted and delivery.batch.lines > 1:
+            reason = delivery.held[0][1]
+            delivery.restart(suspect=refusal_kind(reason))
+            raise SinkAuthError(
+                f"refused every one of the {delivery.batch.lines} lines of a batch "
+                f"({reason}): not dropping a whole batch, it stays buffered (a store that "
+                "refuses everything is misconfigured, or the answer is not about the lines)")
+        for count, reason, line in delivery.held:
+            self._refused(delivery, count, reason, line)
+        delivery.held.clear()
+
+    async def _recheck(self, delivery: Delivery) -> None:
+        """Send a batch whose every line was refused last time, whole: refused the same way
+        again, it stays failed without another bisection; anything else goes on as usual
+        (stored, a partial write, another refusal: bisected)."""
+        kind = delivery.suspect
+        try:
+            await self._sink.write(delivery.batch.payload)
+        except SinkPartlyStored:
+            delivery.suspect = None  # bisect it after all: the store takes some of it now
+        except (SinkTooLarge, SinkRejected) as exc:
+            if refusal_kind(str(exc)) == kind:
+                raise SinkAuthError(f"still refuses every line of the batch: {exc}") from exc
+            delivery.suspect = None
+        else:
+            delivery.suspect = None
+            delivery.accepted = True
+            delivery.pieces.clear()  # stored whole
 
     def _refused(self, delivery: Delivery, lines: int, reason: str,
                  line: bytes | None = None) -> None:
@@ -216,14 +255,30 @@ class Forwarder:
 
 class Delivery:
     """One batch on its way to a sink: the pieces still to send (a stack, the next one
-    last) and how many of its lines the store refused."""
+    last), the refusals held until the batch is done with, and how many of its lines
+    the store refused."""
 
-    __slots__ = ("batch", "pieces", "refused")
+    __slots__ = ("accepted", "batch", "held", "pieces", "refused", "suspect")
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
         self.pieces = [batch.payload]
         self.refused = 0
+        self.held: list[tuple[int, str, bytes | None]] = []
+        """Refused lines (count, reason, the line when isolated), dropped at the end."""
+        self.accepted = False
+        """The store took some piece of the batch (or said it kept the rest)."""
+        self.suspect: str | None = None
+        """The refusal kind with which the store refused every line last time."""
+
+    def hold(self, lines: int, reason: str, line: bytes | None) -> None:
+        self.held.append((lines, reason, line))
+
+    def restart(self, suspect: str) -> None:
+        self.pieces = [self.batch.payload]
+        self.held.clear()
+        self.accepted = False
+        self.suspect = suspect
 
 
 _NUMBER = re.compile(r"\d+")

@@ -409,3 +409,46 @@ async def test_an_accepted_piece_resets_the_backoff(tmp_path: Path) -> None:
     assert max(waits) <= 4.0, waits  # a few 503s in a row at most, never towards 60 s
     assert stats.sink(config.sink_name).rejected_lines == 10
     await buffer.close()
+
+
+async def test_a_store_refusing_every_line_of_a_batch_drops_none(tmp_path: Path) -> None:
+    """Whatever a 400 says, a store that refuses every line of a batch of several is not
+    refusing a few bad lines (an outside probe's proxy answers, matched as refusals of
+    lines, dropped whole streams). The batch stays buffered and the sink failed; later
+    attempts send it whole (one request each, no new bisection) until the store takes
+    it."""
+    answer = {"refuse": True}
+    bodies: list[bytes] = []
+
+    def handler(request: web.Request, body: bytes) -> web.Response:
+        bodies.append(body)
+        if answer["refuse"]:
+            return web.Response(status=400, text='{"error":"unable to parse points"}')
+        return web.Response(status=204)
+
+    lines = [f"m v={i} {i}".encode() for i in range(20)]
+    async with scripted(handler) as url:
+        config = sink_config(url, "db", auth_retry=1.0)
+        buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+        stats = GatewayStats()
+        sink_stats = stats.sink(config.sink_name)
+        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+        task = asyncio.create_task(forwarder.run())
+        try:
+            await poll_until(lambda: sink_stats.state == "failed")
+            bisection = len(bodies)
+            assert bisection == 39  # 20 lines bisected to single lines: 2 * 20 - 1
+            assert "refused every one of the 20 lines" in (sink_stats.last_error or "")
+            assert sink_stats.rejected_lines == 0 and sink_stats.sent_lines == 0
+            assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 20
+            await poll_until(lambda: len(bodies) >= bisection + 2)  # two retries
+            assert bodies[bisection:] == [b"\n".join(lines)] * (len(bodies) - bisection)
+            answer["refuse"] = False
+            await poll_until(lambda: sink_stats.sent_lines == 20)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert sink_stats.rejected_lines == 0 and sink_stats.state == "ok"
+    assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
+    await buffer.close()
