@@ -423,6 +423,29 @@ def test_count_key_alarms_that_never_raised_do_not_fill_max_alarms() -> None:
     assert sim.state("d", "bad") is AlarmState.ACTIVE_UNACKED
 
 
+def test_an_alarm_made_again_after_its_rule_came_back_continues_its_seq() -> None:
+    """A removed rule's alarms go with a ``removed`` transition; made again once the rule
+    is back (a reload), they start from the seq already journaled, not at 1 (the journal
+    holds UNIQUE (alarm_id, seq)). One that did nothing since it was made again can still
+    make room at alarms.max_alarms, and comes back with the same seq once more."""
+    count = {"id": "d", "when": "not granted", "count": {"n": 2, "within": "1m", "key": "card"}}
+    sim = Sim(count)
+    for t in (0, 1):
+        sim.feed(t, device="rd-1", measurement="access_event", granted=False, card="c")
+    sim.engine.replace_rules([], {}, sim.now)
+    sim._collect()
+    assert [(t.cause, t.alarm.seq) for t in sim.log] == [("raise", 1), ("removed", 2)]
+    sim.engine.replace_rules(sim.rules, {}, sim.now)
+    sim.engine.settings = sim.engine.settings.model_copy(update={"max_alarms": 2})
+    for i, t in enumerate((10, 100, 101)):  # c (made again, idle), then others fill up
+        sim.feed(t, device="rd-1", measurement="access_event", granted=False, card=f"{i}"
+                 if i else "c")
+    assert ("d", "c") not in sim.engine.alarms  # evicted: nothing journaled since made
+    for t in (200, 201):
+        sim.feed(t, device="rd-1", measurement="access_event", granted=False, card="c")
+    assert [(t.cause, t.alarm.seq) for t in sim.log][-1] == ("raise", 3)
+
+
 def test_an_interrupted_clear_or_raise_leaves_the_alarm_value_alone() -> None:
     """Found by an outside probe (``t > 30``, deadband 2, off_delay 1 s): raised at 31.5,
     then 27/29 flapping, so every clear began and was interrupted; the alarm stayed active

@@ -170,3 +170,64 @@ async def test_outputs_subscribed_before_the_first_rules_hear_of_the_engine(
     finally:
         gateway.request_stop()
         await task
+
+
+@pytest.mark.parametrize("removed", ["rule", "device", "rule at a restart"])
+async def test_an_alarm_removed_by_reload_and_added_back_continues_its_seq(
+        tmp_path: Path, removed: str, caplog: pytest.LogCaptureFixture) -> None:
+    """(alarm_id, seq) names one transition: an alarm made again by a reload starts after
+    the seq its journal already holds (it started at 1 again, the journal refused the
+    commit with UNIQUE (alarm_id, seq) and the alarms task stopped publishing). The same
+    when the rule went at a restart and comes back by reload; a removed device keeps its
+    alarm (the rule still selects it), which goes on as it was."""
+    from gateway.config.loader import load_config
+    from gateway.runtime import Gateway
+    from tests.support.wait import eventually
+
+    config = tmp_path / "gw.yaml"
+    head = "gateway: {id: gw, site: s, data_dir: data}\nhealth: {enabled: false}\n"
+    device = "devices: [{id: d1, driver: synthetic, interval: 0.05s, fields: 1}]\n"
+    rule = "rules: [{id: hi, devices: [d1], when: 'f0 > -1e9', clear: 'f0 < -2e9'}]\n"
+    other = "rules: [{id: other, when: 'f0 > 1e9'}]\n"  # (without rules: no restore)
+    without = {"rule": head + device, "device": head + "devices: []\n" + rule,
+               "rule at a restart": head + device + other}[removed]
+    db = tmp_path / "data" / "buffer.db"
+
+    def journal() -> list[tuple[str, int]]:
+        return journal_rows(db) if db.exists() else []
+
+    def failed() -> bool:
+        return any("task alarms failed" in r.getMessage() for r in caplog.records)
+
+    config.write_text(head + device + rule)
+    gateway = Gateway(load_config(config))
+    task = asyncio.create_task(gateway.run())
+    try:
+        await eventually(journal, until=lambda rows: ("raise", 1) in rows)
+        config.write_text(without)
+        if removed == "rule at a restart":
+            gateway.request_stop()
+            await task
+            gateway = Gateway(load_config(config))
+            task = asyncio.create_task(gateway.run())
+        else:
+            assert await gateway.reload()
+        if removed != "device":
+            await eventually(journal, until=lambda rows: ("removed", 2) in rows)
+        config.write_text(head + device + rule)
+        assert await gateway.reload()
+        # a removed rule: raised again (3); a removed device: its alarm kept, raised (1)
+        made = 1 if removed == "device" else 3
+        await eventually(journal, until=lambda rows: len(rows) >= made or failed())
+        assert not failed()
+        runtime = gateway.alarms
+        assert runtime is not None
+        snapshot = await runtime.command(AlarmCommand(AlarmAction.ACK, "hi", "d1", "op"))
+        assert snapshot.seq == made + 1
+    finally:
+        gateway.request_stop()
+        await task
+    assert not [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    rows = journal()
+    assert [seq for _, seq in rows] == list(range(1, made + 2)), rows
+    assert rows[-1] == ("ack", made + 1)

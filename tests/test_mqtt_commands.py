@@ -21,7 +21,7 @@ import pytest
 
 from gateway.config.loader import load_config
 from gateway.errors import CommandRefused, ConfigError
-from gateway.mqtt.commands import ENTRY_COST, CommandMemory, execute
+from gateway.mqtt.commands import ENTRY_COST, MAX_BODY, CommandMemory, body_id, execute
 from gateway.mqtt.ops import OpsBus, _dumps
 from gateway.runtime import Gateway
 from tests.gate_driver import WRITES
@@ -471,10 +471,11 @@ async def test_retained_commands_never_run(tmp_path: Path,
     async with gateway_on(tmp_path, broker, "cmdretain") as gateway:
         ops = Requester(broker.port, "ops", "ops-secret")
         try:
-            ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1}',
-                     correlation=b"retained", retain=True)
+            ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 1, '
+                     b'"id": "ret-1"}', correlation=b"retained", retain=True)
             answers = await wait_answers(ops, 1)
             assert answers[0]["ok"] is False and "retained" in answers[0]["error"], answers
+            assert answers[0]["id"] == "ret-1"  # clients match answers by id (probe)
             for verb in ("write", "alarm", "reload"):  # the broker deletes the retained ones
                 ops.send(verb, b"", correlation=b"clear-" + verb.encode(), retain=True)
             ops.send("write", b'{"device": "gate-1", "point": "relay", "value": 2}',
@@ -497,15 +498,20 @@ async def test_non_finite_numbers_are_refused(
         tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto]) -> None:
     """Outside probe: ``NaN`` and ``1e999`` (infinity) bodies reached a device's write
     (a Modbus float register took NaN), and ``"id": Infinity`` came back as non-standard
-    JSON. Refused at parsing; every answer is standard JSON."""
+    JSON. Refused at parsing; every answer is standard JSON, and names the command by
+    its id when the id itself is finite (it was left out: clients match answers by id)."""
     broker = mosquitto_factory(acl=ACL, users={"gw": "gw-secret", "ops": "ops-secret"})
     async with gateway_on(tmp_path, broker, "cmdnan") as gateway:
         ops = Requester(broker.port, "ops", "ops-secret")
         bodies = [b'{"device": "gate-1", "point": "relay", "value": NaN}',
-                  b'{"device": "gate-1", "point": "relay", "value": -Infinity}',
-                  b'{"device": "gate-1", "point": "relay", "value": 1e999}',
+                  b'{"device": "gate-1", "point": "relay", "value": -Infinity, "id": "n2"}',
+                  b'{"device": "gate-1", "point": "relay", "value": 1e999, "id": 3}',
                   b'{"device": "gate-1", "point": "relay", "value": 1, "id": Infinity}',
-                  b'{"device": "gate-1", "point": "relay", "value": 1, "id": -1e400}']
+                  b'{"device": "gate-1", "point": "relay", "value": 1, "id": -1e400}',
+                  b'{"device": "gate-1", "point": "relay", "value": [1, NaN], '
+                  b'"id": {"run": [1.5, "x"]}}',
+                  b'{"device": "gate-1", "point": "relay", "value": 1, "id": ["a", NaN]}']
+        ids = [None, "n2", 3, None, None, {"run": [1.5, "x"]}, None]
         try:
             for i, body in enumerate(bodies):
                 ops.send("write", body, correlation=str(i).encode())
@@ -513,9 +519,9 @@ async def test_non_finite_numbers_are_refused(
             answers = [strict_json(p) for _, p, _ in ops.answers]
         finally:
             ops.close()
-        for answer in answers:
+        for answer, (_, _, correlation) in zip(answers, ops.answers, strict=True):
             assert answer["ok"] is False and "not finite" in answer["error"], answer
-            assert "id" not in answer
+            assert answer.get("id") == ids[int(correlation or b"")], answer
         # The verb itself, should a non-finite value come another way than JSON:
         for value in (math.nan, math.inf, -math.inf):
             with pytest.raises(CommandRefused, match="finite number"):
@@ -579,3 +585,17 @@ def cut_connection(gateway: Gateway) -> None:
     sock = client.socket()
     assert isinstance(sock, socket.socket)
     sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize(("payload", "known"), [
+    (b'{"id": "a", "for": NaN}', {"id": "a"}),
+    (b'{"id": [1, {"k": 2.5}], "v": 1e999}', {"id": [1, {"k": 2.5}]}),
+    (b'{"id": [1, {"k": -Infinity}]}', {}),
+    (b'{"id": "a"', {}),  # not JSON: no id to be had
+    (b'["id", "a"]', {}),
+    (b'{"v": NaN}', {}),
+    (b'{"id": "' + b"x" * MAX_BODY + b'"}', {}),  # over the limit: not read
+    (b'{"id": "a\xff"}', {}),
+])
+def test_the_id_of_a_refused_body(payload: bytes, known: dict[str, Any]) -> None:
+    assert body_id(payload) == known

@@ -110,6 +110,10 @@ class Engine:
         self._dirty: dict[Key, Alarm] = {}
         self._no_idle_until = float("-inf")
         self._removed: list[Key] = []
+        self._journaled: dict[Key, int] = {}
+        """The last journaled seq of each alarm the engine let go (a removed rule, at a
+        reload or at the restore): one made again continues from it, since (alarm_id,
+        seq) names one transition and the journal refuses a second one."""
         self._problems = ProblemLog(log)
         self.produced = 0
         """Transitions decided since start (the service counts commits against it)."""
@@ -174,7 +178,7 @@ class Engine:
             self._mark(alarm)  # saved without its timers; nothing to announce
         else:
             self._emit(alarm, previous, "removed", now)
-        del self.alarms[alarm.pair]
+        self._let_go(alarm)
         self._removed.append((alarm.rule, alarm.device))
 
     def restore(self, rows: Iterable[tuple[str, str, int, str, dict[str, Any], float,
@@ -193,12 +197,18 @@ class Engine:
                 if alarm.state is not AlarmState.NORMAL:
                     self._remove(alarm, now)
                 else:
-                    del self.alarms[alarm.pair]
+                    self._let_go(alarm)
                 continue
             alarm.latched = rule.config.latched
             if rule.digest != digest:
                 alarm.dirty = True
                 self._dirty[alarm.pair] = alarm
+
+    def _let_go(self, alarm: Alarm) -> None:
+        """Drop ``alarm`` from memory, remembering its seq (its saved row keeps it too)."""
+        del self.alarms[alarm.pair]
+        if alarm.seq:
+            self._journaled[alarm.pair] = alarm.seq
 
     # -- outputs -----------------------------------------------------------------------
 
@@ -313,7 +323,8 @@ class Engine:
                                       f"({self.settings.max_alarms}) alarms: new ones ignored")
                 return None
             alarm = Alarm(rule.id, device, alarm_id(rule.id, device), rule.config.severity,
-                          dict(self._tags_of(source)), latched=rule.config.latched)
+                          dict(self._tags_of(source)), latched=rule.config.latched,
+                          seq=self._journaled.get(key, 0))
             self.alarms[key] = alarm
         return alarm
 
@@ -321,8 +332,9 @@ class Engine:
         """At alarms.max_alarms: drop the alarms that never raised and hold nothing. A
         count keyed by a reading's value (``key: card``) makes one alarm per value ever
         seen; kept for ever, they filled the limit and every new alarm (a leak) was
-        ignored. Only seq 0 ones go: nothing of theirs was journaled, so one made again
-        later cannot repeat a seq."""
+        ignored. Only those with nothing journaled since they were made go (seq 0, or
+        the seq of a removed alarm they continue), so one made again later cannot repeat
+        a seq."""
         if now < self._no_idle_until:  # the last scan found none: not at every reading
             return
         idle = [key for key, alarm in self.alarms.items() if self._idle(alarm, now)]
@@ -333,9 +345,10 @@ class Engine:
             self._dirty.pop(key, None)
 
     def _idle(self, alarm: Alarm, now: float) -> bool:
-        if alarm.seq or alarm.condition or alarm.out_of_service or alarm.shelved or \
-                alarm.suppressed or alarm.pending_on is not None or \
-                alarm.pending_off is not None or alarm.realarm_at is not None:
+        if alarm.seq != self._journaled.get(alarm.pair, 0) or alarm.condition or \
+                alarm.out_of_service or alarm.shelved or alarm.suppressed or \
+                alarm.pending_on is not None or alarm.pending_off is not None or \
+                alarm.realarm_at is not None:
             return False
         if alarm.extra is None:
             return True

@@ -145,6 +145,51 @@ def parse_body(payload: bytes | bytearray) -> dict[str, Any]:
     return body
 
 
+_UNUSABLE = object()
+"""What :func:`body_id` reads a non-finite number as (it then refuses an id holding one)."""
+
+
+def _unusable(text: str) -> object:
+    return _UNUSABLE
+
+
+def _float_or_unusable(text: str) -> object:
+    value = float(text)
+    return value if math.isfinite(value) else _UNUSABLE
+
+
+def body_id(payload: bytes | bytearray) -> dict[str, Any]:
+    """``{"id": ...}`` of a body refused before or while it was read (a retained command,
+    a refused response topic, ``NaN`` or ``1e999`` somewhere in it), or ``{}``: clients
+    match answers by id, and such refusals came back without it (outside probe). Read
+    with non-finite numbers as a marker, so the rest of the body is known; an id that
+    holds one, a body over MAX_BODY, one that is not a JSON object or not JSON at all
+    has no usable id."""
+    if len(payload) > MAX_BODY:
+        return {}
+    try:
+        body = json.loads(payload, parse_constant=_unusable, parse_float=_float_or_unusable)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(body, dict) or "id" not in body or not _usable(body["id"]):
+        return {}
+    return {"id": body["id"]}
+
+
+def _usable(value: Any) -> bool:
+    """No marker anywhere in ``value`` (walked without recursion: the id may nest)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if item is _UNUSABLE:
+            return False
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return True
+
+
 async def execute(gateway: Any, verb_name: str, body: dict[str, Any]) -> Any:
     verb = VERBS.get(verb_name)
     if verb is None:

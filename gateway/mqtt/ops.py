@@ -26,7 +26,14 @@ from gateway.errors import CommandRefused
 from gateway.jsonsafe import finite
 from gateway.mqtt.alarmtopics import STALE_SCAN_SECONDS, AlarmTopics
 from gateway.mqtt.client import Message, MqttConnection, Will, client_id_base
-from gateway.mqtt.commands import MEMORY_BYTES, MEMORY_TTL, CommandMemory, execute, parse_body
+from gateway.mqtt.commands import (
+    MEMORY_BYTES,
+    MEMORY_TTL,
+    CommandMemory,
+    body_id,
+    execute,
+    parse_body,
+)
 from gateway.mqtt.discovery import Discovery, settings_for
 from gateway.mqtt.replies import ReplyPolicy
 from gateway.plugin import DeadLetter
@@ -334,6 +341,7 @@ class OpsBus:
     async def _answer(self, verb: str, message: Message) -> None:
         digest = hashlib.sha256(message.payload).hexdigest()[:16]
         body: dict[str, Any] = {}
+        read = False
         key: tuple[str, str] | None = None
         client = dict(message.user_properties).get("client", "unknown")
         topic = f"{self.base}/cmd/{verb}/result"
@@ -343,6 +351,7 @@ class OpsBus:
                 raise CommandRefused("retained commands are ignored (they would run again "
                                      "after every reconnect)")
             body = parse_body(message.payload)
+            read = True
             client = str(body.get("client", client))
             key = (verb, "id:" + json.dumps(body["id"], sort_keys=True)) if "id" in body \
                 else (verb, "sha256:" + digest)
@@ -358,6 +367,8 @@ class OpsBus:
         except Exception as exc:  # a failing driver is an answer
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         answer = {"verb": verb, **answer}
+        if not read:  # refused before or while the body was read: still name the command
+            body = body_id(message.payload)
         if "id" in body:
             answer["id"] = body["id"]
         payload = _dumps(answer)
