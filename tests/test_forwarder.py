@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway.buffer import AsyncBuffer, Buffer
 from gateway.forwarder import Forwarder
 from gateway.sinks.influxdb1 import InfluxDB1Sink, InfluxDB1SinkConfig
-from gateway.stats import GatewayStats
+from gateway.stats import GatewayStats, SinkStats
 from tests.support.servers import InfluxDB1
 from tests.support.wait import eventually
 
@@ -119,6 +119,28 @@ async def scripted(handler: Callable[[web.Request, bytes], web.Response]
         yield f"http://127.0.0.1:{port}"
     finally:
         await runner.cleanup()
+
+
+SINK = "influxdb1"
+"""The name ``sink_config`` gives its sink (a sink's type, when no name is set)."""
+
+
+@contextlib.asynccontextmanager
+async def forwarding(tmp_path: Path, url: str, lines: list[bytes], **settings: object
+                     ) -> AsyncIterator[tuple[AsyncBuffer, SinkStats]]:
+    """An influxdb1 forwarder from a filled buffer to ``url``, running until the block
+    ends; yields the buffer and the sink's stats."""
+    config = sink_config(url, "db", **settings)
+    buffer = await filled_buffer(tmp_path, lines, config.sink_name)
+    stats = GatewayStats()
+    forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
+    task = asyncio.create_task(forwarder.run())
+    try:
+        yield buffer, stats.sink(config.sink_name)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_413_splits_until_batches_fit(tmp_path: Path) -> None:
@@ -316,23 +338,13 @@ async def test_a_400_that_is_not_about_lines_keeps_the_data(tmp_path: Path) -> N
 
     received: list[bytes] = []
     lines = [f"m v={i} {i}".encode() for i in range(50)]
-    async with scripted(handler) as url:
-        config = sink_config(url, "db", auth_retry=1.0)
-        buffer = await filled_buffer(tmp_path, lines, config.sink_name)
-        stats = GatewayStats()
-        sink_stats = stats.sink(config.sink_name)
-        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
-        task = asyncio.create_task(forwarder.run())
-        try:
-            await poll_until(lambda: sink_stats.state == "failed")
-            assert sink_stats.rejected_lines == 0
-            assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 50
-            answer["status"] = 204  # the installer fixes the URL
-            await poll_until(lambda: sink_stats.sent_lines == 50)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with scripted(handler) as url, \
+            forwarding(tmp_path, url, lines, auth_retry=1.0) as (buffer, sink_stats):
+        await poll_until(lambda: sink_stats.state == "failed")
+        assert sink_stats.rejected_lines == 0
+        assert (await buffer.stats()).sinks[SINK].lag_lines == 50
+        answer["status"] = 204  # the installer fixes the URL
+        await poll_until(lambda: sink_stats.sent_lines == 50)
     assert received == lines and sink_stats.state == "ok"
     assert "not a refusal of lines" in (sink_stats.last_error or "")
     await buffer.close()
@@ -427,28 +439,18 @@ async def test_a_store_refusing_every_line_of_a_batch_drops_none(tmp_path: Path)
         return web.Response(status=204)
 
     lines = [f"m v={i} {i}".encode() for i in range(20)]
-    async with scripted(handler) as url:
-        config = sink_config(url, "db", auth_retry=1.0)
-        buffer = await filled_buffer(tmp_path, lines, config.sink_name)
-        stats = GatewayStats()
-        sink_stats = stats.sink(config.sink_name)
-        forwarder = Forwarder(InfluxDB1Sink(config), config, buffer, asyncio.Event(), stats)
-        task = asyncio.create_task(forwarder.run())
-        try:
-            await poll_until(lambda: sink_stats.state == "failed")
-            bisection = len(bodies)
-            assert bisection == 39  # 20 lines bisected to single lines: 2 * 20 - 1
-            assert "refused every one of the 20 lines" in (sink_stats.last_error or "")
-            assert sink_stats.rejected_lines == 0 and sink_stats.sent_lines == 0
-            assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 20
-            await poll_until(lambda: len(bodies) >= bisection + 2)  # two retries
-            assert bodies[bisection:] == [b"\n".join(lines)] * (len(bodies) - bisection)
-            answer["refuse"] = False
-            await poll_until(lambda: sink_stats.sent_lines == 20)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with scripted(handler) as url, \
+            forwarding(tmp_path, url, lines, auth_retry=1.0) as (buffer, sink_stats):
+        await poll_until(lambda: sink_stats.state == "failed")
+        bisection = len(bodies)
+        assert bisection == 39  # 20 lines bisected to single lines: 2 * 20 - 1
+        assert "refused every one of the 20 lines" in (sink_stats.last_error or "")
+        assert sink_stats.rejected_lines == 0 and sink_stats.sent_lines == 0
+        assert (await buffer.stats()).sinks[SINK].lag_lines == 20
+        await poll_until(lambda: len(bodies) >= bisection + 2)  # two retries
+        assert bodies[bisection:] == [b"\n".join(lines)] * (len(bodies) - bisection)
+        answer["refuse"] = False
+        await poll_until(lambda: sink_stats.sent_lines == 20)
     assert sink_stats.rejected_lines == 0 and sink_stats.state == "ok"
-    assert (await buffer.stats()).sinks[config.sink_name].lag_lines == 0
+    assert (await buffer.stats()).sinks[SINK].lag_lines == 0
     await buffer.close()
