@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.alarms.model import AlarmAction, AlarmCommand, AlarmCommandRefused
 from gateway.config.types import parse_duration
@@ -110,22 +110,40 @@ def _text(body: dict[str, Any], key: str) -> str:
     return value
 
 
-class _NonFinite(Exception):
-    """``NaN``, ``Infinity`` (Python's JSON extensions) or a number that overflows a
-    float (``1e999``): refused, not parsed, so nothing non-finite reaches a device, an
-    audit record or an answer (found by an outside probe: ``"id": Infinity`` was echoed
-    as ``Infinity``, which no standard JSON parser reads)."""
+class _NonFinite(NamedTuple):
+    """What a body is read with in place of ``NaN``, ``Infinity`` (Python's JSON
+    extensions) or a number that overflows a float (``1e999``): such a body is refused,
+    so nothing non-finite reaches a device, an audit record or an answer (found by an
+    outside probe: ``"id": Infinity`` was echoed as ``Infinity``, which no standard JSON
+    parser reads); the rest of it can still be read (the ``id`` of the refusal)."""
+
+    text: str
 
 
-def _non_finite(text: str) -> Any:
-    raise _NonFinite(text)
-
-
-def _finite_float(text: str) -> float:
+def _float_or_marker(text: str) -> float | _NonFinite:
     value = float(text)
-    if not math.isfinite(value):
-        raise _NonFinite(text if len(text) <= 40 else text[:40] + "...")
-    return value
+    return value if math.isfinite(value) else _NonFinite(text if len(text) <= 40
+                                                         else text[:40] + "...")
+
+
+def _read(payload: bytes | bytearray) -> Any:
+    """The JSON in ``payload``, non-finite numbers as :class:`_NonFinite` markers; raises
+    ValueError or RecursionError for what is not JSON."""
+    return json.loads(payload, parse_constant=_NonFinite, parse_float=_float_or_marker)
+
+
+def _non_finite_in(value: Any) -> _NonFinite | None:
+    """The first marker in ``value`` (walked without recursion: bodies may nest deep)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _NonFinite):
+            return item
+        if isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return None
 
 
 def parse_body(payload: bytes | bytearray) -> dict[str, Any]:
@@ -134,60 +152,33 @@ def parse_body(payload: bytes | bytearray) -> dict[str, Any]:
     if not payload.strip():
         return {}
     try:
-        body = json.loads(payload, parse_constant=_non_finite, parse_float=_finite_float)
-    except _NonFinite as exc:
-        raise CommandRefused(f"body has a number that is not finite ({exc}); JSON has "
-                             "no NaN or Infinity") from None
+        body = _read(payload)
     except (ValueError, RecursionError):
         raise CommandRefused("body is not valid JSON") from None
+    marker = _non_finite_in(body)
+    if marker is not None:
+        raise CommandRefused(f"body has a number that is not finite ({marker.text}); JSON "
+                             "has no NaN or Infinity")
     if not isinstance(body, dict):
         raise CommandRefused("body must be a JSON object")
     return body
 
 
-_UNUSABLE = object()
-"""What :func:`body_id` reads a non-finite number as (it then refuses an id holding one)."""
-
-
-def _unusable(text: str) -> object:
-    return _UNUSABLE
-
-
-def _float_or_unusable(text: str) -> object:
-    value = float(text)
-    return value if math.isfinite(value) else _UNUSABLE
-
-
 def body_id(payload: bytes | bytearray) -> dict[str, Any]:
     """``{"id": ...}`` of a body refused before or while it was read (a retained command,
     a refused response topic, ``NaN`` or ``1e999`` somewhere in it), or ``{}``: clients
-    match answers by id, and such refusals came back without it (outside probe). Read
-    with non-finite numbers as a marker, so the rest of the body is known; an id that
-    holds one, a body over MAX_BODY, one that is not a JSON object or not JSON at all
-    has no usable id."""
+    match answers by id, and such refusals came back without it (outside probe). An id
+    that holds a non-finite number, a body over MAX_BODY, one that is not a JSON object
+    or not JSON at all has no usable id."""
     if len(payload) > MAX_BODY:
         return {}
     try:
-        body = json.loads(payload, parse_constant=_unusable, parse_float=_float_or_unusable)
+        body = _read(payload)
     except (ValueError, RecursionError):
         return {}
-    if not isinstance(body, dict) or "id" not in body or not _usable(body["id"]):
+    if not isinstance(body, dict) or "id" not in body or _non_finite_in(body["id"]):
         return {}
     return {"id": body["id"]}
-
-
-def _usable(value: Any) -> bool:
-    """No marker anywhere in ``value`` (walked without recursion: the id may nest)."""
-    pending = [value]
-    while pending:
-        item = pending.pop()
-        if item is _UNUSABLE:
-            return False
-        if isinstance(item, dict):
-            pending.extend(item.values())
-        elif isinstance(item, list):
-            pending.extend(item)
-    return True
 
 
 async def execute(gateway: Any, verb_name: str, body: dict[str, Any]) -> Any:
