@@ -183,8 +183,6 @@ class Forwarder:
         the gateway got wrong). Such a batch stays buffered and the sink failed, retried
         whole every ``auth_retry`` (one request, not a new bisection, while the answer
         stays the same)."""
-        if delivery.suspect is not None:
-            await self._recheck(delivery)
         pieces = delivery.pieces
         while pieces:
             piece = pieces[-1]
@@ -193,9 +191,15 @@ class Forwarder:
             except SinkPartlyStored as exc:  # the store kept the rest: nothing to resend
                 self._backoff.reset()
                 delivery.accepted = True
+                delivery.suspect = None
                 delivery.hold(exc.refused_lines, str(exc), None)
             except (SinkTooLarge, SinkRejected) as exc:
                 reason = "too large" if isinstance(exc, SinkTooLarge) else str(exc)
+                if delivery.suspect is not None:  # the whole batch, sent again
+                    if refusal_kind(reason) == delivery.suspect:  # no new bisection
+                        raise SinkAuthError("still refuses every line of the batch: "
+                                            f"{exc}") from exc
+                    delivery.suspect = None
                 lines = piece.split(b"\n")
                 if len(lines) > 1:
                     middle = len(lines) // 2
@@ -208,6 +212,7 @@ class Forwarder:
                 # (an outside probe: 51 of 2,928 healthy readings in 60 s).
                 self._backoff.reset()
                 delivery.accepted = True
+                delivery.suspect = None
             pieces.pop()
         if not delivery.accepted and delivery.batch.lines > 1:
             reason = delivery.held[0][1]
@@ -219,24 +224,6 @@ class Forwarder:
         for count, reason, line in delivery.held:
             self._refused(delivery, count, reason, line)
         delivery.held.clear()
-
-    async def _recheck(self, delivery: Delivery) -> None:
-        """Send a batch whose every line was refused last time, whole: refused the same way
-        again, it stays failed without another bisection; anything else goes on as usual
-        (stored, a partial write, another refusal: bisected)."""
-        kind = delivery.suspect
-        try:
-            await self._sink.write(delivery.batch.payload)
-        except SinkPartlyStored:
-            delivery.suspect = None  # bisect it after all: the store takes some of it now
-        except (SinkTooLarge, SinkRejected) as exc:
-            if refusal_kind(str(exc)) == kind:
-                raise SinkAuthError(f"still refuses every line of the batch: {exc}") from exc
-            delivery.suspect = None
-        else:
-            delivery.suspect = None
-            delivery.accepted = True
-            delivery.pieces.clear()  # stored whole
 
     def _refused(self, delivery: Delivery, lines: int, reason: str,
                  line: bytes | None = None) -> None:
@@ -269,7 +256,8 @@ class Delivery:
         self.accepted = False
         """The store took some piece of the batch (or said it kept the rest)."""
         self.suspect: str | None = None
-        """The refusal kind with which the store refused every line last time."""
+        """The refusal kind with which the store refused every line last time: until the
+        store answers the whole batch otherwise, it is not bisected again."""
 
     def hold(self, lines: int, reason: str, line: bytes | None) -> None:
         self.held.append((lines, reason, line))
