@@ -65,8 +65,9 @@ class Forwarder:
         self._unacked: int | None = None
         """Last chunk id the sink stored whose ack the buffer could not record yet."""
         self._retrying: Delivery | None = None
-        """The batch a failed attempt left, with what of it is still to send: retried as
-        it is, so a refused batch's bisection is not started over after every 503."""
+        """The batch a failed attempt left, with what of it is still to send: while the
+        buffer still holds the same chunks, retried as it is, so a refused batch's
+        bisection is not started over after every 503."""
 
     async def run(self) -> None:
         await self._sink.open()
@@ -78,10 +79,15 @@ class Forwarder:
     async def _loop(self) -> None:
         limit = self._config.batch_lines
         while True:
-            if self._retrying is not None:
-                await self._retry_delivery(self._retrying)
-                continue
             batch = await self._buffer.read(self.name, limit, self._unacked)
+            held, self._retrying = self._retrying, None
+            if held is not None and batch is not None and batch.last_id == held.batch.last_id \
+                    and batch.lines == held.batch.lines:
+                # The same chunks as the failed attempt: go on with what is left of it. Not
+                # if the buffer evicted some meanwhile (a full disk): those are counted as
+                # dropped, and sending them from memory made the count wrong.
+                await self._retry_delivery(held)
+                continue
             if batch is None:
                 self._new_data.clear()
                 if self._unacked is not None:
