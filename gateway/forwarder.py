@@ -172,10 +172,13 @@ class Forwarder:
         return None
 
     def _failed(self, key: str, state: str, message: str) -> None:
+        """Logged once per state (an outage is one ERROR however its text varies: a
+        reset of the kept-alive connection, then refused connections), repeats counted,
+        the latest text in the stats; recovery at INFO."""
         self._stats.state = state
         self._stats.errors += 1
         self._stats.last_error = message
-        self._problems.report(key, message)
+        self._problems.report(key, message, kind=state)
 
     async def _deliver(self, delivery: Delivery) -> None:
         """Send what is left of the batch, piece by piece. A refused or too large piece is

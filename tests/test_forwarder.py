@@ -496,3 +496,25 @@ async def test_a_batch_evicted_while_its_retry_waits_is_not_sent_from_memory(
                 await task
     assert received == new  # the evicted lines were not sent from memory
     await buffer.close()
+
+
+async def test_an_outage_is_logged_once_however_its_text_varies(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A store going down first resets the kept-alive connection, then refuses new ones:
+    two texts for one outage, and CI saw two ERROR lines where "logged once, repeats
+    counted" was promised. The sink's state is what is logged once; the latest text is in
+    the stats."""
+    answers = iter([(503, "reset"), (502, "refused"), (503, "refused again")])
+
+    def handler(request: web.Request, body: bytes) -> web.Response:
+        status, text = next(answers, (204, ""))
+        return web.Response(status=status, text=text)
+
+    caplog.set_level(logging.INFO, logger="iotgw.forwarder")
+    async with scripted(handler) as url, \
+            forwarding(tmp_path, url, [b"m v=1 1"], retry_max=0.1) as (_buffer, sink_stats):
+        await poll_until(lambda: sink_stats.sent_lines == 1)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "HTTP 503: reset" in errors[0], errors
+    assert sink_stats.errors == 3
+    assert any("delivering again" in r.getMessage() for r in caplog.records)

@@ -1106,3 +1106,13 @@ async def test_influxdb_a_trickled_error_body_does_not_hold_the_sink() -> None:
     finally:
         await sink.close()
         server.close()
+
+
+async def test_influxdb_a_refused_connection_is_not_a_silent_server() -> None:
+    """urllib3 2.x makes NewConnectionError a TimeoutError subclass, so a refused
+    connection was reported as "no answer within 10s"."""
+    sink = influxdb_sink(f"http://127.0.0.1:{free_port()}", timeout="10s")
+    with pytest.raises(SinkUnavailable) as caught:
+        await write_once(sink, b"m v=1 1")
+    assert "Connection refused" in str(caught.value)
+    assert "no answer within" not in str(caught.value)

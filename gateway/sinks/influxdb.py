@@ -184,6 +184,7 @@ def _client_library() -> SimpleNamespace:
         HTTPError,
         InsecureRequestWarning,
         MaxRetryError,
+        NewConnectionError,
     )
     from urllib3.exceptions import TimeoutError as Urllib3Timeout
     from urllib3.util.response import assert_header_parsing
@@ -197,6 +198,7 @@ def _client_library() -> SimpleNamespace:
                            WriteService=WriteService, HTTPError=HTTPError,
                            InsecureRequestWarning=InsecureRequestWarning,
                            MaxRetryError=MaxRetryError, Retry=Retry,
+                           NewConnectionError=NewConnectionError,
                            Timeout=Urllib3Timeout, HeaderParsingError=HeaderParsingError,
                            assert_header_parsing=assert_header_parsing,
                            HTTPResponse=HTTPResponse, HTTPConnectionPool=HTTPConnectionPool,
@@ -338,6 +340,9 @@ class InfluxDBSink:
         except lib.MaxRetryError as exc:  # what urllib3 counts as "other" (TLS): the cause
             raise transport_error(exc.reason or exc, where=self._where,
                                   secrets=secrets) from exc
+        except lib.NewConnectionError as exc:  # a TimeoutError subclass in urllib3 2.x,
+            # but a refused or unreachable connection, not a silent server
+            raise transport_error(exc, where=self._where, secrets=secrets) from exc
         except lib.Timeout as exc:
             # urllib3's text carries the time left of the request's budget, different at
             # every write, and the forwarder logs a failure again when its text changes.
