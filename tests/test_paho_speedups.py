@@ -45,6 +45,20 @@ def test_decoder_and_packet_shape_unchanged() -> None:
     assert paho_packet.Properties is _SharedTableProperties, "the decoder uses our tables"
 
 
+def test_plain_socket_path_names_only_what_the_stand_in_for_ssl_has() -> None:
+    """A gateway without OpenSSL gives paho ``_WithoutOpenSSL`` for ``ssl``: paho's
+    socket read and write must name nothing else of it (the TLS-only paths never run
+    there)."""
+    import re
+
+    from gateway.mqtt.paho_speedups import _WithoutOpenSSL
+
+    named = {name for method in (paho.Client._sock_recv, paho.Client._sock_send)
+             for name in re.findall(r"\bssl\.(\w+)", inspect.getsource(method))}
+    assert named == {"SSLWantReadError", "SSLWantWriteError"}
+    assert all(hasattr(_WithoutOpenSSL, name) for name in named)
+
+
 def test_private_attributes_the_client_reads_exist() -> None:
     client = GatewayClient(CallbackAPIVersion.VERSION2, manual_ack=True)
     for attribute in ("_in_packet", "_manual_ack", "_protocol", "_sock"):

@@ -26,7 +26,6 @@ import collections
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -278,7 +277,7 @@ class MqttConnection:
         try:
             await asyncio.to_thread(client.connect, s.host, s.port, max(5, int(s.keepalive)),
                                     clean_start=clean_start, properties=props)
-        except (OSError, ssl.SSLError, ValueError) as exc:
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
             raise MqttError(f"cannot connect to {s.host}:{s.port}: {exc}") from exc
         client.loop_start()
         try:

@@ -60,6 +60,28 @@ class _SharedTableProperties(Properties):
 vars(paho_packet)["Properties"] = _SharedTableProperties
 
 
+class _WithoutOpenSSL:
+    """What paho's plain-TCP path names of ``ssl``, for a gateway running without it.
+
+    paho imports ``ssl`` with a fallback to None, yet names ``ssl.SSLWantReadError`` and
+    ``ssl.SSLWantWriteError`` in the except clauses of every socket read and write, TLS
+    or not: without OpenSSL (gateway/openssl_gate.py) the first read that would block
+    raised AttributeError in paho's network thread, which died; the link looked
+    connected and received nothing. These classes are never raised, as on plain TCP.
+    Installed only when paho has no ``ssl``; a config with TLS always has it (its
+    ``tls_set`` still checks ``ssl is None`` first, which is then never the case)."""
+
+    class SSLWantReadError(OSError):
+        pass
+
+    class SSLWantWriteError(OSError):
+        pass
+
+
+if vars(paho)["ssl"] is None:
+    vars(paho)["ssl"] = _WithoutOpenSSL
+
+
 class GatewayClient(paho.Client):
     """paho's Client with the per-message costs of a QoS 1 flood taken out; paho still
     does all MQTT framing, decoding, TLS and keepalive.
