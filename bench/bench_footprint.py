@@ -158,7 +158,9 @@ def write_modbus_config(path: Path, *, sink_url: str | None, devices: int, port:
 # them; RSS is read after each step (a package's shared dependencies count for the first
 # step that imports them).
 IMPORT_LADDER = [
-    ("asyncio (with ssl, socket, selectors, concurrent.futures)", "import asyncio"),
+    ("OpenSSL held back, as `iotgw run` does (a no-op with IOTGW_OPENSSL=1)",
+     "from gateway import openssl_gate; openssl_gate.hold_back()"),
+    ("asyncio (socket, selectors, concurrent.futures; ssl unless held back)", "import asyncio"),
     ("sqlite3, logging, json, zlib", "import sqlite3, logging, json, zlib"),
     ("pydantic + pydantic_core (and importlib.metadata, which its plugin loader imports)",
      "import pydantic, pydantic.main, pydantic.types, importlib.metadata"),
@@ -197,6 +199,8 @@ print(json.dumps(out))
 
 _MODULES_SCRIPT = r"""
 import collections, json, sys
+from gateway import openssl_gate
+openssl_gate.hold_back()
 from gateway.config.loader import load_config
 import gateway.runtime
 loaded = load_config(sys.argv[1])
@@ -212,10 +216,23 @@ def mb(n: float) -> str:
     return f"{n / MB:.1f} MiB"
 
 
+def openssl_env(config: Path) -> dict[str, str]:
+    """The environment of a fresh interpreter that loads what the gateway of ``config``
+    loads: ``IOTGW_OPENSSL=1`` when a part of it needs OpenSSL (the gateway would start
+    again with it), so the ladder counts libssl/libcrypto exactly when the gateway does."""
+    from gateway.config.loader import load_config
+    from gateway.openssl_gate import ENV, users
+
+    env = {k: v for k, v in os.environ.items() if k != ENV}
+    if users(load_config(config)):
+        env[ENV] = "1"
+    return env
+
+
 def import_ladder(config: Path) -> str:
     proc = subprocess.run(
         [sys.executable, "-c", _LADDER_SCRIPT, str(config), json.dumps(IMPORT_LADDER)],
-        cwd=ROOT, capture_output=True, text=True, check=True)
+        cwd=ROOT, capture_output=True, text=True, check=True, env=openssl_env(config))
     steps = json.loads(proc.stdout)
     out = ["RSS after successive imports (fresh interpreter):"]
     previous = 0
@@ -227,6 +244,8 @@ def import_ladder(config: Path) -> str:
 
 
 _FLOOR_SCRIPT = r"""
+from gateway import openssl_gate
+openssl_gate.hold_back()
 import asyncio, sqlite3, logging, logging.handlers, json, argparse, hashlib, hmac, zoneinfo
 import ipaddress, ctypes, zlib, importlib.metadata, importlib.resources, uuid, dataclasses
 import concurrent.futures, queue
@@ -243,25 +262,29 @@ for line in open("/proc/self/status"):
     if line.startswith("VmRSS:"):
         print(int(line.split()[1]) * 1024)
 """
-"""The libraries a file-sink Modbus gateway loads, used once each, and no gateway code:
-the floor no change to the gateway's own code can go below."""
+"""The libraries a file-sink Modbus gateway loads, used once each, and no gateway code
+(only the gate that holds OpenSSL back, as ``iotgw run`` does): the floor no change to
+the gateway's own code can go below."""
 
 
 def library_floor() -> str:
+    env = {k: v for k, v in os.environ.items() if k != "IOTGW_OPENSSL"}
+    env["PYTHONPATH"] = str(ROOT)  # the gate, from this checkout
     proc = subprocess.run([sys.executable, "-c", _FLOOR_SCRIPT], cwd=tempfile.gettempdir(),
-                          capture_output=True, text=True, check=True)
+                          capture_output=True, text=True, check=True, env=env)
     return (f"floor: {mb(int(proc.stdout))} RSS for the libraries alone (asyncio, sqlite3, "
             "pydantic with one model, importlib.metadata, ruamel.yaml, pymodbus's framer and "
-            "PDUs; no gateway code, no config)")
+            "PDUs; OpenSSL held back; no gateway code, no config)")
 
 
 def import_times(config: Path, top: int = 12) -> str:
     """``-X importtime`` of load_config: cumulative microseconds of top-level imports."""
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-c",
+         f"from gateway import openssl_gate; openssl_gate.hold_back(); "
          f"from gateway.config.loader import load_config; import gateway.runtime; "
          f"load_config({str(config)!r})"],
-        cwd=ROOT, capture_output=True, text=True, check=True)
+        cwd=ROOT, capture_output=True, text=True, check=True, env=openssl_env(config))
     per_package: dict[str, int] = {}
     total = 0
     for line in proc.stderr.splitlines():
@@ -282,7 +305,8 @@ def import_times(config: Path, top: int = 12) -> str:
 
 def module_counts(config: Path, top: int = 15) -> str:
     proc = subprocess.run([sys.executable, "-c", _MODULES_SCRIPT, str(config)],
-                          cwd=ROOT, capture_output=True, text=True, check=True)
+                          cwd=ROOT, capture_output=True, text=True, check=True,
+                          env=openssl_env(config))
     counts = json.loads(proc.stdout)
     total = sum(n for _, n in counts)
     shown = ", ".join(f"{name} {n}" for name, n in counts[:top])

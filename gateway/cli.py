@@ -18,6 +18,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 import gateway
+from gateway import openssl_gate
 from gateway.errors import BufferFailure, ConfigError
 
 if TYPE_CHECKING:  # pydantic and the config models are imported where they are used, so
@@ -79,9 +80,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     hangups.install()  # main() did already, unless called directly (tests)
     setup_logging(args.log_format, args.log_level)
     hangups.config_read_starts()
-    config = _load_or_exit(args.config)
     try:
-        asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
+        config = _load_or_exit(args.config)
+    except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
+        openssl_gate.restart_with([openssl_gate.importer(exc)])
+    if openssl_gate.held_back():
+        needing = openssl_gate.users(config)
+        if needing:
+            openssl_gate.restart_with(needing)
+    try:
+        needing = asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
     except BufferFailure as exc:
         # Read-only or unusable data_dir: one clear line, not a traceback per restart.
         logging.getLogger("iotgw").error("cannot run: %s", exc)
@@ -90,6 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The loop's handler is gone (asyncio puts back SIG_DFL): a reload request while
         # the interpreter exits must not turn a clean stop into rc 129.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if needing:  # a reload brought the first part that needs OpenSSL
+        openssl_gate.restart_with(needing)
     return 0
 
 
@@ -124,6 +134,9 @@ def summarize(config: LoadedConfig) -> str:
     if model.mqtt is not None:
         lines.append(f"  mqtt:     {model.mqtt.host}:{model.mqtt.port} "
                      f"base topic {model.mqtt.base_topic}")
+    needing = openssl_gate.users(config)
+    lines.append("  openssl:  " + (f"loaded, for {', '.join(needing)}" if needing else
+                                   "not loaded (nothing in this config needs it)"))
     lines += [f"  warning:  {w}" for sink in config.sinks
               for w in sink.setup_warnings(config.data_dir)]
     return "\n".join(lines)
@@ -241,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hangups = EarlyHangups() if command == "run" else None
     if hangups is not None:
         hangups.install()  # before the imports below: they take most of the start-up
+        if argv is None:  # the real command line, not a test calling main() in-process
+            openssl_gate.hold_back()  # before asyncio and pydantic load it
     if command in CORE_COMMANDS:
         parser = build_parser(with_driver_commands=False, with_plugin_commands=False)
     else:

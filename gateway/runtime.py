@@ -18,6 +18,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway import openssl_gate
 from gateway.alarms import services as _alarm_outputs  # noqa: F401 - registers alarm-actions
 from gateway.alarms.model import AlarmService
 from gateway.buffer import AsyncBuffer, Buffer
@@ -63,6 +64,10 @@ class Gateway:
         self._sink_events: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self.openssl_restart: list[str] = []
+        """Set when a reload brought the first part that needs OpenSSL into a process
+        that started without it: the gateway stops, and ``iotgw run`` starts it again
+        in place with OpenSSL (gateway/openssl_gate.py)."""
         self._reloading = asyncio.Lock()
         """One reload at a time: SIGHUP and ``cmd/reload`` both call ``reload``, and a
         second one interleaved at the first's awaits (stopping devices) deleted what the
@@ -101,6 +106,18 @@ class Gateway:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        held_back = openssl_gate.held_back_import(exc)
+        if held_back is not None:
+            self._needs_openssl(f"task {name}", held_back)
+
+    def _needs_openssl(self, what: str, exc: openssl_gate.OpenSSLHeldBack) -> None:
+        """A part that said it needs no OpenSSL imported it after all: stop, and let
+        ``iotgw run`` start the gateway again with it (the part fails until then)."""
+        if not self.openssl_restart:
+            self.openssl_restart = [f"{what}: {openssl_gate.importer(exc)}"]
+            self.request_stop()
+
     def request_reload(self) -> None:
         self._reload.set()
 
@@ -123,7 +140,7 @@ class Gateway:
         await self._open_alarms(cfg, hide)
         try:
             async with asyncio.TaskGroup() as group:
-                self.supervisor = Supervisor(group)
+                self.supervisor = Supervisor(group, on_any_failure=self._task_failed)
                 self.supervisor.start("pipeline", self.pipeline.run)
                 if self._alarms is not None:
                     self.supervisor.start("alarms", self._alarms.run)
@@ -134,7 +151,11 @@ class Gateway:
                 if cfg.model.mqtt is not None:  # paho is imported only for a gateway with MQTT
                     import_module("gateway.mqtt.ops")  # registers the "ops-bus" service
                 for service in SERVICES:
-                    runner = service.factory(self)
+                    try:
+                        runner = service.factory(self)
+                    except openssl_gate.OpenSSLHeldBack as exc:  # its library imports ssl
+                        self._needs_openssl(f"service {service.name}", exc)
+                        break
                     if runner is not None:
                         self.service_runners[service.name] = runner
                         self.supervisor.start(f"service:{service.name}", runner)
@@ -398,10 +419,19 @@ class Gateway:
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config:\n%s", exc)
             return False
+        except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
+            self._needs_openssl("reloaded config", exc)
+            return True
         except Exception as exc:  # a bug in loading must not stop a running gateway
             log.error("reload rejected, keeping the running config: cannot load %s: %s: %s",
                       self.config.path, type(exc).__name__, exc, exc_info=exc)
             return False
+        if openssl_gate.held_back():
+            needing = openssl_gate.users(new)
+            if needing:  # this process cannot load it any more (asyncio is loaded)
+                self.openssl_restart = needing
+                self.request_stop()
+                return True
         assert self.pipeline is not None
         old = self.config
         if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:
@@ -451,10 +481,13 @@ def load_pseudonymizer(config: LoadedConfig) -> Pseudonymizer | None:
 
 
 async def run_gateway(config: LoadedConfig,
-                      reload_pending: Callable[[], bool] | None = None) -> None:
+                      reload_pending: Callable[[], bool] | None = None) -> list[str]:
     """Run until SIGTERM/SIGINT. ``reload_pending()`` says whether a SIGHUP came after
     ``config`` was read and before the loop's handler was installed (``iotgw run``
-    remembers those): asked after the handler is in place, so no HUP falls in between."""
+    remembers those): asked after the handler is in place, so no HUP falls in between.
+
+    Returns the parts of a reloaded config that need OpenSSL when the gateway stopped to
+    start again with it (``Gateway.openssl_restart``), else an empty list."""
     gateway = Gateway(config)
     gateway.exit_when_stuck = exit_abandoning_buffer
     loop = asyncio.get_running_loop()
@@ -467,6 +500,7 @@ async def run_gateway(config: LoadedConfig,
                  "running")
         gateway.request_reload()
     await gateway.run()
+    return gateway.openssl_restart
 
 
 EXIT_COMMIT_STUCK = 1

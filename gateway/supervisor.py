@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from gateway.backoff import Backoff
@@ -56,8 +57,12 @@ class TaskStarter(Protocol):
 
 class Supervisor:
     def __init__(self, group: asyncio.TaskGroup, restart_cap: float = 60.0,
-                 healthy_after: float = HEALTHY_AFTER) -> None:
+                 healthy_after: float = HEALTHY_AFTER,
+                 on_any_failure: Callable[[str, BaseException], None] | None = None) -> None:
+        """``on_any_failure(name, exc)`` sees every task's failure (the gateway starts
+        again with OpenSSL when a task needed it after all)."""
         self._group = group
+        self._on_any_failure = on_any_failure
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._problems = ProblemLog(log)
         self._restart_cap = restart_cap
@@ -112,9 +117,12 @@ class Supervisor:
                                          time.time(), delay)
         self._problems.report(name, f"task {name} failed: {error}; restarting",
                               detail=f"in {delay:.3g}s", exc_info=exc)
-        if on_failure is not None:
+        hooks = [on_failure] if on_failure is not None else []
+        if self._on_any_failure is not None:
+            hooks.append(partial(self._on_any_failure, name))
+        for hook in hooks:
             try:
-                on_failure(exc)
+                hook(exc)
             except Exception:  # a broken hook must not take the supervisor down
                 log.exception("failure hook of task %s failed", name)
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 from pydantic import Field
 
 from drivers.cjt188.frame import METER_TYPES
 from gateway.config.types import Duration
 from gateway.driver import DeviceConfigBase
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 MeterType = Literal["cold_water", "hot_water", "drinking_water", "reclaimed_water", "heat",
                     "cooling", "heat_cooling", "gas", "custom"]
@@ -35,6 +38,10 @@ class Cjt188Config(DeviceConfigBase):
         default=None, description="default by meter type: water_meter, heat_meter, gas_meter")
 
     uses_bus = True
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """pyserial and asyncio only, over a local port or a ``socket://`` URL."""
+        return False
 
     def bus_address(self) -> tuple[str, object]:
         return (self.bus, self.address.zfill(14))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -12,6 +12,9 @@ from drivers.dlt645.protocol import DIALECTS
 from drivers.serialbus.bcd import BcdFormat
 from gateway.config.types import Duration, StrictModel
 from gateway.driver import DeviceConfigBase, FieldKind
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 
 class CustomPoint(StrictModel):
@@ -58,6 +61,10 @@ class Dlt645Config(DeviceConfigBase):
     measurement: str = Field(default="energy_meter", min_length=1)
 
     uses_bus = True
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """pyserial and asyncio only, over a local port or a ``socket://`` URL."""
+        return False
 
     def bus_address(self) -> tuple[str, object]:
         return (self.bus, self.address.zfill(12))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -11,6 +11,9 @@ from drivers.modbus.planner import PROTOCOL_MAX_BITS, PROTOCOL_MAX_REGISTERS, TC
 from drivers.modbus.points import Point
 from gateway.config.types import Duration, StrictModel
 from gateway.driver import DeviceConfigBase, FieldKind
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 
 class PointOverride(StrictModel):
@@ -84,6 +87,11 @@ class ModbusConfig(DeviceConfigBase):
         if dupes:
             raise ValueError(f"duplicate point names: {', '.join(dupes)}")
         return self
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """Modbus TCP is the driver's own client; RTU (serial or ``socket://``) is
+        pymodbus's, whose transport imports ``ssl`` without a fallback."""
+        return bus is None or bus.type != "tcp"
 
     def bus_address(self) -> tuple[str, object] | None:
         return (self.bus, self.unit)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,6 +19,9 @@ from gateway.config.types import ByteSize, Duration, StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.driver import DeviceConfigBase
 from gateway.jsonpath import compile_path
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 PROFILE_DIR = resources.files("drivers.mqtt") / "profiles"
 MERGED_KEYS = ("fields", "payload_tags", "match")
@@ -120,6 +123,10 @@ class MqttDeviceConfig(DeviceConfigBase):
         if not self.fields and self.format == "json":
             raise ValueError("fields: map at least one field, e.g. {value: $.value}")
         return self
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """The broker link is the gateway's (mqtt: section), which answers for its TLS."""
+        return False
 
     def topics(self) -> list[str]:
         return [self.topic] if isinstance(self.topic, str) else list(self.topic)

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.types import Duration
 from gateway.driver import DeviceConfigBase
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 
 def read_scbk(path: Path) -> bytes:
@@ -60,6 +63,10 @@ class OsdpConfig(DeviceConfigBase):
             raise ValueError("secure: true needs key_file (or set secure: false, not "
                              "recommended)")
         return self
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """libosdp does its own AES (secure channel); pyserial and asyncio otherwise."""
+        return False
 
     def bus_address(self) -> tuple[str, object]:
         return (f"osdp line {self.port}", self.address)

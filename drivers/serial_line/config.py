@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import codecs
 import re
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from gateway.config.types import Duration, StrictModel
 from gateway.driver import DeviceConfigBase
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 HEX = r"^([0-9A-Fa-f]{2}\s*)+$"
 
@@ -104,6 +107,10 @@ class SerialLineConfig(DeviceConfigBase):
     measurement: str = Field(default="access_event", min_length=1)
     reconnect_max: Duration = Field(default=30.0, ge=0.1, le=3600,
                                     description="longest wait between reopen attempts")
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        """pyserial and asyncio only, over a local port or a pyserial URL."""
+        return False
 
     @field_validator("encoding")
     @classmethod

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from gateway.config.types import Duration
 from gateway.driver import DeviceConfigBase, FieldKind
+
+if TYPE_CHECKING:
+    from gateway.config.models import SerialBus, TcpBus
 
 
 class SyntheticConfig(DeviceConfigBase):
@@ -23,6 +26,9 @@ class SyntheticConfig(DeviceConfigBase):
     wake_interval: Duration = Field(
         default=0.1, gt=0, le=10,
         description="how often the task wakes; faster readings are emitted in bursts")
+
+    def needs_openssl(self, bus: SerialBus | TcpBus | None) -> bool:
+        return False
 
     def emitted_fields(self) -> Mapping[str, FieldKind] | None:
         """f0..fN (numbers), seq, and status when text_field is on."""

@@ -52,6 +52,11 @@ class SinkConfigBase(StrictModel):
     def sink_name(self) -> str:
         return self.name or str(self.type)
 
+    def needs_openssl(self) -> bool:
+        """Whether this sink needs OpenSSL (see ``DeviceConfigBase.needs_openssl``): yes
+        unless the sink knows better."""
+        return True
+
     def setup_warnings(self, data_dir: Path) -> list[str]:
         """Settings that are valid but may not work out where they point (a file sink's
         ring larger than its disk): ``iotgw check`` prints them and the config stays

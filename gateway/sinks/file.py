@@ -72,6 +72,9 @@ class FileSinkConfig(SinkConfigBase):
         directory = self.directory or Path("lines")
         return directory if directory.is_absolute() else Path(data_dir) / directory
 
+    def needs_openssl(self) -> bool:
+        return False
+
     def setup_warnings(self, data_dir: Path) -> list[str]:
         """Settings that may not fit where they point: ``iotgw check`` prints these and
         the sink logs them at open. A warning, not an error: the disk may grow."""

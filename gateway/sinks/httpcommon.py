@@ -23,13 +23,15 @@ import base64
 import json
 import math
 import re
-import ssl
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    import ssl
 
 from gateway.errors import (
     SinkAuthError,
@@ -242,7 +244,11 @@ def make_ssl_context(verify_ssl: bool, ca_file: Path | None) -> ssl.SSLContext:
 
     Raises SinkAuthError when the CA file is unusable: retrying soon cannot fix it, an
     installer has to, so the sink should be marked failed rather than hammered.
+    ``ssl`` is imported here, when a sink opens: importing the sink's module to validate
+    a config must not load OpenSSL (gateway/openssl_gate.py).
     """
+    import ssl
+
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     except (OSError, ssl.SSLError) as exc:
