@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.logs import setup_logging
+    from gateway.restart import for_openssl, start_again
     from gateway.runtime import run_gateway
 
     hangups: EarlyHangups = getattr(args, "hangups", None) or EarlyHangups()
@@ -83,13 +84,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load_or_exit(args.config)
     except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
-        openssl_gate.restart_with([openssl_gate.importer(exc)])
+        start_again(for_openssl([openssl_gate.importer(exc)]))
     if openssl_gate.held_back():
         needing = openssl_gate.users(config)
         if needing:
-            openssl_gate.restart_with(needing)
+            start_again(for_openssl(needing, config))
     try:
-        needing = asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
+        restart = asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
     except BufferFailure as exc:
         # Read-only or unusable data_dir: one clear line, not a traceback per restart.
         logging.getLogger("iotgw").error("cannot run: %s", exc)
@@ -98,8 +99,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The loop's handler is gone (asyncio puts back SIG_DFL): a reload request while
         # the interpreter exits must not turn a clean stop into rc 129.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    if needing:  # a reload brought the first part that needs OpenSSL
-        openssl_gate.restart_with(needing)
+    if restart is not None:  # a reload changed what only a start sets up
+        start_again(restart)
     return 0
 
 

@@ -11,7 +11,7 @@ when those imports fail: asyncio without TLS, ``hashlib`` and ``hmac`` on CPytho
 SHA-2/SHA-3/BLAKE2 code, paho and aiohttp without TLS. So ``iotgw run`` starts with the
 three imports held back (:func:`hold_back`), reads the config, asks every configured
 component whether it needs OpenSSL (:func:`users`; a plugin that does not say so is
-assumed to), and when one does, executes itself again in place (:func:`restart_with`):
+assumed to), and when one does, executes itself again in place (gateway/restart.py):
 same PID, same arguments, with ``IOTGW_OPENSSL=1`` so nothing is held back. A reload
 that brings the first TLS user does the same after a graceful stop (nothing is lost: the
 buffer is on disk). Setting ``IOTGW_OPENSSL=1`` in the environment loads OpenSSL
@@ -25,26 +25,21 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.machinery
-import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gateway.config.loader import LoadedConfig
 
 ENV = "IOTGW_OPENSSL"
-"""``1``: load OpenSSL as usual (set by :func:`restart_with` for the process it starts)."""
+"""``1``: load OpenSSL as usual (set for the image a restart for OpenSSL starts)."""
 
 HELD_BACK = ("ssl", "_ssl", "_hashlib")
 """The imports that map libssl/libcrypto: ``ssl`` (asyncio, paho, aiohttp, urllib3) and
 ``_hashlib`` (hashlib's and hmac's OpenSSL backend, through pydantic's ``secrets``)."""
-
-log = logging.getLogger("iotgw.openssl")
-
 
 class OpenSSLHeldBack(ModuleNotFoundError):
     """An import of OpenSSL in a process that started without it.
@@ -139,21 +134,3 @@ def importer(exc: OpenSSLHeldBack) -> str:
             where = f"{code.co_filename}:{tb.tb_lineno}"
         tb = tb.tb_next
     return f"{where} (imports {exc.name})"
-
-
-def restart_with(reasons: Sequence[str]) -> NoReturn:
-    """Execute this gateway again, in place and with OpenSSL (does not return).
-
-    Same PID (systemd's main process and its notify socket stay), same interpreter
-    options and arguments. SIGHUP is ignored across the exec (an ignored signal stays
-    ignored in the new image): the new process reads the config file anew, so a reload
-    request in between is covered, and it cannot end the process while the interpreter
-    starts."""
-    log.info("%s need%s OpenSSL, which this process started without: starting again "
-             "with it (same process)", ", ".join(reasons), "s" if len(reasons) == 1 else "")
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    os.environ[ENV] = "1"
-    os.execv(sys.executable, sys.orig_argv)

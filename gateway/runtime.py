@@ -34,6 +34,7 @@ from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
+from gateway.restart import Restart, changed_at_start, for_openssl
 from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
@@ -64,10 +65,12 @@ class Gateway:
         self._sink_events: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
-        self.openssl_restart: list[str] = []
-        """Set when a reload brought the first part that needs OpenSSL into a process
-        that started without it: the gateway stops, and ``iotgw run`` starts it again
-        in place with OpenSSL (gateway/openssl_gate.py)."""
+        self.restart: Restart | None = None
+        """Set when the gateway stops to start again in place (gateway/restart.py): a
+        reload changed what only a start sets up, or brought the first part that needs
+        OpenSSL into a process that started without it; ``iotgw run`` executes itself."""
+        self.reload_problems: list[str] = []
+        """Why the last reload was rejected (for the ops bus's answer)."""
         self._reloading = asyncio.Lock()
         """One reload at a time: SIGHUP and ``cmd/reload`` both call ``reload``, and a
         second one interleaved at the first's awaits (stopping devices) deleted what the
@@ -114,8 +117,11 @@ class Gateway:
     def _needs_openssl(self, what: str, exc: openssl_gate.OpenSSLHeldBack) -> None:
         """A part that said it needs no OpenSSL imported it after all: stop, and let
         ``iotgw run`` start the gateway again with it (the part fails until then)."""
-        if not self.openssl_restart:
-            self.openssl_restart = [f"{what}: {openssl_gate.importer(exc)}"]
+        self._restart_in_place(for_openssl([f"{what}: {openssl_gate.importer(exc)}"]))
+
+    def _restart_in_place(self, restart: Restart) -> None:
+        if self.restart is None:
+            self.restart = restart
             self.request_stop()
 
     def request_reload(self) -> None:
@@ -414,10 +420,12 @@ class Gateway:
             return await self._reload_now()
 
     async def _reload_now(self) -> bool:
+        self.reload_problems = []
         try:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config:\n%s", exc)
+            self.reload_problems = exc.problems
             return False
         except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
             self._needs_openssl("reloaded config", exc)
@@ -425,17 +433,19 @@ class Gateway:
         except Exception as exc:  # a bug in loading must not stop a running gateway
             log.error("reload rejected, keeping the running config: cannot load %s: %s: %s",
                       self.config.path, type(exc).__name__, exc, exc_info=exc)
+            self.reload_problems = [f"cannot load {self.config.path}: "
+                                    f"{type(exc).__name__}: {exc}"]
             return False
-        if openssl_gate.held_back():
-            needing = openssl_gate.users(new)
-            if needing:  # this process cannot load it any more (asyncio is loaded)
-                self.openssl_restart = needing
-                self.request_stop()
-                return True
+        needing = openssl_gate.users(new) if openssl_gate.held_back() else []
+        if needing:  # this process cannot load it any more (asyncio is loaded)
+            self._restart_in_place(for_openssl(needing, new))
+            return True
+        changed = changed_at_start(self.config, new)
+        if changed:
+            self._restart_in_place(Restart(tuple(changed), config_digest=new.digest))
+            return True
         assert self.pipeline is not None
         old = self.config
-        if new.buffer_path != old.buffer_path or new.model.buffer != old.model.buffer:
-            log.warning("buffer settings changed: they take effect at the next restart")
         hide = load_pseudonymizer(new)
         self.pipeline.set_pseudonymizer(hide)
         if new.model.gateway != old.model.gateway:
@@ -481,13 +491,13 @@ def load_pseudonymizer(config: LoadedConfig) -> Pseudonymizer | None:
 
 
 async def run_gateway(config: LoadedConfig,
-                      reload_pending: Callable[[], bool] | None = None) -> list[str]:
+                      reload_pending: Callable[[], bool] | None = None) -> Restart | None:
     """Run until SIGTERM/SIGINT. ``reload_pending()`` says whether a SIGHUP came after
     ``config`` was read and before the loop's handler was installed (``iotgw run``
     remembers those): asked after the handler is in place, so no HUP falls in between.
 
-    Returns the parts of a reloaded config that need OpenSSL when the gateway stopped to
-    start again with it (``Gateway.openssl_restart``), else an empty list."""
+    Returns why the gateway stopped to start again in place (``Gateway.restart``), or
+    None after an ordinary stop."""
     gateway = Gateway(config)
     gateway.exit_when_stuck = exit_abandoning_buffer
     loop = asyncio.get_running_loop()
@@ -500,7 +510,7 @@ async def run_gateway(config: LoadedConfig,
                  "running")
         gateway.request_reload()
     await gateway.run()
-    return gateway.openssl_restart
+    return gateway.restart
 
 
 EXIT_COMMIT_STUCK = 1

@@ -229,7 +229,7 @@ def test_a_gateway_with_no_tls_user_runs_without_openssl(
             assert gw.stop() == 0
             serial.close()
     assert "12345" not in file_lines(tmp_path / "data")  # pseudonymized, without _hashlib
-    problems = [r for r in gw.records if r["level"] in ("WARNING", "ERROR")]
+    problems = [r for r in gw.records if r["level"] in ("warning", "error")]
     assert not problems, problems
     assert not [r for r in gw.records if "OpenSSL" in r["msg"]]
 
@@ -319,7 +319,7 @@ def test_a_reload_that_brings_a_tls_user_restarts_in_place_and_loses_nothing(
     # batch may still have been on its way at the stop).
     in_vm = stamps_in_vm()
     assert {t for t in in_file if min(in_vm) <= t <= max(in_vm)} == in_vm
-    problems = [r for r in gw.records if r["level"] in ("WARNING", "ERROR")]
+    problems = [r for r in gw.records if r["level"] in ("warning", "error")]
     assert not problems, problems
 
 

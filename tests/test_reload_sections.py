@@ -1,14 +1,18 @@
-"""A reload that adds a gateway-wide section and the device needing it in one go: the
-device starts with the new config visible through the plugin handle (it used to read the
-old one, and an mqtt device added with its mqtt: section failed "needs the mqtt:
-section" until the next restart)."""
+"""Reloads and the config's sections: a device added by a reload sees the config it was
+added with; a changed section that only a start sets up (mqtt:, http:, buses: ...) makes
+the gateway stop to start again in place instead of being silently ignored (an outside
+probe: a new ``http.listen`` port refused connections, commands still ran on the old
+``mqtt.base_topic``, while the log said "config reloaded")."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
 
+import pytest
+
 from gateway.config.loader import load_config
+from gateway.restart import Restart
 from gateway.runtime import Gateway
 from tests.support.servers import Mosquitto
 
@@ -16,24 +20,35 @@ BASE = ("gateway: {id: gw-r, site: s, data_dir: data}\nbuffer: {flush_interval: 
         "sinks: [{type: file}]\n")
 
 
-async def test_a_device_added_with_its_section_by_reload_sees_the_section(
+def mqtt_section(broker: Mosquitto, base: str = "compound/reload/gw") -> str:
+    return (f"mqtt: {{host: 127.0.0.1, port: {broker.port}, username: gw, "
+            f"password: {broker.users['gw']}, base_topic: {base}}}\n")
+
+
+async def started(gateway: Gateway) -> asyncio.Task[None]:
+    task = asyncio.create_task(gateway.run())
+    for _ in range(200):
+        if gateway.supervisor is not None:
+            break
+        await asyncio.sleep(0.025)
+    return task
+
+
+async def test_a_device_added_by_reload_sees_the_running_sections(
         tmp_path: Path, mosquitto: Mosquitto) -> None:
     config = tmp_path / "gw.yaml"
-    config.write_text(BASE + "devices: [{id: steady, driver: synthetic, interval: 50ms}]\n")
+    config.write_text(BASE + mqtt_section(mosquitto)
+                      + "devices: [{id: steady, driver: synthetic, interval: 50ms}]\n")
     gateway = Gateway(load_config(config))
-    task = asyncio.create_task(gateway.run())
+    task = await started(gateway)
     try:
-        for _ in range(200):
-            if gateway.supervisor is not None:
-                break
-            await asyncio.sleep(0.025)
         config.write_text(
-            BASE + f"mqtt: {{host: 127.0.0.1, port: {mosquitto.port}, username: gw, "
-            f"password: {mosquitto.users['gw']}, base_topic: compound/reload/gw}}\n"
-            "devices:\n  - {id: steady, driver: synthetic, interval: 50ms}\n"
+            BASE + mqtt_section(mosquitto)
+            + "devices:\n  - {id: steady, driver: synthetic, interval: 50ms}\n"
             "  - {id: cam, driver: mqtt, topic: compound/reload/cam, measurement: m, "
             "fields: {v: $.v}}\n")
         assert await gateway.reload()
+        assert gateway.restart is None  # devices apply live
         for _ in range(400):  # hang guard: 20 s
             if str(gateway.devices["cam"].status.state) == "online":
                 break
@@ -41,6 +56,46 @@ async def test_a_device_added_with_its_section_by_reload_sees_the_section(
         status = gateway.devices["cam"].status
         assert str(status.state) == "online", status.last_error
         assert gateway.supervisor is not None and not gateway.supervisor.failing
+    finally:
+        gateway.request_stop()
+        async with asyncio.timeout(30):
+            await task
+
+
+@pytest.mark.parametrize(("before", "after", "changed"), [
+    ("", "<mqtt>", ("mqtt",)),
+    ("<mqtt>", "<mqtt_moved>", ("mqtt",)),
+    ("http: {listen: '127.0.0.1:0'}\n", "http: {listen: '127.0.0.1:0', max_body: 2MiB}\n",
+     ("http",)),
+    ("", "alarms: {max_alarms: 20}\n", ("alarms",)),
+    ("buses: {b: {type: tcp, host: 127.0.0.1, port: 1502}}\n",
+     "buses: {b: {type: tcp, host: 127.0.0.1, port: 1503}}\n", ("buses",)),
+    ("", "<buffer_smaller>", ("buffer",)),
+    ("<mqtt>", "<mqtt_moved>alarms: {max_alarms: 20}\n", ("mqtt", "alarms")),
+], ids=["mqtt-added", "mqtt-base-topic", "http", "alarms", "buses", "buffer", "two"])
+async def test_a_section_only_a_start_sets_up_restarts_the_gateway_in_place(
+        tmp_path: Path, mosquitto: Mosquitto, before: str, after: str,
+        changed: tuple[str, ...]) -> None:
+    def filled(text: str) -> str:
+        return (text.replace("<mqtt>", mqtt_section(mosquitto))
+                .replace("<buffer_smaller>", "")
+                .replace("<mqtt_moved>", mqtt_section(mosquitto, "compound/reload/moved")))
+
+    devices = "devices: [{id: steady, driver: synthetic, interval: 50ms}]\n"
+    config = tmp_path / "gw.yaml"
+    config.write_text(BASE + filled(before) + devices)
+    gateway = Gateway(load_config(config))
+    task = await started(gateway)
+    try:
+        text = BASE + filled(after) + devices
+        if "<buffer_smaller>" in after:
+            text = text.replace("buffer: {flush_interval: 50ms}",
+                                "buffer: {flush_interval: 50ms, max_bytes: 64MiB}")
+        config.write_text(text)
+        assert await gateway.reload()
+        assert gateway.restart == Restart(changed, config_digest=load_config(config).digest)
+        async with asyncio.timeout(30):  # it stops by itself, for `iotgw run` to exec
+            await task
     finally:
         gateway.request_stop()
         async with asyncio.timeout(30):

@@ -8,7 +8,7 @@ memory, and restarting cannot fix a full disk or a store that is down.
 
 ``STOPPING=1`` goes out when the task is cancelled, at the end of the gateway's orderly
 shutdown (systemd already knows: it sent the SIGTERM), and ``RELOADING=1`` instead when
-the gateway stops to start again in place with OpenSSL (gateway/openssl_gate.py): after
+the gateway stops to start again in place (gateway/restart.py): after
 STOPPING=1 systemd would wait for the process to exit and kill it at TimeoutStopSec,
 while RELOADING=1 followed by the new image's READY=1 is a reload to it.
 """
@@ -60,8 +60,8 @@ async def notify_forever(gateway: Any, monitor: LoopMonitor, notifier: Notifier,
                               "watchdog ping", monitor.current_lag(), monitor.max_lag)
             _send(notifier, *messages)
     except asyncio.CancelledError:
-        if gateway.openssl_restart:
-            _send(notifier, "RELOADING=1", "STATUS=starting again with OpenSSL")
+        if gateway.restart is not None:
+            _send(notifier, "RELOADING=1", "STATUS=starting again in place")
         else:
             _send(notifier, "STOPPING=1", "STATUS=stopping")
         notifier.close()

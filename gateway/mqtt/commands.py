@@ -35,9 +35,21 @@ class Verb:
     doc: str
 
 
+RELOAD_PROBLEMS_SHOWN = 5
+"""Problems of a rejected config in the answer (all of them are in the log)."""
+
+
 async def _reload(gateway: Any, body: dict[str, Any]) -> Any:
     if not await gateway.reload():
-        raise CommandRefused("config rejected, the running config stays (see the log)")
+        problems = list(gateway.reload_problems)
+        shown = "; ".join(p[:300] for p in problems[:RELOAD_PROBLEMS_SHOWN])
+        more = len(problems) - RELOAD_PROBLEMS_SHOWN
+        raise CommandRefused("config rejected, the running config stays"
+                             + (f": {shown}" if shown else "")
+                             + (f" (and {more} more in the log)" if more > 0 else ""))
+    if gateway.restart is not None:  # applied by starting again in place
+        return {"config": gateway.restart.config_digest,
+                "restarting": list(gateway.restart.reasons)}
     return {"config": gateway.config.digest}
 
 
