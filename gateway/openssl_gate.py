@@ -23,8 +23,6 @@ process that has OpenSSL keeps it until it exits.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import os
 import sys
 from collections.abc import Sequence
@@ -32,6 +30,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+
     from gateway.config.loader import LoadedConfig
 
 ENV = "IOTGW_OPENSSL"
@@ -48,11 +48,13 @@ class OpenSSLHeldBack(ModuleNotFoundError):
     built without OpenSSL); anything else fails with the reason and the remedy."""
 
 
-class _Gate(importlib.abc.MetaPathFinder):
-    """Refuses the held-back imports, first on ``sys.meta_path``."""
+class _Gate:
+    """Refuses the held-back imports, first on ``sys.meta_path`` (a meta path finder is
+    anything with ``find_spec``; ``importlib.abc`` is not imported for it: that would
+    load importlib.resources and zipfile before anything else, ~2 MiB)."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+                  target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname not in HELD_BACK:
             return None
         raise OpenSSLHeldBack(
