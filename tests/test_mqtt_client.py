@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import paho.mqtt._packet as paho_packet
 import paho.mqtt.client as paho
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -194,6 +196,32 @@ async def test_qos_2_goes_through_paho_and_is_completed_by_ack_all(
     async with _session(mosquitto, "acks-qos2", inbox, subscribe_qos=2):
         await asyncio.to_thread(_publish, mosquitto, [b"after-qos2"])
         assert [m.payload for m in await _take(inbox, b"after-qos2")] == [b"after-qos2"]
+
+
+async def test_a_failure_in_pahos_network_thread_is_logged_once_and_reconnects(
+        mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture) -> None:
+    """paho re-raises an exception from inside its network thread (a callback, a bug in
+    a read), and the thread ended with it: printed to stderr, no on_disconnect, and
+    the link stayed "connected" and received nothing. Now the connection logs it once
+    with its traceback, counts it and reconnects; the unacknowledged message comes
+    again on the new connection."""
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    async with _session(mosquitto, "acks-thread-dies", inbox) as connection:
+        client = connection._client
+        assert client is not None and client.publish_sink is not None
+
+        def explode(packet: Any) -> None:
+            raise RuntimeError("bug in a callback")
+
+        client.publish_sink = explode  # this connection's client only
+        await asyncio.to_thread(_publish, mosquitto, [b"survives"])
+        message = (await _take(inbox, b"survives"))[-1]
+        assert connection.stats.network_failures == 1
+        assert connection.stats.connects == 2
+        assert connection.ack_all([message]) == 1
+    failed = [r for r in caplog.records if "network thread failed" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "ERROR", failed
+    assert failed[0].exc_info is not None
 
 
 def test_broker_connections_send_small_packets_at_once() -> None:

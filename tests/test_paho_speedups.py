@@ -25,6 +25,7 @@ PATCHED_SIGNATURES = {
         "info: 'MQTTMessageInfo | None' = None) -> 'MQTTErrorCode'"),
     (paho.Client, "loop_read"): "(self, max_packets: 'int' = 1) -> 'MQTTErrorCode'",
     (paho.Client, "_send_puback"): "(self, mid: 'int') -> 'MQTTErrorCode'",
+    (paho.Client, "_thread_main"): "(self) -> 'None'",
     (Properties, "__init__"): "(self, packetType)",
     (Properties, "clear"): "(self)",
 }

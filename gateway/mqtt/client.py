@@ -29,6 +29,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
@@ -88,6 +89,8 @@ class ConnectionStats:
     acks_skipped: int = 0
     publish_refused: int = 0
     """QoS 1 publishes the broker answered with a failure (MQTT 5), e.g. the ACL."""
+    network_failures: int = 0
+    """paho's network thread ended by an exception (logged once; the link reconnects)."""
     last_error: str | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -382,6 +385,7 @@ class MqttConnection:
         client.on_publish = self._paho_published
         client.on_unsubscribe = self._paho_unsubscribed
         client.on_socket_open = set_no_delay
+        client.on_network_failure = partial(self._paho_thread_failed, client)
         return client
 
     def _send_subscribe(self, client: paho.Client,
@@ -411,6 +415,20 @@ class MqttConnection:
     def _paho_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any,
                          properties: Any) -> None:
         self._call(self._set_lost, client, str(reason))
+
+    def _paho_thread_failed(self, client: paho.Client, exc: BaseException) -> None:
+        """In paho's thread, which is ending: the event loop logs it and reconnects."""
+        self._call(self._network_failed, client, exc)
+
+    def _network_failed(self, client: paho.Client, exc: BaseException) -> None:
+        if client is not self._client:
+            return
+        self.stats.network_failures += 1
+        self._problems.report("network-thread", f"mqtt {self.client_id}: paho's network "
+                              f"thread failed: {type(exc).__name__}: {exc}; reconnecting",
+                              exc_info=exc, kind="failed")
+        self._connected.clear()  # logged above: no second "connection lost" line
+        self._set_lost(client, f"network thread failed: {type(exc).__name__}")
 
     def _set_lost(self, client: paho.Client, reason: str) -> None:
         if client is not self._client:

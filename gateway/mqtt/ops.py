@@ -309,6 +309,7 @@ class OpsBus:
                         if c.status.counters},
             "ops": {**self.counters, "queued_dropped": self.connection.stats.queued_dropped,
                     "publish_refused": self.connection.stats.publish_refused,
+                    "network_failures": self.connection.stats.network_failures,
                     "alarm_publish_failed": dict(self.alarm_topics.failed)},
         }
         self.connection.publish(f"{self.base}/stats", _dumps(body), 0, queue=False)

@@ -110,6 +110,22 @@ class GatewayClient(paho.Client):
         self._rbuf = bytearray()
         self._would_block = False
         self.publish_sink: Callable[[PublishPacket], None] | None = None
+        self.on_network_failure: Callable[[BaseException], None] | None = None
+        """Called in paho's network thread when it dies of an exception."""
+
+    def _thread_main(self) -> None:
+        """paho's network thread, which an exception used to end silently (printed by
+        ``threading.excepthook``, not logged; no ``on_disconnect``): the connection
+        looked up and received nothing. paho re-raises a callback's exception
+        (``suppress_exceptions`` is off) and any bug in a read ends here too; the hook
+        lets the connection log it once, count it and reconnect."""
+        try:
+            super()._thread_main()
+        except Exception as exc:
+            hook = self.on_network_failure
+            if hook is None:
+                raise
+            hook(exc)
 
     def _handle_publish(self) -> MQTTErrorCode:
         sink = self.publish_sink
