@@ -48,13 +48,18 @@ topic read #
 USERS = {"gw": "gw-secret", "ops": "ops-secret", "spy": "spy-secret"}
 
 
+CLIENT_SUFFIX = uuid.uuid4().hex[:6]
+"""One per test run: a reload's config must keep the same mqtt: section, or the gateway
+restarts in place (gateway/restart.py)."""
+
+
 def config_text(base: str, port: int, sinks: str, rules: str, devices: str = "[]",
                 extra: str = "") -> str:
     return (f"gateway: {{id: gw-ae, site: ae, data_dir: data}}\n"
             "buffer: {flush_interval: 50ms}\n"
             f"sinks:\n{sinks}"
             f"mqtt: {{host: 127.0.0.1, port: {port}, username: gw, password: gw-secret, "
-            f"base_topic: {base}, client_id: ae-{uuid.uuid4().hex[:6]}, stats_interval: 1s, "
+            f"base_topic: {base}, client_id: ae-{CLIENT_SUFFIX}, stats_interval: 1s, "
             "homeassistant: {enabled: true}}\n"
             f"devices: {devices}\n{extra}rules:\n{rules}")
 
