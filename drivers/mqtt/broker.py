@@ -41,6 +41,10 @@ GATHER = 0.005
 wake-up, a pipeline submit and a commit-wait task per burst instead of per message)."""
 RECENT = 20_000
 """Messages remembered to recognise a broker's DUP redelivery of something committed."""
+UNSUBSCRIBE_DELAY = 1.0
+"""Seconds between a device detaching and the unsubscribe of filters nobody wants: at a
+gateway stop the connection closes within them, so the persistent session keeps its
+subscriptions (see ``DeviceBroker.detach``)."""
 CONNECTION_TASK = "mqtt:devices"
 INTAKE_TASK = "mqtt:devices-intake"
 ROUTES = 4096
@@ -111,6 +115,7 @@ class DeviceBroker:
         self.failure: str | None = None
         """Why a supervised task of this connection last failed, until it recovers."""
         self._last_arrival = 0
+        self._unsubscribe_later: asyncio.TimerHandle | None = None
         self.problems = ProblemLog(log)
         """Refusals, logged once per device and kind (the driver's field-level ones too)."""
 
@@ -134,6 +139,8 @@ class DeviceBroker:
         self.failure = None
 
     async def close(self) -> None:
+        if self._unsubscribe_later is not None:  # stopping: the session keeps them
+            self._unsubscribe_later.cancel()
         await self.gateway.tasks.stop([INTAKE_TASK])
         for task in self._tasks:
             task.cancel()
@@ -147,12 +154,27 @@ class DeviceBroker:
             self.connection.subscribe(pattern.filter, attachment.mapper.config.qos)
 
     def detach(self, attachment: Attachment) -> None:
+        """Stop routing to a device; its filters no other device wants are unsubscribed
+        a moment later, and only if the connection is still open then.
+
+        At a gateway stop every device detaches and then the connection closes: an
+        UNSUBSCRIBE sent then made the broker drop the persistent session's subscription,
+        so everything published while the gateway was down (or starting again in place)
+        was lost (an outside probe: ~45 of ~500 QoS 1 messages on every stop and start).
+        A device removed by a reload, while the gateway runs on, still gets its filters
+        unsubscribed."""
         self.attachments.remove(attachment)
         self._routes.clear()
+        if self._unsubscribe_later is None:
+            self._unsubscribe_later = asyncio.get_running_loop().call_later(
+                UNSUBSCRIBE_DELAY, self._unsubscribe_unwanted)
+
+    def _unsubscribe_unwanted(self) -> None:
+        self._unsubscribe_later = None
         wanted = {p.filter for a in self.attachments for p in a.mapper.patterns}
-        for pattern in attachment.mapper.patterns:
-            if pattern.filter not in wanted:
-                self.connection.unsubscribe(pattern.filter)
+        for topic_filter in self.connection.subscriptions():
+            if topic_filter not in wanted:
+                self.connection.unsubscribe(topic_filter)
 
     # -- intake ----------------------------------------------------------------------
 

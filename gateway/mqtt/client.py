@@ -182,6 +182,10 @@ class MqttConnection:
         if self.connected and self._client is not None:
             self._send_subscribe(self._client, [(topic_filter, wanted)])
 
+    def subscriptions(self) -> list[str]:
+        """The filters this connection subscribes to (and re-sends after a connect)."""
+        return list(self._subscriptions)
+
     def unsubscribe(self, topic_filter: str) -> None:
         if self._subscriptions.pop(topic_filter, None) is not None and self.connected:
             assert self._client is not None
