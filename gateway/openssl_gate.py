@@ -113,15 +113,21 @@ def users(config: LoadedConfig) -> list[str]:
 
 
 def held_back_import(exc: BaseException) -> OpenSSLHeldBack | None:
-    """The held-back import behind ``exc``, if one is (a driver may wrap it in its own
-    error: ``raise DeviceError(...) from exc``)."""
+    """The held-back import behind ``exc``, if one is: a driver may wrap it in its own
+    error (``raise DeviceError(...) from exc``) or meet it inside a TaskGroup (an
+    ExceptionGroup; an outside probe's driver was silent for good that way)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
         if isinstance(current, OpenSSLHeldBack):
             return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
 
 

@@ -18,12 +18,14 @@ applies them live, as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from gateway import openssl_gate
@@ -82,6 +84,36 @@ def start_again(restart: Restart) -> NoReturn:
     if restart.openssl:
         os.environ[openssl_gate.ENV] = "1"
     os.execv(sys.executable, sys.orig_argv)
+
+
+CHECK_TIMEOUT = 120.0
+
+
+async def check_with_openssl(path: Path) -> list[str]:
+    """The problems of the config at ``path`` as ``iotgw check`` finds them in a child
+    process that has OpenSSL (empty: valid).
+
+    For a reload whose loading imported OpenSSL in a process without it (an installed
+    plugin module imports ``ssl``; a misspelt driver name makes the loader import every
+    plugin): this process cannot finish validating, and restarting on an invalid file
+    ended the gateway at the new image's start (exit 2) where a reload must reject it
+    and keep running (an outside probe)."""
+    env = {**os.environ, openssl_gate.ENV: "1"}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "check", str(path), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            _, err = await child.communicate()
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        return [f"iotgw check {path} did not finish within {CHECK_TIMEOUT:g} s"]
+    if child.returncode == 0:
+        return []
+    lines = err.decode("utf-8", "replace").splitlines()
+    problems = [line for line in lines if line and not line.endswith("nothing was started.")]
+    return problems or [f"iotgw check {path} failed (exit {child.returncode})"]
 
 
 def for_openssl(reasons: Sequence[str], config: LoadedConfig | None = None) -> Restart:

@@ -34,7 +34,7 @@ from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
-from gateway.restart import Restart, changed_at_start, for_openssl
+from gateway.restart import Restart, changed_at_start, check_with_openssl, for_openssl
 from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
@@ -65,6 +65,7 @@ class Gateway:
         self._sink_events: dict[str, asyncio.Event] = {}
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
+        self._stop_for_good = False
         self.restart: Restart | None = None
         """Set when the gateway stops to start again in place (gateway/restart.py): a
         reload changed what only a start sets up, or brought the first part that needs
@@ -107,7 +108,17 @@ class Gateway:
     # -- control from outside (signals, ops commands, tests) -------------------------
 
     def request_stop(self) -> None:
+        """Stop for good (SIGTERM, SIGINT, tests): also cancels a restart in place that
+        a reload asked for while the stop runs (an outside probe: a SIGTERM a few ms
+        after such a reload was swallowed and the gateway came back; under systemd a
+        stop would have waited for TimeoutStopSec and SIGKILL)."""
+        self._stop_for_good = True
         self._stop.set()
+
+    @property
+    def pending_restart(self) -> Restart | None:
+        """The restart in place to do once stopped, unless a stop for good came too."""
+        return None if self._stop_for_good else self.restart
 
     def _task_failed(self, name: str, exc: BaseException) -> None:
         held_back = openssl_gate.held_back_import(exc)
@@ -122,7 +133,7 @@ class Gateway:
     def _restart_in_place(self, restart: Restart) -> None:
         if self.restart is None:
             self.restart = restart
-            self.request_stop()
+            self._stop.set()
 
     def request_reload(self) -> None:
         self._reload.set()
@@ -428,6 +439,12 @@ class Gateway:
             self.reload_problems = exc.problems
             return False
         except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
+            problems = await check_with_openssl(self.config.path)
+            if problems:
+                log.error("reload rejected, keeping the running config:\n%s",
+                          "\n".join(problems))
+                self.reload_problems = problems
+                return False
             self._needs_openssl("reloaded config", exc)
             return True
         except Exception as exc:  # a bug in loading must not stop a running gateway
@@ -510,7 +527,7 @@ async def run_gateway(config: LoadedConfig,
                  "running")
         gateway.request_reload()
     await gateway.run()
-    return gateway.restart
+    return gateway.pending_restart
 
 
 EXIT_COMMIT_STUCK = 1

@@ -102,3 +102,29 @@ def test_cmd_reload_that_restarts_the_gateway_is_answered_once(
     reloads = [r for r in gw.records if r["msg"].startswith("reload: mqtt changed")]
     assert len(reloads) == 1
 
+
+
+@pytest.mark.parametrize("delay", [0.003, 0.006, 0.012])
+def test_a_stop_during_the_stop_for_a_restart_is_a_stop(tmp_path: Path, delay: float) -> None:
+    """SIGTERM a few ms after a reload that restarts in place (here: the health endpoint
+    added, which also needs OpenSSL): the gateway ends, rather than starting again and
+    running on (an outside probe: 8 of 8 swallowed the SIGTERM)."""
+    config = tmp_path / "gw.yaml"
+    head = ("gateway: {id: gw-term, site: s, data_dir: data, shutdown_timeout: 5s}\n"
+            "devices: [{id: d1, driver: synthetic, interval: 100ms}]\n")
+    config.write_text(head)
+    gw = start(config)
+    try:
+        gw.wait_for_log(lambda r: "running" in r["msg"])
+        assert gw.proc is not None
+        config.write_text(head + f"health: {{listen: '127.0.0.1:{free_port()}'}}\n")
+        gw.signal(signal.SIGHUP)
+        time.sleep(delay)
+        gw.signal(signal.SIGTERM)
+        code = gw.proc.wait(timeout=30)
+    finally:
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.proc.kill()
+    assert code in (0, -signal.SIGTERM), code
+    started = [r for r in gw.records if "running" in r["msg"]]
+    assert len(started) == 1, "started again after the SIGTERM"

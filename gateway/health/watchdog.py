@@ -60,7 +60,7 @@ async def notify_forever(gateway: Any, monitor: LoopMonitor, notifier: Notifier,
                               "watchdog ping", monitor.current_lag(), monitor.max_lag)
             _send(notifier, *messages)
     except asyncio.CancelledError:
-        if gateway.restart is not None:
+        if gateway.pending_restart is not None:
             _send(notifier, "RELOADING=1", "STATUS=starting again in place")
         else:
             _send(notifier, "STOPPING=1", "STATUS=stopping")
