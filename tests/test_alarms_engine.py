@@ -519,3 +519,16 @@ def test_a_shelve_for_a_non_finite_duration_is_refused() -> None:
         with pytest.raises(AlarmCommandRefused, match="finite"):
             sim.cmd("shelve", "r", duration=duration)
     assert sim.state("r") is AlarmState.ACTIVE_UNACKED
+
+
+def test_a_regex_sees_at_most_the_first_characters_of_a_value() -> None:
+    """A pattern that is only polynomial passes the load-time check, but on a long value
+    it still takes long: ``.*a.*b.*c$`` with ``=~~`` took 14.5 s on 1,024 characters (an
+    MQTT string may be 256 KiB). A regex sees the first REGEX_INPUT_MAX characters."""
+    from gateway.alarms.expr import REGEX_INPUT_MAX
+
+    sim = Sim({"id": "tail", "when": 'code =~~ "x$"'}, {"id": "head", "when": 'code =~ "a+x"'})
+    sim.feed(0, code="a" * REGEX_INPUT_MAX + "x")
+    assert sim.causes() == []  # the x lies past what the regexes see
+    sim.feed(1, code="a" * (REGEX_INPUT_MAX - 1) + "x")
+    assert sorted(t.alarm.key.rule for t in sim.log) == ["head", "tail"]
