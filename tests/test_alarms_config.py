@@ -249,6 +249,21 @@ def test_a_regex_pattern_from_a_reading_is_refused(tmp_path: Path) -> None:
     assert len(found) == 1 and "gw.yaml:9: rules[0].when: the pattern of =~" in found[0], found
 
 
+@pytest.mark.parametrize(("when", "gives"), [
+    ("$re_groups", "gives ARRAY"), ("f0 > 1 ? 1 : 2", "gives FLOAT"), ('"on"', "gives STRING"),
+    ("f0", "gives FLOAT"), ("f0 + 1", "gives FLOAT"), ("status", "gives STRING")])
+def test_a_condition_that_is_not_true_or_false_is_refused_at_load(
+        tmp_path: Path, when: str, gives: str) -> None:
+    """Found by the outside probe of session 7: ``when: "$re_groups"`` passed ``check``
+    and every reading was a rule error ("gave NoneType"). Where rule-engine knows the
+    result type (literals, builtins, and fields a device declares: gate-1 is synthetic,
+    f0 a number, status a string) a result that is not a boolean is refused."""
+    text = HEADER + f"rules:\n  - id: r\n    devices: [gate-1]\n    when: '{when}'\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "gw.yaml:9: rules[0].when:" in found[0], found
+    assert gives in found[0] and "not true or false" in found[0], found[0]
+
+
 def test_safe_regexes_still_load(tmp_path: Path) -> None:
     """Plate and card patterns as installers write them are not refused."""
     for pattern in ("^[A-Z]{2}\\\\d+$", "^(京|沪)[A-Z][0-9A-Z]{5}$", "(ab)+", "a+b+",

@@ -171,6 +171,7 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
         rule = rule_engine.Rule(text)
     tree = rule.statement.expression
     _check_regexes(tree)
+    _check_boolean(tree, text)
     names = frozenset(_symbols(tree))
     fast = _fast(tree)
     if fast is None:
@@ -195,6 +196,19 @@ def _check_regexes(tree: Any) -> None:
         reason = backtracking_risk(pattern, node.context.regex_flags)
         if reason is not None:
             raise ExpressionError(f"regex {_shown(pattern, 60)} {reason}")
+
+
+def _check_boolean(tree: Any, text: str) -> None:
+    """A condition must be true or false: ``$re_groups``, ``f0 + 1`` on a number field or
+    a bare string field passed the load and made every reading a rule error at run time.
+    rule-engine knows the result type of an expression where its names' types are known
+    (literals, operators, builtins; fields with ``kinds``); an unknown one is checked
+    when it is evaluated (:meth:`Expression.truth`)."""
+    rule_engine = _rule_engine()[0]
+    result = tree.result_type
+    if not rule_engine.DataType.is_compatible(result, rule_engine.DataType.BOOLEAN):
+        raise ExpressionError(f"{_shown(text)} gives {result.name}, not true or false: "
+                              "a condition compares (f0 > 1, code == \"x\", door_open)")
 
 
 class _BoundedRegex:
