@@ -55,6 +55,13 @@ def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
         "overvoltage", 2.0, 2, "voltage_l1 < 215")
 
 
+def test_message_placeholders_up_to_the_width_limit_load(tmp_path: Path) -> None:
+    message = "{voltage_l1:>100.2f} {voltage_l1:*^+#012,.3e} {voltage_l1:.100} {voltage_l1:_}"
+    text = HEADER + ISSUE_EXAMPLE.replace("L1 voltage {voltage_l1} V", message)
+    (rule,) = load_config(write(tmp_path, text), environ={}).model.rules
+    assert rule.message == message
+
+
 @pytest.mark.parametrize(("rule", "message"), [
     ('when: "voltage_l1 >"', "rules[0].when: syntax error"),
     ('when: "voltage_l9 > 220"', "rules[0].when: unknown name 'voltage_l9'"),
@@ -68,6 +75,13 @@ def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
     ('when: "voltage_l1 > 1"\n    active: "01:00-05:00"\n    timezone: Mars/Base',
      "unknown time zone"),
     ('when: "voltage_l1 > 1"\n    message: "{voltage_l1.__class__}"', "rules[0].message"),
+    # the outside probe of session 7: a 30 MB message per transition (448 MB RSS)
+    ('when: "voltage_l1 > 1"\n    message: "level {voltage_l1:>30000000}"',
+     "rules[0].message: {voltage_l1:>30000000}: width 30000000 is more than 100"),
+    ('when: "voltage_l1 > 1"\n    message: "{voltage_l1:.101f}"',
+     "rules[0].message: {voltage_l1:.101f}: precision 101 is more than 100"),
+    ('when: "voltage_l1 > 1"\n    message: "{voltage_l1:%%%}"',
+     "rules[0].message: {voltage_l1:%%%}: not a format spec"),
     ('stale: 3x\n    devices: [gate-1]\n    for: 1s\n    when: "f0 > 1"', "a stale rule"),
     ('stale: 90s\n    for: 1s', "do not apply to count and stale rules"),
     ('when: "voltage_l1 > 1"\n    count: {n: 2, within: 1m}\n    off_delay: 5s',

@@ -532,3 +532,17 @@ def test_a_regex_sees_at_most_the_first_characters_of_a_value() -> None:
     assert sim.causes() == []  # the x lies past what the regexes see
     sim.feed(1, code="a" * (REGEX_INPUT_MAX - 1) + "x")
     assert sorted(t.alarm.key.rule for t in sim.log) == ["head", "tail"]
+
+
+def test_a_rendered_message_is_cut_to_message_max() -> None:
+    """Widths are bounded at load; a value is not: a 300,000 character string in
+    ``{code}`` would be published, journaled and buffered with every transition."""
+    from gateway.alarms.engine import MESSAGE_MAX
+
+    sim = Sim({"id": "r", "when": "v > 10", "message": "code {code} {v:>100}"})
+    sim.feed(0, v=11, code="x" * 300_000)
+    message = sim.log[0].alarm.message
+    assert len(message) == MESSAGE_MAX and message.startswith("code xxx"), len(message)
+    assert message.endswith("x…")
+    sim.feed(1, v=1).feed(2, v=12, code="short")
+    assert sim.log[-1].alarm.message == "code short " + " " * 98 + "12"

@@ -46,6 +46,11 @@ log = logging.getLogger("iotgw.alarms")
 
 Key = tuple[str, str]
 _EPS = 1e-6
+MESSAGE_MAX = 1024
+"""A rendered message longer than this is cut (ending in ``…``). Widths in a template are
+bounded at load (:data:`gateway.alarms.config.MESSAGE_WIDTH_MAX`), values are not: a
+``{code}`` of a 256 KiB MQTT string would be published, journaled and buffered whole with
+every transition."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,10 @@ def _render(template: str, values: Mapping[str, Any]) -> str:
     if not template:
         return ""
     try:
-        return string.Formatter().vformat(template, (), _Values(values))
+        text = string.Formatter().vformat(template, (), _Values(values))
     except (ValueError, TypeError, KeyError, IndexError):
         return template
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX - 1] + "…"
 
 
 class Engine:
