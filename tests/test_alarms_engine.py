@@ -483,7 +483,8 @@ def test_the_pending_value_survives_a_restart() -> None:
     row = alarm.to_row()
     restarted = Sim(rule)
     restarted.engine.restore([("hot", "meter-1", alarm.seq, restarted.rules[0].digest, row,
-                               alarm.since, alarm.value, alarm.message)], restarted.now)
+                               alarm.since, alarm.value, alarm.message, alarm.severity)],
+                              restarted.now)
     restarted.engine.start(restarted.now)
     restarted.at(10)
     assert restarted.causes() == ["clear"] and restarted.log[-1].alarm.value == 27.0

@@ -188,13 +188,15 @@ class Engine:
         self._removed.append((alarm.rule, alarm.device))
 
     def restore(self, rows: Iterable[tuple[str, str, int, str, dict[str, Any], float,
-                                            FieldValue | None, str]], now: float) -> None:
+                                            FieldValue | None, str, int]], now: float) -> None:
         """Alarms as the journal kept them: (rule, device, seq, rule digest, state row,
-        since, value, message). Rules no longer configured are removed (a transition)."""
-        for rule_id, device, seq, digest, row, since, value, message in rows:
+        since, value, message, severity). Rules no longer configured are removed (a
+        transition, with the severity the alarm had: a reload's removal keeps it too);
+        the others take their rule's severity."""
+        for rule_id, device, seq, digest, row, since, value, message, severity in rows:
             rule = self._rules.get(rule_id)
             alarm = Alarm(rule_id, device, alarm_id(rule_id, device),
-                          rule.config.severity if rule else 4,
+                          rule.config.severity if rule else severity,
                           dict(self._tags_of(device)), seq=seq, since=since, value=value,
                           message=message)
             alarm.load_row(row, keep_timers=rule is not None and rule.digest == digest)
