@@ -547,3 +547,50 @@ def test_a_rendered_message_is_cut_to_message_max() -> None:
     assert message.endswith("x…")
     sim.feed(1, v=1).feed(2, v=12, code="short")
     assert sim.log[-1].alarm.message == "code short " + " " * 98 + "12"
+
+
+def stamps(sim: Sim) -> list[tuple[float, str, str]]:
+    """(seconds since the simulation's start, rule, cause) of every transition."""
+    return [(round(t.at - 1_000_000.0, 6), t.alarm.key.rule, t.cause) for t in sim.log]
+
+
+def test_stale_and_count_timers_noticed_late_are_stamped_when_they_fell_due() -> None:
+    """Found by the outside probe of session 7: ``iotgw rules test --replay`` stamped stale
+    and count-expiry transitions at the next reading, and a gateway whose alarms task
+    woke late stamped them then. Stale is stamped at the last reading + the silence, a
+    count's clear when its oldest hit left the window."""
+    sim = Sim({"id": "silent", "devices": ["meter-1"], "stale": "40s"},
+              {"id": "cards", "when": 'card == "bad"', "count": {"n": 3, "within": "60s"}},
+              devices={"meter-1": DeviceInfo()})
+    sim.feed(0, card="bad").feed(1, card="bad").feed(2, card="bad")
+    sim.at(500)  # noticed late, all at once
+    assert stamps(sim) == [(2.0, "cards", "raise"), (42.0, "silent", "raise"),
+                           (60.0, "cards", "clear")]
+
+
+def test_realarm_chatter_and_schedule_timers_noticed_late_are_stamped_when_due() -> None:
+    again = Sim({"id": "again", "when": "v > 10", "realarm": "10s"})
+    again.feed(0, v=11.0).at(35)
+    assert stamps(again) == [(0.0, "again", "raise"), (10.0, "again", "realarm"),
+                             (20.0, "again", "realarm"), (30.0, "again", "realarm")]
+    chatty = Sim({"id": "chatty", "when": "v > 10", "chatter": {"transitions": 2,
+                                                                "within": "60s"}})
+    chatty.feed(0, v=11.0).feed(1, v=1.0).feed(2, v=11.0).at(1000)
+    assert stamps(chatty) == [(0.0, "chatty", "raise"), (1.0, "chatty", "clear"),
+                              (2.0, "chatty", "chatter"), (2.0, "chatty", "raise"),
+                              (62.0, "chatty", "chatter")]  # flagged, then calm
+    # the simulated clock starts at 1970-01-12 13:46:40 UTC: the span ends 200 s later
+    night = Sim({"id": "night", "when": "v > 10", "active": "13:00-13:50", "timezone": "UTC"})
+    night.feed(0, v=11.0).at(1000)
+    assert stamps(night) == [(0.0, "night", "raise"), (200.0, "night", "clear")]
+
+
+def test_a_reading_after_a_due_timer_is_decided_after_it() -> None:
+    """A ``for:`` due at 10 s and, before the alarms task woke, a reading at 15 s ending
+    the condition: the alarm raised at 10 s and clears at 15 s. The reading used to cancel
+    the pending on-delay, and the raise that fell due never happened."""
+    sim = Sim({"id": "hot", "when": "v > 10", "for": "10s"})
+    sim.feed(0, v=11.0)
+    sim.engine.process("meter-1", [Reading("m", {}, {"v": 1.0}, 0)], 1_000_015.0)
+    sim.log.extend(sim.engine.take()[0])
+    assert stamps(sim) == [(10.0, "hot", "raise"), (15.0, "hot", "clear")]
