@@ -67,6 +67,26 @@ def test_rules_test_replays_hours_of_data_in_simulated_time(
     assert "301 readings" in captured.err and "4 transitions" in captured.err
 
 
+def test_rules_test_stamps_timers_when_they_fell_due_not_at_the_next_reading(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the outside probe of session 7 (its rt/ replay): stale and count-expiry
+    transitions were printed at the time of the next reading."""
+    config = tmp_path / "gw.yaml"
+    config.write_text(CONFIG.split("rules:")[0] + (
+        "rules:\n  - {id: silent, devices: [wm-1], stale: 40s}\n"
+        "  - {id: busy, devices: [wm-1], count: {n: 2, within: 60s}, when: 'flow > 1'}\n"))
+    start = 1_795_800_000
+    history = tmp_path / "in.lp"
+    history.write_bytes(b"\n".join(encode_many([
+        Reading("water_meter", {"device": "wm-1"}, {"flow": 2.0}, (start + t) * 10**9)
+        for t in (0, 5, 300)])) + b"\n")
+    assert main(["rules", "test", str(config), "--replay", str(history), "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["at"] - start, e["rule"], e["cause"]) for e in events] == [
+        (5, "busy", "raise"), (45, "silent", "raise"), (60, "busy", "clear"),
+        (300, "silent", "clear")]
+
+
 def test_alarms_reads_the_journal_offline(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "gw.yaml"

@@ -55,6 +55,13 @@ def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
         "overvoltage", 2.0, 2, "voltage_l1 < 215")
 
 
+def test_message_placeholders_up_to_the_width_limit_load(tmp_path: Path) -> None:
+    message = "{voltage_l1:>100.2f} {voltage_l1:*^+#012,.3e} {voltage_l1:.100} {voltage_l1:_}"
+    text = HEADER + ISSUE_EXAMPLE.replace("L1 voltage {voltage_l1} V", message)
+    (rule,) = load_config(write(tmp_path, text), environ={}).model.rules
+    assert rule.message == message
+
+
 @pytest.mark.parametrize(("rule", "message"), [
     ('when: "voltage_l1 >"', "rules[0].when: syntax error"),
     ('when: "voltage_l9 > 220"', "rules[0].when: unknown name 'voltage_l9'"),
@@ -68,6 +75,13 @@ def test_the_issue_example_is_accepted_verbatim(tmp_path: Path) -> None:
     ('when: "voltage_l1 > 1"\n    active: "01:00-05:00"\n    timezone: Mars/Base',
      "unknown time zone"),
     ('when: "voltage_l1 > 1"\n    message: "{voltage_l1.__class__}"', "rules[0].message"),
+    # the outside probe of session 7: a 30 MB message per transition (448 MB RSS)
+    ('when: "voltage_l1 > 1"\n    message: "level {voltage_l1:>30000000}"',
+     "rules[0].message: {voltage_l1:>30000000}: width 30000000 is more than 100"),
+    ('when: "voltage_l1 > 1"\n    message: "{voltage_l1:.101f}"',
+     "rules[0].message: {voltage_l1:.101f}: precision 101 is more than 100"),
+    ('when: "voltage_l1 > 1"\n    message: "{voltage_l1:%%%}"',
+     "rules[0].message: {voltage_l1:%%%}: not a format spec"),
     ('stale: 3x\n    devices: [gate-1]\n    for: 1s\n    when: "f0 > 1"', "a stale rule"),
     ('stale: 90s\n    for: 1s', "do not apply to count and stale rules"),
     ('when: "voltage_l1 > 1"\n    count: {n: 2, within: 1m}\n    off_delay: 5s',
@@ -214,22 +228,61 @@ def test_meter_drivers_declare_their_fields(tmp_path: Path) -> None:
     load_config(write(tmp_path, text.replace("voltage_b", "voltage_a")), environ={})
 
 
-@pytest.mark.parametrize("pattern", ["(a+)+$", "^(\\\\w+\\\\s?)*$", "(x{1,3})*y"])
-def test_a_regex_that_backtracks_for_ever_is_refused_at_load(tmp_path: Path,
-                                                             pattern: str) -> None:
+@pytest.mark.parametrize(("pattern", "reason"), [
+    ("(a+)+$", "repeats a repeat"), ("^(\\\\w+\\\\s?)*$", "repeats a repeat"),
+    ("(x{1,3})*y", "repeats a repeat"),
+    # the outside probe of session 7: a bounded outer repeat passed, and hung the gateway
+    ("(a{1,100}){1,100}$", "repeats a repeat"), ("(\\\\w+){1,10}$", "repeats a repeat"),
+    ("([A-Z0-9]+\\\\s?){2,8}$", "repeats a repeat"), ("(aa?)+$", "repeats a repeat"),
+    ("((a{1,9}){1,9}){1,9}", "repeats a repeat"), ("(?i)(k{1,5}K)+$", "repeats a repeat"),
+    ("(a|aa)+$", "alternatives that can begin with the same character"),
+    ("(a|b|ab)*c", "alternatives that can begin with the same character"),
+    ("(\\\\d+x|\\\\w)+$", "alternatives that can begin with the same character"),
+])
+def test_a_regex_that_backtracks_for_ever_is_refused_at_load(tmp_path: Path, pattern: str,
+                                                             reason: str) -> None:
     """Found by the outside probe of issue 12: ``status =~ "(a+)+$"`` took 0.93 s on a
-    24-character value, doubling per character, on the event loop. A repeat inside a
-    repeat is refused when the rule is loaded, with its line."""
+    24-character value, doubling per character, on the event loop. The probe of session
+    7 found the check saw only an unbounded outer repeat: ``(a{1,100}){1,100}$`` passed
+    and one MQTT value hung the gateway, again after every restart (the broker redelivers
+    it). A repeat inside a repeat where the next character cannot tell whether to go on,
+    and overlapping alternatives inside a repeat, are refused when the rule is loaded."""
     text = HEADER + (f"rules:\n  - id: r\n    devices: [gate-1]\n"
                      f"    when: 'status =~ \"{pattern}\"'\n")
     found = problems(write(tmp_path, text))
     assert len(found) == 1 and "rules[0].when: regex" in found[0], found
-    assert "repeats a repeat" in found[0] and "gw.yaml:9:" in found[0], found[0]
+    assert reason in found[0] and "gw.yaml:9:" in found[0], found[0]
+
+
+def test_a_regex_pattern_from_a_reading_is_refused(tmp_path: Path) -> None:
+    """``status =~ other`` would match against a regex a device sends, which no load-time
+    check sees: the pattern must be a quoted string."""
+    text = HEADER + ("rules:\n  - id: r\n    devices: [gate-1]\n"
+                     "    when: 'status =~~ device'\n")
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "gw.yaml:9: rules[0].when: the pattern of =~" in found[0], found
+
+
+@pytest.mark.parametrize(("when", "gives"), [
+    ("$re_groups", "gives ARRAY"), ("f0 > 1 ? 1 : 2", "gives FLOAT"), ('"on"', "gives STRING"),
+    ("f0", "gives FLOAT"), ("f0 + 1", "gives FLOAT"), ("status", "gives STRING")])
+def test_a_condition_that_is_not_true_or_false_is_refused_at_load(
+        tmp_path: Path, when: str, gives: str) -> None:
+    """Found by the outside probe of session 7: ``when: "$re_groups"`` passed ``check``
+    and every reading was a rule error ("gave NoneType"). Where rule-engine knows the
+    result type (literals, builtins, and fields a device declares: gate-1 is synthetic,
+    f0 a number, status a string) a result that is not a boolean is refused."""
+    text = HEADER + f"rules:\n  - id: r\n    devices: [gate-1]\n    when: '{when}'\n"
+    found = problems(write(tmp_path, text))
+    assert len(found) == 1 and "gw.yaml:9: rules[0].when:" in found[0], found
+    assert gives in found[0] and "not true or false" in found[0], found[0]
 
 
 def test_safe_regexes_still_load(tmp_path: Path) -> None:
     """Plate and card patterns as installers write them are not refused."""
-    for pattern in ("^[A-Z]{2}\\\\d+$", "^(京|沪)[A-Z][0-9A-Z]{5}$", "(ab)+", "a+b+"):
+    for pattern in ("^[A-Z]{2}\\\\d+$", "^(京|沪)[A-Z][0-9A-Z]{5}$", "(ab)+", "a+b+",
+                    "^(\\\\d{1,3}\\\\.){3}\\\\d{1,3}$", "^([A-Z]\\\\d?)+$",
+                    "(\\\\w+\\\\s)+", "(xy|x)+", "ERR.*timeout", "(?i)^(ab|c)+$"):
         text = HEADER + (f"rules:\n  - id: r\n    devices: [gate-1]\n"
                          f"    when: 'status =~ \"{pattern}\"'\n")
         config = load_config(write(tmp_path, text), environ={})

@@ -483,7 +483,8 @@ def test_the_pending_value_survives_a_restart() -> None:
     row = alarm.to_row()
     restarted = Sim(rule)
     restarted.engine.restore([("hot", "meter-1", alarm.seq, restarted.rules[0].digest, row,
-                               alarm.since, alarm.value, alarm.message)], restarted.now)
+                               alarm.since, alarm.value, alarm.message, alarm.severity)],
+                              restarted.now)
     restarted.engine.start(restarted.now)
     restarted.at(10)
     assert restarted.causes() == ["clear"] and restarted.log[-1].alarm.value == 27.0
@@ -519,3 +520,77 @@ def test_a_shelve_for_a_non_finite_duration_is_refused() -> None:
         with pytest.raises(AlarmCommandRefused, match="finite"):
             sim.cmd("shelve", "r", duration=duration)
     assert sim.state("r") is AlarmState.ACTIVE_UNACKED
+
+
+def test_a_regex_sees_at_most_the_first_characters_of_a_value() -> None:
+    """A pattern that is only polynomial passes the load-time check, but on a long value
+    it still takes long: ``.*a.*b.*c$`` with ``=~~`` took 14.5 s on 1,024 characters (an
+    MQTT string may be 256 KiB). A regex sees the first REGEX_INPUT_MAX characters."""
+    from gateway.alarms.expr import REGEX_INPUT_MAX
+
+    sim = Sim({"id": "tail", "when": 'code =~~ "x$"'}, {"id": "head", "when": 'code =~ "a+x"'})
+    sim.feed(0, code="a" * REGEX_INPUT_MAX + "x")
+    assert sim.causes() == []  # the x lies past what the regexes see
+    sim.feed(1, code="a" * (REGEX_INPUT_MAX - 1) + "x")
+    assert sorted(t.alarm.key.rule for t in sim.log) == ["head", "tail"]
+
+
+def test_a_rendered_message_is_cut_to_message_max() -> None:
+    """Widths are bounded at load; a value is not: a 300,000 character string in
+    ``{code}`` would be published, journaled and buffered with every transition."""
+    from gateway.alarms.engine import MESSAGE_MAX
+
+    sim = Sim({"id": "r", "when": "v > 10", "message": "code {code} {v:>100}"})
+    sim.feed(0, v=11, code="x" * 300_000)
+    message = sim.log[0].alarm.message
+    assert len(message) == MESSAGE_MAX and message.startswith("code xxx"), len(message)
+    assert message.endswith("x…")
+    sim.feed(1, v=1).feed(2, v=12, code="short")
+    assert sim.log[-1].alarm.message == "code short " + " " * 98 + "12"
+
+
+def stamps(sim: Sim) -> list[tuple[float, str, str]]:
+    """(seconds since the simulation's start, rule, cause) of every transition."""
+    return [(round(t.at - 1_000_000.0, 6), t.alarm.key.rule, t.cause) for t in sim.log]
+
+
+def test_stale_and_count_timers_noticed_late_are_stamped_when_they_fell_due() -> None:
+    """Found by the outside probe of session 7: ``iotgw rules test --replay`` stamped stale
+    and count-expiry transitions at the next reading, and a gateway whose alarms task
+    woke late stamped them then. Stale is stamped at the last reading + the silence, a
+    count's clear when its oldest hit left the window."""
+    sim = Sim({"id": "silent", "devices": ["meter-1"], "stale": "40s"},
+              {"id": "cards", "when": 'card == "bad"', "count": {"n": 3, "within": "60s"}},
+              devices={"meter-1": DeviceInfo()})
+    sim.feed(0, card="bad").feed(1, card="bad").feed(2, card="bad")
+    sim.at(500)  # noticed late, all at once
+    assert stamps(sim) == [(2.0, "cards", "raise"), (42.0, "silent", "raise"),
+                           (60.0, "cards", "clear")]
+
+
+def test_realarm_chatter_and_schedule_timers_noticed_late_are_stamped_when_due() -> None:
+    again = Sim({"id": "again", "when": "v > 10", "realarm": "10s"})
+    again.feed(0, v=11.0).at(35)
+    assert stamps(again) == [(0.0, "again", "raise"), (10.0, "again", "realarm"),
+                             (20.0, "again", "realarm"), (30.0, "again", "realarm")]
+    chatty = Sim({"id": "chatty", "when": "v > 10", "chatter": {"transitions": 2,
+                                                                "within": "60s"}})
+    chatty.feed(0, v=11.0).feed(1, v=1.0).feed(2, v=11.0).at(1000)
+    assert stamps(chatty) == [(0.0, "chatty", "raise"), (1.0, "chatty", "clear"),
+                              (2.0, "chatty", "chatter"), (2.0, "chatty", "raise"),
+                              (62.0, "chatty", "chatter")]  # flagged, then calm
+    # the simulated clock starts at 1970-01-12 13:46:40 UTC: the span ends 200 s later
+    night = Sim({"id": "night", "when": "v > 10", "active": "13:00-13:50", "timezone": "UTC"})
+    night.feed(0, v=11.0).at(1000)
+    assert stamps(night) == [(0.0, "night", "raise"), (200.0, "night", "clear")]
+
+
+def test_a_reading_after_a_due_timer_is_decided_after_it() -> None:
+    """A ``for:`` due at 10 s and, before the alarms task woke, a reading at 15 s ending
+    the condition: the alarm raised at 10 s and clears at 15 s. The reading used to cancel
+    the pending on-delay, and the raise that fell due never happened."""
+    sim = Sim({"id": "hot", "when": "v > 10", "for": "10s"})
+    sim.feed(0, v=11.0)
+    sim.engine.process("meter-1", [Reading("m", {}, {"v": 1.0}, 0)], 1_000_015.0)
+    sim.log.extend(sim.engine.take()[0])
+    assert stamps(sim) == [(10.0, "hot", "raise"), (15.0, "hot", "clear")]

@@ -22,6 +22,14 @@ RULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 WEEK = 7 * 86400.0
 _SPAN = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _FACTOR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$")
+MESSAGE_WIDTH_MAX = 100
+"""Largest width or precision in a message placeholder (``{level:>8.1f}``): the probe's
+``{level:>30000000}`` made a 30 MB message per transition (published, journaled and
+buffered: 448 MB RSS), ``{f0:>999999999}`` took 3 GB in ``iotgw rules test``."""
+_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?"
+                   r"[bcdeEfFgGnosxX%]?", re.DOTALL)
+"""Python's format-spec mini-language: [[fill]align][sign][z][#][0][width][grouping]
+[.precision][type]."""
 
 
 def _expression(text: str) -> str:
@@ -202,6 +210,7 @@ class RuleConfig(StrictModel):
                     or (spec and "{" in spec):
                 raise ValueError(f"{{{name}}}: only plain names like {{voltage_l1}} or "
                                  "{voltage_l1:.1f}")
+            _format_spec(name, spec or "")
         return value
 
     @model_validator(mode="after")
@@ -236,6 +245,20 @@ class RuleConfig(StrictModel):
     @property
     def on_delay(self) -> float:
         return self.for_
+
+
+def _format_spec(name: str, spec: str) -> None:
+    """Refuse a spec that is not Python's format spec, and a width or precision above
+    MESSAGE_WIDTH_MAX (each placeholder's text is at most that wide, up to what the value
+    itself needs)."""
+    match = _SPEC.fullmatch(spec)
+    if match is None:
+        raise ValueError(f"{{{name}:{spec}}}: not a format spec (like .1f, >8, 05d)")
+    for part in ("width", "precision"):
+        digits = match[part]
+        if digits and int(digits) > MESSAGE_WIDTH_MAX:
+            raise ValueError(f"{{{name}:{spec}}}: {part} {int(digits)} is more than "
+                             f"{MESSAGE_WIDTH_MAX}")
 
 
 class AlarmsSection(StrictModel):

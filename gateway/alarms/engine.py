@@ -46,6 +46,11 @@ log = logging.getLogger("iotgw.alarms")
 
 Key = tuple[str, str]
 _EPS = 1e-6
+MESSAGE_MAX = 1024
+"""A rendered message longer than this is cut (ending in ``…``). Widths in a template are
+bounded at load (:data:`gateway.alarms.config.MESSAGE_WIDTH_MAX`), values are not: a
+``{code}`` of a 256 KiB MQTT string would be published, journaled and buffered whole with
+every transition."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,10 @@ def _render(template: str, values: Mapping[str, Any]) -> str:
     if not template:
         return ""
     try:
-        return string.Formatter().vformat(template, (), _Values(values))
+        text = string.Formatter().vformat(template, (), _Values(values))
     except (ValueError, TypeError, KeyError, IndexError):
         return template
+    return text if len(text) <= MESSAGE_MAX else text[:MESSAGE_MAX - 1] + "…"
 
 
 class Engine:
@@ -182,13 +188,15 @@ class Engine:
         self._removed.append((alarm.rule, alarm.device))
 
     def restore(self, rows: Iterable[tuple[str, str, int, str, dict[str, Any], float,
-                                            FieldValue | None, str]], now: float) -> None:
+                                            FieldValue | None, str, int]], now: float) -> None:
         """Alarms as the journal kept them: (rule, device, seq, rule digest, state row,
-        since, value, message). Rules no longer configured are removed (a transition)."""
-        for rule_id, device, seq, digest, row, since, value, message in rows:
+        since, value, message, severity). Rules no longer configured are removed (a
+        transition, with the severity the alarm had: a reload's removal keeps it too);
+        the others take their rule's severity."""
+        for rule_id, device, seq, digest, row, since, value, message, severity in rows:
             rule = self._rules.get(rule_id)
             alarm = Alarm(rule_id, device, alarm_id(rule_id, device),
-                          rule.config.severity if rule else 4,
+                          rule.config.severity if rule else severity,
                           dict(self._tags_of(device)), seq=seq, since=since, value=value,
                           message=message)
             alarm.load_row(row, keep_timers=rule is not None and rule.digest == digest)
@@ -253,7 +261,11 @@ class Engine:
         return found
 
     def process(self, device_id: str, readings: Sequence[Reading], now: float) -> None:
-        """Evaluate tagged readings of one device (as the pipeline accepted them)."""
+        """Evaluate tagged readings of one device (as the pipeline accepted them); timers
+        due by ``now`` fire first (a late wake-up must not let a reading decide before
+        them: a ``for:`` due at 10 s and a reading at 15 s that ends the condition is a
+        raise at 10 s and a clear at 15 s, not nothing)."""
+        self.advance(now)
         counters = self.counters
         counters.readings += len(readings)
         uplink: bool | None = None
@@ -286,7 +298,9 @@ class Engine:
 
     def device_state(self, device_id: str, state: str, now: float) -> None:
         """A device changed state (online, offline, error): rules reading only
-        ``device_state`` (and other engine names) are evaluated."""
+        ``device_state`` (and other engine names) are evaluated (after the timers due
+        by ``now``)."""
+        self.advance(now)
         self._device_state[device_id] = state
         rules = self._state_rules.get(device_id)
         if rules is None:
@@ -565,7 +579,8 @@ class Engine:
     def command(self, command: AlarmCommand, now: float) -> Alarm:
         """Apply an operator command; raises :class:`AlarmCommandRefused`. A count key's
         value longer than NAME_MAX names its alarm by its :func:`bounded_name`: either
-        that name or the value itself finds it."""
+        that name or the value itself finds it. Timers due by ``now`` fire first."""
+        self.advance(now)
         alarm = self.alarms.get((command.rule, command.device)) or self.alarms.get(
             (command.rule, bounded_name(command.device)))
         if alarm is None:
@@ -810,19 +825,27 @@ class Engine:
             alarm.value = alarm.pending_value
             self._condition(alarm, rule, False, None, alarm.pending_off + rule.config.off_delay)
 
+    # Every timer's transition is stamped with the time it fell due, computed from the
+    # alarm's own fields where they say it (a heap entry may be one the alarm has moved
+    # on from), not with the time it was noticed: ``iotgw rules test`` notices them at
+    # the next reading, a busy gateway late. Readings and commands fire due timers
+    # first (:meth:`advance`), so nothing later is decided before them.
+
     def _fire_shelve(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         if alarm.shelved and alarm.shelved_until is not None \
                 and alarm.shelved_until <= now + _EPS:
+            at = alarm.shelved_until
             previous = alarm.state
-            self._unshelve(alarm, None, now)
-            self._emit(alarm, previous, "unshelve", alarm.shelved_until or due)
+            self._unshelve(alarm, None, at)
+            self._emit(alarm, previous, "unshelve", at)
 
     def _fire_realarm(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         if alarm.realarm_at is None or alarm.realarm_at > now + _EPS:
             return
         if alarm.state is AlarmState.ACTIVE_UNACKED and rule.config.realarm:
-            alarm.realarm_at = alarm.realarm_at + rule.config.realarm
-            self._emit(alarm, alarm.state, "realarm", now)
+            at = alarm.realarm_at
+            alarm.realarm_at = at + rule.config.realarm
+            self._emit(alarm, alarm.state, "realarm", at)
             self._arm(alarm.realarm_at, "realarm", alarm)
         else:
             alarm.realarm_at = None
@@ -833,27 +856,30 @@ class Engine:
             return
         alarm.value = None
         alarm.message = rule.config.message or f"no readings for {after:g} s"
-        self._condition(alarm, rule, True, None, now)
+        self._condition(alarm, rule, True, None, alarm.last_seen + after)
 
     def _fire_count(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
-        if rule.config.count is not None:
-            self._count(alarm, rule, False, {}, now)
+        spec = rule.config.count
+        events = alarm.extra.get("events") if alarm.extra is not None else None
+        if spec is None or not events or events[0] + spec.within > now + _EPS:
+            return  # nothing left to expire, or a later entry is armed for it
+        self._count(alarm, rule, False, {}, events[0] + spec.within)
 
     def _fire_chatter(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
         spec = rule.config.chatter
         if not alarm.chatter:
             return
-        recent = [t for t in alarm.changes if t > now - spec.within]
+        recent = [t for t in alarm.changes if t > due - spec.within]
         if len(recent) > spec.transitions // 2:
             self._arm(recent[0] + spec.within, "chatter", alarm)
             return
         alarm.chatter = False
-        self._emit(alarm, alarm.state, "chatter", now)
+        self._emit(alarm, alarm.state, "chatter", due)
 
     def _fire_schedule(self, alarm: Alarm, rule: CompiledRule, due: float, now: float) -> None:
-        if rule.schedule is not None and not rule.schedule.active(now) and (
+        if rule.schedule is not None and not rule.schedule.active(due) and (
                 alarm.condition or alarm.pending_on is not None):
-            self._condition(alarm, rule, False, None, now)
+            self._condition(alarm, rule, False, None, due)
 
 
 _COMMANDS: dict[AlarmAction, Callable[[Engine, Alarm, AlarmCommand, float], None]] = {

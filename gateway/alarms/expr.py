@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -25,7 +26,7 @@ from functools import cache
 from types import ModuleType
 from typing import Any, Literal
 
-from gateway.alarms.regexcheck import nested_repeat
+from gateway.alarms.regexcheck import backtracking_risk
 from gateway.errors import GatewayError
 
 FieldKind = Literal["number", "bool", "string", "list", "any"]
@@ -51,6 +52,13 @@ def _rule_engine() -> tuple[ModuleType, ModuleType, ModuleType]:
 
 Values = Mapping[str, Any]
 
+REGEX_INPUT_MAX = 256
+"""A rule's regex sees at most this many characters of a value (the first ones). Patterns
+that backtrack exponentially are refused at load (:mod:`gateway.alarms.regexcheck`), but
+one that is merely polynomial, ``.*a.*b.*c$`` with ``=~~``, took 14.5 s on a 1,024
+character value and ``\\d+\\d+$`` 2.3 s (an MQTT value may be 256 KiB): at 256
+characters they take 0.09 s and 0.05 s. Plates, card numbers, event and status words are
+far shorter."""
 
 
 def _shown(text: str, limit: int = 120) -> str:
@@ -162,17 +170,71 @@ def compile_expression(text: str, kinds: Mapping[str, FieldKind] | None = None) 
         # recompile with the strict default so run-time misses raise.
         rule = rule_engine.Rule(text)
     tree = rule.statement.expression
-    for pattern in _regex_literals(tree):
-        if nested_repeat(pattern):
-            raise ExpressionError(
-                f"regex {_shown(pattern, 60)} repeats a repeat (like (a+)+): on some device "
-                "values it backtracks for seconds and stops the gateway; write it without "
-                "the nesting (e.g. a+ instead of (a+)+)")
+    _check_regexes(tree)
+    _check_boolean(tree, text)
     names = frozenset(_symbols(tree))
     fast = _fast(tree)
+    if fast is None:
+        _bound_regexes(tree)
     # Where the closures cover the whole expression the rule-engine object (about 14 KiB
     # with its tree) is not kept: 1,000 rules would cost 14 MiB for nothing.
     return Expression(text, None if fast is not None else rule, names, fast, _threshold(tree))
+
+
+def _check_regexes(tree: Any) -> None:
+    """Refuse a regex that can backtrack exponentially, and a pattern that is not a
+    quoted string: one taken from a reading (``code =~ pattern``) would be a device's
+    regex, which nothing checks."""
+    ast = _rule_engine()[1]
+    for node in _nodes(tree):
+        if not isinstance(node, ast.FuzzyComparisonExpression):
+            continue
+        if not isinstance(node.right, ast.StringExpression):
+            raise ExpressionError("the pattern of =~, =~~, !~ and !~~ must be a quoted string "
+                                  "(a pattern from a reading cannot be checked)")
+        pattern = node.right.value
+        reason = backtracking_risk(pattern, node.context.regex_flags)
+        if reason is not None:
+            raise ExpressionError(f"regex {_shown(pattern, 60)} {reason}")
+
+
+def _check_boolean(tree: Any, text: str) -> None:
+    """A condition must be true or false: ``$re_groups``, ``f0 + 1`` on a number field or
+    a bare string field passed the load and made every reading a rule error at run time.
+    rule-engine knows the result type of an expression where its names' types are known
+    (literals, operators, builtins; fields with ``kinds``); an unknown one is checked
+    when it is evaluated (:meth:`Expression.truth`)."""
+    rule_engine = _rule_engine()[0]
+    result = tree.result_type
+    if not rule_engine.DataType.is_compatible(result, rule_engine.DataType.BOOLEAN):
+        raise ExpressionError(f"{_shown(text)} gives {result.name}, not true or false: "
+                              "a condition compares (f0 > 1, code == \"x\", door_open)")
+
+
+class _BoundedRegex:
+    """A rule's compiled regex, seeing at most :data:`REGEX_INPUT_MAX` characters of a
+    value. It stands in for rule-engine's compiled pattern, which is only ever asked to
+    ``match`` or ``search`` a string."""
+
+    __slots__ = ("_pattern",)
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self._pattern = pattern
+
+    def match(self, value: str) -> re.Match[str] | None:
+        return self._pattern.match(value[:REGEX_INPUT_MAX])
+
+    def search(self, value: str) -> re.Match[str] | None:
+        return self._pattern.search(value[:REGEX_INPUT_MAX])
+
+
+def _bound_regexes(tree: Any) -> None:
+    """Every constant pattern in ``tree`` sees at most REGEX_INPUT_MAX characters."""
+    ast = _rule_engine()[1]
+    for node in _nodes(tree):
+        if isinstance(node, ast.FuzzyComparisonExpression) and isinstance(
+                getattr(node, "_right", None), re.Pattern):
+            node._right = _BoundedRegex(node._right)
 
 
 def reference_value(text: str, values: Values) -> Any:
@@ -186,14 +248,6 @@ def check_kinds(expression: Expression, kinds: Mapping[str, FieldKind]) -> None:
     """Compile again against ``kinds`` (one device's names) to find unknown names and type
     mismatches; raises :class:`ExpressionError`."""
     compile_expression(expression.text, kinds)
-
-
-def _regex_literals(node: Any) -> list[str]:
-    """The constant patterns of ``=~``, ``=~~``, ``!~``, ``!~~`` anywhere in the tree."""
-    ast = _rule_engine()[1]
-    return [child.right.value for child in _nodes(node)
-            if isinstance(child, ast.FuzzyComparisonExpression)
-            and isinstance(child.right, ast.StringExpression)]
 
 
 def _nodes(node: Any) -> list[Any]:

@@ -71,8 +71,9 @@ MEASUREMENT = "alarm"
 
 log = logging.getLogger("iotgw.alarms")
 
-StateRow = tuple[str, str, int, str, dict[str, Any], float, FieldValue | None, str]
-"""(rule, device, seq, digest, data, since, value, message): what Engine.restore takes."""
+StateRow = tuple[str, str, int, str, dict[str, Any], float, FieldValue | None, str, int]
+"""(rule, device, seq, digest, data, since, value, message, severity): what
+Engine.restore takes."""
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
@@ -86,7 +87,7 @@ def load_state(conn: sqlite3.Connection) -> list[StateRow]:
     if "alarm_state" not in tables:
         return []
     rows = conn.execute("SELECT rule, device, seq, digest, data, since, value, message, "
-                        "state FROM alarm_state").fetchall()
+                        "state, severity FROM alarm_state").fetchall()
     out: list[StateRow] = []
     damaged: list[str] = []
     for r in rows:
@@ -94,7 +95,8 @@ def load_state(conn: sqlite3.Connection) -> list[StateRow]:
             row = json.loads(r[4])
             if not isinstance(row, dict) or not _timers_ok(row):
                 raise ValueError("not a state object")
-            out.append((r[0], r[1], int(r[2]), r[3], row, float(r[5]), r[6], r[7]))
+            out.append((r[0], r[1], int(r[2]), r[3], row, float(r[5]), r[6], r[7],
+                        _severity(r[9])))
         except (TypeError, ValueError):
             damaged.append(f"{r[0]}/{r[1]}")
             out.append(_rebuilt(conn, r))
@@ -131,7 +133,12 @@ def _rebuilt(conn: sqlite3.Connection, r: Sequence[Any]) -> StateRow:
            "oos": state is AlarmState.OUT_OF_SERVICE, "shelved": state is AlarmState.SHELVED,
            "suppressed": state is AlarmState.SUPPRESSED}
     return (r[0], r[1], max(seqs, default=0), "", row, float(since), r[6],
-            r[7] if isinstance(r[7], str) else "")
+            r[7] if isinstance(r[7], str) else "", _severity(r[9]))
+
+
+def _severity(value: Any) -> int:
+    """The saved severity (1 .. 4); 4, the lowest, where the column holds anything else."""
+    return value if type(value) is int and 1 <= value <= 4 else 4
 
 
 def _stored(value: FieldValue | None) -> Any:
