@@ -224,7 +224,29 @@ class PushReceiver:
             raise
         if key is not None:
             endpoint.dedup.finish(key, answer, None)
+        if parsed.dropped:
+            self._dropped(endpoint, parsed.dropped, body)
         return answer
+
+    def _dropped(self, endpoint: Endpoint, dropped: list[Refused], body: bytes) -> None:
+        """Values left out of a stored event (a field of the wrong type, a tag too long):
+        counted per device, logged once per kind and device, and the post dead-lettered
+        like a refused one (without the payload when the device pseudonymises fields), so
+        the refused value is not lost without a trace. Reported once the event is
+        committed: a retry that is answered from the dedup memory counts nothing again."""
+        for exc in dropped:
+            endpoint.ctx.count(exc.reason)
+            self.problems.report(
+                f"{exc.reason}:{endpoint.device_id}",
+                f"device {endpoint.device_id}: a value left out of its posts ({exc.reason}); "
+                "the rest of the event is stored", detail=exc.detail[:200],
+                level=logging.WARNING, summary_every=SUMMARY_EVERY, kind=exc.reason)
+        private = bool(endpoint.config.pseudonymize)
+        note = " (payload withheld: the device pseudonymises fields)" if private else ""
+        reasons = "; ".join(f"{exc.reason}: {exc.detail[:120]}" for exc in dropped[:4])
+        self.gateway.dead_letter(DeadLetter(
+            endpoint.device_id, f"{reasons} (the rest of the event is stored){note}"[:600],
+            b"" if private else body[:DEAD_LETTER_BYTES], masked_path(endpoint.device_id)))
 
     async def _journal(self, endpoint: Endpoint, key: str, answer: Answer) -> None:
         """The committed id, durably, before the answer: a retry after a restart (the
