@@ -5,6 +5,7 @@ that never reach the buffer, device state."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -131,6 +132,43 @@ devices:
         wait_until(lambda: len(gw.lines(b"vehicle_event")) == 5, "5 plate reads stored")
         opened = [b"gate_open=true" in x for x in gw.lines(b"vehicle_event")]
         assert opened == [True, True, False, False, True]
+
+
+def test_deleting_the_plate_list_revokes_it_an_unreadable_one_is_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator deleting the list means no plate may open the barrier any more (the
+    old plates used to keep opening it); a list that is there but cannot be read (being
+    rewritten, not UTF-8) keeps the last good one. Each logged once at WARNING."""
+    caplog.set_level(logging.INFO, "iotgw.camera_push")
+    plates = tmp_path / "plates.txt"
+    plates.write_text("粤B11111\n")
+    path, port = config_text(tmp_path, f"""\
+http: {{listen: '127.0.0.1:PORT'}}
+devices:
+  - {{id: gate, driver: camera_push, profile: vzenith-plate, token: tk, allow_list: {plates}}}
+""")
+    with GatewayThread(path, port) as gw:
+        camera = sim.PlateCamera(port, "gate", "tk")
+
+        def info() -> str:
+            answer = gw.run(camera.push(camera.event("粤B11111"))).json()
+            return answer["Response_AlarmInfoPlate"]["info"]  # type: ignore[index]
+
+        assert info() == "ok"
+        plates.write_bytes(b"\xff\xfe not UTF-8\n")  # unreadable: the old list stays
+        time.sleep(1.1)
+        assert [info(), info()] == ["ok", "ok"]
+        plates.unlink()  # deleted: revoked
+        time.sleep(1.1)
+        assert [info(), info()] == ["no", "no"]
+        time.sleep(1.1)
+        assert info() == "no"
+        plates.write_text("粤B11111\n")  # back
+        time.sleep(1.1)
+        assert info() == "ok"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "does not exist" in w]) == 1, warnings
+    assert len([w for w in warnings if "cannot read it" in w and "keeping the 1" in w]) == 1
 
 
 def raw(port: int, data: bytes, source: str | None = None) -> bytes:
