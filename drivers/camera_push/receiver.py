@@ -198,11 +198,20 @@ class PushReceiver:
 
     async def process(self, endpoint: Endpoint, content_type: str, body: bytes) -> Answer:
         """Decode, deduplicate, commit, answer. Raises Refused for a payload it refuses
-        (400/415) or a commit that did not come in time (503)."""
+        (400/415) or a commit that did not come in time (503). A post carrying several
+        events has each stored in turn under its own key, and is answered after the last:
+        a retry after a 503 half-way stores only those not yet committed."""
         parsed = endpoint.profile.parse(content_type, body, time.time_ns())
         endpoint.seen()
         if parsed.reading is None:
             return endpoint.profile.answer(parsed, False)
+        answer = await self._event(endpoint, parsed, body)
+        for more in parsed.more:  # a post with several events: each stored, in order
+            answer = await self._event(endpoint, more, body)
+        return answer
+
+    async def _event(self, endpoint: Endpoint, parsed: Parsed, body: bytes) -> Answer:
+        """One event: deduplicated by its own key, committed, journalled."""
         key = parsed.key
         if key is not None:
             done = endpoint.dedup.answered(key)

@@ -11,6 +11,8 @@
   never stored.
 * ``heartBeat`` is proof of life; any other ``eventType`` -> ``camera_event``
   (event_type, event_state, active_post_count; tag channel).
+* A multipart body with several event parts (devices send one) gives one event per part,
+  each with its own dedup key (``Parsed.more``); the pictures go with the first.
 
 ``dateTime`` has whole seconds, and a store keeps one point per series and time: two
 card swipes in one second at one terminal would overwrite each other. So an event's
@@ -43,28 +45,22 @@ class HikvisionIsapi:
         kind = _media_type(content_type)
         images: list[Image] = []
         if kind == "multipart/form-data" or kind == "multipart/mixed":
-            document, images = _from_parts(multipart.split(body, content_type))
+            documents, images = _from_parts(multipart.split(body, content_type))
         elif kind in XML_TYPES:
-            document = parse_xml(body)
+            documents = [parse_xml(body)]
         elif kind in JSON_TYPES:
-            document = parse_json(body)
+            documents = [parse_json(body)]
         elif kind == "" or kind == "text/plain":  # unlabelled: sniff
-            document = parse_xml(body) if body.lstrip()[:1] == b"<" else parse_json(body)
+            documents = [parse_xml(body) if body.lstrip()[:1] == b"<" else parse_json(body)]
         else:
             raise Refused(415, "unsupported_media_type", f"{content_type[:60]!r}")
-        if type(document) is dict and type(document.get("EventNotificationAlert")) is dict:
-            document = document["EventNotificationAlert"]
-        if type(document) is not dict:
-            raise malformed("invalid_payload", "no EventNotificationAlert object")
-        event_type = as_text(document.get("eventType"))
-        if event_type is None:
-            raise malformed("invalid_payload", "no eventType")
-        if event_type.lower() == "heartbeat":
+        events = [e for e in (_event(d, arrival_ns) for d in documents) if e.reading is not None]
+        if not events:
             return Parsed(None, kind="heartbeat")
-        build = EVENT_TYPES.get(event_type, _camera_event)
-        parsed = build(document, arrival_ns)
-        parsed.images = images
-        return parsed
+        first, *more = events
+        first.images = images
+        first.more = more
+        return first
 
     def answer(self, parsed: Parsed, opens: bool) -> Answer:
         return Answer(200, b"OK", "text/plain")
@@ -106,23 +102,24 @@ def _element(element: xmlsafe.Element, depth: int, counter: list[int]) -> Any:
     return result
 
 
-def _from_parts(parts: list[multipart.Part]) -> tuple[Any, list[Image]]:
-    """The event part (XML or JSON, by type or file name) and the pictures."""
-    document: Any = None
+def _from_parts(parts: list[multipart.Part]) -> tuple[list[Any], list[Image]]:
+    """Every event part (XML or JSON, by type or file name) and the pictures. A device
+    sends one event per post, but a body with two event parts must not lose the second
+    (it used to be kept as a picture): each becomes an event of its own."""
+    documents: list[Any] = []
     images: list[Image] = []
     for part in parts:
         kind = _media_type(part.content_type)
         label = (part.filename or part.name).lower()
-        if document is None and (kind in XML_TYPES or label.endswith(".xml")):
-            document = parse_xml(part.data)
-        elif document is None and (kind in JSON_TYPES or label.endswith(".json")
-                                   or label == "event_log"):
-            document = parse_json(part.data)
+        if kind in XML_TYPES or label.endswith(".xml"):
+            documents.append(parse_xml(part.data))
+        elif kind in JSON_TYPES or label.endswith(".json") or label == "event_log":
+            documents.append(parse_json(part.data))
         else:
             images.append(Image(_safe_name(part.filename or part.name), part.data))
-    if document is None:
+    if not documents:
         raise malformed("invalid_payload", "no XML or JSON part in the multipart body")
-    return document, images
+    return documents, images
 
 
 def _safe_name(name: str) -> str:
@@ -130,6 +127,20 @@ def _safe_name(name: str) -> str:
 
 
 # -- events ------------------------------------------------------------------------------
+
+def _event(document: Any, arrival_ns: int) -> Parsed:
+    """One ``EventNotificationAlert`` (a heartbeat has no reading)."""
+    if type(document) is dict and type(document.get("EventNotificationAlert")) is dict:
+        document = document["EventNotificationAlert"]
+    if type(document) is not dict:
+        raise malformed("invalid_payload", "no EventNotificationAlert object")
+    event_type = as_text(document.get("eventType"))
+    if event_type is None:
+        raise malformed("invalid_payload", "no eventType")
+    if event_type.lower() == "heartbeat":
+        return Parsed(None, kind="heartbeat")
+    return EVENT_TYPES.get(event_type, _camera_event)(document, arrival_ns)
+
 
 def _dict(value: Any) -> dict[str, Any]:
     return value if type(value) is dict else {}

@@ -90,6 +90,26 @@ def test_a_retried_post_is_stored_once(issue_gateway: GatewayThread) -> None:
     assert len([x for x in gw.lines(b"vehicle_event") if hashed("粤B77777").encode() in x]) == 1
 
 
+def test_every_event_part_of_a_multipart_post_is_stored(issue_gateway: GatewayThread) -> None:
+    """Two event parts in one post: the second used to be dropped and counted as a
+    picture. Each is stored under its own id; a retry of the post stores neither again."""
+    gw = issue_gateway
+    terminal = sim.HikvisionTerminal(gw.port, "lobby-terminal", "t2")
+    parts = [("event_log", "", "application/json", json.dumps(sim.access_event(n)).encode())
+             for n in (9007, 9008)]
+    parts.append(("Picture", "Picture.jpg", "image/jpeg", sim.fake_jpeg(500, seed=1)))
+    body = sim.multipart_body(parts, "B")
+    for _ in range(2):
+        assert gw.run(terminal.push(body, "multipart/form-data; boundary=B")).status == 200
+    wait_until(lambda: len(gw.lines(b"access_event")) == 2, "both events stored")
+    time.sleep(0.3)  # a second copy would have been committed by now
+    lines = sorted(gw.lines(b"access_event"))
+    assert [b"serial=9007i" in lines[0], b"serial=9008i" in lines[1]] == [True, True]
+    assert len(gw.lines(b"access_event")) == 2
+    assert [b"image_count=1i" in x for x in lines] == [True, False]  # the picture, once
+    assert gw.counters("lobby-terminal")["duplicate"] == 2
+
+
 def test_concurrent_retries_wait_for_the_same_commit(issue_gateway: GatewayThread) -> None:
     gw = issue_gateway
     terminal = sim.HikvisionTerminal(gw.port, "lobby-terminal", "t2")
