@@ -276,14 +276,17 @@ class PushReceiver:
         assert parsed.reading is not None
         reading = parsed.reading
         extra: dict[str, bool | int] = {}
+        tags = reading.tags
         if endpoint.profile.opens_gate:
             extra["gate_open"] = opens
+            if endpoint.allow is not None:  # the gateway decided: the contract's result tag
+                tags = {**tags, "result": "granted" if opens else "denied"}
         if parsed.images:
             extra["image_count"] = len(parsed.images)
             extra["image_bytes"] = sum(len(i.data) for i in parsed.images)
             await self._save_images(endpoint, reading.time_ns, parsed)
-        if extra:
-            reading = Reading(reading.measurement, reading.tags, {**reading.fields, **extra},
+        if extra or tags is not reading.tags:
+            reading = Reading(reading.measurement, tags, {**reading.fields, **extra},
                               reading.time_ns)
         await self.gateway.submit(endpoint.device_id, (reading,))
         try:

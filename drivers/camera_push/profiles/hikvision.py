@@ -6,9 +6,12 @@
   direction_name, vehicle_type); the dedup key is the alert's UUID, else its
   time+channel+plate.
 * Access terminals post ``AccessControllerEvent`` (JSON, or a JSON part beside a face
-  picture) -> ``access_event`` (card, employee, major_event, sub_event, serial,
-  verify_mode; tags reader, door). ``serialNo`` is the dedup key. The person's name is
-  never stored.
+  picture) -> ``access_event`` as docs/schema.md's contract has it: tags ``kind`` and
+  ``result`` (from the major/minor event type), reader, door; the credential as
+  ``card`` (card events) or ``person`` (face events: the employee number), the employee
+  number of other events as ``holder``; ``event_id`` (serialNo, text), major_event,
+  sub_event, serial, verify_mode. ``serialNo`` is the dedup key. The person's name is
+  never stored; a card number is stored on card events only (one identity per event).
 * ``heartBeat`` is proof of life; any other ``eventType`` -> ``camera_event``
   (event_type, event_state, active_post_count; tag channel).
 * A multipart body with several event parts (devices send one) gives one event per part,
@@ -30,6 +33,7 @@ from drivers.camera_push.payload import Answer, Image, Parsed, Refused, clean_fi
 from drivers.camera_push.payload import media_type as _media_type
 from drivers.camera_push.values import as_float, as_int, as_text, iso_ns, parse_json
 from gateway import xmlsafe
+from gateway.accessevents import hikvision_access
 from gateway.reading import FieldValue, Reading
 
 XML_TYPES = frozenset({"application/xml", "text/xml"})
@@ -159,23 +163,40 @@ def _tags(**values: Any) -> dict[str, str]:
     return {k: t for k, v in values.items() if (t := as_text(v)) is not None}
 
 
+CREDENTIAL_FIELD: dict[str, str] = {"card": "card", "face": "person"}
+"""The contract's one identity field per kind (docs/schema.md); a terminal reports the
+card number and the employee number behind it, and only the one that is the credential
+gets the credential's name, or every card swipe would also count as a face."""
+
+
 def _access(document: dict[str, Any], arrival_ns: int) -> Parsed:
+    """An access terminal's event, shaped by the access-event contract (docs/schema.md):
+    tags ``kind`` and ``result`` (from majorEventType/subEventType, gateway/accessevents),
+    one identity field (``card`` for a card, ``person`` = the employee number for a face),
+    the employee number of any other event as ``holder``, ``event_id`` = serialNo."""
     event = _dict(document.get("AccessControllerEvent"))
     serial = as_int(event.get("serialNo"))
-    fields: dict[str, FieldValue | None] = {
-        "card": as_text(event.get("cardNo")),
-        "employee": as_text(event.get("employeeNoString")) or as_text(event.get("employeeNo")),
-        "major_event": as_int(event.get("majorEventType")),
-        "sub_event": as_int(event.get("subEventType")),
-        "serial": serial,
-        "verify_mode": as_text(event.get("currentVerifyMode")),
-    }
-    kept = clean_fields(fields)
-    if "major_event" not in kept and "sub_event" not in kept:
+    major, minor = as_int(event.get("majorEventType")), as_int(event.get("subEventType"))
+    if major is None and minor is None:
         raise malformed("invalid_payload", "AccessControllerEvent without majorEventType or "
                         "subEventType")
-    tags = _tags(reader=event.get("cardReaderNo"), door=event.get("doorNo"))
-    reading = Reading("access_event", tags, kept, _time(document, serial, arrival_ns))
+    kind, result = hikvision_access(major or 0, minor or 0)
+    card = as_text(event.get("cardNo"))
+    employee = as_text(event.get("employeeNoString")) or as_text(event.get("employeeNo"))
+    values: dict[str, FieldValue | None] = {
+        "holder": employee if kind != "face" else None,
+        "major_event": major,
+        "sub_event": minor,
+        "serial": serial,
+        "event_id": str(serial) if serial is not None else None,
+        "verify_mode": as_text(event.get("currentVerifyMode")),
+    }
+    if kind in CREDENTIAL_FIELD:
+        values[CREDENTIAL_FIELD[kind]] = card if kind == "card" else employee
+    fields = clean_fields(values)
+    tags = _tags(reader=event.get("cardReaderNo"), door=event.get("doorNo"), kind=kind,
+                 result=result)
+    reading = Reading("access_event", tags, fields, _time(document, serial, arrival_ns))
     return Parsed(reading, key=f"acs:{serial}" if serial is not None else None)
 
 

@@ -52,17 +52,22 @@ def test_issue_example_takes_plates_and_terminal_events(issue_gateway: GatewayTh
     replies = gw.run(scenario())
     assert [r.status for r in replies] == [200] * 5
     assert replies[0].json() == {"Response_AlarmInfoPlate": {"info": "no"}}
-    wait_until(lambda: len(gw.lines(b"vehicle_event")) == 2 and
-               len(gw.lines(b"access_event")) == 3, "every event in the file sink")
-    plate_line = next(x for x in gw.lines(b"vehicle_event") if b"gate-cam-1" in x).decode()
+    # the barrier camera's plate is a passage (access_event, kind=plate); the ANPR
+    # camera's, which opens nothing, a sighting (vehicle_event)
+    wait_until(lambda: len(gw.lines(b"vehicle_event")) == 1 and
+               len(gw.lines(b"access_event")) == 4, "every event in the file sink")
+    plate_line = next(x for x in gw.lines(b"access_event") if b"gate-cam-1" in x).decode()
     assert f'plate="{hashed("粤B12345")}"' in plate_line and "粤B12345" not in plate_line
     assert "gate_open=false" in plate_line and plate_line.endswith(" 1772583330000000000")
+    assert ",kind=plate," in plate_line and "result=" not in plate_line  # no allow_list
     anpr = next(x for x in gw.lines(b"vehicle_event") if b"lobby-terminal" in x).decode()
     assert 'plate="浙A12345"' in anpr and "image_count=2i" in anpr
     assert "image_bytes=40000i" in anpr and "channel=1" in anpr
-    serials = sorted(int(x.split(b"serial=")[1].split(b"i")[0]) for x in
-                     gw.lines(b"access_event"))
+    terminal_lines = [x for x in gw.lines(b"access_event") if b"lobby-terminal" in x]
+    serials = sorted(int(x.split(b"serial=")[1].split(b"i")[0]) for x in terminal_lines)
     assert serials == [501, 502, 503]
+    assert all(b",kind=face," in x and b",result=granted," in x and b'person="1001"' in x
+               for x in terminal_lines)
     assert gw.state("gate-cam-1") == "online" and gw.state("lobby-terminal") == "online"
 
 
@@ -87,7 +92,7 @@ def test_a_retried_post_is_stored_once(issue_gateway: GatewayThread) -> None:
     assert gw.run(camera.push(body)).json() == reply.json()
     wait_until(lambda: gw.counters("gate-cam-1").get("duplicate", 0) == 3, "3 duplicates")
     time.sleep(0.3)  # a second copy would have been committed by now
-    assert len([x for x in gw.lines(b"vehicle_event") if hashed("粤B77777").encode() in x]) == 1
+    assert len([x for x in gw.lines(b"access_event") if hashed("粤B77777").encode() in x]) == 1
 
 
 def test_every_event_part_of_a_multipart_post_is_stored(issue_gateway: GatewayThread) -> None:
@@ -149,9 +154,11 @@ devices:
         receiver = gw.gateway.resources._items[("http", "receiver")][0]
         allow = receiver.endpoints["gate"].allow
         assert all("粤" not in h for h in allow._hashes), "raw plates kept in memory"
-        wait_until(lambda: len(gw.lines(b"vehicle_event")) == 5, "5 plate reads stored")
-        opened = [b"gate_open=true" in x for x in gw.lines(b"vehicle_event")]
+        wait_until(lambda: len(gw.lines(b"access_event")) == 5, "5 plate reads stored")
+        opened = [b"gate_open=true" in x for x in gw.lines(b"access_event")]
         assert opened == [True, True, False, False, True]
+        results = [x.split(b",result=")[1].split(b",")[0] for x in gw.lines(b"access_event")]
+        assert results == [b"granted", b"granted", b"denied", b"denied", b"granted"]
 
 
 def test_deleting_the_plate_list_revokes_it_an_unreadable_one_is_kept(
