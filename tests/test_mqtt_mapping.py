@@ -48,6 +48,16 @@ def test_kv_and_number_formats() -> None:
     assert num.decode({}, b" 42 ", 5).fields == {"value": 42}
 
 
+def test_typed_fields_refuse_what_does_not_fit_rather_than_change_it() -> None:
+    """``type: int`` (gateway/fieldtypes.py, shared with camera_push generic-json) stores
+    20.5 as nothing, counted, not as 20: a truncated value is a wrong one."""
+    m = Mapper(config(fields={"n": {"path": "$.n", "type": "int"}, "v": "$.v"}))
+    stored = [m.decode({}, json.dumps({"n": n, "v": 1}).encode(), 1).fields.get("n")
+              for n in (20, 20.0, "21", "21.0", True, 20.5, "20.5", "n/a",
+                        "9007199254740993")]
+    assert stored == [20, 20, 21, 21, 1, None, None, None, 9007199254740993]
+    assert m.problems == {"wrong_type": 3}
+
 
 def test_plate_camera_simulator_messages_map_through_its_profile() -> None:
     """The demo's plate camera (drivers/mqtt/sim.py) speaks what the vzicloud-plate

@@ -459,3 +459,29 @@ def test_the_pack_on_a_config_without_a_blocklist_file(
         main(["rules", "check", str(config)])
     assert exited.value.code == 2
     assert "lists.bl.file: cannot read" in capsys.readouterr().err
+
+
+def test_plate_blocklist_at_a_barrier_camera_that_posts(pack: PackEngine) -> None:
+    """A barrier camera posting to camera_push writes its plates as passages
+    (``access_event``, docs/schema.md's contract), not ``vehicle_event``: the blocklist
+    rule reads both, and a card event (no plate field) is not evaluated by it."""
+    from drivers.camera_push import sim as push_sim
+    from drivers.camera_push.config import CameraPushConfig
+    from drivers.camera_push.profiles import make_profile
+
+    profile = make_profile(CameraPushConfig.model_validate(
+        {"id": "gate-cam", "driver": "camera_push", "profile": "vzenith-plate", "token": "t"}))
+    camera = push_sim.PlateCamera(1, "gate-cam", "t")
+
+    def plate(text: str) -> list[Reading]:
+        reading = profile.parse("application/json", camera.event(text), 0).reading
+        assert reading is not None and reading.measurement == "access_event"
+        return [reading]
+
+    card = Reading("access_event", {"kind": "card", "result": "granted"}, {"card": "1"}, 0)
+    pack.feed(100, "gate-cam", plate("京A12345"))
+    pack.feed(110, "gate-cam", plate("粤B7Q5X9"))
+    pack.feed(115, "gate-cam", [card])
+    pack.feed(120, "gate-cam", plate("京A12345"))
+    assert pack.of("plate-blocklisted") == [("raise", "active_unacked", 110),
+                                            ("clear", "cleared_unacked", 120)]

@@ -32,5 +32,23 @@ def _unique_tokens(config: object) -> list[tuple[tuple[object, ...], str]]:
     return findings
 
 
+def _renamed_private_fields(config: object) -> list[tuple[tuple[object, ...], str]]:
+    """``pseudonymize: [employee]`` on a Hikvision device hid the employee number until
+    its events followed the access-event contract; it is now ``person`` (face events)
+    or ``holder`` (others). Refused at check, or the number would go out in clear."""
+    findings: list[tuple[tuple[object, ...], str]] = []
+    for i, device in enumerate(getattr(config, "devices", [])):
+        if device.driver != "camera_push" or device.profile != "hikvision-isapi":
+            continue
+        hidden = set(device.pseudonymize)
+        if "employee" in hidden and not {"person", "holder"} <= hidden:
+            findings.append((("devices", i, "pseudonymize"),
+                             "the field employee is no longer written: the employee number "
+                             "is person on face events and holder on the others; list "
+                             "[card, person, holder]"))
+    return findings
+
+
 register_cross_check(_needs_http_section)
 register_cross_check(_unique_tokens)
+register_cross_check(_renamed_private_fields)

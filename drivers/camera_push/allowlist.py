@@ -6,8 +6,11 @@ a list made centrally need not carry raw plates). Plates are hashed with the sam
 keyed hash the pipeline applies to a pseudonymised ``plate`` field
 (:mod:`gateway.pseudonym`), and only the hashes are kept in memory. The file is re-read
 when its modification time or size changes (checked at most once a second), so the
-gatehouse edits it without a restart. Without a privacy key the hashes use a key made
-for this run, and ``pseudonym:`` lines cannot match (logged).
+gatehouse edits it without a restart. Deleting the file revokes every plate (an empty
+list, one WARNING); a file that exists but cannot be read keeps the last good list (one
+WARNING), so a half-written or briefly unreadable file neither opens nor shuts every
+gate. Without a privacy key the hashes use a key made for this run, and ``pseudonym:``
+lines cannot match (logged).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from gateway.problems import ProblemLog
 log = logging.getLogger("iotgw.camera_push")
 MAX_BYTES = 4 * 1024**2
 CHECK_EVERY = 1.0
+MISSING = (-1, -1)
+"""The stamp of a list whose file does not exist (no real file has it)."""
 
 
 def normalise(plate: str) -> str:
@@ -50,17 +55,26 @@ class AllowList:
         self._checked = time.monotonic()
         try:
             stat = os.stat(self.path)
+        except FileNotFoundError:
+            self._missing()
+            return
+        except OSError as exc:
+            self._unreadable(exc)
+            return
+        if self._stamp == MISSING:
+            self._problems.recovered("missing", f"plate list {self.path} is back")
+        try:
             stamp = (stat.st_mtime_ns, stat.st_size)
             if stamp == self._stamp:
                 return
             if stat.st_size > MAX_BYTES:
                 raise OSError(f"larger than {MAX_BYTES // 1024**2} MiB")
             text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:  # removed between the stat and the read
+            self._missing()
+            return
         except (OSError, UnicodeDecodeError) as exc:
-            # Keep the last good list: a half-written file must not open or shut every gate.
-            self._problems.report("read", f"plate list {self.path}: cannot read it ({exc}); "
-                                  f"keeping the {len(self._hashes)} plates read before",
-                                  level=logging.WARNING)
+            self._unreadable(exc)
             return
         hashes = set()
         prehashed = 0
@@ -81,6 +95,23 @@ class AllowList:
         self._stamp = stamp
         self._problems.recovered("read", f"plate list {self.path} readable again")
         log.info("plate list %s: %d plates", self.path, len(self._hashes))
+
+    def _missing(self) -> None:
+        """No file: the operator deleted the list, which revokes every plate (keeping the
+        old plates would keep opening the barrier for them)."""
+        if self._stamp != MISSING:
+            self._problems.report("missing", f"plate list {self.path} does not exist: no "
+                                  "plate opens the barrier until it does "
+                                  f"({len(self._hashes)} plates dropped)", level=logging.WARNING)
+        self._hashes = frozenset()
+        self._stamp = MISSING
+
+    def _unreadable(self, exc: BaseException) -> None:
+        """A file that is there but cannot be read (permissions, half-written, not UTF-8,
+        too large): keep the last good list, a passing fault must not shut every gate."""
+        self._problems.report("read", f"plate list {self.path}: cannot read it ({exc}); "
+                              f"keeping the {len(self._hashes)} plates read before",
+                              level=logging.WARNING)
 
     def __len__(self) -> int:
         return len(self._hashes)

@@ -24,12 +24,36 @@ TOKEN_PATTERN = r"^[A-Za-z0-9._~-]{1,256}$"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+GENERIC_TYPES = {"float": "float", "number": "float", "int": "int", "bool": "bool",
+                 "str": "str", "string": "str"}
+"""A generic-json field's ``type``: the mqtt driver's names (gateway/fieldtypes.py), and
+the words ``number`` / ``string`` for the same."""
+
+
+class GenericField(StrictModel):
+    """One mapped field: where it is and what it holds. A bare path string is
+    ``{path: ...}`` with no type: JSON numbers are then stored as float (so ``20`` and
+    ``20.5`` are one type), booleans as bool and text as text."""
+
+    path: str = Field(description="JSON path, e.g. $.level")
+    type: Literal["float", "number", "int", "bool", "str", "string"] | None = Field(
+        default=None, description="float (or number), int, bool, str (or string): a value "
+        "that does not fit is refused, counted and logged, never stored as another type")
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        _check_path(value, "path")
+        return value
+
+
 class GenericMapping(StrictModel):
     """How a ``generic-json`` post becomes a reading: JSON paths (``$.a.b[0]``)."""
 
     measurement: str = Field(min_length=1, max_length=128)
-    fields: dict[str, str] = Field(min_length=1, max_length=64,
-                                   description="field name -> JSON path")
+    fields: dict[str, GenericField] = Field(
+        min_length=1, max_length=64,
+        description="field name -> JSON path, or {path, type}")
     payload_tags: dict[str, str] = Field(default_factory=dict, max_length=16,
                                          description="tag name -> JSON path")
     time: str | None = Field(default=None, description="JSON path of the event time")
@@ -37,7 +61,14 @@ class GenericMapping(StrictModel):
     event_id: str | None = Field(
         default=None, description="JSON path of the device's event id (retries deduplicated)")
 
-    @field_validator("fields", "payload_tags")
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _bare_paths(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {k: {"path": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+    @field_validator("payload_tags")
     @classmethod
     def _paths(cls, value: dict[str, str]) -> dict[str, str]:
         for name, path in value.items():

@@ -49,6 +49,12 @@ class Parsed:
     images: list[Image] = field(default_factory=list)
     kind: str = "event"
     """event, heartbeat or poll: chooses the answer."""
+    more: list[Parsed] = field(default_factory=list)
+    """Further events of the same post (a multipart body with two event parts), each
+    with its own key; stored one after the other, the post answered after the last."""
+    dropped: list[Refused] = field(default_factory=list)
+    """Values refused one by one (a field of the wrong type, a tag too long ...): left out
+    of the reading, which is stored; the receiver counts and logs each kind."""
 
 
 @dataclass(frozen=True)

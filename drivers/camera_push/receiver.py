@@ -198,11 +198,20 @@ class PushReceiver:
 
     async def process(self, endpoint: Endpoint, content_type: str, body: bytes) -> Answer:
         """Decode, deduplicate, commit, answer. Raises Refused for a payload it refuses
-        (400/415) or a commit that did not come in time (503)."""
+        (400/415) or a commit that did not come in time (503). A post carrying several
+        events has each stored in turn under its own key, and is answered after the last:
+        a retry after a 503 half-way stores only those not yet committed."""
         parsed = endpoint.profile.parse(content_type, body, time.time_ns())
         endpoint.seen()
         if parsed.reading is None:
             return endpoint.profile.answer(parsed, False)
+        answer = await self._event(endpoint, parsed, body)
+        for more in parsed.more:  # a post with several events: each stored, in order
+            answer = await self._event(endpoint, more, body)
+        return answer
+
+    async def _event(self, endpoint: Endpoint, parsed: Parsed, body: bytes) -> Answer:
+        """One event: deduplicated by its own key, committed, journalled."""
         key = parsed.key
         if key is not None:
             done = endpoint.dedup.answered(key)
@@ -224,7 +233,29 @@ class PushReceiver:
             raise
         if key is not None:
             endpoint.dedup.finish(key, answer, None)
+        if parsed.dropped:
+            self._dropped(endpoint, parsed.dropped, body)
         return answer
+
+    def _dropped(self, endpoint: Endpoint, dropped: list[Refused], body: bytes) -> None:
+        """Values left out of a stored event (a field of the wrong type, a tag too long):
+        counted per device, logged once per kind and device, and the post dead-lettered
+        like a refused one (without the payload when the device pseudonymises fields), so
+        the refused value is not lost without a trace. Reported once the event is
+        committed: a retry that is answered from the dedup memory counts nothing again."""
+        for exc in dropped:
+            endpoint.ctx.count(exc.reason)
+            self.problems.report(
+                f"{exc.reason}:{endpoint.device_id}",
+                f"device {endpoint.device_id}: a value left out of its posts ({exc.reason}); "
+                "the rest of the event is stored", detail=exc.detail[:200],
+                level=logging.WARNING, summary_every=SUMMARY_EVERY, kind=exc.reason)
+        private = bool(endpoint.config.pseudonymize)
+        note = " (payload withheld: the device pseudonymises fields)" if private else ""
+        reasons = "; ".join(f"{exc.reason}: {exc.detail[:120]}" for exc in dropped[:4])
+        self.gateway.dead_letter(DeadLetter(
+            endpoint.device_id, f"{reasons} (the rest of the event is stored){note}"[:600],
+            b"" if private else body[:DEAD_LETTER_BYTES], masked_path(endpoint.device_id)))
 
     async def _journal(self, endpoint: Endpoint, key: str, answer: Answer) -> None:
         """The committed id, durably, before the answer: a retry after a restart (the
@@ -245,14 +276,17 @@ class PushReceiver:
         assert parsed.reading is not None
         reading = parsed.reading
         extra: dict[str, bool | int] = {}
+        tags = reading.tags
         if endpoint.profile.opens_gate:
             extra["gate_open"] = opens
+            if endpoint.allow is not None:  # the gateway decided: the contract's result tag
+                tags = {**tags, "result": "granted" if opens else "denied"}
         if parsed.images:
             extra["image_count"] = len(parsed.images)
             extra["image_bytes"] = sum(len(i.data) for i in parsed.images)
             await self._save_images(endpoint, reading.time_ns, parsed)
-        if extra:
-            reading = Reading(reading.measurement, reading.tags, {**reading.fields, **extra},
+        if extra or tags is not reading.tags:
+            reading = Reading(reading.measurement, tags, {**reading.fields, **extra},
                               reading.time_ns)
         await self.gateway.submit(endpoint.device_id, (reading,))
         try:

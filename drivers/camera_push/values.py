@@ -53,18 +53,39 @@ def as_float(value: Any) -> float | None:
 
 def as_text(value: Any) -> str | None:
     """A short, storable string; None for anything else (lists, objects, surrogates)."""
+    try:
+        return text_value(value)
+    except ValueError:
+        return None
+
+
+def text_value(value: Any) -> str:
+    """A short, storable string (numbers as their text), or ValueError saying what is
+    wrong with it, without quoting it (it may be a plate or a card number)."""
     if type(value) is int or type(value) is float:
         value = str(value)
     if type(value) is not str:
-        return None
+        raise ValueError(f"not text or a number but {json_kind(value)}")
     text = value.strip()
-    if not text or len(text) > MAX_TEXT or any(ord(c) < 32 for c in text):
-        return None
+    if not text:
+        raise ValueError("empty")
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"longer than {MAX_TEXT} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError("control characters")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate from JSON "\ud800"
-        return None
+        raise ValueError("not UTF-8 (a lone surrogate)") from None
     return text
+
+
+def json_kind(value: Any) -> str:
+    """What a decoded JSON value is, in JSON's words (for messages that must not quote it)."""
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def iso_ns(value: Any) -> int | None:

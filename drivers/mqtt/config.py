@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 from gateway.config.types import ByteSize, Duration, StrictModel
 from gateway.config.yamlsource import parse_yaml
 from gateway.driver import DeviceConfigBase
+from gateway.fieldtypes import FieldType
 from gateway.jsonpath import compile_path
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class ValueSpec(StrictModel):
     """Where one field or tag comes from. A bare string in the config is ``{path: ...}``."""
 
     path: Paths = Field(description="JSON path, or a list tried in order (first present wins)")
-    type: Literal["auto", "float", "int", "bool", "str"] = "auto"
+    type: FieldType = "auto"
     base64: bool = Field(default=False, description="the value is base64 of UTF-8 text")
     required: bool = Field(default=False, description="reject the message if missing or bad")
     scale: float | None = Field(default=None, description="multiply numbers by this")

@@ -18,10 +18,11 @@ from typing import Any
 
 from drivers.mqtt.config import MqttDeviceConfig, ValueSpec
 from drivers.mqtt.topics import TopicPattern
+from gateway.fieldtypes import CONVERTERS, INT64
+from gateway.fieldtypes import auto as _auto
 from gateway.jsonpath import MISSING, compile_path, resolve
 from gateway.reading import FieldValue, Reading
 
-INT64 = 2**63
 _KV_PAIR = re.compile(r"([A-Za-z_][\w.-]*)\s*[=:]\s*(\"[^\"]*\"|[^\s,;&]*)")
 
 
@@ -90,45 +91,6 @@ PARSERS: dict[str, Callable[[bytes | bytearray], Any]] = {
 
 
 # -- values ----------------------------------------------------------------------------
-
-def _auto(value: Any) -> FieldValue:
-    kind = type(value)
-    if kind is float:
-        if not math.isfinite(value):
-            raise ValueError("not finite")
-        return value
-    if kind is int:
-        if not -INT64 <= value < INT64:
-            raise ValueError("out of int64 range")
-        return value
-    if kind is bool or kind is str:
-        return value
-    if kind is list and all(type(v) in (str, int, float, bool) for v in value):
-        return ",".join(str(v) for v in value)
-    raise ValueError(f"cannot store a {kind.__name__}")
-
-
-def _to_bool(value: Any) -> bool:
-    if type(value) is bool:
-        return value
-    if type(value) in (int, float):
-        return value != 0
-    if type(value) is str and value.strip().lower() in _BOOL_WORDS:
-        return _BOOL_WORDS[value.strip().lower()]
-    raise ValueError(f"not a boolean: {value!r:.30}")
-
-
-_BOOL_WORDS = {"true": True, "false": False, "on": True, "off": False, "1": True, "0": False,
-               "yes": True, "no": False, "open": True, "closed": False}
-
-CONVERTERS: dict[str, Callable[[Any], FieldValue]] = {
-    "auto": _auto,
-    "float": lambda v: _auto(float(v)) if type(v) is not bool else float(v),
-    "int": lambda v: _auto(int(float(v)) if type(v) is str else int(v)),
-    "bool": _to_bool,
-    "str": lambda v: v if type(v) is str else json.dumps(v, separators=(",", ":")),
-}
-
 
 def _b64(value: Any) -> str:
     if type(value) is not str:

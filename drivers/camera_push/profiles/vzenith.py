@@ -8,8 +8,11 @@ unless the installer's plate list says otherwise. Older units poll ("comet") wit
 heartbeat and expect ``{"status": "ok"}``. Some firmware posts GB18030 rather than
 UTF-8 text; both are read.
 
-Measurement ``vehicle_event``, with the field names of the MQTT ``vzicloud-plate``
-profile (the same cameras over MQTT) so both land in the same columns.
+A plate at a barrier is a passage: ``access_event`` as docs/schema.md's contract has it
+(tag ``kind=plate``; field ``plate``; ``event_id`` = plateid as text; the receiver adds
+``gate_open`` and, when the gateway decides by an ``allow_list``, tag ``result``). The
+other fields keep the names of the MQTT ``vzicloud-plate`` profile, but for the camera's
+motion code, ``direction_code``: in ``access_event`` the tag ``direction`` is in/out.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from drivers.camera_push.payload import media_type as _media_type
 from drivers.camera_push.values import as_float, as_int, as_text, parse_json
 from gateway.reading import Reading
 
-MEASUREMENT = "vehicle_event"
+MEASUREMENT = "access_event"
+KIND = "plate"
 JSON_TYPES = frozenset({"", "application/json", "text/json", "text/plain",
                         "application/x-www-form-urlencoded"})
 """Cameras label the JSON loosely; a multipart or XML body is refused with 415."""
@@ -58,12 +62,15 @@ class VzenithPlate:
             "plate_color": as_int(result.get("colorType")),
             "plate_type": as_int(result.get("type")),
             "confidence": as_float(result.get("confidence")),
-            "direction": as_int(result.get("direction")),
+            "direction_code": as_int(result.get("direction")),
             "trigger_type": as_int(result.get("triggerType")),
             "plate_id": plate_id,
+            "event_id": str(plate_id) if plate_id is not None else None,
         })
         images = _images(result)
-        tags = {"camera_name": name} if (name := as_text(alarm.get("deviceName"))) else {}
+        tags = {"kind": KIND}
+        if name := as_text(alarm.get("deviceName")):
+            tags["camera_name"] = name
         key = f"{serial or '-'}:{plate_id}" if plate_id is not None else None
         reading = Reading(MEASUREMENT, tags, fields, _time(result) or arrival_ns)
         return Parsed(reading, key=key, plate=plate, images=images)

@@ -65,6 +65,18 @@ def test_device_errors_name_the_line(tmp_path: Path, device: str, message: str) 
     assert any(":4: devices[0]" in p and message in p for p in found), found
 
 
+def test_a_hikvision_device_hiding_employee_must_hide_its_new_names(tmp_path: Path) -> None:
+    """The employee number is person or holder now: an old config listing employee would
+    let it out in clear, so it is refused at check."""
+    key = tmp_path / "privacy.key"
+    key.write_text("k" * 32)
+    found = problems(tmp_path, HEADER + HTTP + f"privacy: {{key_file: {key}}}\ndevices:\n"
+                     "  - {id: c, driver: camera_push, profile: hikvision-isapi, token: t, "
+                     "pseudonymize: [card, employee]}\n")
+    assert any("devices[0].pseudonymize" in p and "[card, person, holder]" in p
+               for p in found), found
+
+
 def test_token_file_and_networks(tmp_path: Path) -> None:
     token = tmp_path / "cam.token"
     token.write_text(SECRET + "\n")

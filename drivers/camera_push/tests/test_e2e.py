@@ -57,22 +57,24 @@ def test_push_devices_into_file_and_victoriametrics(tmp_path: Path,
     assert not [m for m in gw.messages() if "s3cret-token" in m or "/t2" in m]
 
     lines = [x.decode() for x in file_lines(tmp_path / "data")]
-    plates = [x for x in lines if x.startswith("vehicle_event") and "gate-cam-1" in x]
+    plates = [x for x in lines if x.startswith("access_event") and "gate-cam-1" in x]
     assert len(plates) == 5, "a retried post was stored twice (or lost)"
     hide = Pseudonymizer(KEY.encode())
     assert sorted(x.split('plate="')[1][:16] for x in plates) == sorted(
         hide(f"粤B1000{n}") for n in range(5))
     assert not any("粤B" in x for x in lines)
-    assert len([x for x in lines if x.startswith("access_event")]) == 3
+    assert len([x for x in lines if x.startswith("access_event") and "lobby" in x]) == 3
 
     series = victoria.samples('{__name__=~"(vehicle|access)_event_.*", site="e2e-push-site"}')
     by_name: dict[str, list[tuple[int, float]]] = {}
     for (name, *_labels), values in series.items():
         by_name.setdefault(name, []).extend(values)
-    assert sorted(v for _, v in by_name["vehicle_event_plate_id"]) == [1, 2, 3, 4, 5]
-    assert sorted(t for t, _ in by_name["vehicle_event_plate_id"]) == [
+    assert sorted(v for _, v in by_name["access_event_plate_id"]) == [1, 2, 3, 4, 5]
+    assert len(by_name["access_event_plate_key"]) == 5  # what the governance queries count
+    assert sorted(t for t, _ in by_name["access_event_plate_id"]) == [
         (1772583330 + n) * 1000 for n in range(5)]
     assert sorted(v for _, v in by_name["access_event_serial"]) == [1, 2, 3]
     assert [v for _, v in by_name["vehicle_event_image_count"]] == [2]
     labels = {label for name, *rest in series for label in rest}
-    assert {"device=gate-cam-1", "device=lobby-terminal", "reader=1"} <= labels
+    assert {"device=gate-cam-1", "device=lobby-terminal", "reader=1", "kind=plate",
+            "kind=face", "result=granted"} <= labels

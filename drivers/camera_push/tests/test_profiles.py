@@ -95,7 +95,8 @@ def test_every_profile_is_in_the_table() -> None:
     assert set(PROFILES) == set(literal.__args__)  # type: ignore[union-attr]
 
 
-MAPPING = {"measurement": "m", "fields": {"v": "$.v", "w": "$.a[0].b"}, "time": "$.t",
+MAPPING = {"measurement": "m", "fields": {"v": "$.v", "w": {"path": "$.a[0].b", "type": "int"}},
+           "payload_tags": {"t": "$.a[1]"}, "time": "$.t",
            "event_id": "$.id"}
 CONTENT_TYPES = st.sampled_from([
     "application/json", "application/xml", "text/xml", "", "text/plain",

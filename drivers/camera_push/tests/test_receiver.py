@@ -5,6 +5,7 @@ that never reach the buffer, device state."""
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -51,17 +52,22 @@ def test_issue_example_takes_plates_and_terminal_events(issue_gateway: GatewayTh
     replies = gw.run(scenario())
     assert [r.status for r in replies] == [200] * 5
     assert replies[0].json() == {"Response_AlarmInfoPlate": {"info": "no"}}
-    wait_until(lambda: len(gw.lines(b"vehicle_event")) == 2 and
-               len(gw.lines(b"access_event")) == 3, "every event in the file sink")
-    plate_line = next(x for x in gw.lines(b"vehicle_event") if b"gate-cam-1" in x).decode()
+    # the barrier camera's plate is a passage (access_event, kind=plate); the ANPR
+    # camera's, which opens nothing, a sighting (vehicle_event)
+    wait_until(lambda: len(gw.lines(b"vehicle_event")) == 1 and
+               len(gw.lines(b"access_event")) == 4, "every event in the file sink")
+    plate_line = next(x for x in gw.lines(b"access_event") if b"gate-cam-1" in x).decode()
     assert f'plate="{hashed("粤B12345")}"' in plate_line and "粤B12345" not in plate_line
     assert "gate_open=false" in plate_line and plate_line.endswith(" 1772583330000000000")
+    assert ",kind=plate," in plate_line and "result=" not in plate_line  # no allow_list
     anpr = next(x for x in gw.lines(b"vehicle_event") if b"lobby-terminal" in x).decode()
     assert 'plate="浙A12345"' in anpr and "image_count=2i" in anpr
     assert "image_bytes=40000i" in anpr and "channel=1" in anpr
-    serials = sorted(int(x.split(b"serial=")[1].split(b"i")[0]) for x in
-                     gw.lines(b"access_event"))
+    terminal_lines = [x for x in gw.lines(b"access_event") if b"lobby-terminal" in x]
+    serials = sorted(int(x.split(b"serial=")[1].split(b"i")[0]) for x in terminal_lines)
     assert serials == [501, 502, 503]
+    assert all(b",kind=face," in x and b",result=granted," in x and b'person="1001"' in x
+               for x in terminal_lines)
     assert gw.state("gate-cam-1") == "online" and gw.state("lobby-terminal") == "online"
 
 
@@ -86,7 +92,27 @@ def test_a_retried_post_is_stored_once(issue_gateway: GatewayThread) -> None:
     assert gw.run(camera.push(body)).json() == reply.json()
     wait_until(lambda: gw.counters("gate-cam-1").get("duplicate", 0) == 3, "3 duplicates")
     time.sleep(0.3)  # a second copy would have been committed by now
-    assert len([x for x in gw.lines(b"vehicle_event") if hashed("粤B77777").encode() in x]) == 1
+    assert len([x for x in gw.lines(b"access_event") if hashed("粤B77777").encode() in x]) == 1
+
+
+def test_every_event_part_of_a_multipart_post_is_stored(issue_gateway: GatewayThread) -> None:
+    """Two event parts in one post: the second used to be dropped and counted as a
+    picture. Each is stored under its own id; a retry of the post stores neither again."""
+    gw = issue_gateway
+    terminal = sim.HikvisionTerminal(gw.port, "lobby-terminal", "t2")
+    parts = [("event_log", "", "application/json", json.dumps(sim.access_event(n)).encode())
+             for n in (9007, 9008)]
+    parts.append(("Picture", "Picture.jpg", "image/jpeg", sim.fake_jpeg(500, seed=1)))
+    body = sim.multipart_body(parts, "B")
+    for _ in range(2):
+        assert gw.run(terminal.push(body, "multipart/form-data; boundary=B")).status == 200
+    wait_until(lambda: len(gw.lines(b"access_event")) == 2, "both events stored")
+    time.sleep(0.3)  # a second copy would have been committed by now
+    lines = sorted(gw.lines(b"access_event"))
+    assert [b"serial=9007i" in lines[0], b"serial=9008i" in lines[1]] == [True, True]
+    assert len(gw.lines(b"access_event")) == 2
+    assert [b"image_count=1i" in x for x in lines] == [True, False]  # the picture, once
+    assert gw.counters("lobby-terminal")["duplicate"] == 2
 
 
 def test_concurrent_retries_wait_for_the_same_commit(issue_gateway: GatewayThread) -> None:
@@ -128,9 +154,48 @@ devices:
         receiver = gw.gateway.resources._items[("http", "receiver")][0]
         allow = receiver.endpoints["gate"].allow
         assert all("粤" not in h for h in allow._hashes), "raw plates kept in memory"
-        wait_until(lambda: len(gw.lines(b"vehicle_event")) == 5, "5 plate reads stored")
-        opened = [b"gate_open=true" in x for x in gw.lines(b"vehicle_event")]
+        wait_until(lambda: len(gw.lines(b"access_event")) == 5, "5 plate reads stored")
+        opened = [b"gate_open=true" in x for x in gw.lines(b"access_event")]
         assert opened == [True, True, False, False, True]
+        results = [x.split(b",result=")[1].split(b",")[0] for x in gw.lines(b"access_event")]
+        assert results == [b"granted", b"granted", b"denied", b"denied", b"granted"]
+
+
+def test_deleting_the_plate_list_revokes_it_an_unreadable_one_is_kept(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator deleting the list means no plate may open the barrier any more (the
+    old plates used to keep opening it); a list that is there but cannot be read (being
+    rewritten, not UTF-8) keeps the last good one. Each logged once at WARNING."""
+    caplog.set_level(logging.INFO, "iotgw.camera_push")
+    plates = tmp_path / "plates.txt"
+    plates.write_text("粤B11111\n")
+    path, port = config_text(tmp_path, f"""\
+http: {{listen: '127.0.0.1:PORT'}}
+devices:
+  - {{id: gate, driver: camera_push, profile: vzenith-plate, token: tk, allow_list: {plates}}}
+""")
+    with GatewayThread(path, port) as gw:
+        camera = sim.PlateCamera(port, "gate", "tk")
+
+        def info() -> str:
+            answer = gw.run(camera.push(camera.event("粤B11111"))).json()
+            return answer["Response_AlarmInfoPlate"]["info"]  # type: ignore[index]
+
+        assert info() == "ok"
+        plates.write_bytes(b"\xff\xfe not UTF-8\n")  # unreadable: the old list stays
+        time.sleep(1.1)
+        assert [info(), info()] == ["ok", "ok"]
+        plates.unlink()  # deleted: revoked
+        time.sleep(1.1)
+        assert [info(), info()] == ["no", "no"]
+        time.sleep(1.1)
+        assert info() == "no"
+        plates.write_text("粤B11111\n")  # back
+        time.sleep(1.1)
+        assert info() == "ok"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([w for w in warnings if "does not exist" in w]) == 1, warnings
+    assert len([w for w in warnings if "cannot read it" in w and "keeping the 1" in w]) == 1
 
 
 def raw(port: int, data: bytes, source: str | None = None) -> bytes:
