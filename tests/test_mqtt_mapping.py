@@ -45,7 +45,10 @@ def test_kv_and_number_formats() -> None:
     r = kv.decode({}, b"temp=21.5, state=open", 5)
     assert r.fields == {"t": 21.5, "s": "open"} and r.time_ns == 5
     num = Mapper(config(format="number", fields={}))
-    assert num.decode({}, b" 42 ", 5).fields == {"value": 42}
+    # One type whatever the sensor sends (InfluxDB refuses 20.5 after 20i in a field).
+    for payload, value in ((b" 42 ", 42.0), (b"20.5", 20.5), (b"-3", -3.0)):
+        fields = num.decode({}, payload, 5).fields
+        assert fields == {"value": value} and type(fields["value"]) is float
 
 
 def test_typed_fields_refuse_what_does_not_fit_rather_than_change_it() -> None:

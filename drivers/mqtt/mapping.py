@@ -193,7 +193,12 @@ class Mapper:
         # stores every pair as a field (it used to map the whole dict to "value", which no
         # store takes, so every kv message was dead-lettered; found by an outside probe).
         self.all_pairs = config.format == "kv" and not config.fields
-        default = {} if config.format in ("json", "kv") else {"value": ValueSpec(path="$")}
+        # A bare number is stored as a float: "20" then "20.5" from the same sensor made
+        # an integer field and then a float one, which InfluxDB refuses (a field keeps
+        # its first type); give the field a type in `fields` for anything else.
+        default: dict[str, ValueSpec] = {
+            "json": {}, "kv": {}, "number": {"value": ValueSpec(path="$", type="float")},
+        }.get(config.format, {"value": ValueSpec(path="$")})
         self.fields = {k: ValueGetter(s) for k, s in (config.fields or default).items()}
         self.tags = {k: ValueGetter(s) for k, s in config.payload_tags.items()}
         times = [] if config.time is None else (
