@@ -26,8 +26,12 @@ from typing import Any
 import aiohttp
 
 from drivers.event_stream.conditions import BadAnswer, Unreachable
+from gateway import jsonsafe
 from gateway.errors import DeviceAuthError, DeviceError
 
+MAX_JSON_DEPTH = 32
+"""Deepest JSON answer accepted (an AcsEvent page is 4 levels): its records go through
+code that is not built for a value nested thousands deep."""
 MAX_ANSWER = 4 * 1024 * 1024
 """Largest non-stream answer read (an AcsEvent page of 30 records is ~20 kB)."""
 READ_CHUNK = 64 * 1024
@@ -46,6 +50,11 @@ configured, and its events taken for the camera's."""
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
+
+
+class NotJson(BadAnswer):
+    """A 2xx answer whose body is not JSON we accept (malformed, or nested deeper than
+    MAX_JSON_DEPTH: 100,000 ``[`` once escaped as RecursionError and killed the task)."""
 
 
 def _status_error(status: int, what: str) -> DeviceError:
@@ -166,6 +175,7 @@ class DeviceHttp:
         body = await self.request("POST", path, data=json.dumps(document).encode(),
                                   content_type="application/json", timeout=timeout)
         try:
-            return json.loads(body)
-        except ValueError:
-            raise BadAnswer(f"{self._what(path)}: answer is not JSON") from None
+            return jsonsafe.parse(body, max_depth=MAX_JSON_DEPTH)
+        except jsonsafe.JsonRefused as exc:
+            raise NotJson(f"{self._what(path)}: answer is not JSON we accept: {exc}") \
+                from None

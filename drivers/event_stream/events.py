@@ -17,7 +17,6 @@ card numbers and plates they extract only ever go into readings, never into logs
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,11 +24,15 @@ from datetime import datetime
 from typing import Any
 
 from drivers.event_stream.multipart import Part
-from gateway import xmlsafe
+from gateway import jsonsafe, xmlsafe
 from gateway.reading import FieldValue
 
 MAX_TEXT = 256
 """Longest string kept in a field (a card number, a plate); longer is a bad part."""
+MAX_JSON_DEPTH = 32
+"""Deepest JSON accepted in a part (an event is 3 to 5 levels): deeper is bad_json, so
+nothing downstream meets a value nested deep enough to exhaust the stack (the AcsEvent
+answer has the same bound, client.MAX_JSON_DEPTH)."""
 
 
 class BadPart(ValueError):
@@ -66,8 +69,25 @@ HEARTBEAT = StreamEvent("heartbeat", "pulse")
 
 # -- values ----------------------------------------------------------------------------
 
+def parse_json(data: bytes | str, what: str) -> Any:
+    """Device JSON (a part, a Dahua ``data=``, an AcsEvent answer): anything unparsable,
+    including nesting that exhausts the parser's stack, is ``BadPart("bad_json")``."""
+    try:
+        return jsonsafe.parse(data, max_depth=MAX_JSON_DEPTH)
+    except jsonsafe.JsonRefused as exc:
+        raise BadPart("bad_json", f"{what} is not JSON we accept: {exc}") from None
+
+
+def _scalar(value: Any) -> str | int | float:
+    """A value that may become a field: a list or object where a card number or a
+    number belongs is a bad value, not its ``str()``."""
+    if isinstance(value, str | int | float):
+        return value
+    raise BadPart("bad_value", f"{type(value).__name__} where a single value belongs")
+
+
 def _text(value: Any) -> str:
-    text = str(value).strip()
+    text = str(_scalar(value)).strip()
     if len(text) > MAX_TEXT:
         raise BadPart("bad_value", f"value longer than {MAX_TEXT} characters")
     return text
@@ -81,7 +101,7 @@ def _int(value: Any) -> int:
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
     else:
-        text = str(value).strip()
+        text = str(_scalar(value)).strip()
         if not text.lstrip("-").isdigit() or len(text) > 19:
             raise BadPart("bad_value", f"not an integer: {text[:20]!r}")
         number = int(text)
@@ -112,7 +132,7 @@ Extractor = Callable[[Any], FieldValue]
 HIK_ACCESS_FIELDS: dict[str, tuple[str, Extractor]] = {
     "card": ("cardNo", _text),
     "employee": ("employeeNoString", _text),
-    "name_present": ("name", lambda v: bool(str(v).strip())),
+    "name_present": ("name", lambda v: bool(str(_scalar(v)).strip())),
     "door": ("doorNo", _int),
     "verify_mode": ("currentVerifyMode", _text),
     "attendance": ("attendanceStatus", _text),
@@ -191,10 +211,7 @@ def _dahua_line(line: str) -> StreamEvent:
     channel = _int(index) + 1 if index not in (None, "") else None
     fields: dict[str, FieldValue] = {}
     if sep:
-        try:
-            data = json.loads(data_text)
-        except ValueError:
-            raise BadPart("bad_json", "data= is not JSON") from None
+        data = parse_json(data_text, "data=")
         if isinstance(data, dict):
             fields.update(_take(data, DAHUA_DATA_FIELDS.get(code, {})))
     return StreamEvent(code, action, channel, fields=fields,
@@ -220,10 +237,7 @@ def parse_hikvision(part: Part) -> list[StreamEvent]:
 
 
 def _hik_json(body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise BadPart("bad_json", "JSON part does not parse") from None
+    doc = parse_json(body, "JSON part")
     if not isinstance(doc, dict):
         raise BadPart("bad_json", "JSON part is not an object")
     inner = doc.get("EventNotificationAlert")

@@ -243,6 +243,9 @@ class HikvisionSim(_Server):
         self.login_page = False
         """Answer the stream with an HTML page (a device behind a captive portal, or a
         firmware that wants its web login first)."""
+        self.acs_answer: bytes | None = None
+        """Answer every AcsEvent search with these bytes (200, application/json): a
+        broken or hostile firmware; None: the real search."""
         self._serial = itertools.count(1001)
         self.app.router.add_get("/ISAPI/Event/notification/alertStream", self._alert_stream)
         self.app.router.add_post("/ISAPI/AccessControl/AcsEvent", self._acs_event)
@@ -329,6 +332,9 @@ class HikvisionSim(_Server):
         refused = self.guard.check(request)
         if refused is not None:
             return refused
+        if self.acs_answer is not None:
+            self.searches.append({})
+            return web.Response(body=self.acs_answer, content_type="application/json")
         try:
             cond = (await request.json())["AcsEventCond"]
             start = datetime.fromisoformat(cond["startTime"])

@@ -18,6 +18,7 @@ from typing import Any
 
 from drivers.mqtt.config import MqttDeviceConfig, ValueSpec
 from drivers.mqtt.topics import TopicPattern
+from gateway import jsonsafe
 from gateway.jsonpath import MISSING, compile_path, resolve
 from gateway.reading import FieldValue, Reading
 
@@ -49,8 +50,8 @@ def _text(payload: bytes | bytearray) -> str:
 
 def _json(payload: bytes | bytearray) -> Any:
     try:
-        return json.loads(payload)
-    except (ValueError, RecursionError) as exc:
+        return jsonsafe.parse(payload)  # RecursionError (deep nesting) included
+    except jsonsafe.JsonRefused as exc:
         raise Rejected("invalid_json", str(exc)[:80]) from None
 
 
