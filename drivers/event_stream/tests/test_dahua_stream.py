@@ -209,3 +209,20 @@ async def test_malformed_parts_are_logged_once_per_kind_whatever_their_detail(
         "bad_value", "garbage"], lines
     bad_value = next(line for line in lines if "(bad_value)" in line)
     assert "'x0'" in bad_value  # the first detail is in the line
+
+
+async def test_codes_all_goes_on_the_request_line_as_written(tmp_path: Path) -> None:
+    """Found by the outside probe: the URL went out as ``codes=%5BAll%5D`` (yarl encodes
+    the brackets, and the Digest ``uri=`` matched it), which older Dahua/Amcrest firmware
+    answers with 400 (python-amcrest #155, home-assistant/core #33875); the simulator
+    now does the same. The request line and the Digest ``uri=`` carry ``[All]``."""
+    sim = DahuaSim()
+    await sim.start()
+    config = write_config(tmp_path / "gw.yaml", dahua("cam", sim.port))
+    async with running(config) as gw:
+        await gw.until(lambda: gw.status("cam").state == "online", what="online")
+        assert sim.stream_connects == 1
+    await sim.stop()
+    target = f"/cgi-bin/eventManager.cgi?action=attach&codes=[All]&heartbeat={HEARTBEAT}"
+    assert sim.requests and set(sim.requests) == {target}  # the 401 round, then ours
+    assert sim.guard.accepted == 1  # its Digest uri= is that same text (the sim checks)
