@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from drivers.event_stream.multipart import Part
-from gateway import jsonsafe, xmlsafe
+from gateway import hikvision_access, jsonsafe, xmlsafe
 from gateway.reading import FieldValue
 
 MAX_TEXT = 256
@@ -59,9 +59,12 @@ class StreamEvent:
     """Seconds east of UTC of the device's clock (from ``dateTime``): the AcsEvent
     search is asked in the device's own offset."""
     tags: dict[str, str] = field(default_factory=dict)
-    """Extra tags (major/minor event type, reader)."""
+    """Extra tags (kind, result, reader, door)."""
     access: bool = False
     """An access-control event (stored in the access measurement, backfilled)."""
+    shaped: bool = False
+    """``tags`` and ``fields`` are already the access-event contract's (Hikvision
+    terminals): stored as they are, with no ``event`` tag or ``action`` field."""
 
 
 HEARTBEAT = StreamEvent("heartbeat", "pulse")
@@ -130,20 +133,19 @@ Extractor = Callable[[Any], FieldValue]
 
 # field name in the reading -> (key in the vendor object, converter)
 HIK_ACCESS_FIELDS: dict[str, tuple[str, Extractor]] = {
-    "card": ("cardNo", _text),
-    "employee": ("employeeNoString", _text),
     "name_present": ("name", lambda v: bool(str(_scalar(v)).strip())),
-    "door": ("doorNo", _int),
     "verify_mode": ("currentVerifyMode", _text),
     "attendance": ("attendanceStatus", _text),
     "mask": ("mask", _text),
 }
-"""The person's name is deliberately not stored (only whether the terminal knew one)."""
+"""Details kept beside the access-event contract's own tags and fields (which
+gateway/hikvision_access.py decides). The person's name is deliberately not stored
+(only whether the terminal knew one)."""
 HIK_ACCESS_TAGS: dict[str, tuple[str, Extractor]] = {
-    "major": ("majorEventType", _int),
-    "minor": ("subEventType", _int),
     "reader": ("cardReaderNo", _int),
+    "door": ("doorNo", _int),
 }
+"""Tags as the push driver writes them (docs/schema.md): a few values per terminal."""
 HIK_ANPR_FIELDS: dict[str, tuple[str, Extractor]] = {
     "plate": ("licensePlate", _text),
     "confidence": ("confidenceLevel", _int),
@@ -294,7 +296,10 @@ def _hik_event(doc: Mapping[str, Any]) -> StreamEvent:
 
 def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> StreamEvent:
     """An access terminal's event, from the stream (``AccessControllerEvent``) or from
-    the AcsEvent search (``InfoList`` entries: the same keys plus ``major``/``minor``/``time``)."""
+    the AcsEvent search (``InfoList`` entries: the same keys plus ``major``/``minor``/``time``),
+    shaped as docs/schema.md's access-event contract: tags ``kind`` and ``result``, one
+    credential field (``card`` or ``person``), ``event_id``; the codes as ``major_event``
+    and ``sub_event``, and the details of :data:`HIK_ACCESS_FIELDS`."""
     source: dict[str, Any] = dict(record)
     if "majorEventType" not in source and "major" in source:
         source["majorEventType"] = source["major"]
@@ -302,13 +307,33 @@ def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> Str
         source["subEventType"] = source["minor"]
     if when is None and isinstance(source.get("time"), str):
         when = parse_device_time(source["time"])
-    serial_raw = source.get("serialNo")
-    serial = _int(serial_raw) if serial_raw not in (None, "") else None
-    tags = {k: str(v) for k, v in _take(source, HIK_ACCESS_TAGS).items()}
+    serial = _optional(source, "serialNo", _int)
+    major = _optional(source, "majorEventType", _int)
+    minor = _optional(source, "subEventType", _int)
+    tags, credential = hikvision_access.contract(
+        major, minor, _optional(source, "cardNo", _text),
+        _optional(source, "employeeNoString", _text))
+    tags.update({k: str(v) for k, v in _take(source, HIK_ACCESS_TAGS).items()})
+    fields: dict[str, FieldValue] = {**credential, **_take(source, HIK_ACCESS_FIELDS)}
+    if major is not None:
+        fields["major_event"] = major
+    if minor is not None:
+        fields["sub_event"] = minor
+    if serial is not None:
+        fields["event_id"] = str(serial)
     return StreamEvent("AccessControllerEvent", "pulse", None,
                        time_ns=when[0] if when else None, serial=serial,
-                       fields=_take(source, HIK_ACCESS_FIELDS), tags=tags,
-                       utc_offset=when[1] if when else None, access=True)
+                       fields=fields, tags=tags,
+                       utc_offset=when[1] if when else None, access=True, shaped=True)
+
+
+def _optional(source: Mapping[str, Any], key: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert(source[key])``; None when the key is absent or empty."""
+    value = source.get(key)
+    if value is None or value == "":
+        return None
+    text = convert(value)
+    return None if text == "" else text
 
 
 PARSERS: dict[str, Callable[[Part], list[StreamEvent]]] = {

@@ -341,9 +341,10 @@ class HostStream:
         return self._last_arrival
 
     def reading(self, att: Attachment, event: StreamEvent) -> Reading:
-        tags = {"event": event.code, **event.tags}
+        tags = dict(event.tags) if event.shaped else {"event": event.code, **event.tags}
         if event.access:
-            fields: dict[str, FieldValue] = {"action": event.action, **event.fields}
+            fields: dict[str, FieldValue] = dict(event.fields) if event.shaped else \
+                {"action": event.action, **event.fields}
             if event.serial is not None:
                 fields["serial"] = event.serial
             time_ns = event.time_ns if event.time_ns is not None else self._arrival()

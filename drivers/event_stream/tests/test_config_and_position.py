@@ -83,3 +83,25 @@ def test_an_event_id_is_its_serial_and_second(tmp_path: Path) -> None:
     reloaded = Position.load(tmp_path, "lobby")
     assert reloaded.load_error is None and reloaded.time_ns == 1000 * 10**9
     assert not reloaded.is_new(access(5, 1000)) and reloaded.is_new(access(6, 1000))
+
+
+@pytest.mark.parametrize(("listed", "hidden"), [
+    (["card", "employee"], {"card", "employee", "person"}),  # a config from before person
+    (["person"], {"person", "employee"}),
+    (["card"], {"card"}),
+])
+def test_employee_and_person_are_pseudonymised_alike(tmp_path: Path, listed: list[str],
+                                                      hidden: set[str]) -> None:
+    """Both hold the terminal's employee number (``employee`` behind a card, ``person``
+    as a face's identity, docs/schema.md): listing one hides both, so no face event of
+    a device configured before ``person`` existed stores the number in clear."""
+    path = tmp_path / "gw.yaml"
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    path.write_text(f"gateway: {{id: gw-t, site: s, data_dir: data}}\n"
+                    f"privacy: {{key_file: {key}}}\ndevices:\n"
+                    f"  - {{id: t, driver: event_stream, profile: hikvision, host: 10.0.6.31, "
+                    f"username: u, password: p, pseudonymize: {json.dumps(listed)}}}\n")
+    (device,) = load_config(path, environ={}).devices
+    assert set(device.pseudonymize) == hidden
