@@ -11,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from gateway.config.types import ByteSize, Duration, SecretsModel
 from gateway.driver import DeviceConfigBase
-from gateway.hikvision_access import with_same_values
 
 HOST_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
 
@@ -86,14 +85,6 @@ class EventStreamConfig(DeviceConfigBase, SecretsModel):
                                 description="majorEventType searched (5: events; 0: all)")
     backfill_minor: int = Field(default=0, ge=0, le=1023,
                                 description="subEventType searched (0: all)")
-
-    @field_validator("pseudonymize")
-    @classmethod
-    def _same_values_alike(cls, names: list[str]) -> list[str]:
-        """``employee`` and ``person`` hold the same number (the terminal's employee
-        number: behind a card, or the identity of a face): listing one hides both, so a
-        config written before access events had ``person`` stores no number in clear."""
-        return with_same_values(names)
 
     @model_validator(mode="after")
     def _consistent(self) -> EventStreamConfig:

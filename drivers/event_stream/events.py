@@ -24,7 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from drivers.event_stream.multipart import Part
-from gateway import hikvision_access, jsonsafe, xmlsafe
+from gateway import jsonsafe, xmlsafe
+from gateway.accessevents import hikvision_access
 from gateway.reading import FieldValue
 
 MAX_TEXT = 256
@@ -138,14 +139,17 @@ HIK_ACCESS_FIELDS: dict[str, tuple[str, Extractor]] = {
     "attendance": ("attendanceStatus", _text),
     "mask": ("mask", _text),
 }
-"""Details kept beside the access-event contract's own tags and fields (which
-gateway/hikvision_access.py decides). The person's name is deliberately not stored
-(only whether the terminal knew one)."""
+"""Details kept beside the access-event contract's own tags and fields. The person's
+name is deliberately not stored (only whether the terminal knew one)."""
 HIK_ACCESS_TAGS: dict[str, tuple[str, Extractor]] = {
     "reader": ("cardReaderNo", _int),
     "door": ("doorNo", _int),
 }
 """Tags as the push driver writes them (docs/schema.md): a few values per terminal."""
+CREDENTIAL_FIELD: dict[str, str] = {"card": "card", "face": "person"}
+"""The contract's one identity field per ``kind`` (docs/schema.md): the card number for
+a card, the employee number for a face. A terminal reports both; only the credential
+gets the credential's name, or every card swipe would also count as a face."""
 HIK_ANPR_FIELDS: dict[str, tuple[str, Extractor]] = {
     "plate": ("licensePlate", _text),
     "confidence": ("confidenceLevel", _int),
@@ -297,9 +301,12 @@ def _hik_event(doc: Mapping[str, Any]) -> StreamEvent:
 def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> StreamEvent:
     """An access terminal's event, from the stream (``AccessControllerEvent``) or from
     the AcsEvent search (``InfoList`` entries: the same keys plus ``major``/``minor``/``time``),
-    shaped as docs/schema.md's access-event contract: tags ``kind`` and ``result``, one
-    credential field (``card`` or ``person``), ``event_id``; the codes as ``major_event``
-    and ``sub_event``, and the details of :data:`HIK_ACCESS_FIELDS`."""
+    shaped as docs/schema.md's access-event contract, as the push driver shapes it: tags
+    ``kind`` and ``result`` (from the major/minor event type, gateway/accessevents.py;
+    absent where the code does not say), one credential field (``card`` for a card,
+    ``person`` = the employee number for a face), the employee number of any other event
+    as ``holder``, ``event_id`` (serialNo as text); the codes as ``major_event`` and
+    ``sub_event``, and the details of :data:`HIK_ACCESS_FIELDS`."""
     source: dict[str, Any] = dict(record)
     if "majorEventType" not in source and "major" in source:
         source["majorEventType"] = source["major"]
@@ -310,11 +317,18 @@ def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> Str
     serial = _optional(source, "serialNo", _int)
     major = _optional(source, "majorEventType", _int)
     minor = _optional(source, "subEventType", _int)
-    tags, credential = hikvision_access.contract(
-        major, minor, _optional(source, "cardNo", _text),
-        _optional(source, "employeeNoString", _text))
-    tags.update({k: str(v) for k, v in _take(source, HIK_ACCESS_TAGS).items()})
-    fields: dict[str, FieldValue] = {**credential, **_take(source, HIK_ACCESS_FIELDS)}
+    kind, result = hikvision_access(major or 0, minor or 0)
+    card = _optional(source, "cardNo", _text)
+    employee = _optional(source, "employeeNoString", _text) or \
+        _optional(source, "employeeNo", _text)
+    tags = {k: str(v) for k, v in _take(source, HIK_ACCESS_TAGS).items()}
+    tags.update({k: v for k, v in (("kind", kind), ("result", result)) if v})
+    fields: dict[str, FieldValue] = _take(source, HIK_ACCESS_FIELDS)
+    credential = {"card": card, "face": employee}.get(kind)
+    if credential is not None:
+        fields[CREDENTIAL_FIELD[kind]] = credential
+    if employee is not None and kind != "face":
+        fields["holder"] = employee
     if major is not None:
         fields["major_event"] = major
     if minor is not None:
@@ -332,8 +346,8 @@ def _optional(source: Mapping[str, Any], key: str, convert: Callable[[Any], Any]
     value = source.get(key)
     if value is None or value == "":
         return None
-    text = convert(value)
-    return None if text == "" else text
+    converted = convert(value)
+    return None if converted == "" else converted
 
 
 PARSERS: dict[str, Callable[[Part], list[StreamEvent]]] = {

@@ -47,7 +47,7 @@ def config_text(tmp_path: Path, port: int, influx: InfluxDB1, db: str) -> Path:
         "devices:\n"
         f"  - {{id: lobby, driver: event_stream, profile: hikvision, host: 127.0.0.1, "
         f"port: {port}, username: admin, password: hik-pass, reconnect_max: 1s, "
-        "backfill: true, pseudonymize: [card, employee], "
+        "backfill: true, pseudonymize: [card, person, holder], "
         "tags: {gate: north, direction: in}}\n")
     return config
 
@@ -60,12 +60,12 @@ def expected_shape(card: str, employee: str, minor: int, serial: int) -> tuple[
     tags = {"reader": "1", "door": "1", "gate": "north", "direction": "in"}
     fields: dict[str, object] = {"event_id": str(serial), "major_event": 5,
                                  "sub_event": minor, "serial": serial}
-    if kind == "card":
-        fields |= {"card": HIDE(card), "employee": HIDE(employee)}
-    elif kind == "face":
+    if kind == "card":  # the card is the credential; the employee number behind it
+        fields |= {"card": HIDE(card), "holder": HIDE(employee)}
+    elif kind == "face":  # the employee number is the credential; no card number
         fields["person"] = HIDE(employee)
-    else:  # not a verification: the number of whoever it was stays pseudonymised
-        fields["employee"] = HIDE(employee)
+    else:  # not a verification: whoever it was stays pseudonymised
+        fields["holder"] = HIDE(employee)
     if kind is not None:
         assert result is not None
         tags |= {"kind": kind, "result": result}
