@@ -3,7 +3,9 @@
 RTSP/1.0 (RFC 2326) is HTTP-shaped text over TCP, so asyncio streams do; no RTP is ever
 set up. The answers mean: any RTSP answer = the camera is alive (last-seen); 401 after
 our credentials = ``auth_failed`` (alive, wrong password); 404 = ``bad_answer`` (wrong
-stream path); no TCP connection or no answer = ``unreachable``.
+stream path); no TCP connection or no answer = ``unreachable``. Bytes that are no RTSP
+answer (garbage, a line without an end, an answer cut off) are ``bad_answer`` too: the
+device answered, wrongly (they were ``unreachable``, found by the outside probe).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from drivers.event_stream.digest import digest_response, parse_auth_params
 from gateway.errors import DeviceAuthError
 
 MAX_LINE = 8192
+READ_LIMIT = MAX_LINE * 2
+"""The stream reader's buffer limit: a line without an end within it is no RTSP."""
 MAX_BODY = 64 * 1024
 
 
@@ -63,7 +67,7 @@ class RtspProbe:
         try:
             async with asyncio.timeout(self.timeout):
                 reader, writer = await asyncio.open_connection(self.host, self.port,
-                                                               limit=MAX_LINE * 2)
+                                                               limit=READ_LIMIT)
         except (OSError, TimeoutError) as exc:
             raise Unreachable(f"{self.base}: no TCP connection: "
                               f"{type(exc).__name__}: {exc}".rstrip(": ")) from None
@@ -144,14 +148,13 @@ class RtspProbe:
             raise Unreachable(f"{url}: connection lost: {type(exc).__name__}") from None
 
     async def _read_answer(self, reader: asyncio.StreamReader, url: str) -> RtspAnswer:
-        status_line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
+        status_line = await self._line(reader, url, first=True)
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("RTSP/") or not parts[1].isdigit():
             raise BadAnswer(f"{url}: not an RTSP answer: {status_line[:60]!r}")
-        self.answered = True
         headers: dict[str, str] = {}
         for _ in range(100):
-            line = (await reader.readuntil(b"\n")).decode("latin-1").strip()
+            line = await self._line(reader, url)
             if not line:
                 break
             name, _, value = line.partition(":")
@@ -161,5 +164,28 @@ class RtspProbe:
         length = headers.get("content-length", "0")
         if not length.isdigit() or int(length) > MAX_BODY:
             raise BadAnswer(f"{url}: bad Content-Length {length[:20]!r}")
-        body = await reader.readexactly(int(length))
+        try:
+            body = await reader.readexactly(int(length))
+        except asyncio.IncompleteReadError as exc:
+            raise BadAnswer(f"{url}: answer cut off: {len(exc.partial)} of {length} body "
+                            "bytes") from None
         return RtspAnswer(int(parts[1]), headers, body)
+
+    async def _line(self, reader: asyncio.StreamReader, url: str, first: bool = False) -> str:
+        """One line of the answer. Nothing at all before the connection closed is
+        ``unreachable`` (no answer); any bytes that make no line (garbage, a line longer
+        than READ_LIMIT, an answer cut off) are ``bad_answer``: the device did answer."""
+        try:
+            raw = await reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError:
+            self.answered = True
+            raise BadAnswer(f"{url}: no line end within {READ_LIMIT} bytes: not an RTSP "
+                            "answer") from None
+        except asyncio.IncompleteReadError as exc:
+            if first and not exc.partial:
+                raise Unreachable(f"{url}: connection closed without an answer") from None
+            self.answered = True
+            raise BadAnswer(f"{url}: not an RTSP answer (cut off after "
+                            f"{len(exc.partial)} bytes: {exc.partial[:20]!r})") from None
+        self.answered = True
+        return raw.decode("latin-1").strip()

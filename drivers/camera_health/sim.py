@@ -23,6 +23,13 @@ SDP = (b"v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=Media Presentation\r\nc=IN IP4 0.0
        b"t=0 0\r\nm=video 0 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=control:trackID=1\r\n")
 
 
+MISBEHAVIOURS = {
+    "garbage": b"\x00\xff" * 5000,
+    "hugeline": b"RTSP/1.0 200 OK" + b"A" * 100_000,
+}
+"""What a broken firmware or another service on the RTSP port answers, then closes."""
+
+
 class RtspSim:
     def __init__(self, username: str | None = "admin", password: str = "cam-pass", *,
                  paths: tuple[str, ...] = ("/Streaming/Channels/101",),
@@ -36,6 +43,9 @@ class RtspSim:
         self.port = 0
         self.hang = False
         """Accept connections but never answer."""
+        self.misbehave: str | None = None
+        """Answer with bytes that are no RTSP, then close: ``garbage`` (binary without a
+        line end), ``hugeline`` (a status line that never ends within 100 kB)."""
         self.requests: list[str] = []
         self._server: asyncio.Server | None = None
         self._nonces: set[str] = set()
@@ -61,6 +71,10 @@ class RtspSim:
                 head = await reader.readuntil(b"\r\n\r\n")
                 if self.hang:
                     await asyncio.sleep(3600)
+                if self.misbehave is not None:
+                    writer.write(MISBEHAVIOURS[self.misbehave])
+                    await writer.drain()
+                    return
                 lines = head.decode("latin-1").split("\r\n")
                 method, url, _ = lines[0].split(" ", 2)
                 headers = {k.strip().lower(): v.strip() for k, _, v in

@@ -30,4 +30,23 @@ def _one_connection_per_host(config: Any) -> list[tuple[tuple[object, ...], str]
     return findings
 
 
+def _renamed_private_fields(config: Any) -> list[tuple[tuple[object, ...], str]]:
+    """``pseudonymize: [employee]`` on a Hikvision device hid the employee number until
+    its access events followed the access-event contract (docs/schema.md); it is now
+    ``person`` on face events and ``holder`` on the others, as camera_push writes it.
+    Refused at check, or the number would go out in clear."""
+    findings: list[tuple[tuple[object, ...], str]] = []
+    for i, device in enumerate(getattr(config, "devices", [])):
+        if not isinstance(device, EventStreamConfig) or device.profile != "hikvision":
+            continue
+        hidden = set(device.pseudonymize)
+        if "employee" in hidden and not {"person", "holder"} <= hidden:
+            findings.append((("devices", i, "pseudonymize"),
+                             "the field employee is no longer written: the employee number "
+                             "is person on face events and holder on the others; list "
+                             "[card, person, holder]"))
+    return findings
+
+
 register_cross_check(_one_connection_per_host)
+register_cross_check(_renamed_private_fields)

@@ -21,6 +21,7 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from drivers.event_stream.client import NotJson
 from drivers.event_stream.conditions import BadAnswer
 from drivers.event_stream.events import BadPart, StreamEvent, access_event
 from gateway.errors import DeviceError
@@ -56,9 +57,14 @@ async def backfill_loop(stream: HostStream) -> None:
                 count = await backfill(stream, att)
             except DeviceError as exc:
                 att.ctx.count("backfill_failed")
+                if isinstance(exc, NotJson):
+                    att.ctx.count("bad_json")
+                    stream.counters["bad_json"] += 1
+                # Logged once per device and kind of failure, not per message text.
                 stream.problems.report(f"backfill:{att.ctx.device_id}",
                                        f"{stream.name}: backfill of {att.ctx.device_id} "
-                                       f"failed: {exc}", level=logging.WARNING)
+                                       f"failed: {exc}", level=logging.WARNING,
+                                       kind=type(exc).__name__)
                 # Try again at the next connect; the position has not moved past the gap.
                 continue
             stream.problems.recovered(f"backfill:{att.ctx.device_id}",

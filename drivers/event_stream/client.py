@@ -8,6 +8,11 @@ account on many cameras), other statuses -> ``BadAnswer``, transport trouble ->
 ``Unreachable``. Credentials travel in the auth middleware only, never in a URL, so no
 error message or log line can carry them.
 
+Paths go on the request line as written, not re-encoded: Dahua's
+``codes=[All]`` left as ``codes=%5BAll%5D`` (yarl's default) is answered 400 by older
+Dahua/Amcrest firmware (python-amcrest #155, home-assistant/core #33875), and the Digest
+``uri=`` (aiohttp takes the request's raw path) is then the same literal text.
+
 Streams get no total timeout: aiohttp's default (300 s) tears a healthy event stream down
 every five minutes, a known failure of other integrations. The caller reads with a
 timeout per read instead (``StreamBody.read``), which is also how silence is detected.
@@ -24,10 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from drivers.event_stream.conditions import BadAnswer, Unreachable
+from gateway import jsonsafe
 from gateway.errors import DeviceAuthError, DeviceError
 
+MAX_JSON_DEPTH = 32
+"""Deepest JSON answer accepted (an AcsEvent page is 4 levels): its records go through
+code that is not built for a value nested thousands deep."""
 MAX_ANSWER = 4 * 1024 * 1024
 """Largest non-stream answer read (an AcsEvent page of 30 records is ~20 kB)."""
 READ_CHUNK = 64 * 1024
@@ -46,6 +56,11 @@ configured, and its events taken for the camera's."""
 
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError, TimeoutError)
+
+
+class NotJson(BadAnswer):
+    """A 2xx answer whose body is not JSON we accept (malformed, or nested deeper than
+    MAX_JSON_DEPTH: 100,000 ``[`` once escaped as RecursionError and killed the task)."""
 
 
 def _status_error(status: int, what: str) -> DeviceError:
@@ -104,6 +119,14 @@ class DeviceHttp:
     def _what(self, path: str) -> str:
         return f"{self.base_url}{path.split('?', 1)[0]}"
 
+    def _url(self, path: str) -> URL:
+        """``path`` exactly as the device documents it (``[``, ``]`` unencoded); one with
+        a character that cannot stand on a request line (a space, non-ASCII) is encoded
+        by yarl as before."""
+        if all(0x21 <= ord(c) < 0x7F for c in path):
+            return URL(self.base_url + path, encoded=True)
+        return URL(self.base_url + path)
+
     @contextlib.asynccontextmanager
     async def stream(self, path: str) -> AsyncIterator[StreamBody]:
         """GET an endless response (event stream). The headers must come within the
@@ -112,7 +135,7 @@ class DeviceHttp:
         try:
             async with asyncio.timeout(self.connect_timeout * 2):
                 response = await self._session.get(
-                    self.base_url + path, headers={"Accept": "multipart/x-mixed-replace, */*"},
+                    self._url(path), headers={"Accept": "multipart/x-mixed-replace, */*"},
                     allow_redirects=False)
         except TimeoutError:
             raise Unreachable(f"{what}: no answer within {self.connect_timeout * 2:g}s") \
@@ -137,7 +160,7 @@ class DeviceHttp:
         headers = {"Content-Type": content_type} if content_type else {}
         try:
             async with asyncio.timeout(timeout):
-                async with self._session.request(method, self.base_url + path, data=data,
+                async with self._session.request(method, self._url(path), data=data,
                                                  headers=headers, allow_redirects=False
                                                  ) as resp:
                     return await self._body(resp, what)
@@ -166,6 +189,7 @@ class DeviceHttp:
         body = await self.request("POST", path, data=json.dumps(document).encode(),
                                   content_type="application/json", timeout=timeout)
         try:
-            return json.loads(body)
-        except ValueError:
-            raise BadAnswer(f"{self._what(path)}: answer is not JSON") from None
+            return jsonsafe.parse(body, max_depth=MAX_JSON_DEPTH)
+        except jsonsafe.JsonRefused as exc:
+            raise NotJson(f"{self._what(path)}: answer is not JSON we accept: {exc}") \
+                from None

@@ -17,7 +17,6 @@ card numbers and plates they extract only ever go into readings, never into logs
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,11 +24,16 @@ from datetime import datetime
 from typing import Any
 
 from drivers.event_stream.multipart import Part
-from gateway import xmlsafe
+from gateway import jsonsafe, xmlsafe
+from gateway.accessevents import hikvision_access
 from gateway.reading import FieldValue
 
 MAX_TEXT = 256
 """Longest string kept in a field (a card number, a plate); longer is a bad part."""
+MAX_JSON_DEPTH = 32
+"""Deepest JSON accepted in a part (an event is 3 to 5 levels): deeper is bad_json, so
+nothing downstream meets a value nested deep enough to exhaust the stack (the AcsEvent
+answer has the same bound, client.MAX_JSON_DEPTH)."""
 
 
 class BadPart(ValueError):
@@ -56,9 +60,12 @@ class StreamEvent:
     """Seconds east of UTC of the device's clock (from ``dateTime``): the AcsEvent
     search is asked in the device's own offset."""
     tags: dict[str, str] = field(default_factory=dict)
-    """Extra tags (major/minor event type, reader)."""
+    """Extra tags (kind, result, reader, door)."""
     access: bool = False
     """An access-control event (stored in the access measurement, backfilled)."""
+    shaped: bool = False
+    """``tags`` and ``fields`` are already the access-event contract's (Hikvision
+    terminals): stored as they are, with no ``event`` tag or ``action`` field."""
 
 
 HEARTBEAT = StreamEvent("heartbeat", "pulse")
@@ -66,8 +73,25 @@ HEARTBEAT = StreamEvent("heartbeat", "pulse")
 
 # -- values ----------------------------------------------------------------------------
 
+def parse_json(data: bytes | str, what: str) -> Any:
+    """Device JSON (a part, a Dahua ``data=``, an AcsEvent answer): anything unparsable,
+    including nesting that exhausts the parser's stack, is ``BadPart("bad_json")``."""
+    try:
+        return jsonsafe.parse(data, max_depth=MAX_JSON_DEPTH)
+    except jsonsafe.JsonRefused as exc:
+        raise BadPart("bad_json", f"{what} is not JSON we accept: {exc}") from None
+
+
+def _scalar(value: Any) -> str | int | float:
+    """A value that may become a field: a list or object where a card number or a
+    number belongs is a bad value, not its ``str()``."""
+    if isinstance(value, str | int | float):
+        return value
+    raise BadPart("bad_value", f"{type(value).__name__} where a single value belongs")
+
+
 def _text(value: Any) -> str:
-    text = str(value).strip()
+    text = str(_scalar(value)).strip()
     if len(text) > MAX_TEXT:
         raise BadPart("bad_value", f"value longer than {MAX_TEXT} characters")
     return text
@@ -81,7 +105,7 @@ def _int(value: Any) -> int:
     elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
         number = int(value)
     else:
-        text = str(value).strip()
+        text = str(_scalar(value)).strip()
         if not text.lstrip("-").isdigit() or len(text) > 19:
             raise BadPart("bad_value", f"not an integer: {text[:20]!r}")
         number = int(text)
@@ -110,20 +134,22 @@ Extractor = Callable[[Any], FieldValue]
 
 # field name in the reading -> (key in the vendor object, converter)
 HIK_ACCESS_FIELDS: dict[str, tuple[str, Extractor]] = {
-    "card": ("cardNo", _text),
-    "employee": ("employeeNoString", _text),
-    "name_present": ("name", lambda v: bool(str(v).strip())),
-    "door": ("doorNo", _int),
+    "name_present": ("name", lambda v: bool(str(_scalar(v)).strip())),
     "verify_mode": ("currentVerifyMode", _text),
     "attendance": ("attendanceStatus", _text),
     "mask": ("mask", _text),
 }
-"""The person's name is deliberately not stored (only whether the terminal knew one)."""
+"""Details kept beside the access-event contract's own tags and fields. The person's
+name is deliberately not stored (only whether the terminal knew one)."""
 HIK_ACCESS_TAGS: dict[str, tuple[str, Extractor]] = {
-    "major": ("majorEventType", _int),
-    "minor": ("subEventType", _int),
     "reader": ("cardReaderNo", _int),
+    "door": ("doorNo", _int),
 }
+"""Tags as the push driver writes them (docs/schema.md): a few values per terminal."""
+CREDENTIAL_FIELD: dict[str, str] = {"card": "card", "face": "person"}
+"""The contract's one identity field per ``kind`` (docs/schema.md): the card number for
+a card, the employee number for a face. A terminal reports both; only the credential
+gets the credential's name, or every card swipe would also count as a face."""
 HIK_ANPR_FIELDS: dict[str, tuple[str, Extractor]] = {
     "plate": ("licensePlate", _text),
     "confidence": ("confidenceLevel", _int),
@@ -191,10 +217,7 @@ def _dahua_line(line: str) -> StreamEvent:
     channel = _int(index) + 1 if index not in (None, "") else None
     fields: dict[str, FieldValue] = {}
     if sep:
-        try:
-            data = json.loads(data_text)
-        except ValueError:
-            raise BadPart("bad_json", "data= is not JSON") from None
+        data = parse_json(data_text, "data=")
         if isinstance(data, dict):
             fields.update(_take(data, DAHUA_DATA_FIELDS.get(code, {})))
     return StreamEvent(code, action, channel, fields=fields,
@@ -220,10 +243,7 @@ def parse_hikvision(part: Part) -> list[StreamEvent]:
 
 
 def _hik_json(body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        raise BadPart("bad_json", "JSON part does not parse") from None
+    doc = parse_json(body, "JSON part")
     if not isinstance(doc, dict):
         raise BadPart("bad_json", "JSON part is not an object")
     inner = doc.get("EventNotificationAlert")
@@ -280,7 +300,13 @@ def _hik_event(doc: Mapping[str, Any]) -> StreamEvent:
 
 def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> StreamEvent:
     """An access terminal's event, from the stream (``AccessControllerEvent``) or from
-    the AcsEvent search (``InfoList`` entries: the same keys plus ``major``/``minor``/``time``)."""
+    the AcsEvent search (``InfoList`` entries: the same keys plus ``major``/``minor``/``time``),
+    shaped as docs/schema.md's access-event contract, as the push driver shapes it: tags
+    ``kind`` and ``result`` (from the major/minor event type, gateway/accessevents.py;
+    absent where the code does not say), one credential field (``card`` for a card,
+    ``person`` = the employee number for a face), the employee number of any other event
+    as ``holder``, ``event_id`` (serialNo as text); the codes as ``major_event`` and
+    ``sub_event``, and the details of :data:`HIK_ACCESS_FIELDS`."""
     source: dict[str, Any] = dict(record)
     if "majorEventType" not in source and "major" in source:
         source["majorEventType"] = source["major"]
@@ -288,13 +314,40 @@ def access_event(record: Mapping[str, Any], when: tuple[int, int] | None) -> Str
         source["subEventType"] = source["minor"]
     if when is None and isinstance(source.get("time"), str):
         when = parse_device_time(source["time"])
-    serial_raw = source.get("serialNo")
-    serial = _int(serial_raw) if serial_raw not in (None, "") else None
+    serial = _optional(source, "serialNo", _int)
+    major = _optional(source, "majorEventType", _int)
+    minor = _optional(source, "subEventType", _int)
+    kind, result = hikvision_access(major or 0, minor or 0)
+    card = _optional(source, "cardNo", _text)
+    employee = _optional(source, "employeeNoString", _text) or \
+        _optional(source, "employeeNo", _text)
     tags = {k: str(v) for k, v in _take(source, HIK_ACCESS_TAGS).items()}
+    tags.update({k: v for k, v in (("kind", kind), ("result", result)) if v})
+    fields: dict[str, FieldValue] = _take(source, HIK_ACCESS_FIELDS)
+    credential = {"card": card, "face": employee}.get(kind)
+    if credential is not None:
+        fields[CREDENTIAL_FIELD[kind]] = credential
+    if employee is not None and kind != "face":
+        fields["holder"] = employee
+    if major is not None:
+        fields["major_event"] = major
+    if minor is not None:
+        fields["sub_event"] = minor
+    if serial is not None:
+        fields["event_id"] = str(serial)
     return StreamEvent("AccessControllerEvent", "pulse", None,
                        time_ns=when[0] if when else None, serial=serial,
-                       fields=_take(source, HIK_ACCESS_FIELDS), tags=tags,
-                       utc_offset=when[1] if when else None, access=True)
+                       fields=fields, tags=tags,
+                       utc_offset=when[1] if when else None, access=True, shaped=True)
+
+
+def _optional(source: Mapping[str, Any], key: str, convert: Callable[[Any], Any]) -> Any:
+    """``convert(source[key])``; None when the key is absent or empty."""
+    value = source.get(key)
+    if value is None or value == "":
+        return None
+    converted = convert(value)
+    return None if converted == "" else converted
 
 
 PARSERS: dict[str, Callable[[Part], list[StreamEvent]]] = {

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers.event_stream.events import StreamEvent
+from gateway import jsonsafe
 
 RECENT = 4096
 """Event ids remembered (committed or in flight): a terminal logs a few thousand a day."""
@@ -54,7 +55,8 @@ class Position:
         path = data_dir / "event_stream" / f"{device_id}.json"
         position = cls(path)
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            # a damaged file may hold anything, deep nesting too: JsonRefused, not a crash
+            doc = jsonsafe.parse(path.read_text(encoding="utf-8"))
             time_ns = doc["time_ns"]
             offset = doc.get("utc_offset")
             seen = doc.get("seen", [])

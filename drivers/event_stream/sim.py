@@ -75,6 +75,10 @@ class DigestGuard:
         nonce = params.get("nonce", "")
         if params.get("username") != self.username or nonce not in self.nonces:
             return self.challenge()
+        if params.get("uri") != request.raw_path:
+            # RFC 7616 3.4.6: the uri directive is the request-target as sent; a client
+            # that signs another form (encoded vs literal) is refused, as devices do.
+            return self.challenge()
         expected = digest_response(self.username, self.password, request.method,
                                    params.get("uri", ""), {**params, "realm": self.realm},
                                    params.get("nc", ""), params.get("cnonce", ""))
@@ -243,6 +247,9 @@ class HikvisionSim(_Server):
         self.login_page = False
         """Answer the stream with an HTML page (a device behind a captive portal, or a
         firmware that wants its web login first)."""
+        self.acs_answer: bytes | None = None
+        """Answer every AcsEvent search with these bytes (200, application/json): a
+        broken or hostile firmware; None: the real search."""
         self._serial = itertools.count(1001)
         self.app.router.add_get("/ISAPI/Event/notification/alertStream", self._alert_stream)
         self.app.router.add_post("/ISAPI/AccessControl/AcsEvent", self._acs_event)
@@ -329,6 +336,9 @@ class HikvisionSim(_Server):
         refused = self.guard.check(request)
         if refused is not None:
             return refused
+        if self.acs_answer is not None:
+            self.searches.append({})
+            return web.Response(body=self.acs_answer, content_type="application/json")
         try:
             cond = (await request.json())["AcsEventCond"]
             start = datetime.fromisoformat(cond["startTime"])
@@ -365,6 +375,8 @@ class DahuaSim(_Server):
         """Connections stay open but nothing (not even heartbeats) is sent."""
         self.heartbeats = 0
         self.requests: list[str] = []
+        """Every attach request's target exactly as it came on the request line (raw:
+        ``codes=[All]`` and ``codes=%5BAll%5D`` are told apart)."""
         self.app.router.add_get("/cgi-bin/eventManager.cgi", self._attach)
 
     def event(self, code: str, action: str = "Start", index: int = 0,
@@ -383,11 +395,13 @@ class DahuaSim(_Server):
         return part(b"Heartbeat\r\n", "text/plain", self.BOUNDARY)
 
     async def _attach(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(request.path_qs)
+        self.requests.append(request.raw_path)
         refused = self.guard.check(request)
         if refused is not None:
             return refused
-        if request.query.get("action") != "attach":
+        if request.query.get("action") != "attach" or "%5B" in request.raw_path.upper():
+            # Older Dahua/Amcrest firmware reads codes=[All] literally and answers 400 to
+            # the percent-encoded form (python-amcrest #155, home-assistant/core #33875).
             return web.Response(status=400, text="Error\r\nBad Request!\r\n")
         heartbeat = float(request.query.get("heartbeat", "0") or 0) or None
         return await self._serve_stream(

@@ -308,9 +308,12 @@ class HostStream:
     def _bad(self, kind: str, detail: str, payload: bytes) -> None:
         """Counted on every device of the host, logged once per kind, dead-lettered."""
         self.counters[kind] += 1
-        self.problems.report(f"part:{kind}", f"{self.name}: malformed part ({kind}): "
-                             f"{detail[:200]}", level=logging.WARNING,
-                             summary_every=300.0)
+        # Once per kind: the detail (which garbage, which value) differs from part to
+        # part and is logged with the first only; repeats are counted and summarised
+        # (the detail in the compared message logged 44 lines for one kind: outside probe).
+        self.problems.report(f"part:{kind}", f"{self.name}: malformed part ({kind})",
+                             detail=detail[:200], level=logging.WARNING,
+                             summary_every=300.0, kind=kind)
         for att in self.attachments:
             att.ctx.count(kind)
         if payload and self.attachments:
@@ -338,9 +341,10 @@ class HostStream:
         return self._last_arrival
 
     def reading(self, att: Attachment, event: StreamEvent) -> Reading:
-        tags = {"event": event.code, **event.tags}
+        tags = dict(event.tags) if event.shaped else {"event": event.code, **event.tags}
         if event.access:
-            fields: dict[str, FieldValue] = {"action": event.action, **event.fields}
+            fields: dict[str, FieldValue] = dict(event.fields) if event.shaped else \
+                {"action": event.action, **event.fields}
             if event.serial is not None:
                 fields["serial"] = event.serial
             time_ns = event.time_ns if event.time_ns is not None else self._arrival()

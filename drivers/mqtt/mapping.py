@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import re
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 from drivers.mqtt.config import MqttDeviceConfig, ValueSpec
 from drivers.mqtt.topics import TopicPattern
+from gateway import jsonsafe
 from gateway.fieldtypes import CONVERTERS, INT64
 from gateway.fieldtypes import auto as _auto
 from gateway.jsonpath import MISSING, compile_path, resolve
@@ -50,8 +50,8 @@ def _text(payload: bytes | bytearray) -> str:
 
 def _json(payload: bytes | bytearray) -> Any:
     try:
-        return json.loads(payload)
-    except (ValueError, RecursionError) as exc:
+        return jsonsafe.parse(payload)  # RecursionError (deep nesting) included
+    except jsonsafe.JsonRefused as exc:
         raise Rejected("invalid_json", str(exc)[:80]) from None
 
 

@@ -132,7 +132,8 @@ def test_onvif_answers_are_parsed_without_trusting_them() -> None:
     assert parse_utc(body) == 1795856703.0
     for bad in (b"", b"<Envelope/>", body.replace(b"<Month>11", b"<Month>13"),
                 body.replace(b"<Hour>9</Hour>", b"<Hour/>"),
-                b'<!DOCTYPE x [<!ENTITY e "e">]><Envelope>&e;</Envelope>'):
+                b'<!DOCTYPE x [<!ENTITY e "e">]><Envelope>&e;</Envelope>',
+                b"<Envelope>" + b"<a>" * 100_000 + b"</a>" * 100_000 + b"</Envelope>"):
         with pytest.raises(BadAnswer):
             parse_utc(bad)
 
@@ -211,3 +212,27 @@ async def test_a_basic_challenge_gets_no_password_unless_configured(tmp_path: Pa
         assert latest(gw, "cam")["condition"] == "auth_failed"
     assert hostile.requests and hostile.authorizations == []
     await hostile.stop()
+
+
+@pytest.mark.parametrize("misbehave", ["garbage", "hugeline"])
+async def test_an_answer_that_is_no_rtsp_is_a_bad_answer(tmp_path: Path,
+                                                         misbehave: str) -> None:
+    """Found by the outside probe: binary garbage or a line longer than the reader's
+    limit on the RTSP port was ``unreachable`` (``connection lost: IncompleteReadError`` /
+    ``LimitOverrunError``). Something answered there, wrongly: ``bad_answer``, and the
+    camera (or whatever holds its address) was heard from."""
+    sim = RtspSim()
+    sim.misbehave = misbehave
+    await sim.start()
+    config = write_config(tmp_path / "gw.yaml", camera("cam", sim.port))
+    async with running(config) as gw:
+        await gw.until(lambda: len(gw.points("camera_health", "cam")) >= 2, what="probes")
+        status = gw.status("cam")
+        assert (str(status.state), status.condition) == ("error", "bad_answer")
+        assert (status.last_error or "").startswith("bad_answer: ")
+        assert "not an RTSP answer" in (status.last_error or "")
+        assert status.last_seen is not None
+        assert latest(gw, "cam")["condition"] == "bad_answer"
+        sim.misbehave = None  # the camera's own firmware again
+        await gw.until(lambda: status.state == "online", what="up again")
+    await sim.stop()

@@ -1,3 +1,4 @@
-"""The core's real-server fixtures (VictoriaMetrics) for the end-to-end test."""
+"""The core's real-server fixtures (VictoriaMetrics, InfluxDB 1.x) for the end-to-end
+tests."""
 
-from tests.conftest import victoria  # noqa: F401
+from tests.conftest import influx1, victoria  # noqa: F401

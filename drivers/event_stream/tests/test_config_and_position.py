@@ -83,3 +83,33 @@ def test_an_event_id_is_its_serial_and_second(tmp_path: Path) -> None:
     reloaded = Position.load(tmp_path, "lobby")
     assert reloaded.load_error is None and reloaded.time_ns == 1000 * 10**9
     assert not reloaded.is_new(access(5, 1000)) and reloaded.is_new(access(6, 1000))
+
+
+@pytest.mark.parametrize(("profile", "listed", "refused"), [
+    ("hikvision", ["card", "employee"], True),  # a config from before the contract
+    ("hikvision", ["card", "employee", "person", "holder"], False),
+    ("hikvision", ["card", "person", "holder"], False),
+    ("dahua", ["card", "employee"], False),  # Dahua still writes employee
+])
+def test_a_hikvision_employee_to_pseudonymise_is_named_anew(
+        tmp_path: Path, profile: str, listed: list[str], refused: bool) -> None:
+    """Hikvision access events follow the contract (docs/schema.md): the employee number
+    is ``person`` on a face and ``holder`` on the others, as camera_push writes it. A
+    config that still lists ``employee`` would send both in clear: refused at check."""
+    key = tmp_path / "key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    device = (f"  - {{id: t, driver: event_stream, profile: {profile}, host: 10.0.6.31, "
+              f"username: u, password: p, pseudonymize: {json.dumps(listed)}}}\n")
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"gateway: {{id: gw-t, site: s, data_dir: data}}\n"
+                    f"privacy: {{key_file: {key}}}\ndevices:\n" + device)
+    if not refused:
+        assert len(load_config(path, environ={}).devices) == 1
+        return
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}:4: devices[0].pseudonymize: the field employee is "
+                              "no longer written"), problem
+    assert "[card, person, holder]" in problem

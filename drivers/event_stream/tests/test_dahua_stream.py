@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.event_stream.sim import DahuaSim
+from drivers.event_stream.sim import DahuaSim, part
 from drivers.event_stream.tests.harness import Running, running, write_config
 from tests.support.servers import free_port
 
@@ -170,3 +170,59 @@ async def test_hostile_parts_are_counted_and_never_end_the_stream(tmp_path: Path
         # The AccessControl pulse without data is a valid event of its own.
         assert len(gw.points("access_event")) == 1
     await sim.stop()
+
+
+async def malformed_burst(gw: Running, sim: DahuaSim, connection: int) -> None:
+    """Five good events, each after stray bytes and before a bad index, all with a
+    detail of their own; then the device closes the stream."""
+    await gw.until(lambda: sim.open_streams == 1, what="stream open")
+    for k in range(5):
+        sim.broadcast(f"stray bytes number {connection}-{k}\r\n".encode() * (k + 1))
+        sim.event("VideoMotion", "Start", k)
+        sim.broadcast(part(f"Code=VideoMotion;action=Start;index=x{k}".encode(),
+                           "text/plain", sim.BOUNDARY))
+    sent = 5 * (connection + 1)
+    await gw.until(lambda: len(gw.points("camera_event")) == sent, what="the good events")
+    await gw.until(lambda: gw.counters("cam").get("bad_value") == sent, what="bad values")
+    sim.close_streams()
+    await gw.until(lambda: sim.stream_connects == connection + 2, what="reconnect")
+
+
+async def test_malformed_parts_are_logged_once_per_kind_whatever_their_detail(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the outside probe: the detail text (which bytes, which value) was part of
+    the compared message, so ``malformed part (garbage)`` was logged 44 times (10 in one
+    connection) and ``bad_value`` 8. Now one line per kind, the first detail in it, the
+    repeats counted; across reconnects too."""
+    caplog.set_level(logging.INFO, logger="iotgw.event_stream")
+    sim = DahuaSim()
+    await sim.start()
+    config = write_config(tmp_path / "gw.yaml", dahua("cam", sim.port))
+    async with running(config) as gw:
+        for connection in range(2):
+            await malformed_burst(gw, sim, connection)
+        counters = gw.counters("cam")
+        assert counters["garbage"] >= 10 and counters["bad_value"] == 10
+    await sim.stop()
+    lines = [r.getMessage() for r in caplog.records if "malformed part" in r.getMessage()]
+    assert sorted(line.split("(")[1].split(")")[0] for line in lines) == [
+        "bad_value", "garbage"], lines
+    bad_value = next(line for line in lines if "(bad_value)" in line)
+    assert "'x0'" in bad_value  # the first detail is in the line
+
+
+async def test_codes_all_goes_on_the_request_line_as_written(tmp_path: Path) -> None:
+    """Found by the outside probe: the URL went out as ``codes=%5BAll%5D`` (yarl encodes
+    the brackets, and the Digest ``uri=`` matched it), which older Dahua/Amcrest firmware
+    answers with 400 (python-amcrest #155, home-assistant/core #33875); the simulator
+    now does the same. The request line and the Digest ``uri=`` carry ``[All]``."""
+    sim = DahuaSim()
+    await sim.start()
+    config = write_config(tmp_path / "gw.yaml", dahua("cam", sim.port))
+    async with running(config) as gw:
+        await gw.until(lambda: gw.status("cam").state == "online", what="online")
+        assert sim.stream_connects == 1
+    await sim.stop()
+    target = f"/cgi-bin/eventManager.cgi?action=attach&codes=[All]&heartbeat={HEARTBEAT}"
+    assert sim.requests and set(sim.requests) == {target}  # the 401 round, then ours
+    assert sim.guard.accepted == 1  # its Digest uri= is that same text (the sim checks)

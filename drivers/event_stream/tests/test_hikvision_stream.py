@@ -93,7 +93,10 @@ async def test_access_events_on_the_stream_and_pictures_not_stored(tmp_path: Pat
         points = gw.points("access_event")
         assert [p.fields["serial"] for p in points] == [r["serialNo"] for r in records]
         assert [p.fields["card"] for p in points] == [r["cardNo"] for r in records]
-        assert all(p.tags["major"] == "5" and p.tags["minor"] == "1" for p in points)
+        # minor 1: card verified (docs/schema.md's access-event contract)
+        assert all(p.tags["kind"] == "card" and p.tags["result"] == "granted"
+                   and p.fields["sub_event"] == 1 for p in points)
+        assert [p.fields["event_id"] for p in points] == [str(r["serialNo"]) for r in records]
         # device time, whole second, plus the serial as milliseconds: unique, repeatable
         assert [p.time_ns % 1_000_000_000 for p in points] == [
             r["serialNo"] % 1000 * 1_000_000 for r in records]

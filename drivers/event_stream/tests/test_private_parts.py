@@ -2,8 +2,9 @@
 raw card number out of the process. Found by the outside probe: a Hikvision access event
 with an unreadable dateTime was dead-lettered (ops bus ``errors`` topic) with the whole
 part, ``cardNo`` and ``employeeNoString`` in clear, although the device had
-``pseudonymize: [card, employee]`` (camera_push withholds such payloads; event_stream
-did not). Real gateway, real Hikvision simulator on loopback."""
+``pseudonymize: [card, employee]`` (now ``[card, person, holder]``; camera_push
+withholds such payloads; event_stream did not). Real gateway, real Hikvision simulator
+on loopback."""
 
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ async def test_a_bad_part_of_a_private_device_is_dead_lettered_without_payload(
     key = tmp_path / "privacy.key"
     key.write_text("k" * 32)
     key.chmod(0o600)
-    hide = ", pseudonymize: [card, employee]" if private else ""
+    hide = ", pseudonymize: [card, person, holder]" if private else ""
     config = write_config(tmp_path / "gw.yaml", (
         f"- {{id: term, driver: event_stream, profile: hikvision, host: 127.0.0.1, "
         f"port: {sim.port}, username: admin, password: hik-pass, silence: 5s{hide}}}\n"),
