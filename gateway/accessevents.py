@@ -20,6 +20,8 @@ password).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 MAJOR_EVENT = 0x5
 """Hikvision's major type of access events (others: 0x1 alarm, 0x2 exception, 0x3
 operation)."""
@@ -111,3 +113,17 @@ def hikvision_access(major: int, minor: int) -> tuple[str, str]:
     if major != MAJOR_EVENT:
         return "", ""
     return _MINORS.get(minor, ("", ""))
+
+
+EMPLOYEE_RENAMED = ("the field employee is no longer written: the employee number is person "
+                    "on face events and holder on the others; list [card, person, holder]")
+"""The config error for a Hikvision device still hiding ``employee`` (both drivers)."""
+
+
+def hides_only_old_employee(pseudonymize: Iterable[str]) -> bool:
+    """``pseudonymize: [employee]`` hid the employee number until Hikvision events followed
+    the access-event contract; it is now ``person`` (face events) or ``holder`` (others).
+    A device listing the old name without both new ones would send the number in clear,
+    so the drivers refuse it at check."""
+    hidden = set(pseudonymize)
+    return "employee" in hidden and not {"person", "holder"} <= hidden

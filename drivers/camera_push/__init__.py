@@ -3,6 +3,7 @@
 
 from drivers.camera_push.config import CameraPushConfig
 from drivers.camera_push.driver import CameraPushDriver
+from gateway.accessevents import EMPLOYEE_RENAMED, hides_only_old_employee
 from gateway.registry import register_cross_check, register_driver
 
 register_driver(CameraPushConfig, CameraPushDriver)
@@ -40,12 +41,8 @@ def _renamed_private_fields(config: object) -> list[tuple[tuple[object, ...], st
     for i, device in enumerate(getattr(config, "devices", [])):
         if device.driver != "camera_push" or device.profile != "hikvision-isapi":
             continue
-        hidden = set(device.pseudonymize)
-        if "employee" in hidden and not {"person", "holder"} <= hidden:
-            findings.append((("devices", i, "pseudonymize"),
-                             "the field employee is no longer written: the employee number "
-                             "is person on face events and holder on the others; list "
-                             "[card, person, holder]"))
+        if hides_only_old_employee(device.pseudonymize):
+            findings.append((("devices", i, "pseudonymize"), EMPLOYEE_RENAMED))
     return findings
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from drivers.event_stream.config import CONNECTION_KEYS, EventStreamConfig
 from drivers.event_stream.driver import EventStreamDriver
+from gateway.accessevents import EMPLOYEE_RENAMED, hides_only_old_employee
 from gateway.registry import register_cross_check, register_driver
 
 register_driver(EventStreamConfig, EventStreamDriver)
@@ -39,12 +40,8 @@ def _renamed_private_fields(config: Any) -> list[tuple[tuple[object, ...], str]]
     for i, device in enumerate(getattr(config, "devices", [])):
         if not isinstance(device, EventStreamConfig) or device.profile != "hikvision":
             continue
-        hidden = set(device.pseudonymize)
-        if "employee" in hidden and not {"person", "holder"} <= hidden:
-            findings.append((("devices", i, "pseudonymize"),
-                             "the field employee is no longer written: the employee number "
-                             "is person on face events and holder on the others; list "
-                             "[card, person, holder]"))
+        if hides_only_old_employee(device.pseudonymize):
+            findings.append((("devices", i, "pseudonymize"), EMPLOYEE_RENAMED))
     return findings
 
 
