@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
+from gateway import jsonsafe
 from gateway.alarms.audit import AuditRecord
 from gateway.alarms.model import AlarmKey, AlarmSnapshot, Transition
 from gateway.jsonsafe import finite
@@ -193,8 +194,8 @@ class AlarmTopics:
         if self.discovery is None or not self.discovery.is_alarm_config(topic):
             return False
         try:  # a Home Assistant config names its alarm by its state topic
-            key = self._key_of(str(json.loads(payload).get("state_topic", "")))
-        except (ValueError, AttributeError):
+            key = self._key_of(str(jsonsafe.parse(payload).get("state_topic", "")))
+        except (jsonsafe.JsonRefused, AttributeError):  # anyone may have retained it
             key = None
         if key is not None and key not in self.published:
             self._send("clear", topic, lambda: b"", True, retain=True)
