@@ -7,15 +7,15 @@ a value that is absent or unusable, and profiles decide whether that refuses the
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from datetime import UTC, datetime
 from typing import Any
 
 from drivers.camera_push.payload import malformed
+from gateway import jsonsafe
+from gateway.fieldtypes import INT64
 
-INT64 = 2**63
 MAX_TEXT = 256
 """Longest text value stored (a plate, a card number, an event type)."""
 
@@ -23,8 +23,8 @@ MAX_TEXT = 256
 
 def parse_json(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        return jsonsafe.parse(body)  # deep nesting and bad UTF-8 included
+    except jsonsafe.JsonRefused as exc:
         raise malformed("invalid_json", str(exc)[:80]) from None
 
 
