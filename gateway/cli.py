@@ -74,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
 
     from gateway.logs import setup_logging
-    from gateway.restart import for_openssl, start_again
+    from gateway.restart import for_openssl, openssl_needed, start_again
     from gateway.runtime import run_gateway
 
     hangups: EarlyHangups = getattr(args, "hangups", None) or EarlyHangups()
@@ -85,10 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load_or_exit(args.config)
     except openssl_gate.OpenSSLHeldBack as exc:  # a plugin's module imports ssl
         start_again(for_openssl([openssl_gate.importer(exc)]))
-    if openssl_gate.held_back():
-        needing = openssl_gate.users(config)
-        if needing:
-            start_again(for_openssl(needing, config))
+    needed = openssl_needed(config)
+    if needed is not None:
+        start_again(needed)
     try:
         restart = asyncio.run(run_gateway(config, reload_pending=hangups.reload_pending))
     except BufferFailure as exc:

@@ -119,3 +119,10 @@ async def check_with_openssl(path: Path) -> list[str]:
 def for_openssl(reasons: Sequence[str], config: LoadedConfig | None = None) -> Restart:
     return Restart(tuple(reasons), openssl=True,
                    config_digest=config.digest if config is not None else None)
+
+
+def openssl_needed(config: LoadedConfig) -> Restart | None:
+    """The restart ``config`` takes in a process that holds OpenSSL back and has a part
+    that needs it (at start and at a reload alike), else None."""
+    needing = openssl_gate.users(config) if openssl_gate.held_back() else []
+    return for_openssl(needing, config) if needing else None

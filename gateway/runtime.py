@@ -34,7 +34,13 @@ from gateway.plugin import DeadLetter, SectionT
 from gateway.pseudonym import Pseudonymizer
 from gateway.reading import Reading
 from gateway.registry import DRIVER_TYPES, SERVICES
-from gateway.restart import Restart, changed_at_start, check_with_openssl, for_openssl
+from gateway.restart import (
+    Restart,
+    changed_at_start,
+    check_with_openssl,
+    for_openssl,
+    openssl_needed,
+)
 from gateway.shared import SharedResources
 from gateway.sinks import SINK_TYPES
 from gateway.sinks.base import SinkConfigBase
@@ -453,9 +459,9 @@ class Gateway:
             self.reload_problems = [f"cannot load {self.config.path}: "
                                     f"{type(exc).__name__}: {exc}"]
             return False
-        needing = openssl_gate.users(new) if openssl_gate.held_back() else []
-        if needing:  # this process cannot load it any more (asyncio is loaded)
-            self._restart_in_place(for_openssl(needing, new))
+        needed = openssl_needed(new)
+        if needed is not None:  # this process cannot load it any more (asyncio is loaded)
+            self._restart_in_place(needed)
             return True
         changed = changed_at_start(self.config, new)
         if changed:
